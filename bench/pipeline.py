@@ -1,0 +1,271 @@
+"""End-to-end benchmark: publish → contacts read model caught up, per backend.
+
+Prints one table with, from the same run:
+  * raw baseline 1: JetStream async publish alone (same bodies, a throwaway stream);
+  * raw baseline 2: the event store's batched save alone (eventsourcing, 500 events a
+    transaction, one aggregate event each, no decoding or folding);
+  * ficha end to end: N demo events published as fast as possible, until every one is in
+    the contacts read model (throughput);
+  * latency at a steady rate: publish → timeline row visible, p50/p95/p99.
+
+Usage:  python -m bench.pipeline --events 50000 [--backends sqlite,postgres] [--rate 1000]
+Not a test: figures depend on the machine; RESULTS.md keeps the latest with its context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import nats
+from eventsourcing.application import Application
+from eventsourcing.domain import Aggregate
+from nats.js.api import StreamConfig
+
+from services.config import load_settings
+from services.demo import generate_history
+from services.natsserver import EmbeddedNatsServer
+from services.runtime import Runtime
+
+PG_DSN = os.environ.get("FICHA_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+
+def bodies(n: int, tenant: str = "bench", seed: int = 7) -> list[tuple[str, bytes, str]]:
+    out = []
+    for event in generate_history(tenant, n, seed=seed):
+        out.append((f"ficha.in.{tenant}.{event['type']}", json.dumps(event).encode(),
+                    event["event_id"]))
+    return out
+
+
+async def publish_all(js: Any, items: list[tuple[str, bytes, str]], window: int = 2000,
+                      subject_prefix: str | None = None) -> None:
+    pending: list[Any] = []
+    for subject, body, event_id in items:
+        if subject_prefix:
+            subject = subject_prefix + subject
+        pending.append(await js.publish_async(subject, body,
+                                              headers={"Nats-Msg-Id": event_id}))
+        if len(pending) >= window:
+            await asyncio.gather(*pending)
+            pending.clear()
+    await asyncio.gather(*pending)
+
+
+async def baseline_publish(url: str, items: list[tuple[str, bytes, str]]) -> float:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    name = "BENCH_RAW"
+    with contextlib.suppress(Exception):
+        await js.delete_stream(name)
+    await js.add_stream(StreamConfig(name=name, subjects=["raw.>"]))
+    start = time.perf_counter()
+    await publish_all(js, items, subject_prefix="raw.")
+    elapsed = time.perf_counter() - start
+    await js.delete_stream(name)
+    await nc.drain()
+    return len(items) / elapsed
+
+
+class Thing(Aggregate):
+    class Noted(Aggregate.Event):
+        payload: str
+
+    def note(self, payload: str) -> None:
+        self.trigger_event(self.Noted, payload=payload)
+
+
+def baseline_store(env: dict[str, str], n: int) -> float:
+    app = Application[uuid.UUID](env=env)
+    things = [Thing() for _ in range(500)]
+    app.save(*things)
+    payload = "x" * 300
+    start = time.perf_counter()
+    written = 0
+    while written < n:
+        for thing in things:
+            thing.note(payload)
+        app.save(*things)
+        written += len(things)
+    elapsed = time.perf_counter() - start
+    app.close()
+    return written / elapsed
+
+
+def backend_env(backend: str, data_dir: Path, schema: str) -> dict[str, str]:
+    env = {"FICHA_DATA_DIR": str(data_dir), "FICHA_ID_KEY": KEY, "FICHA_PARTITIONS": "8"}
+    if backend == "postgres":
+        env["FICHA_DATABASE_URL"] = PG_DSN
+        env["FICHA_DATABASE_SCHEMA"] = schema
+    return env
+
+
+def store_env(backend: str, data_dir: Path, schema: str) -> dict[str, str]:
+    if backend == "sqlite":
+        return {"PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "SQLITE_DBNAME": str(data_dir / "baseline.sqlite")}
+    import psycopg
+
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}_raw")
+    return {"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": "test",
+            "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": "5432", "POSTGRES_USER": "postgres",
+            "POSTGRES_PASSWORD": "", "POSTGRES_SCHEMA": f"{schema}_raw"}
+
+
+def drop_schemas(schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema}_raw CASCADE")
+
+
+async def end_to_end(url: str, backend: str, data_dir: Path, schema: str,
+                     items: list[tuple[str, bytes, str]]) -> float:
+    settings = load_settings({**backend_env(backend, data_dir, schema), "FICHA_NATS_URL": url})
+    runtime = Runtime(settings)
+    await runtime.start()
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    start = time.perf_counter()
+    await publish_all(js, items)
+    assert runtime.store is not None
+    while runtime.store.received_count() < len(items):
+        await asyncio.sleep(0.02)
+    await runtime.wait_until_projected(timeout=600)
+    elapsed = time.perf_counter() - start
+    await nc.drain()
+    await runtime.stop()
+    return len(items) / elapsed
+
+
+async def latency(url: str, backend: str, data_dir: Path, schema: str, rate: float,
+                  seconds: float) -> list[float]:
+    settings = load_settings({**backend_env(backend, data_dir, schema), "FICHA_NATS_URL": url})
+    runtime = Runtime(settings)
+    await runtime.start()
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    sent: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    lock = threading.Lock()
+    done = threading.Event()
+    assert runtime.views is not None
+    views = runtime.views
+
+    def watch() -> None:
+        while not done.is_set():
+            with lock:
+                waiting = [e for e in sent if e not in seen][:500]
+            if waiting:
+                marks = ",".join("?" * len(waiting))
+                with views.reading() as cur:
+                    cur.execute(f"SELECT event_id FROM timeline WHERE event_id IN ({marks})",
+                                waiting)
+                    rows = cur.fetchall()
+                now = time.perf_counter()
+                with lock:
+                    for row in rows:
+                        seen.setdefault(row["event_id"], now)
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    n = int(rate * seconds)
+    interval = 1.0 / rate
+    start = time.perf_counter()
+    futures = []
+    for i in range(n):
+        target = start + i * interval
+        delay = target - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        event_id = f"lat-{i}"
+        body = json.dumps({
+            "event_id": event_id, "type": "form_submitted", "tenant": f"lat{i % 8}",
+            "occurred_at": "2026-11-02T10:15:00+01:00", "source": "bench",
+            "contact": {"email": f"person{i % 5000}@example.com", "first_name": "Ana"},
+            "form_id": "contact-us", "tags": ["Lead"],
+        }).encode()
+        with lock:
+            sent[event_id] = time.perf_counter()
+        futures.append(await js.publish_async(f"ficha.in.lat{i % 8}.form_submitted", body,
+                                              headers={"Nats-Msg-Id": event_id}))
+    await asyncio.gather(*futures)
+    deadline = time.perf_counter() + 60
+    while len(seen) < n and time.perf_counter() < deadline:
+        await asyncio.sleep(0.05)
+    done.set()
+    watcher.join()
+    await nc.drain()
+    await runtime.stop()
+    return sorted((seen[e] - sent[e]) * 1000 for e in seen)
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    items = bodies(args.events)
+    root = Path(tempfile.mkdtemp(prefix="ficha-bench-"))
+    server = EmbeddedNatsServer(store_dir=root / "nats")
+    server.start()
+    rows: list[tuple[str, str, str]] = []
+    try:
+        raw_publish = await baseline_publish(server.url, items)
+        rows.append(("JetStream async publish alone", "-", f"{raw_publish:,.0f} msgs/s"))
+        for backend in args.backends.split(","):
+            schema = f"bench_{uuid.uuid4().hex[:8]}"
+            data_dir = root / backend
+            raw_store = baseline_store(store_env(backend, data_dir, schema), args.events)
+            rows.append(("event store batched save alone", backend, f"{raw_store:,.0f} events/s"))
+            e2e = await end_to_end(server.url, backend, data_dir, schema, items)
+            rows.append(("ficha end to end (publish → contacts)", backend,
+                         f"{e2e:,.0f} events/s ({e2e / raw_store:.2f} of store baseline)"))
+            shutil.rmtree(data_dir, ignore_errors=True)
+            schema2 = f"{schema}l"
+            lat = await latency(server.url, backend, root / f"{backend}-lat", schema2,
+                                args.rate, args.seconds)
+            rows.append((f"latency at {args.rate:.0f}/s, publish → visible", backend,
+                         f"p50 {pct(lat, 50):.1f} ms  p95 {pct(lat, 95):.1f} ms  "
+                         f"p99 {pct(lat, 99):.1f} ms  (n={len(lat)})"))
+            if backend == "postgres":
+                drop_schemas(schema)
+                drop_schemas(schema2)
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"\nmachine: {platform.platform()}, {os.cpu_count()} cores, Python "
+          f"{platform.python_version()}; {args.events:,} demo events\n")
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure'.ljust(width)}  {'backend':8}  result")
+    for name, backend, result in rows:
+        print(f"{name.ljust(width)}  {backend:8}  {result}")
+    _ = statistics
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

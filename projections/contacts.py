@@ -1,0 +1,303 @@
+"""The client list and the timeline: one row per contact, one row per interaction.
+
+Tables (same names and columns on both backends):
+
+* ``contacts``: the card: every profile field, consent per channel, member status,
+  properties and tags (JSON), first_seen_at, last_activity_at, and interaction counts;
+* ``contact_tags``: one row per (contact, tag), for fast tag filters and counts;
+* ``contact_lists``: one row per (contact, list) with its effective state;
+* ``timeline``: every inbound event of a contact, ordered by occurred_at then event_id.
+
+The fold applies the aggregate's recorded *effective* changes in stream order, so it
+needs no stamps; it is a pure function of the events, and a rebuild gives the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from projections.db import Cursor, ViewDatabase
+from services.domain.contact import Contact, tag_key
+from services.domain.stamps import utc_iso
+from services.domain.timeline import ACTIVITY_TYPES
+
+NAME = "contacts"
+
+COUNTED_TYPES = {
+    "form_submitted": "forms_count",
+    "survey_completed": "surveys_count",
+    "booking_made": "bookings_count",
+    "purchase_completed": "purchases_count",
+}
+
+CONSENT_CHANNELS = ("email", "sms", "whatsapp", "phone")
+
+CARD_COLUMNS = (
+    "first_name",
+    "last_name",
+    "phone",
+    "language",
+    "country",
+    "city",
+    "postal_code",
+    "contact_type",
+    "lead_status",
+)
+
+COLUMNS = (
+    "tenant",
+    "contact_id",
+    "email",
+    *CARD_COLUMNS,
+    "language_base",
+    "member_id",
+    "member_status",
+    *(f"consent_{c}" for c in CONSENT_CHANNELS),
+    "properties",
+    "tags",
+    "first_seen_at",
+    "last_activity_at",
+    "forms_count",
+    "surveys_count",
+    "bookings_count",
+    "purchases_count",
+    "events_count",
+    "version",
+)
+
+
+def ddl(is_postgres: bool) -> list[str]:
+    ts = "TIMESTAMPTZ" if is_postgres else "TEXT"
+    boolean = "BOOLEAN" if is_postgres else "INTEGER"
+    json_type = "JSONB" if is_postgres else "TEXT"
+    card = ", ".join(f"{c} TEXT" for c in CARD_COLUMNS)
+    consent = ", ".join(f"consent_{c} {boolean}" for c in CONSENT_CHANNELS)
+    return [
+        "CREATE TABLE IF NOT EXISTS contacts ("
+        "tenant TEXT NOT NULL, contact_id TEXT NOT NULL, email TEXT NOT NULL, "
+        f"{card}, language_base TEXT, member_id TEXT, member_status TEXT, {consent}, "
+        f"properties {json_type} NOT NULL, tags {json_type} NOT NULL, "
+        f"first_seen_at {ts}, last_activity_at {ts}, "
+        "forms_count INTEGER NOT NULL DEFAULT 0, surveys_count INTEGER NOT NULL DEFAULT 0, "
+        "bookings_count INTEGER NOT NULL DEFAULT 0, purchases_count INTEGER NOT NULL DEFAULT 0, "
+        "events_count INTEGER NOT NULL DEFAULT 0, version INTEGER NOT NULL, "
+        "PRIMARY KEY (tenant, contact_id))",
+        "CREATE UNIQUE INDEX IF NOT EXISTS contacts_email ON contacts (tenant, email)",
+        "CREATE INDEX IF NOT EXISTS contacts_first_seen "
+        "ON contacts (tenant, first_seen_at, contact_id)",
+        "CREATE INDEX IF NOT EXISTS contacts_language "
+        "ON contacts (tenant, language_base, first_seen_at)",
+        "CREATE INDEX IF NOT EXISTS contacts_country ON contacts (tenant, country, first_seen_at)",
+        "CREATE INDEX IF NOT EXISTS contacts_consent_email "
+        "ON contacts (tenant, consent_email, first_seen_at)",
+        "CREATE INDEX IF NOT EXISTS contacts_last_activity "
+        "ON contacts (tenant, last_activity_at)",
+        "CREATE TABLE IF NOT EXISTS contact_tags ("
+        "tenant TEXT NOT NULL, tag TEXT NOT NULL, contact_id TEXT NOT NULL, label TEXT NOT NULL, "
+        "PRIMARY KEY (tenant, tag, contact_id))",
+        "CREATE INDEX IF NOT EXISTS contact_tags_contact ON contact_tags (tenant, contact_id)",
+        "CREATE TABLE IF NOT EXISTS contact_lists ("
+        "tenant TEXT NOT NULL, contact_id TEXT NOT NULL, list_id TEXT NOT NULL, "
+        f"state TEXT NOT NULL, changed_at {ts} NOT NULL, "
+        "PRIMARY KEY (tenant, contact_id, list_id))",
+        "CREATE INDEX IF NOT EXISTS contact_lists_list ON contact_lists (tenant, list_id, state)",
+        "CREATE TABLE IF NOT EXISTS timeline ("
+        "tenant TEXT NOT NULL, contact_id TEXT NOT NULL, "
+        f"occurred_at {ts} NOT NULL, event_id TEXT NOT NULL, "
+        "type TEXT NOT NULL, kind TEXT NOT NULL, source TEXT NOT NULL, summary TEXT NOT NULL, "
+        f"data {json_type} NOT NULL, "
+        "PRIMARY KEY (tenant, contact_id, occurred_at, event_id))",
+    ]
+
+
+TABLES = ("timeline", "contact_lists", "contact_tags", "contacts")
+
+
+class ContactsProjection:
+    name = NAME
+    tables = TABLES
+
+    def create_tables(self, db: ViewDatabase) -> None:
+        with db.transaction() as cur:
+            for statement in ddl(db.is_postgres):
+                cur.execute(statement)
+
+    def apply(self, cur: Cursor, events: Sequence[Any], is_postgres: bool) -> None:
+        ids = sorted({e.originator_id.hex for e in events})
+        rows = self._load(cur, ids)
+        tag_changes: dict[tuple[str, str, str], str | None] = {}
+        list_changes: dict[tuple[str, str, str], tuple[str, str]] = {}
+        timeline: list[tuple[Any, ...]] = []
+        for event in events:
+            cid = event.originator_id.hex
+            if isinstance(event, Contact.Registered):
+                rows[cid] = _new_row(event.tenant, cid, event.email)
+                rows[cid]["version"] = event.originator_version
+                continue
+            if not isinstance(event, Contact.Recorded):
+                continue
+            row = rows[cid]
+            _apply_recorded(row, event, tag_changes, list_changes)
+            entry = event.entry
+            timeline.append(
+                (
+                    row["tenant"],
+                    cid,
+                    event.occurred_at,
+                    event.event_id,
+                    event.event_type,
+                    entry.get("kind", "other"),
+                    event.source,
+                    entry.get("summary", ""),
+                    json.dumps(entry.get("data", {}), sort_keys=True, separators=(",", ":")),
+                )
+            )
+        self._write_rows(cur, rows, is_postgres)
+        for (tenant, cid, key), label in sorted(tag_changes.items()):
+            if label is None:
+                cur.execute(
+                    "DELETE FROM contact_tags WHERE tenant = ? AND tag = ? AND contact_id = ?",
+                    (tenant, key, cid),
+                )
+            else:
+                cur.execute(
+                    "INSERT INTO contact_tags (tenant, tag, contact_id, label) VALUES (?,?,?,?) "
+                    "ON CONFLICT (tenant, tag, contact_id) DO UPDATE SET label = excluded.label",
+                    (tenant, key, cid, label),
+                )
+        if list_changes:
+            cur.executemany(
+                "INSERT INTO contact_lists (tenant, contact_id, list_id, state, changed_at) "
+                "VALUES (?,?,?,?,?) ON CONFLICT (tenant, contact_id, list_id) "
+                "DO UPDATE SET state = excluded.state, changed_at = excluded.changed_at",
+                [(t, c, lid, s, at) for (t, c, lid), (s, at) in sorted(list_changes.items())],
+            )
+        if timeline:
+            cur.executemany(
+                "INSERT INTO timeline (tenant, contact_id, occurred_at, event_id, type, kind, "
+                "source, summary, data) VALUES (?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT (tenant, contact_id, occurred_at, event_id) DO NOTHING",
+                timeline,
+            )
+
+    def _load(self, cur: Cursor, ids: list[str]) -> dict[str, dict[str, Any]]:
+        rows: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            cur.execute(
+                f"SELECT {', '.join(COLUMNS)} FROM contacts WHERE contact_id IN ({marks})",
+                chunk,
+            )
+            for row in cur.fetchall():
+                row["properties"] = _json(row["properties"])
+                row["tags"] = {tag_key(label): label for label in _json(row["tags"])}
+                for column in ("first_seen_at", "last_activity_at"):
+                    row[column] = _iso(row[column])
+                rows[row["contact_id"]] = row
+        return rows
+
+    def _write_rows(self, cur: Cursor, rows: dict[str, dict[str, Any]], is_postgres: bool) -> None:
+        if not rows:
+            return
+        marks = ",".join("?" * len(COLUMNS))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[2:])
+        statement = (
+            f"INSERT INTO contacts ({', '.join(COLUMNS)}) VALUES ({marks}) "
+            f"ON CONFLICT (tenant, contact_id) DO UPDATE SET {updates}"
+        )
+        params = []
+        for cid in sorted(rows):
+            row = rows[cid]
+            values = []
+            for column in COLUMNS:
+                value = row.get(column)
+                if column == "tags":
+                    value = json.dumps(sorted(value.values()), separators=(",", ":"))
+                elif column == "properties":
+                    value = json.dumps(value, sort_keys=True, separators=(",", ":"))
+                elif column.startswith("consent_") and value is not None and not is_postgres:
+                    value = int(value)
+                values.append(value)
+            params.append(values)
+        cur.executemany(statement, params)
+
+
+def _new_row(tenant: str, contact_id: str, email: str) -> dict[str, Any]:
+    row: dict[str, Any] = {column: None for column in COLUMNS}
+    row.update(
+        tenant=tenant,
+        contact_id=contact_id,
+        email=email,
+        properties={},
+        tags={},
+        forms_count=0,
+        surveys_count=0,
+        bookings_count=0,
+        purchases_count=0,
+        events_count=0,
+    )
+    return row
+
+
+def _apply_recorded(
+    row: dict[str, Any],
+    event: Contact.Recorded,
+    tag_changes: dict[tuple[str, str, str], str | None],
+    list_changes: dict[tuple[str, str, str], tuple[str, str]],
+) -> None:
+    changes = event.changes
+    tenant, cid = row["tenant"], row["contact_id"]
+    for name, value in changes.get("fields", {}).items():
+        row[name] = value
+        if name == "language":
+            row["language_base"] = value.split("-")[0].lower() if value else None
+    properties = dict(row["properties"])
+    for name, value in changes.get("properties", {}).items():
+        if value is None:
+            properties.pop(name, None)
+        else:
+            properties[name] = value
+    row["properties"] = properties
+    tags = dict(row["tags"])
+    for key, (label, present) in changes.get("tags", {}).items():
+        if present:
+            tags[key] = label
+            tag_changes[(tenant, cid, key)] = label
+        else:
+            tags.pop(key, None)
+            tag_changes[(tenant, cid, key)] = None
+    row["tags"] = tags
+    for channel, granted in changes.get("consent", {}).items():
+        row[f"consent_{channel}"] = bool(granted)
+    for list_id, state in changes.get("lists", {}).items():
+        list_changes[(tenant, cid, list_id)] = (state, event.occurred_at)
+    member = changes.get("member")
+    if member is not None:
+        row["member_id"] = member["member_id"]
+        row["member_status"] = member["status"]
+    if row["first_seen_at"] is None or event.occurred_at < row["first_seen_at"]:
+        row["first_seen_at"] = event.occurred_at
+    is_activity = event.event_type in ACTIVITY_TYPES and not event.entry.get("automatic")
+    if is_activity and (
+        row["last_activity_at"] is None or event.occurred_at > row["last_activity_at"]
+    ):
+        row["last_activity_at"] = event.occurred_at
+    counter = COUNTED_TYPES.get(event.event_type)
+    if counter:
+        row[counter] += 1
+    row["events_count"] += 1
+    row["version"] = event.originator_version
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def _iso(value: Any) -> str | None:
+    """Timestamps as the fixed-width UTC strings the domain uses (both backends)."""
+    if value is None or isinstance(value, str):
+        return value
+    return utc_iso(value)

@@ -1,0 +1,201 @@
+"""One small interface over the two read-model databases, so each projection's SQL is
+written once.
+
+SQL is written with ``?`` placeholders and unqualified table names. On PostgreSQL the
+placeholders become ``%s`` and the connection's ``search_path`` is ficha's schema. Column
+types that differ (timestamps, booleans, JSON) are chosen per dialect in DDL only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from services.config import Settings
+
+
+class Cursor(Protocol):
+    def execute(self, statement: str, params: Sequence[Any] = ...) -> Any: ...
+    def executemany(self, statement: str, params: Sequence[Sequence[Any]]) -> Any: ...
+    def fetchall(self) -> list[dict[str, Any]]: ...
+    def fetchone(self) -> dict[str, Any] | None: ...
+
+
+class _SQLiteCursor:
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self._c = cursor
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        return self._c.execute(statement, params)
+
+    def executemany(self, statement: str, params: Sequence[Sequence[Any]]) -> Any:
+        return self._c.executemany(statement, params)
+
+    def fetchall(self) -> list[dict[str, Any]]:
+        return [dict(row) for row in self._c.fetchall()]
+
+    def fetchone(self) -> dict[str, Any] | None:
+        row = self._c.fetchone()
+        return None if row is None else dict(row)
+
+
+class _PostgresCursor:
+    def __init__(self, cursor: psycopg.Cursor[dict[str, Any]]) -> None:
+        self._c = cursor
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        return self._c.execute(statement.replace("?", "%s"), params)  # type: ignore[arg-type]
+
+    def executemany(self, statement: str, params: Sequence[Sequence[Any]]) -> Any:
+        return self._c.executemany(statement.replace("?", "%s"), params)  # type: ignore[arg-type]
+
+    def fetchall(self) -> list[dict[str, Any]]:
+        return list(self._c.fetchall())
+
+    def fetchone(self) -> dict[str, Any] | None:
+        return self._c.fetchone()
+
+
+class ViewDatabase:
+    """A connection per thread to the read-model database of the configured backend."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.dialect = settings.backend
+        self._local = threading.local()
+        self._connections: list[Any] = []
+        self._lock = threading.Lock()
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect == "postgres"
+
+    def _connect(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        if self.settings.postgres is not None:
+            pg = self.settings.postgres
+            conn = psycopg.connect(pg.conninfo, row_factory=dict_row, connect_timeout=5)
+            conn.autocommit = True
+            conn.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(pg.schema))
+            )
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg.schema)))
+            conn.autocommit = False
+        else:
+            path: Path = self.settings.views_db_path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, timeout=30, isolation_level=None,
+                                   check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        self._local.conn = conn
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # it is being thrown away anyway
+                conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        """A write transaction: committed on success, rolled back on error."""
+        conn = self._connect()
+        try:
+            if self.is_postgres:
+                with conn.transaction(), conn.cursor() as cur:
+                    yield _PostgresCursor(cur)
+            else:
+                cur = conn.cursor()
+                cur.execute("BEGIN IMMEDIATE")
+                try:
+                    yield _SQLiteCursor(cur)
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
+                cur.execute("COMMIT")
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            self._drop_connection()
+            raise
+
+    @contextmanager
+    def reading(self) -> Iterator[Cursor]:
+        """A read-only snapshot."""
+        conn = self._connect()
+        try:
+            if self.is_postgres:
+                with conn.transaction(), conn.cursor() as cur:
+                    yield _PostgresCursor(cur)
+            else:
+                cur = conn.cursor()
+                cur.execute("BEGIN")
+                try:
+                    yield _SQLiteCursor(cur)
+                finally:
+                    cur.execute("COMMIT")
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            self._drop_connection()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    # ---------------------------------------------------------------- tracking
+
+    def ensure_tracking_table(self) -> None:
+        with self.transaction() as cur:
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS ficha_projection_tracking ("
+                "name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
+            )
+
+    def position(self, cur: Cursor, name: str) -> int:
+        cur.execute("SELECT position FROM ficha_projection_tracking WHERE name = ?", (name,))
+        row = cur.fetchone()
+        return int(row["position"]) if row else 0
+
+    def set_position(self, cur: Cursor, name: str, expected: int, position: int) -> None:
+        """Move the projection's position; fails if someone else moved it meanwhile."""
+        if expected == 0:
+            cur.execute(
+                "INSERT INTO ficha_projection_tracking (name, position) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET position = excluded.position "
+                "WHERE ficha_projection_tracking.position = 0",
+                (name, position),
+            )
+        else:
+            cur.execute(
+                "UPDATE ficha_projection_tracking SET position = ? "
+                "WHERE name = ? AND position = ?",
+                (position, name, expected),
+            )
+        cur.execute("SELECT position FROM ficha_projection_tracking WHERE name = ?", (name,))
+        row = cur.fetchone()
+        if row is None or int(row["position"]) != position:
+            raise ConcurrentProjectionError(
+                f"projection {name} was moved by another worker; this batch is abandoned"
+            )
+
+
+class ConcurrentProjectionError(Exception):
+    pass

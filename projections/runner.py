@@ -1,0 +1,144 @@
+"""Feeds projections from the event store's notification log, exactly once.
+
+Each page of notifications (up to ``page_size``) is decoded and applied to the view
+tables, and the projection's position moves in the same transaction. SQLite cannot be
+subscribed to, so the runner waits on a wake-up (the ingest worker calls ``wake()`` after
+each commit when both run in one process) or a short poll of the store's maximum
+notification id, which is a single index lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from projections.db import Cursor, ViewDatabase
+from services.store.contact_store import ContactStore
+
+log = logging.getLogger("ficha.projections")
+
+
+class Projection(Protocol):
+    name: str
+    tables: tuple[str, ...]
+
+    def create_tables(self, db: ViewDatabase) -> None: ...
+    def apply(self, cur: Cursor, events: list[Any], is_postgres: bool) -> None: ...
+
+
+@dataclass
+class ProjectionStats:
+    applied: int = 0
+    pages: int = 0
+    last_commit_at: float | None = None
+
+
+class ProjectionRunner:
+    def __init__(
+        self,
+        store: ContactStore,
+        db: ViewDatabase,
+        projection: Projection,
+        *,
+        page_size: int = 1000,
+        poll_interval: float = 0.05,
+    ) -> None:
+        self.store = store
+        self.db = db
+        self.projection = projection
+        self.page_size = page_size
+        self.poll_interval = poll_interval
+        self.stats = ProjectionStats()
+        self._wake = threading.Event()
+
+    @property
+    def name(self) -> str:
+        return self.projection.name
+
+    def setup(self) -> None:
+        self.db.ensure_tracking_table()
+        self.projection.create_tables(self.db)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def position(self) -> int:
+        with self.db.reading() as cur:
+            return self.db.position(cur, self.name)
+
+    def run_once(self) -> int:
+        """Apply one page; returns how many notifications it applied (0 = caught up)."""
+        with self.db.reading() as cur:
+            position = self.db.position(cur, self.name)
+        notifications = self.store.notifications_after(position, self.page_size)
+        if not notifications:
+            return 0
+        mapper = self.store.mapper
+        events = [mapper.to_domain_event(n) for n in notifications]
+        top = notifications[-1].id
+        with self.db.transaction() as cur:
+            self.projection.apply(cur, events, self.db.is_postgres)
+            self.db.set_position(cur, self.name, position, top)
+        self.stats.applied += len(events)
+        self.stats.pages += 1
+        self.stats.last_commit_at = time.time()
+        return len(events)
+
+    def catch_up(self, on_page: Callable[[int], None] | None = None) -> int:
+        """Apply pages until the projection reaches the log's end; returns the count.
+
+        `on_page` is called with the new position after each page (for progress bars).
+        """
+        total = 0
+        while True:
+            applied = self.run_once()
+            if applied == 0:
+                return total
+            total += applied
+            if on_page is not None:
+                on_page(self.position())
+
+    def rebuild(self, on_page: Callable[[int], None] | None = None) -> int:
+        """Drop the view tables and replay every event from the start."""
+        with self.db.transaction() as cur:
+            for table in self.projection.tables:
+                cur.execute(f"DROP TABLE IF EXISTS {table}")
+            cur.execute("DELETE FROM ficha_projection_tracking WHERE name = ?", (self.name,))
+        self.projection.create_tables(self.db)
+        return self.catch_up(on_page)
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Blocking loop for a worker thread."""
+        delay = 0.2
+        while not stop.is_set():
+            try:
+                applied = self.run_once()
+                delay = 0.2
+            except Exception as error:  # noqa: BLE001 - a database outage: wait and retry
+                log.warning("projection %s failed, retrying in %.1fs: %s", self.name, delay, error)
+                stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if applied == 0:
+                self._wake.wait(self.poll_interval)
+                self._wake.clear()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run the blocking loop in a thread until `stop` is set."""
+        thread_stop = threading.Event()
+
+        async def relay() -> None:
+            await stop.wait()
+            thread_stop.set()
+            self._wake.set()
+
+        relay_task = asyncio.create_task(relay())
+        try:
+            await asyncio.to_thread(self.run_forever, thread_stop)
+        finally:
+            relay_task.cancel()

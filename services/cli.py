@@ -1,0 +1,388 @@
+"""The `ficha` command line: run the system, feed it demo data, read the client list."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from datetime import UTC, datetime
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(
+    help="ficha: an event-sourced contact backend. Events in on NATS, contact cards out.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+contacts_app = typer.Typer(help="Read the client list and contact cards.", no_args_is_help=True)
+projections_app = typer.Typer(help="Operate the read models.", no_args_is_help=True)
+app.add_typer(contacts_app, name="contacts")
+app.add_typer(projections_app, name="projections")
+
+console = Console()
+err = Console(stderr=True)
+
+
+class CliError(Exception):
+    """An expected failure: printed as one line, no traceback."""
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def settings_or_fail() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as error:
+        fail(str(error), 2)
+
+
+def run(coro: Any) -> Any:
+    try:
+        return asyncio.run(coro)
+    except CliError as error:
+        fail(str(error))
+
+
+def views(settings: Settings) -> Any:
+    from projections.db import ViewDatabase
+
+    return ViewDatabase(settings)
+
+
+def db_error_text(error: Exception) -> str:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return first
+
+
+# ------------------------------------------------------------------------- up
+
+
+@app.command()
+def up(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every batch.")] = False,
+) -> None:
+    """Start everything: NATS (embedded unless FICHA_NATS_URL), ingest workers, projections."""
+    from services.runtime import Runtime
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    settings = settings_or_fail()
+
+    async def main() -> None:
+        runtime = Runtime(settings)
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        try:
+            await runtime.start()
+        except Exception as error:
+            await runtime.stop()
+            raise CliError(f"could not start: {db_error_text(error)}") from error
+        console.print(
+            f"[bold green]ficha is up[/]  backend={settings.backend}  nats={runtime.nats_url}  "
+            f"partitions={settings.partitions}  data={settings.data_dir}"
+        )
+        console.print("Publish to ficha.in.<tenant>.<type>; Ctrl-C stops.")
+        waiter = asyncio.create_task(runtime.wait())
+        stopper = asyncio.create_task(stopping.wait())
+        done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        console.print("stopping…")
+        await runtime.stop()
+        waiter.cancel()
+        if waiter in done and waiter.exception() is not None:
+            raise CliError(f"a worker stopped: {waiter.exception()}")
+        console.print("stopped cleanly")
+
+    run(main())
+
+
+# ----------------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(
+    tenant: Annotated[str, typer.Option(help="Tenant to publish for.")],
+    events: Annotated[int, typer.Option(help="How many events to publish.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Same seed, same history.")] = 0,
+    rate: Annotated[float, typer.Option(help="Events per second (0 = as fast as possible).")] = 0,
+) -> None:
+    """Publish a realistic synthetic history to the running ficha."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from contracts.decode import TENANT_PATTERN
+    from services.demo import demo_summary, generate_history
+    from services.producer import publish_stream
+    from services.runtime import connect_nats, resolve_nats_url
+
+    if not TENANT_PATTERN.fullmatch(tenant):
+        fail(f"tenant {tenant!r} is not valid: use lowercase letters, digits, _ and -")
+    if events < 1:
+        fail("--events must be at least 1")
+    settings = settings_or_fail()
+    url = resolve_nats_url(settings)
+    if url is None:
+        fail("no NATS server: start `ficha up` first, or set FICHA_NATS_URL")
+
+    async def main() -> None:
+        try:
+            nc = await connect_nats(url, name="ficha-demo")
+        except Exception as error:
+            raise CliError(f"cannot reach NATS at {url}: {db_error_text(error)}") from error
+        counts: dict[str, int] = {}
+        try:
+            js = nc.jetstream()
+            history = generate_history(tenant, events, seed=seed)
+            with Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=err,
+            ) as progress:
+                task = progress.add_task("publishing", total=events)
+
+                def counted() -> Any:
+                    for event in history:
+                        counts[event["type"]] = counts.get(event["type"], 0) + 1
+                        yield event
+
+                async for done in publish_stream(js, counted(), rate=rate):
+                    progress.update(task, completed=done)
+        finally:
+            await nc.drain()
+        table = Table(title=f"published {events} events for {tenant}")
+        table.add_column("type")
+        table.add_column("events", justify="right")
+        for kind, n in sorted(demo_summary_from(counts).items()):
+            table.add_row(kind, str(n))
+        console.print(table)
+
+    def demo_summary_from(counts: dict[str, int]) -> dict[str, int]:
+        return counts or demo_summary([])
+
+    run(main())
+
+
+# ------------------------------------------------------------------- contacts
+
+
+def parse_date(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"{option} must be a date like 2026-11-01 or 2026-11-01T10:00:00+01:00")
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@contacts_app.command("list")
+def contacts_list(
+    tenant: Annotated[str, typer.Option(help="Tenant whose contacts to list.")],
+    language: Annotated[str | None, typer.Option(help="es matches es, es-MX…")] = None,
+    country: Annotated[str | None, typer.Option(help="ISO country code, e.g. ES.")] = None,
+    tag: Annotated[str | None, typer.Option(help="Has this tag (any case).")] = None,
+    consent: Annotated[str | None, typer.Option(help="Consent granted on channel.")] = None,
+    no_consent: Annotated[str | None, typer.Option(help="No consent on channel.")] = None,
+    since: Annotated[str | None, typer.Option(help="First contact on or after.")] = None,
+    until: Annotated[str | None, typer.Option(help="First contact before.")] = None,
+    email_prefix: Annotated[str | None, typer.Option(help="Email starts with.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows per page (1-1000).")] = 50,
+    cursor: Annotated[str | None, typer.Option(help="Next-page cursor.")] = None,
+    count: Annotated[bool, typer.Option(help="Also count all matches.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
+) -> None:
+    """The client list, newest first contact first, with filters."""
+    from projections.queries import (
+        ContactFilter,
+        QueryError,
+        count_contacts,
+        list_contacts,
+        tenant_exists,
+    )
+
+    settings = settings_or_fail()
+    f = ContactFilter(
+        tenant=tenant,
+        language=language,
+        country=country,
+        tag=tag,
+        consent=consent,
+        no_consent=no_consent,
+        first_seen_from=parse_date(since, "--since"),
+        first_seen_to=parse_date(until, "--until"),
+        email_prefix=email_prefix,
+    )
+    db = views(settings)
+    try:
+        if not tenant_exists(db, tenant):
+            fail(f"no contacts for tenant {tenant!r} yet (is it spelled right?)")
+        rows, next_cursor = list_contacts(db, f, limit=limit, cursor=cursor)
+        total = count_contacts(db, f) if count else None
+    except QueryError as error:
+        fail(str(error), 2)
+    except Exception as error:  # noqa: BLE001 - database unreachable or not created yet
+        fail(f"cannot read the client list: {db_error_text(error)}")
+    finally:
+        db.close()
+    if as_json:
+        print(json.dumps({"contacts": rows, "next_cursor": next_cursor, "total": total}))
+        return
+    matches = f" ({total} match)" if total is not None else ""
+    table = Table(title=f"contacts of {tenant}{matches}")
+    for column in ("email", "name", "lang", "country", "tags", "consent", "first seen",
+                   "last active", "forms", "bookings", "purchases"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        name = " ".join(p for p in (row.get("first_name"), row.get("last_name")) if p)
+        table.add_row(
+            row["email"],
+            name,
+            row.get("language") or "",
+            row.get("country") or "",
+            ", ".join(row.get("tags") or []),
+            {True: "email ✓", False: "email ✗"}.get(row.get("consent_email"), ""),
+            (row.get("first_seen_at") or "")[:10],
+            (row.get("last_activity_at") or "")[:10],
+            str(row["forms_count"]),
+            str(row["bookings_count"]),
+            str(row["purchases_count"]),
+        )
+    console.print(table)
+    if next_cursor:
+        console.print(f"next page: --cursor {next_cursor}")
+
+
+@contacts_app.command("get")
+def contacts_get(
+    tenant: Annotated[str, typer.Option(help="Tenant of the contact.")],
+    email: Annotated[str, typer.Option(help="The contact's email (any case).")],
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
+) -> None:
+    """One contact's card and full timeline."""
+    from projections.queries import get_card
+
+    settings = settings_or_fail()
+    db = views(settings)
+    try:
+        card = get_card(db, tenant, email)
+    except Exception as error:  # noqa: BLE001
+        fail(f"cannot read the card: {db_error_text(error)}")
+    finally:
+        db.close()
+    if card is None:
+        fail(f"no contact with email {email.strip().lower()!r} in tenant {tenant!r}")
+    if as_json:
+        print(json.dumps(card))
+        return
+    card_table = Table(show_header=False, title=card["email"])
+    card_table.add_column("field", style="bold")
+    card_table.add_column("value", overflow="fold")
+    skip = {"timeline", "lists", "tenant", "properties", "tags", "language_base"}
+    for key, value in card.items():
+        if key in skip or value is None:
+            continue
+        card_table.add_row(key, str(value))
+    card_table.add_row("tags", ", ".join(card["tags"]))
+    for name, value in sorted(card["properties"].items()):
+        card_table.add_row(f"property {name}", json.dumps(value))
+    for entry in card["lists"]:
+        state = f"{entry['state']} since {entry['changed_at']}"
+        card_table.add_row(f"list {entry['list_id']}", state)
+    console.print(card_table)
+    timeline = Table(title=f"timeline ({len(card['timeline'])} entries)")
+    timeline.add_column("when")
+    timeline.add_column("kind")
+    timeline.add_column("what", overflow="fold")
+    timeline.add_column("source")
+    for entry in card["timeline"]:
+        timeline.add_row(entry["occurred_at"][:19].replace("T", " "), entry["kind"],
+                         entry["summary"], entry["source"])
+    console.print(timeline)
+
+
+# --------------------------------------------------------------------- status
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
+) -> None:
+    """Per partition and per projection: position and lag; dead-letter count."""
+    from services.status import collect_status
+
+    settings = settings_or_fail()
+    report = run(collect_status(settings))
+    if as_json:
+        print(json.dumps(report))
+        return
+    bus = report["bus"]
+    console.print(f"backend: {report['backend']}   nats: {bus.get('url') or 'not found'}"
+                  + (f"   ([red]{bus['error']}[/])" if bus.get("error") else ""))
+    parts = Table(title="ingest partitions")
+    for column in ("partition", "committed position", "pending in stream", "unacked"):
+        parts.add_column(column, justify="right")
+    for p in report["partitions"]:
+        parts.add_row(str(p["partition"]), str(p["position"]),
+                      str(p.get("pending", "?")), str(p.get("ack_pending", "?")))
+    console.print(parts)
+    proj = Table(title="projections")
+    for column in ("projection", "position", "store head", "lag (events)"):
+        proj.add_column(column, justify="right")
+    for p in report["projections"]:
+        proj.add_row(p["name"], str(p["position"]), str(p["head"]), str(p["lag"]))
+    console.print(proj)
+    console.print(f"dead letters: {bus.get('dead_letters', '?')}   "
+                  f"received events: {report['received_events']}")
+
+
+# ---------------------------------------------------------------- projections
+
+
+@projections_app.command("rebuild")
+def projections_rebuild(
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Drop the read models and replay every stored event into them."""
+    from projections.contacts import ContactsProjection
+    from projections.runner import ProjectionRunner
+    from services.store.contact_store import ContactStore
+
+    settings = settings_or_fail()
+    if not yes and not typer.confirm("Drop and rebuild the contacts read model?"):
+        raise typer.Exit(1)
+    store = ContactStore(settings)
+    db = views(settings)
+    runner = ProjectionRunner(store, db, ContactsProjection())
+    runner.setup()
+    head = store.max_notification_id()
+    from rich.progress import Progress
+
+    with Progress(console=err) as progress:
+        task = progress.add_task("rebuilding contacts", total=head or 1)
+        runner.rebuild(lambda position: progress.update(task, completed=position))
+        progress.update(task, completed=head or 1)
+    console.print(f"rebuilt contacts: {runner.stats.applied} events replayed")
+    db.close()
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

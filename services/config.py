@@ -1,0 +1,147 @@
+"""Configuration from the environment, read once at the composition root.
+
+| variable | default | meaning |
+|---|---|---|
+| FICHA_DATA_DIR | ./var | SQLite files, embedded nats-server store, contact-id key |
+| FICHA_DATABASE_URL | (unset: SQLite) | postgresql://user@host:port/db selects PostgreSQL |
+| FICHA_DATABASE_SCHEMA | ficha | PostgreSQL schema for ficha's tables (created if missing) |
+| FICHA_NATS_URL | (unset: embedded) | NATS server to use; unset starts nats-server from the wheel |
+| FICHA_PARTITIONS | 8 | ingest partitions, fixed when the stream is first created |
+| FICHA_ID_KEY | (key file) | hex key for contact ids; default: made once in DATA_DIR/id.key |
+| FICHA_BATCH_SIZE | 500 | messages fetched and committed together per partition |
+| FICHA_DUPLICATE_WINDOW | 120 | JetStream de-dup window, seconds (ficha also de-dups for ever) |
+| FICHA_INGEST_MAX_AGE | 604800 | seconds raw inbound events are kept in the ingest stream |
+| FICHA_AGGREGATE_CACHE | 100000 | contacts kept in memory per ingest worker |
+| FICHA_ACK_WAIT | 30 | seconds before JetStream redelivers an unacked message |
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    host: str
+    port: int
+    dbname: str
+    user: str
+    password: str
+    schema: str
+
+    @property
+    def conninfo(self) -> str:
+        parts = [f"host={self.host}", f"port={self.port}", f"dbname={self.dbname}"]
+        parts.append(f"user={self.user}")
+        if self.password:
+            parts.append(f"password={self.password}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    postgres: PostgresSettings | None
+    nats_url: str | None
+    partitions: int = 8
+    id_key: bytes = b""
+    batch_size: int = 500
+    duplicate_window_s: float = 120.0
+    ingest_max_age_s: float = 7 * 24 * 3600.0
+    aggregate_cache: int = 100_000
+    ack_wait_s: float = 30.0
+
+    @property
+    def backend(self) -> str:
+        return "postgres" if self.postgres else "sqlite"
+
+    @property
+    def events_db_path(self) -> Path:
+        return self.data_dir / "events.sqlite"
+
+    @property
+    def views_db_path(self) -> Path:
+        return self.data_dir / "views.sqlite"
+
+
+def parse_database_url(url: str, schema: str) -> PostgresSettings:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("postgresql", "postgres"):
+        raise ConfigError(
+            f"FICHA_DATABASE_URL must start with postgresql:// (got {parsed.scheme or url!r}); "
+            "leave it unset to use the embedded SQLite files"
+        )
+    dbname = parsed.path.lstrip("/")
+    if not dbname:
+        raise ConfigError("FICHA_DATABASE_URL names no database: add /DBNAME at its end")
+    return PostgresSettings(
+        host=parsed.hostname or "127.0.0.1",
+        port=parsed.port or 5432,
+        dbname=unquote(dbname),
+        user=unquote(parsed.username or "postgres"),
+        password=unquote(parsed.password or ""),
+        schema=schema,
+    )
+
+
+def _int(env: dict[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number (got {raw!r})") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum} (got {value})")
+    return value
+
+
+def load_id_key(env: dict[str, str], data_dir: Path) -> bytes:
+    raw = env.get("FICHA_ID_KEY")
+    if raw:
+        try:
+            key = bytes.fromhex(raw)
+        except ValueError:
+            raise ConfigError("FICHA_ID_KEY must be hex (for example 64 hex digits)") from None
+        if len(key) < 16:
+            raise ConfigError("FICHA_ID_KEY must be at least 16 bytes (32 hex digits)")
+        return key
+    path = data_dir / "id.key"
+    if path.exists():
+        return bytes.fromhex(path.read_text().strip())
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_bytes(32)
+    path.write_text(key.hex() + "\n")
+    path.chmod(0o600)
+    return key
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ if env is None else env)
+    data_dir = Path(env.get("FICHA_DATA_DIR") or "./var").resolve()
+    schema = env.get("FICHA_DATABASE_SCHEMA") or "ficha"
+    if not schema.replace("_", "").isalnum():
+        raise ConfigError(f"FICHA_DATABASE_SCHEMA must be letters, digits and _ (got {schema!r})")
+    url = env.get("FICHA_DATABASE_URL") or ""
+    postgres = parse_database_url(url, schema) if url else None
+    return Settings(
+        data_dir=data_dir,
+        postgres=postgres,
+        nats_url=env.get("FICHA_NATS_URL") or None,
+        partitions=_int(env, "FICHA_PARTITIONS", 8),
+        id_key=load_id_key(env, data_dir),
+        batch_size=_int(env, "FICHA_BATCH_SIZE", 500),
+        duplicate_window_s=float(_int(env, "FICHA_DUPLICATE_WINDOW", 120)),
+        ingest_max_age_s=float(_int(env, "FICHA_INGEST_MAX_AGE", 7 * 24 * 3600, minimum=0)),
+        aggregate_cache=_int(env, "FICHA_AGGREGATE_CACHE", 100_000),
+        ack_wait_s=float(_int(env, "FICHA_ACK_WAIT", 30)),
+    )

@@ -1,0 +1,47 @@
+"""Dead-lettering: a rejected or unprocessable message goes, unchanged, to ficha.dlq.
+
+Headers follow the contract: Ficha-Error (stable code), Ficha-Error-Detail (a sentence),
+Ficha-Original-Subject and Ficha-Original-Sequence. Nats-Msg-Id derives from the original
+stream sequence, so that a redelivery after a crash is stored once in the DLQ stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+PROCESSING_FAILED = "processing_failed"
+
+DLQ_PREFIX = "ficha.dlq"
+
+
+def _header_safe(text: str, limit: int = 1000) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def dlq_subject(tenant_token: str, type_token: str) -> str:
+    return f"{DLQ_PREFIX}.{tenant_token or '_'}.{type_token or '_'}"
+
+
+async def dead_letter(
+    js: JetStreamContext,
+    msg: Msg,
+    *,
+    original_subject: str,
+    code: str,
+    detail: str,
+    tenant_token: str,
+    type_token: str,
+) -> Any:
+    sequence = msg.metadata.sequence.stream
+    headers = {
+        "Ficha-Error": code,
+        "Ficha-Error-Detail": _header_safe(detail),
+        "Ficha-Original-Subject": original_subject,
+        "Ficha-Original-Sequence": str(sequence),
+        "Nats-Msg-Id": f"dlq-{sequence}",
+    }
+    return await js.publish(dlq_subject(tenant_token, type_token), msg.data, headers=headers)

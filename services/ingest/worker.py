@@ -1,0 +1,234 @@
+"""One owner per ingest partition: fetch a batch, decode, fold, commit, then ack.
+
+Exactly-once: the contacts' new events and the partition's stream position are committed
+in one transaction (BatchFolder); messages are acked only after that commit. A message at
+or below the committed position was applied before a crash that happened between commit
+and ack, so it is acked and skipped. Duplicates by (tenant, event_id) are caught by the
+store for ever. Rejections go to the dead-letter stream before their ack.
+
+Transient failures (the database down or locked) are retried in place with backoff, the
+batch held with in_progress() so that JetStream does not redeliver it out of order. An
+event that cannot be folded is dead-lettered as processing_failed and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import nats.errors
+import psycopg
+from eventsourcing.persistence import IntegrityError as StoreIntegrityError
+from eventsourcing.persistence import InterfaceError as StoreInterfaceError
+from eventsourcing.persistence import OperationalError as StoreOperationalError
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from psycopg_pool import PoolTimeout
+
+from contracts.decode import Rejection, decode
+from contracts.events import InboundEvent
+from services.ingest.deadletter import PROCESSING_FAILED, dead_letter
+from services.ingest.folding import BatchFolder, FoldError
+from services.streams import INGEST_STREAM, original_subject
+
+log = logging.getLogger("ficha.ingest")
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    StoreOperationalError,
+    StoreInterfaceError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    sqlite3.OperationalError,
+    PoolTimeout,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+@dataclass
+class PartitionStats:
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    retries: int = 0
+    dead_letters_by_code: dict[str, int] = field(default_factory=dict)
+    last_commit_at: float | None = None
+
+
+def tokens_of(subject: str) -> tuple[str, str]:
+    """The tenant and type tokens of an inbound subject, `_` where absent."""
+    parts = subject.split(".")
+    tenant = parts[2] if len(parts) > 2 and parts[2] else "_"
+    kind = parts[3] if len(parts) > 3 and parts[3] else "_"
+    return tenant, kind
+
+
+class PartitionWorker:
+    def __init__(
+        self,
+        *,
+        js: JetStreamContext,
+        durable: str,
+        folder: BatchFolder | None,
+        batch_size: int,
+        on_commit: Callable[[], None] | None = None,
+        fetch_timeout: float = 1.0,
+        max_backoff: float = 5.0,
+        fault: Callable[[str], None] | None = None,
+    ) -> None:
+        self.js = js
+        self.durable = durable
+        self.folder = folder
+        self.batch_size = batch_size
+        self.on_commit = on_commit
+        self.fetch_timeout = fetch_timeout
+        self.max_backoff = max_backoff
+        self.position = 0
+        self.stats = PartitionStats()
+        # Fault injection for crash tests: called with "before_commit" and "after_commit";
+        # raising there is what a kill at that instant looks like to everything else.
+        self.fault = fault
+
+    async def run(self, stop: asyncio.Event) -> None:
+        sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=INGEST_STREAM)
+        if self.folder is not None:
+            self.position = await self._retry_transient(
+                lambda: asyncio.to_thread(
+                    self.folder.store.tracked_position,  # type: ignore[union-attr]
+                    self.folder.tracking_name,  # type: ignore[union-attr]
+                ),
+                [],
+                stop,
+            )
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
+                if stop.is_set():
+                    return
+                raise
+            await self.process(msgs, stop)
+
+    # ------------------------------------------------------------------ one batch
+
+    async def process(self, msgs: list[Msg], stop: asyncio.Event) -> None:
+        accepted: list[tuple[Msg, InboundEvent]] = []
+        settled: list[Msg] = []
+        top = self.position
+        for msg in msgs:
+            sequence = msg.metadata.sequence.stream
+            top = max(top, sequence)
+            if sequence <= self.position:
+                self.stats.duplicates += 1
+                settled.append(msg)  # committed before a crash; only the ack was lost
+                continue
+            subject = original_subject(msg.subject)
+            result = decode(subject, msg.data)
+            if isinstance(result, Rejection):
+                await self._dead_letter(msg, subject, result.code, result.detail)
+                settled.append(msg)
+            else:
+                accepted.append((msg, result))
+
+        if self.fault is not None:
+            self.fault("before_commit")
+        if self.folder is not None and top > self.position:
+            await self._fold(accepted, top, stop)
+        self.position = max(self.position, top)
+        if self.fault is not None:
+            self.fault("after_commit")
+        for msg in settled:
+            await msg.ack()
+        for msg, _ in accepted:
+            await msg.ack()
+        self.stats.batches += 1
+        if self.on_commit is not None:
+            self.on_commit()
+
+    async def _fold(
+        self, accepted: list[tuple[Msg, InboundEvent]], top: int, stop: asyncio.Event
+    ) -> None:
+        folder = self.folder
+        assert folder is not None
+        pending = list(accepted)
+        while True:
+            events = [event for _, event in pending]
+            try:
+                outcome = await self._retry_transient(
+                    lambda events=events: asyncio.to_thread(  # type: ignore[misc]
+                        folder.fold_and_commit, events, top
+                    ),
+                    [m for m, _ in pending],
+                    stop,
+                )
+            except FoldError as error:
+                msg, event = pending.pop(error.index)
+                log.error(
+                    "event could not be folded; dead-lettered",
+                    extra={"tenant": event.tenant, "event_id": event.event_id},
+                )
+                await self._dead_letter(
+                    msg,
+                    original_subject(msg.subject),
+                    PROCESSING_FAILED,
+                    f"ficha could not apply this event ({type(error.cause).__name__}: "
+                    f"{error.cause}); it was set aside so that later events keep flowing: "
+                    "report it, and re-drive it once fixed",
+                )
+                continue
+            except StoreIntegrityError:
+                # Another owner (or a previous life of this one) committed this position.
+                committed = await asyncio.to_thread(
+                    folder.store.tracked_position, folder.tracking_name
+                )
+                if committed >= top:
+                    folder.cache.clear()
+                    return
+                folder.cache.clear()
+                self.stats.retries += 1
+                await asyncio.sleep(0.1)
+                continue
+            self.stats.applied += outcome.applied
+            self.stats.duplicates += outcome.duplicates
+            self.stats.last_commit_at = time.time()
+            return
+
+    async def _retry_transient(self, attempt, msgs: list[Msg], stop: asyncio.Event):  # type: ignore[no-untyped-def]
+        delay = 0.2
+        last_progress = time.monotonic()
+        while True:
+            try:
+                return await attempt()
+            except TRANSIENT_ERRORS as error:
+                self.stats.retries += 1
+                log.warning("store unavailable, retrying in %.1fs: %s", delay, error)
+                if stop.is_set():
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+                if time.monotonic() - last_progress > 5.0:
+                    # Keep the held messages ours while we wait: no redelivery, no reorder.
+                    for msg in msgs:
+                        await msg.in_progress()
+                    last_progress = time.monotonic()
+
+    async def _dead_letter(self, msg: Msg, subject: str, code: str, detail: str) -> None:
+        tenant, kind = tokens_of(subject)
+        await dead_letter(
+            self.js,
+            msg,
+            original_subject=subject,
+            code=code,
+            detail=detail,
+            tenant_token=tenant,
+            type_token=kind,
+        )
+        self.stats.dead_lettered += 1
+        self.stats.dead_letters_by_code[code] = self.stats.dead_letters_by_code.get(code, 0) + 1

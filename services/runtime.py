@@ -1,0 +1,194 @@
+"""The composition root: wires configuration, the bus, the store, workers and projections.
+
+``Runtime`` is what ``ficha up`` runs, and what the end-to-end tests start. Nothing else
+constructs adapters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from projections.contacts import ContactsProjection
+from projections.db import ViewDatabase
+from projections.runner import ProjectionRunner
+from services.config import Settings
+from services.domain.identity import ContactIdentity
+from services.ingest.cache import ContactCache
+from services.ingest.folding import BatchFolder
+from services.ingest.worker import PartitionWorker
+from services.natsserver import EmbeddedNatsServer
+from services.store.contact_store import ContactStore
+from services.streams import (
+    TopologySettings,
+    ensure_partition_consumer,
+    ensure_topology,
+    ensure_unrouted_consumer,
+)
+
+log = logging.getLogger("ficha.runtime")
+
+NATS_URL_FILE = "nats.url"
+
+
+def tracking_name(partition: int) -> str:
+    return f"ingest-p{partition}"
+
+
+def consumer_name(partition: int) -> str:
+    return f"ficha-agg-p{partition}"
+
+
+UNROUTED_CONSUMER = "ficha-agg-unrouted"
+
+
+def resolve_nats_url(settings: Settings) -> str | None:
+    """The configured URL, else the one a running `ficha up` wrote into the data dir."""
+    if settings.nats_url:
+        return settings.nats_url
+    path = settings.data_dir / NATS_URL_FILE
+    if path.exists():
+        return path.read_text().strip() or None
+    return None
+
+
+async def connect_nats(url: str, *, name: str = "ficha") -> NATS:
+    return await nats.connect(
+        url,
+        name=name,
+        connect_timeout=3,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        allow_reconnect=True,
+    )
+
+
+def topology_settings(settings: Settings) -> TopologySettings:
+    return TopologySettings(
+        partitions=settings.partitions,
+        duplicate_window_s=settings.duplicate_window_s,
+        ingest_max_age_s=settings.ingest_max_age_s,
+        ack_wait_s=settings.ack_wait_s,
+    )
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    server: EmbeddedNatsServer | None = None
+    nc: NATS | None = None
+    js: JetStreamContext | None = None
+    store: ContactStore | None = None
+    views: ViewDatabase | None = None
+    workers: list[PartitionWorker] = field(default_factory=list)
+    projections: list[ProjectionRunner] = field(default_factory=list)
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def nats_url(self) -> str:
+        if self.server is not None:
+            return self.server.url
+        assert self.settings.nats_url
+        return self.settings.nats_url
+
+    async def start(self) -> None:
+        settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if settings.nats_url is None:
+            self.server = EmbeddedNatsServer(store_dir=settings.data_dir / "nats")
+            await asyncio.to_thread(self.server.start)
+            (settings.data_dir / NATS_URL_FILE).write_text(self.server.url + "\n")
+        self.nc = await connect_nats(self.nats_url, name="ficha-up")
+        self.js = self.nc.jetstream()
+        await ensure_topology(self.js, topology_settings(settings))
+
+        self.store = await asyncio.to_thread(ContactStore, settings)
+        self.views = ViewDatabase(settings)
+        contacts = ProjectionRunner(self.store, self.views, ContactsProjection())
+        await asyncio.to_thread(contacts.setup)
+        self.projections = [contacts]
+
+        identity = ContactIdentity(settings.id_key)
+        for partition in range(settings.partitions):
+            await ensure_partition_consumer(self.js, partition)
+            folder = BatchFolder(
+                self.store,
+                identity,
+                ContactCache(settings.aggregate_cache),
+                tracking_name(partition),
+            )
+            self.workers.append(
+                PartitionWorker(
+                    js=self.js,
+                    durable=consumer_name(partition),
+                    folder=folder,
+                    batch_size=settings.batch_size,
+                    on_commit=self._wake_projections,
+                )
+            )
+        await ensure_unrouted_consumer(self.js)
+        self.workers.append(
+            PartitionWorker(
+                js=self.js, durable=UNROUTED_CONSUMER, folder=None, batch_size=100
+            )
+        )
+        self._stop = asyncio.Event()
+        for worker in self.workers:
+            self._tasks.append(asyncio.create_task(worker.run(self._stop), name=worker.durable))
+        for runner in self.projections:
+            self._tasks.append(asyncio.create_task(runner.run(self._stop), name=runner.name))
+
+    def _wake_projections(self) -> None:
+        for runner in self.projections:
+            runner.wake()
+
+    async def wait(self) -> None:
+        """Until a task fails (its error is raised) or stop() is called."""
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=10)
+            for task in pending:
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        if self.views is not None:
+            self.views.close()
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                self.store.close()
+        if self.server is not None:
+            await asyncio.to_thread(self.server.stop)
+            url_file: Path = self.settings.data_dir / NATS_URL_FILE
+            url_file.unlink(missing_ok=True)
+
+    async def wait_until_projected(self, timeout: float = 30.0) -> None:
+        """For tests and benchmarks: until every projection reaches the store's end."""
+        assert self.store is not None
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            top = await asyncio.to_thread(self.store.max_notification_id)
+            positions = [await asyncio.to_thread(r.position) for r in self.projections]
+            if all(p >= top for p in positions):
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"projections at {positions}, store at {top}")
+            await asyncio.sleep(0.02)

@@ -1,0 +1,71 @@
+"""What `ficha status` reports: partitions, projections, dead letters, from live sources."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from services.config import Settings
+
+
+async def collect_status(settings: Settings) -> dict[str, Any]:
+    from projections.contacts import ContactsProjection
+    from projections.db import ViewDatabase
+    from services.runtime import consumer_name, resolve_nats_url, tracking_name
+    from services.store.contact_store import ContactStore
+    from services.streams import DLQ_STREAM
+
+    store = await asyncio.to_thread(ContactStore, settings)
+    head = await asyncio.to_thread(store.max_notification_id)
+    received = await asyncio.to_thread(store.received_count)
+    partitions: list[dict[str, Any]] = []
+    for k in range(settings.partitions):
+        position = await asyncio.to_thread(store.tracked_position, tracking_name(k))
+        partitions.append({"partition": k, "position": position})
+    db = ViewDatabase(settings)
+    projections = []
+    try:
+        db.ensure_tracking_table()
+        with db.reading() as cur:
+            for name in (ContactsProjection.name,):
+                position = db.position(cur, name)
+                projections.append(
+                    {"name": name, "position": position, "head": head, "lag": head - position}
+                )
+    finally:
+        db.close()
+        store.close()
+
+    bus: dict[str, Any] = {"url": resolve_nats_url(settings)}
+    if bus["url"]:
+        import nats
+
+        try:
+            nc = await nats.connect(bus["url"], connect_timeout=2, max_reconnect_attempts=0,
+                                    allow_reconnect=False)
+        except Exception as error:  # noqa: BLE001 - reported, not raised
+            bus["error"] = f"unreachable: {error or type(error).__name__}"
+        else:
+            try:
+                js = nc.jetstream()
+                for p in partitions:
+                    try:
+                        info = await js.consumer_info("FICHA_IN", consumer_name(p["partition"]))
+                    except Exception:  # noqa: BLE001
+                        continue
+                    p["pending"] = info.num_pending
+                    p["ack_pending"] = info.num_ack_pending
+                try:
+                    dlq = await js.stream_info(DLQ_STREAM)
+                    bus["dead_letters"] = dlq.state.messages
+                except Exception:  # noqa: BLE001
+                    bus["dead_letters"] = 0
+            finally:
+                await nc.close()
+    return {
+        "backend": settings.backend,
+        "bus": bus,
+        "partitions": partitions,
+        "projections": projections,
+        "received_events": received,
+    }
