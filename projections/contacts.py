@@ -272,8 +272,8 @@ def _apply_recorded(
     row["tags"] = tags
     for channel, granted in changes.get("consent", {}).items():
         row[f"consent_{channel}"] = bool(granted)
-    for list_id, state in changes.get("lists", {}).items():
-        list_changes[(tenant, cid, list_id)] = (state, event.occurred_at)
+    for list_id, (state, since) in changes.get("lists", {}).items():
+        list_changes[(tenant, cid, list_id)] = (state, since)
     member = changes.get("member")
     if member is not None:
         row["member_id"] = member["member_id"]

@@ -125,7 +125,7 @@ def demo(
 
     from contracts.decode import TENANT_PATTERN
     from services.demo import demo_summary, generate_history
-    from services.producer import publish_stream
+    from contracts.publisher import publish_many
     from services.runtime import connect_nats, resolve_nats_url
 
     if not TENANT_PATTERN.fullmatch(tenant):
@@ -160,7 +160,7 @@ def demo(
                         counts[event["type"]] = counts.get(event["type"], 0) + 1
                         yield event
 
-                async for done in publish_stream(js, counted(), rate=rate):
+                async for done in publish_many(js, counted(), rate=rate):
                     progress.update(task, completed=done)
         finally:
             await nc.drain()

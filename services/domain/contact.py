@@ -175,7 +175,7 @@ def decide_changes(contact: Contact, event: InboundEvent, stamp: Stamp) -> dict[
     properties: dict[str, Any] = {}
     tags: dict[str, list[Any]] = {}
     consent: dict[str, bool] = {}
-    lists: dict[str, str] = {}
+    lists: dict[str, list[str]] = {}
     list_registers: dict[str, str] = {}
     changes: dict[str, Any] = {}
 
@@ -197,14 +197,16 @@ def decide_changes(contact: Contact, event: InboundEvent, stamp: Stamp) -> dict[
 
     def set_list(list_id: str, state: str) -> None:
         # Each list keeps its own last-writer-wins register; a later `*` unsubscribe
-        # overrides it. `lists` carries the effective states that change, for read models.
+        # overrides it. `lists` carries, for read models, the effective state and the
+        # time of the fact that decides it: both functions of the registers alone.
         register = contact.lists.get(list_id)
         if register is not None and stamp <= register[1]:
             return
         list_registers[list_id] = state
-        effective = LIST_UNSUBSCRIBED if contact.unsubscribed_all > stamp else state
-        if register is None or contact.list_state(list_id) != effective:
-            lists[list_id] = effective
+        if contact.unsubscribed_all > stamp:
+            lists[list_id] = [LIST_UNSUBSCRIBED, contact.unsubscribed_all[0]]
+        else:
+            lists[list_id] = [state, stamp[0]]
 
     person = event.contact
     for name in PROFILE_FIELDS:
@@ -250,8 +252,8 @@ def decide_changes(contact: Contact, event: InboundEvent, stamp: Stamp) -> dict[
             if stamp > contact.unsubscribed_all:
                 changes["unsubscribe_all"] = True
                 for known, (_, known_stamp) in contact.lists.items():
-                    if stamp > known_stamp and contact.list_state(known) != LIST_UNSUBSCRIBED:
-                        lists[known] = LIST_UNSUBSCRIBED
+                    if stamp > known_stamp:
+                        lists[known] = [LIST_UNSUBSCRIBED, stamp[0]]
         else:
             set_list(list_id, LIST_UNSUBSCRIBED)
     elif kind in ("member_signed_up", "member_approved"):

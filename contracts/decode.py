@@ -1,0 +1,276 @@
+"""Raw bytes + subject → an InboundEvent, or a Rejection with a stable code and a sentence.
+
+Rejection codes (stable; producers and operators may match on them):
+
+| code | meaning |
+|---|---|
+| bad_subject | the subject is not ficha.in.<tenant>.<type> with a valid tenant token |
+| too_large | the body is over 64 KiB |
+| invalid_utf8 | the body is not UTF-8 |
+| not_json | the body is not JSON |
+| not_object | the body is JSON but not an object |
+| unknown_type | the type is not one of contract v1's event types |
+| type_mismatch | the body's type differs from the subject's type token |
+| tenant_mismatch | the body's tenant differs from the subject's tenant token |
+| missing_field | a required field is absent |
+| invalid_field | a field has the wrong type or format, or is null |
+| unsupported_schema_version | schema_version is newer than this ficha knows |
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from contracts.emails import email_problem, normalise_email
+from contracts.events import (
+    EVENT_TYPES,
+    TENANT_REGEX,
+    UNSETTABLE_FIELDS,
+    ContactInfo,
+    InboundEvent,
+)
+
+MAX_BODY_BYTES = 65536
+SCHEMA_VERSION = 1
+TENANT_PATTERN = re.compile(TENANT_REGEX.strip("^$"))
+
+_DATA = Path(__file__).parent / "data"
+
+
+def _codes(name: str) -> frozenset[str]:
+    lines = (_DATA / name).read_text().splitlines()
+    return frozenset(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+
+
+COUNTRIES = _codes("iso3166_alpha2.txt")
+CURRENCIES = _codes("iso4217.txt")
+
+_DECODERS = {name: msgspec.json.Decoder(cls) for name, cls in EVENT_TYPES.items()}
+_GENERIC = msgspec.json.Decoder()
+_PATH = re.compile(r" - at `\$(.*)`$")
+_KEY_PATH = re.compile(r" - at `key` in `\$(.*)`$")
+_MISSING = re.compile(r"^Object missing required field `([^`]+)`")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    code: str
+    detail: str
+    tenant: str = "_"
+    type: str = "_"
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = msgspec.json.encode(value).decode() if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def subject_tokens(subject: str) -> tuple[str, str, bool]:
+    """(tenant token, type token, well formed) of a ficha.in subject; '_' when absent."""
+    parts = subject.split(".")
+    tenant = parts[2] if len(parts) > 2 and parts[2] else "_"
+    kind = parts[3] if len(parts) > 3 and parts[3] else "_"
+    ok = len(parts) == 4 and parts[0] == "ficha" and parts[1] == "in"
+    return tenant, kind, ok
+
+
+def decode(subject: str, data: bytes) -> InboundEvent | Rejection:
+    tenant, kind, well_formed = subject_tokens(subject)
+
+    def reject(code: str, detail: str) -> Rejection:
+        return Rejection(code=code, detail=detail, tenant=tenant, type=kind)
+
+    if not well_formed:
+        return reject(
+            "bad_subject",
+            f"subject {subject!r} is not of the form ficha.in.<tenant>.<type>: publish to "
+            "ficha.in.<tenant>.<type>, e.g. ficha.in.acme.form_submitted",
+        )
+    if not TENANT_PATTERN.fullmatch(tenant):
+        return reject(
+            "bad_subject",
+            f"tenant token {tenant!r} in the subject is not valid: use 1-63 lowercase "
+            "letters, digits, _ or -, starting with a letter or digit",
+        )
+    if len(data) > MAX_BODY_BYTES:
+        return reject(
+            "too_large",
+            f"the body is {len(data)} bytes; the limit is {MAX_BODY_BYTES} bytes (64 KiB): "
+            "send less raw form data or split it",
+        )
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return reject("invalid_utf8", f"the body is not UTF-8 (bad byte at {error.start})")
+    try:
+        obj = _GENERIC.decode(data)
+    except msgspec.DecodeError as error:
+        return reject("not_json", f"the body is not valid JSON: {error}")
+    if not isinstance(obj, dict):
+        return reject(
+            "not_object",
+            f"the body must be one JSON object, got {type(obj).__name__} "
+            f"{_shown(obj)}",
+        )
+
+    body_type = obj.get("type")
+    if kind not in EVENT_TYPES:
+        return reject(
+            "unknown_type",
+            f"event type {kind!r} is not in contract v1; known types: "
+            f"{', '.join(sorted(EVENT_TYPES))}",
+        )
+    if "type" not in obj:
+        return reject("missing_field", "type is missing: it must equal the subject's type token")
+    if body_type != kind:
+        return reject(
+            "type_mismatch",
+            f"type is {_shown(body_type)} but the subject says {kind!r}: they must be equal",
+        )
+    if "tenant" not in obj:
+        return reject("missing_field", "tenant is missing: it must equal the subject's tenant")
+    if obj["tenant"] != tenant:
+        return reject(
+            "tenant_mismatch",
+            f"tenant is {_shown(obj['tenant'])} but the subject says {tenant!r}: "
+            "they must be equal",
+        )
+    version = obj.get("schema_version", SCHEMA_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        return reject(
+            "invalid_field",
+            f"schema_version must be a whole number from 1, got {_shown(version)}",
+        )
+    if version > SCHEMA_VERSION:
+        return reject(
+            "unsupported_schema_version",
+            f"schema_version {version} is newer than this ficha understands "
+            f"(up to {SCHEMA_VERSION}): upgrade ficha or publish version {SCHEMA_VERSION}",
+        )
+    null_path = _find_null(obj)
+    if null_path is not None:
+        return reject(
+            "invalid_field",
+            f"{null_path} is null, which version 1 does not accept: leave the field out to "
+            "keep the current value, or clear it with contact_updated.unset",
+        )
+
+    try:
+        event = _DECODERS[kind].decode(data)
+    except msgspec.ValidationError as error:
+        return _from_validation_error(str(error), reject)
+
+    return _normalise(event, reject)
+
+
+def _find_null(obj: dict[str, Any], prefix: str = "") -> str | None:
+    for key, value in obj.items():
+        path = f"{prefix}{key}"
+        if value is None:
+            return path
+        if isinstance(value, dict):
+            found = _find_null(value, path + ".")
+            if found:
+                return found
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                if item is None:
+                    return f"{path}[{index}]"
+                if isinstance(item, dict):
+                    found = _find_null(item, f"{path}[{index}].")
+                    if found:
+                        return found
+    return None
+
+
+def _from_validation_error(message: str, reject: Any) -> Rejection:
+    key = _KEY_PATH.search(message)
+    if key:
+        where = key.group(1).lstrip(".")
+        text = _explain(_KEY_PATH.sub("", message))
+        return reject("invalid_field", f"a key of {where}: {text}")
+    match = _PATH.search(message)
+    path = match.group(1).lstrip(".") if match else ""
+    text = _PATH.sub("", message)
+    missing = _MISSING.match(text)
+    if missing:
+        where = f"{path}.{missing.group(1)}" if path else missing.group(1)
+        return reject("missing_field", f"{where} is required but missing")
+    where = path or "the event"
+    return reject("invalid_field", f"{where}: {_explain(text)}")
+
+
+def _explain(text: str) -> str:
+    """msgspec's message, in words closer to the contract."""
+    text = text.replace("Expected `str` matching regex", "expected text matching")
+    if "datetime" in text and "timezone" in text:
+        return "needs a timezone offset, like 2026-11-02T10:15:00+01:00 or ...Z"
+    if "Invalid RFC3339" in text or "`datetime`" in text:
+        return "must be an RFC 3339 timestamp with offset, like 2026-11-02T10:15:00+01:00"
+    return text[0].lower() + text[1:] if text else "is not valid"
+
+
+def _normalise(event: InboundEvent, reject: Any) -> InboundEvent | Rejection:
+    person = event.contact
+    email = normalise_email(person.email)
+    problem = email_problem(email)
+    if problem:
+        return reject("invalid_field", f"contact.email {_shown(person.email)} {problem}")
+    updates: dict[str, Any] = {}
+    if email != person.email:
+        updates["email"] = email
+    if person.country is not None:
+        country = person.country.upper()
+        if country not in COUNTRIES:
+            return reject(
+                "invalid_field",
+                f"contact.country {_shown(person.country)} is not an ISO 3166-1 alpha-2 code "
+                "(like ES, MX, US)",
+            )
+        if country != person.country:
+            updates["country"] = country
+    changes: dict[str, Any] = {}
+    if updates:
+        changes["contact"] = msgspec.structs.replace(person, **updates)
+    currency = getattr(event, "currency", None)
+    if currency is not None and currency not in CURRENCIES:
+        return reject("invalid_field", f"currency {_shown(currency)} is not an ISO 4217 code")
+    for name in ("tags", "tags_added", "tags_removed"):
+        tags = getattr(event, name, None)
+        if tags is None:
+            continue
+        trimmed = [t.strip() for t in tags]
+        for index, tag in enumerate(trimmed):
+            if not tag:
+                return reject("invalid_field", f"{name}[{index}] is blank after trimming")
+        if trimmed != tags:
+            changes[name] = trimmed
+    unset = getattr(event, "unset", None)
+    if unset and "email" in unset:
+        return reject(
+            "invalid_field",
+            "unset names email, which is the contact's identity and cannot be cleared: "
+            "to forget a person send contact_erasure_requested",
+        )
+    if changes:
+        event = msgspec.structs.replace(event, **changes)
+    return event
+
+
+__all__ = [
+    "COUNTRIES",
+    "CURRENCIES",
+    "MAX_BODY_BYTES",
+    "SCHEMA_VERSION",
+    "TENANT_PATTERN",
+    "ContactInfo",
+    "Rejection",
+    "UNSETTABLE_FIELDS",
+    "decode",
+    "subject_tokens",
+]
