@@ -124,8 +124,8 @@ def demo(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from contracts.decode import TENANT_PATTERN
-    from services.demo import demo_summary, generate_history
     from contracts.publisher import publish_many
+    from services.demo import demo_summary, generate_history
     from services.runtime import connect_nats, resolve_nats_url
 
     if not TENANT_PATTERN.fullmatch(tenant):

@@ -28,10 +28,10 @@ from services.ingest.worker import PartitionWorker
 from services.natsserver import EmbeddedNatsServer
 from services.store.contact_store import ContactStore
 from services.streams import (
+    UNROUTED_CONSUMER,
     TopologySettings,
-    ensure_partition_consumer,
+    consumer_name,
     ensure_topology,
-    ensure_unrouted_consumer,
 )
 
 log = logging.getLogger("ficha.runtime")
@@ -41,13 +41,6 @@ NATS_URL_FILE = "nats.url"
 
 def tracking_name(partition: int) -> str:
     return f"ingest-p{partition}"
-
-
-def consumer_name(partition: int) -> str:
-    return f"ficha-agg-p{partition}"
-
-
-UNROUTED_CONSUMER = "ficha-agg-unrouted"
 
 
 def resolve_nats_url(settings: Settings) -> str | None:
@@ -119,7 +112,6 @@ class Runtime:
 
         identity = ContactIdentity(settings.id_key)
         for partition in range(settings.partitions):
-            await ensure_partition_consumer(self.js, partition)
             folder = BatchFolder(
                 self.store,
                 identity,
@@ -135,7 +127,6 @@ class Runtime:
                     on_commit=self._wake_projections,
                 )
             )
-        await ensure_unrouted_consumer(self.js)
         self.workers.append(
             PartitionWorker(
                 js=self.js, durable=UNROUTED_CONSUMER, folder=None, batch_size=100

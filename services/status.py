@@ -11,9 +11,9 @@ from services.config import Settings
 async def collect_status(settings: Settings) -> dict[str, Any]:
     from projections.contacts import ContactsProjection
     from projections.db import ViewDatabase
-    from services.runtime import consumer_name, resolve_nats_url, tracking_name
+    from services.runtime import resolve_nats_url, tracking_name
     from services.store.contact_store import ContactStore
-    from services.streams import DLQ_STREAM
+    from services.streams import DLQ_STREAM, consumer_name
 
     store = await asyncio.to_thread(ContactStore, settings)
     head = await asyncio.to_thread(store.max_notification_id)
