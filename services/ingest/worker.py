@@ -1,24 +1,28 @@
 """One owner per ingest partition: fetch a batch, decode, fold, commit, then ack.
 
-Exactly-once: the contacts' new events and the partition's stream position are committed
-in one transaction (BatchFolder); messages are acked only after that commit. A message at
-or below the committed position was applied before a crash that happened between commit
-and ack, so it is acked and skipped. Duplicates by (tenant, event_id) are caught by the
-store for ever. Rejections go to the dead-letter stream before their ack.
+Exactly-once: the contacts' new events, the received (tenant, event_id) pairs and the
+partition's stream position are committed in one transaction (BatchFolder), and messages
+are acked only after that commit. A message redelivered after a crash between commit and
+ack, or a producer's retry long after JetStream's de-dup window, is found among the
+received ids and applied no second time. No message is skipped because of its stream
+position: JetStream redelivers an unacked message *after* newer ones, so a position alone
+cannot tell "applied" from "delivered but lost". The position is progress, not proof.
 
 Transient failures (the database down or locked) are retried in place with backoff, the
-batch held with in_progress() so that JetStream does not redeliver it out of order. An
-event that cannot be folded is dead-lettered as processing_failed and the batch goes on.
+batch held with in_progress() so that JetStream does not redeliver it meanwhile. An event
+that cannot be folded is dead-lettered as processing_failed and the batch goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import nats.errors
 import psycopg
@@ -105,6 +109,13 @@ class PartitionWorker:
                 [],
                 stop,
             )
+        try:
+            await self._consume(sub, stop)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _consume(self, sub: Any, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout)
@@ -119,32 +130,32 @@ class PartitionWorker:
     # ------------------------------------------------------------------ one batch
 
     async def process(self, msgs: list[Msg], stop: asyncio.Event) -> None:
+        if not msgs:
+            return
         accepted: list[tuple[Msg, InboundEvent]] = []
-        settled: list[Msg] = []
-        top = self.position
+        rejected: list[Msg] = []
+        top = max(msg.metadata.sequence.stream for msg in msgs)
         for msg in msgs:
-            sequence = msg.metadata.sequence.stream
-            top = max(top, sequence)
-            if sequence <= self.position:
-                self.stats.duplicates += 1
-                settled.append(msg)  # committed before a crash; only the ack was lost
-                continue
+            # No message is skipped by its position: JetStream redelivers an unacked
+            # message after newer ones (a crash, a dropped fetch), so "at or below the
+            # committed position" does not mean "applied". The received ids decide.
             subject = original_subject(msg.subject)
             result = decode(subject, msg.data)
             if isinstance(result, Rejection):
                 await self._dead_letter(msg, subject, result.code, result.detail)
-                settled.append(msg)
+                rejected.append(msg)
             else:
                 accepted.append((msg, result))
 
         if self.fault is not None:
             self.fault("before_commit")
-        if self.folder is not None and top > self.position:
-            await self._fold(accepted, top, stop)
+        if self.folder is not None:
+            position = top if top > self.position else None
+            await self._fold(accepted, position, stop)
         self.position = max(self.position, top)
         if self.fault is not None:
             self.fault("after_commit")
-        for msg in settled:
+        for msg in rejected:
             await msg.ack()
         for msg, _ in accepted:
             await msg.ack()
@@ -153,7 +164,10 @@ class PartitionWorker:
             self.on_commit()
 
     async def _fold(
-        self, accepted: list[tuple[Msg, InboundEvent]], top: int, stop: asyncio.Event
+        self,
+        accepted: list[tuple[Msg, InboundEvent]],
+        position: int | None,
+        stop: asyncio.Event,
     ) -> None:
         folder = self.folder
         assert folder is not None
@@ -163,7 +177,7 @@ class PartitionWorker:
             try:
                 outcome = await self._retry_transient(
                     lambda events=events: asyncio.to_thread(  # type: ignore[misc]
-                        folder.fold_and_commit, events, top
+                        folder.fold_and_commit, events, position
                     ),
                     [m for m, _ in pending],
                     stop,
@@ -184,14 +198,16 @@ class PartitionWorker:
                 )
                 continue
             except StoreIntegrityError:
-                # Another owner (or a previous life of this one) committed this position.
+                # Another writer got there first (a second owner, or this position was
+                # committed before a restart): reload and fold again; the received ids
+                # then drop what was applied, and the position is only moved forward.
+                folder.cache.clear()
                 committed = await asyncio.to_thread(
                     folder.store.tracked_position, folder.tracking_name
                 )
-                if committed >= top:
-                    folder.cache.clear()
-                    return
-                folder.cache.clear()
+                self.position = max(self.position, committed)
+                if position is not None and position <= committed:
+                    position = None
                 self.stats.retries += 1
                 await asyncio.sleep(0.1)
                 continue

@@ -89,7 +89,7 @@ class ContactStore(Application[UUID]):
         self,
         contacts: Iterable[Contact],
         *,
-        tracking: Tracking,
+        tracking: Tracking | None,
         received: Sequence[Received],
     ) -> None:
         """Store the contacts' pending events, the tracking and the received ids at once."""
