@@ -71,16 +71,14 @@ async def publish_many(
     loop = asyncio.get_running_loop()
     start = loop.time()
     pending: list[asyncio.Future[Any]] = []
-    sent = 0
     acked = 0
-    for event in events:
+    for sent, event in enumerate(events):
         subject, body, headers = prepare(event)
         if rate > 0:
             delay = start + sent / rate - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
         pending.append(await js.publish_async(subject, body, headers=headers))
-        sent += 1
         if len(pending) >= window or (rate > 0 and len(pending) >= max(1, int(rate / 20))):
             await asyncio.gather(*pending)
             acked += len(pending)

@@ -27,8 +27,9 @@ projections_app = typer.Typer(help="Operate the read models.", no_args_is_help=T
 app.add_typer(contacts_app, name="contacts")
 app.add_typer(projections_app, name="projections")
 
-console = Console()
-err = Console(stderr=True)
+# Piped output (to a file, grep, a test) gets a wide table instead of folded cells.
+console = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
 class CliError(Exception):

@@ -76,7 +76,9 @@ class EmbeddedNatsServer:
             self._fail_if_exited(log_path)
             if time.monotonic() > deadline:
                 self.kill()
-                raise NatsServerError(f"nats-server did not report its ports: {self._tail(log_path)}")
+                raise NatsServerError(
+                    f"nats-server did not report its ports: {self._tail(log_path)}"
+                )
             time.sleep(0.02)
         ports = self._read_ports(ports_file, deadline, log_path)
         self.port = int(ports["nats"][0].rsplit(":", 1)[1])
@@ -122,7 +124,8 @@ class EmbeddedNatsServer:
     def _fail_if_exited(self, log_path: Path) -> None:
         assert self.process is not None
         if self.process.poll() is not None:
-            stderr = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+            pipe = self.process.stderr
+            stderr = pipe.read().decode(errors="replace") if pipe else ""
             raise NatsServerError(
                 f"nats-server exited at once (code {self.process.returncode}): "
                 f"{(stderr.strip() or self._tail(log_path))[-500:]}"
@@ -171,6 +174,9 @@ class EmbeddedNatsServer:
         return self
 
     def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()

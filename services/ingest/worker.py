@@ -176,7 +176,7 @@ class PartitionWorker:
             events = [event for _, event in pending]
             try:
                 outcome = await self._retry_transient(
-                    lambda events=events: asyncio.to_thread(  # type: ignore[misc]
+                    lambda events=events, position=position: asyncio.to_thread(  # type: ignore[misc]
                         folder.fold_and_commit, events, position
                     ),
                     [m for m, _ in pending],

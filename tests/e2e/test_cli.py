@@ -31,11 +31,12 @@ def ficha(data_dir: Path, *args: str, check: bool = True) -> subprocess.Complete
 
 
 def start_up(data_dir: Path, log: Path) -> subprocess.Popen[str]:
+    starts_before = log.read_text().count("ficha is up") if log.exists() else 0
     handle = log.open("a")
     proc = subprocess.Popen([*FICHA, "up"], env=env_for(data_dir), stdout=handle,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 60
-    while "ficha is up" not in log.read_text():
+    while log.read_text().count("ficha is up") == starts_before:
         if proc.poll() is not None:
             raise AssertionError(f"ficha up exited: {log.read_text()}")
         assert time.time() < deadline, log.read_text()
