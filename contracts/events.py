@@ -49,7 +49,7 @@ def money(value: str) -> Decimal:
     return Decimal(value)
 
 
-class ContactInfo(Struct, frozen=True, kw_only=True):
+class ContactInfo(Struct, frozen=True, kw_only=True, omit_defaults=True):
     email: Email
     phone: Phone | None = None
     first_name: Text200 | None = None
@@ -60,7 +60,7 @@ class ContactInfo(Struct, frozen=True, kw_only=True):
     postal_code: Text200 | None = None
 
 
-class InboundEvent(Struct, frozen=True, kw_only=True):
+class InboundEvent(Struct, frozen=True, kw_only=True, omit_defaults=True):
     event_id: EventId
     type: str
     tenant: Tenant
@@ -104,7 +104,7 @@ class BookingNoShow(InboundEvent, frozen=True, kw_only=True):
     booking_id: Ref
 
 
-class PurchaseItem(Struct, frozen=True, kw_only=True):
+class PurchaseItem(Struct, frozen=True, kw_only=True, omit_defaults=True):
     sku: Ref | None = None
     name: Text200 | None = None
     quantity: Annotated[int, Meta(ge=1)] = 1

@@ -1,0 +1,117 @@
+"""JSON Schemas for every contract-v1 event type, generated from the Structs.
+
+    python -m contracts.schema_gen          # rewrite contracts/schemas/*.json
+    python -m contracts.schema_gen --check  # exit 1 if the committed files are stale
+
+The schemas carry what JSON Schema can express (types, patterns, lengths, ranges, required
+fields, the subject-derived `type`); a few rules are checked only by the decoder and are
+named in each schema's description: email syntax after trim+lowercase, ISO country and
+currency code lists, null refused everywhere, tenant/type equal to the subject's tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from contracts.events import EVENT_TYPES, InboundEvent
+
+SCHEMA_DIR = Path(__file__).parent / "schemas"
+BASE_ID = "https://ficha.dev/contracts/v1/"
+DECODER_RULES = (
+    "Also enforced by ficha's decoder: contact.email is trimmed and lowercased, then must "
+    "be a valid address; contact.country must be an assigned ISO 3166-1 alpha-2 code; "
+    "currency an ISO 4217 code; tags are trimmed and must not be blank; null is refused "
+    "for every field (leave a field out to keep its value); `tenant` and `type` must equal "
+    "the subject's tokens ficha.in.<tenant>.<type>; the body is at most 65536 bytes."
+)
+
+
+def without_null(node: Any) -> Any:
+    """Optional fields are "absent", never null, in contract v1: drop the null branch."""
+    if isinstance(node, list):
+        return [without_null(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: without_null(v) for k, v in node.items()}
+    branches = out.get("anyOf")
+    if isinstance(branches, list) and {"type": "null"} in branches:
+        kept = [b for b in branches if b != {"type": "null"}]
+        del out["anyOf"]
+        if len(kept) == 1:
+            out.update(kept[0])
+        else:
+            out["anyOf"] = kept
+        if out.get("default", 0) is None:
+            del out["default"]
+    return out
+
+
+def schema_for(name: str, cls: type[InboundEvent]) -> dict[str, Any]:
+    schema = without_null(msgspec.json.schema(cls))
+    ref = schema.get("$ref", "")
+    defs = schema.get("$defs", {})
+    body = defs.get(ref.rsplit("/", 1)[-1], {})
+    body.setdefault("properties", {})["type"] = {"const": name, "type": "string"}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"{BASE_ID}{name}.json",
+        "title": f"ficha contract v1: {name}",
+        "description": f"Publish to ficha.in.<tenant>.{name} with header Nats-Msg-Id = "
+        f"event_id. {DECODER_RULES}",
+        **{k: v for k, v in schema.items() if k not in ("$ref",)},
+        "$ref": ref,
+    }
+
+
+def render_all() -> dict[str, str]:
+    files = {}
+    for name, cls in sorted(EVENT_TYPES.items()):
+        files[f"{name}.json"] = json.dumps(schema_for(name, cls), indent=2, sort_keys=True) + "\n"
+    envelope = without_null(msgspec.json.schema(InboundEvent))
+    envelope.update(
+        {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": f"{BASE_ID}envelope.json",
+            "title": "ficha contract v1: envelope common to every event",
+            "description": DECODER_RULES,
+        }
+    )
+    files["envelope.json"] = json.dumps(envelope, indent=2, sort_keys=True) + "\n"
+    return files
+
+
+def stale_files() -> list[str]:
+    expected = render_all()
+    stale = []
+    for name, text in expected.items():
+        path = SCHEMA_DIR / name
+        if not path.exists() or path.read_text() != text:
+            stale.append(name)
+    extra = {p.name for p in SCHEMA_DIR.glob("*.json")} - set(expected)
+    return stale + sorted(extra)
+
+
+def main(argv: list[str]) -> int:
+    if "--check" in argv:
+        stale = stale_files()
+        if stale:
+            print(f"stale schemas: {', '.join(stale)}; run python -m contracts.schema_gen")
+            return 1
+        print("schemas are up to date")
+        return 0
+    SCHEMA_DIR.mkdir(exist_ok=True)
+    for old in SCHEMA_DIR.glob("*.json"):
+        old.unlink()
+    for name, text in render_all().items():
+        (SCHEMA_DIR / name).write_text(text)
+    print(f"wrote {len(render_all())} schemas to {SCHEMA_DIR}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
