@@ -1,0 +1,51 @@
+"""The demo history: deterministic, skewed like real traffic, causally consistent."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from services.demo import demo_summary, generate_history
+
+
+def test_same_seed_same_history_and_exact_count() -> None:
+    a = [json.dumps(e) for e in generate_history("acme", 3000, seed=4)]
+    b = [json.dumps(e) for e in generate_history("acme", 3000, seed=4)]
+    c = [json.dumps(e) for e in generate_history("acme", 3000, seed=5)]
+    assert a == b and a != c and len(a) == 3000
+    assert len({json.loads(e)["event_id"] for e in a}) == 3000
+
+
+def test_mix_skew_and_causality() -> None:
+    events = list(generate_history("acme", 20_000, seed=1))
+    counts = demo_summary(events)
+    assert len(counts) == 21  # every type but erasure requests
+    opens = [e for e in events if e["type"] == "email_opened"]
+    machine = sum(1 for e in opens if e.get("machine_open"))
+    assert 0 < machine < len(opens) / 2
+    assert counts["booking_cancelled"] < counts["booking_made"] / 2
+
+    per_contact = Counter(e["contact"]["email"].strip().lower() for e in events)
+    ranked = [n for _, n in per_contact.most_common()]
+    top = ranked[: max(1, len(ranked) // 100)]
+    assert sum(top) > 0.05 * len(events), "the top 1% of contacts do far more than 1%"
+
+    booked: set[str] = set()
+    subscribed_pending: set[tuple[str, str]] = set()
+    orders: dict[str, tuple[str, str]] = {}
+    for e in events:
+        who = e["contact"]["email"].strip().lower()
+        if e["type"] == "booking_made":
+            booked.add(e["booking_id"])
+        if e["type"] == "list_subscribed" and e["double_opt_in"]:
+            subscribed_pending.add((who, e["list_id"]))
+        if e["type"] == "purchase_completed":
+            orders[e["order_id"]] = (e["total"], e["currency"])
+        if e["type"] == "purchase_refunded":
+            total, currency = orders[e["order_id"]]
+            assert float(e["amount"]) <= float(total) and e["currency"] == currency
+    for e in events:
+        if e["type"] in ("booking_cancelled", "booking_no_show"):
+            assert e["booking_id"] in booked
+        if e["type"] == "list_confirmed":
+            assert (e["contact"]["email"].strip().lower(), e["list_id"]) in subscribed_pending
