@@ -115,6 +115,7 @@ def backend_env(backend: str, data_dir: Path, schema: str) -> dict[str, str]:
 
 def store_env(backend: str, data_dir: Path, schema: str) -> dict[str, str]:
     if backend == "sqlite":
+        data_dir.mkdir(parents=True, exist_ok=True)
         return {"PERSISTENCE_MODULE": "eventsourcing.sqlite",
                 "SQLITE_DBNAME": str(data_dir / "baseline.sqlite")}
     import psycopg
@@ -134,8 +135,20 @@ def drop_schemas(schema: str) -> None:
         conn.execute(f"DROP SCHEMA IF EXISTS {schema}_raw CASCADE")
 
 
+async def fresh_streams(url: str) -> None:
+    """Each run starts from empty streams (the same event ids are published per backend,
+    and JetStream would drop them as duplicates inside its window)."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    for name in ("FICHA_IN", "FICHA_DLQ", "FICHA_OUT"):
+        with contextlib.suppress(Exception):
+            await js.delete_stream(name)
+    await nc.close()
+
+
 async def end_to_end(url: str, backend: str, data_dir: Path, schema: str,
                      items: list[tuple[str, bytes, str]]) -> float:
+    await fresh_streams(url)
     settings = load_settings({**backend_env(backend, data_dir, schema), "FICHA_NATS_URL": url})
     runtime = Runtime(settings)
     await runtime.start()
@@ -144,7 +157,11 @@ async def end_to_end(url: str, backend: str, data_dir: Path, schema: str,
     start = time.perf_counter()
     await publish_all(js, items)
     assert runtime.store is not None
+    deadline = time.perf_counter() + 900
     while runtime.store.received_count() < len(items):
+        failed = [t for t in runtime._tasks if t.done()]  # noqa: SLF001
+        if failed or time.perf_counter() > deadline:
+            raise RuntimeError(f"ficha stopped or stalled: {failed}")
         await asyncio.sleep(0.02)
     await runtime.wait_until_projected(timeout=600)
     elapsed = time.perf_counter() - start
@@ -155,6 +172,7 @@ async def end_to_end(url: str, backend: str, data_dir: Path, schema: str,
 
 async def latency(url: str, backend: str, data_dir: Path, schema: str, rate: float,
                   seconds: float) -> list[float]:
+    await fresh_streams(url)
     settings = load_settings({**backend_env(backend, data_dir, schema), "FICHA_NATS_URL": url})
     runtime = Runtime(settings)
     await runtime.start()

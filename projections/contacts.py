@@ -14,9 +14,10 @@ needs no stamps; it is a pure function of the events, and a rebuild gives the sa
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
+
+import msgspec
 
 from projections.db import Cursor, ViewDatabase
 from services.domain.contact import Contact, tag_key
@@ -151,7 +152,7 @@ class ContactsProjection:
                     entry.get("kind", "other"),
                     event.source,
                     entry.get("summary", ""),
-                    json.dumps(entry.get("data", {}), sort_keys=True, separators=(",", ":")),
+                    _json_text(entry.get("data", {})),
                 )
             )
         self._write_rows(cur, rows, is_postgres)
@@ -215,9 +216,9 @@ class ContactsProjection:
             for column in COLUMNS:
                 value = row.get(column)
                 if column == "tags":
-                    value = json.dumps(sorted(value.values()), separators=(",", ":"))
+                    value = _json_text(sorted(value.values()))
                 elif column == "properties":
-                    value = json.dumps(value, sort_keys=True, separators=(",", ":"))
+                    value = _json_text(value)
                 elif column.startswith("consent_") and value is not None and not is_postgres:
                     value = int(value)
                 values.append(value)
@@ -293,7 +294,12 @@ def _apply_recorded(
 
 
 def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str | bytes) else value
+    return msgspec.json.decode(value) if isinstance(value, str | bytes) else value
+
+
+def _json_text(value: Any) -> str:
+    """Compact JSON with sorted keys: the same text for the same value, on rebuild too."""
+    return msgspec.json.encode(value, order="sorted").decode()
 
 
 def _iso(value: Any) -> str | None:

@@ -24,8 +24,17 @@ class ContactIdentity:
         if len(key) < 16:
             raise ValueError("the contact id key must be at least 16 bytes long")
         self._key = key
+        self._known: dict[tuple[str, str], UUID] = {}
 
     def contact_id(self, tenant: str, email: str) -> UUID:
+        key = (tenant, email)
+        known = self._known.get(key)
+        if known is not None:
+            return known
         message = f"{tenant}\x00{normalise_email(email)}".encode()
         digest = hmac.new(self._key, message, hashlib.sha256).digest()
-        return UUID(bytes=digest[:16])
+        contact_id = UUID(bytes=digest[:16])
+        if len(self._known) >= 200_000:
+            self._known.clear()
+        self._known[key] = contact_id
+        return contact_id

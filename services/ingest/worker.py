@@ -118,7 +118,7 @@ class PartitionWorker:
     async def _consume(self, sub: Any, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout)
+                msgs = await self._next_batch(sub)
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
@@ -126,6 +126,20 @@ class PartitionWorker:
                     return
                 raise
             await self.process(msgs, stop)
+
+    async def _next_batch(self, sub: Any) -> list[Msg]:
+        """Wait for the first message, then take what else is already there.
+
+        nats-py's fetch(n) long-polls until n messages or its timeout when the stream is
+        quiet, which would hold a lone event for up to a second. Asking for one message
+        returns as soon as it arrives; the second fetch is answered at once with what is
+        pending (up to the batch size), so a busy partition still commits big batches.
+        """
+        msgs: list[Msg] = await sub.fetch(1, timeout=self.fetch_timeout)
+        if self.batch_size > 1:
+            with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):
+                msgs += await sub.fetch(self.batch_size - 1, timeout=0.002)
+        return msgs
 
     # ------------------------------------------------------------------ one batch
 
