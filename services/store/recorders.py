@@ -107,7 +107,7 @@ class PostgresContactRecorder(PostgresProcessRecorder):
         )
         self._insert_received = SQL(
             "INSERT INTO {schema}.ficha_received (tenant, event_id, contact_id) "
-            "VALUES (%s, %s, %s)"
+            "SELECT * FROM unnest(%s::text[], %s::text[], %s::uuid[])"
         ).format(schema=schema)
         self._select_received = SQL(
             "SELECT event_id FROM {schema}.ficha_received "
@@ -127,7 +127,10 @@ class PostgresContactRecorder(PostgresProcessRecorder):
         super()._insert_events(curs, stored_events, **kwargs)
         received: Sequence[Received] = kwargs.get("received") or ()
         if received:
-            curs.executemany(self._insert_received, list(received))
+            tenants, event_ids, contact_ids = zip(*received, strict=True)
+            # One statement for the whole batch (not one per row, even pipelined).
+            curs.execute(self._insert_received, (list(tenants), list(event_ids),
+                                                 list(contact_ids)))
 
     def select_received(self, tenant: str, event_ids: Sequence[str]) -> set[str]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
