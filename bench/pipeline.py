@@ -21,7 +21,9 @@ import json
 import os
 import platform
 import shutil
-import statistics
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -34,10 +36,11 @@ from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate
 from nats.js.api import StreamConfig
 
+from projections.db import ViewDatabase
 from services.config import load_settings
 from services.demo import generate_history
 from services.natsserver import EmbeddedNatsServer
-from services.runtime import Runtime
+from services.store.contact_store import ContactStore
 
 PG_DSN = os.environ.get("FICHA_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
@@ -146,44 +149,86 @@ async def fresh_streams(url: str) -> None:
     await nc.close()
 
 
+class FichaUp:
+    """`ficha up` in its own process tree, as deployed: producers are other processes."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env = env
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> FichaUp:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        handle = self.log.open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "services", "up"],
+                                     env={**os.environ, **self.env}, stdout=handle,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while b"ficha is up" not in self.log.read_bytes():
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"ficha up failed: {self.log.read_text()}")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(60)
+
+
+async def caught_up(settings: Any, expected: int, timeout: float = 900) -> None:
+    """Until `expected` events are in the store and the contacts projection has them all."""
+    store = ContactStore(settings)
+    views = ViewDatabase(settings)
+    deadline = time.perf_counter() + timeout
+    try:
+        while True:
+            if store.received_count() >= expected:
+                with views.reading() as cur:
+                    position = views.position(cur, "contacts")
+                if position >= store.max_notification_id():
+                    return
+            if time.perf_counter() > deadline:
+                raise RuntimeError("ficha did not catch up in time")
+            await asyncio.sleep(0.02)
+    finally:
+        views.close()
+        store.close()
+
+
 async def end_to_end(url: str, backend: str, data_dir: Path, schema: str,
                      items: list[tuple[str, bytes, str]]) -> float:
     await fresh_streams(url)
-    settings = load_settings({**backend_env(backend, data_dir, schema), "FICHA_NATS_URL": url})
-    runtime = Runtime(settings)
-    await runtime.start()
-    nc = await nats.connect(url)
-    js = nc.jetstream()
-    start = time.perf_counter()
-    await publish_all(js, items)
-    assert runtime.store is not None
-    deadline = time.perf_counter() + 900
-    while runtime.store.received_count() < len(items):
-        failed = [t for t in runtime._tasks if t.done()]  # noqa: SLF001
-        if failed or time.perf_counter() > deadline:
-            raise RuntimeError(f"ficha stopped or stalled: {failed}")
-        await asyncio.sleep(0.02)
-    await runtime.wait_until_projected(timeout=600)
-    elapsed = time.perf_counter() - start
-    await nc.drain()
-    await runtime.stop()
+    env = {**backend_env(backend, data_dir, schema), "FICHA_NATS_URL": url}
+    settings = load_settings(env)
+    with FichaUp(env, data_dir / "up.log"):
+        nc = await nats.connect(url)
+        js = nc.jetstream()
+        start = time.perf_counter()
+        await publish_all(js, items)
+        await caught_up(settings, len(items))
+        elapsed = time.perf_counter() - start
+        await nc.drain()
     return len(items) / elapsed
+
 
 
 async def latency(url: str, backend: str, data_dir: Path, schema: str, rate: float,
                   seconds: float) -> list[float]:
     await fresh_streams(url)
-    settings = load_settings({**backend_env(backend, data_dir, schema), "FICHA_NATS_URL": url})
-    runtime = Runtime(settings)
-    await runtime.start()
+    env = {**backend_env(backend, data_dir, schema), "FICHA_NATS_URL": url}
+    with FichaUp(env, data_dir / "up.log"):
+        return await _latency(url, load_settings(env), rate, seconds)
+
+
+async def _latency(url: str, settings: Any, rate: float, seconds: float) -> list[float]:
     nc = await nats.connect(url)
     js = nc.jetstream()
+    views = ViewDatabase(settings)
     sent: dict[str, float] = {}
     seen: dict[str, float] = {}
     lock = threading.Lock()
     done = threading.Event()
-    assert runtime.views is not None
-    views = runtime.views
 
     def watch() -> None:
         # Each latency event is a new contact: "visible" = its row in the contacts read
@@ -234,7 +279,7 @@ async def latency(url: str, backend: str, data_dir: Path, schema: str, rate: flo
     done.set()
     watcher.join()
     await nc.drain()
-    await runtime.stop()
+    views.close()
     return sorted((seen[e] - sent[e]) * 1000 for e in seen)
 
 
@@ -286,7 +331,6 @@ async def main() -> None:
     print(f"{'measure'.ljust(width)}  {'backend':8}  result")
     for name, backend, result in rows:
         print(f"{name.ljust(width)}  {backend:8}  {result}")
-    _ = statistics
 
 
 if __name__ == "__main__":

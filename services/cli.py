@@ -83,7 +83,7 @@ def up(
     settings = settings_or_fail()
 
     async def main() -> None:
-        runtime = Runtime(settings)
+        runtime = Runtime(settings, projector="process")
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -109,6 +109,27 @@ def up(
         console.print("stopped cleanly")
 
     run(main())
+
+
+@app.command(hidden=True)
+def project() -> None:
+    """Run the projections alone (started by `ficha up` as its projector process)."""
+    import threading
+
+    from projections.contacts import ContactsProjection
+    from projections.runner import ProjectionRunner
+    from services.store.contact_store import ContactStore
+
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = settings_or_fail()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    store = ContactStore(settings)
+    runner = ProjectionRunner(store, views(settings), ContactsProjection(), poll_interval=0.02)
+    runner.setup()
+    runner.run_forever(stop)
 
 
 # ----------------------------------------------------------------------- demo

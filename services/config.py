@@ -21,7 +21,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 
 class ConfigError(Exception):
@@ -58,6 +58,27 @@ class Settings:
     ingest_max_age_s: float = 7 * 24 * 3600.0
     aggregate_cache: int = 100_000
     ack_wait_s: float = 30.0
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        env = {
+            "FICHA_DATA_DIR": str(self.data_dir),
+            "FICHA_PARTITIONS": str(self.partitions),
+            "FICHA_ID_KEY": self.id_key.hex(),
+            "FICHA_BATCH_SIZE": str(self.batch_size),
+            "FICHA_DUPLICATE_WINDOW": str(int(self.duplicate_window_s)),
+            "FICHA_INGEST_MAX_AGE": str(int(self.ingest_max_age_s)),
+            "FICHA_AGGREGATE_CACHE": str(self.aggregate_cache),
+            "FICHA_ACK_WAIT": str(int(self.ack_wait_s)),
+        }
+        if self.nats_url:
+            env["FICHA_NATS_URL"] = self.nats_url
+        if self.postgres is not None:
+            pg = self.postgres
+            auth = pg.user + (f":{quote(pg.password, safe='')}" if pg.password else "")
+            env["FICHA_DATABASE_URL"] = f"postgresql://{auth}@{pg.host}:{pg.port}/{pg.dbname}"
+            env["FICHA_DATABASE_SCHEMA"] = pg.schema
+        return env
 
     @property
     def backend(self) -> str:

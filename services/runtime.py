@@ -9,6 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,8 +85,12 @@ class Runtime:
     js: JetStreamContext | None = None
     store: ContactStore | None = None
     views: ViewDatabase | None = None
+    # "thread": projections run in this process (tests); "process": in a child process
+    # (`ficha project`), so that folding and projecting use both cores despite the GIL.
+    projector: str = "thread"
     workers: list[PartitionWorker] = field(default_factory=list)
     projections: list[ProjectionRunner] = field(default_factory=list)
+    projector_process: subprocess.Popen[bytes] | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -109,6 +117,11 @@ class Runtime:
         contacts = ProjectionRunner(self.store, self.views, ContactsProjection())
         await asyncio.to_thread(contacts.setup)
         self.projections = [contacts]
+        if self.projector == "process":
+            self.projector_process = subprocess.Popen(
+                [sys.executable, "-m", "services", "project"],
+                env={**os.environ, **settings.to_env()},
+            )
 
         identity = ContactIdentity(settings.id_key)
         for partition in range(settings.partitions):
@@ -135,8 +148,22 @@ class Runtime:
         self._stop = asyncio.Event()
         for worker in self.workers:
             self._tasks.append(asyncio.create_task(worker.run(self._stop), name=worker.durable))
-        for runner in self.projections:
-            self._tasks.append(asyncio.create_task(runner.run(self._stop), name=runner.name))
+        if self.projector == "thread":
+            for runner in self.projections:
+                self._tasks.append(
+                    asyncio.create_task(runner.run(self._stop), name=runner.name)
+                )
+        else:
+            self._tasks.append(asyncio.create_task(self._watch_projector(), name="projector"))
+
+    async def _watch_projector(self) -> None:
+        process = self.projector_process
+        assert process is not None
+        while not self._stop.is_set():
+            if process.poll() is not None:
+                raise RuntimeError(f"the projector process exited with {process.returncode}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 0.5)
 
     def _wake_projections(self) -> None:
         for runner in self.projections:
@@ -158,6 +185,12 @@ class Runtime:
             with contextlib.suppress(Exception):
                 await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.projector_process is not None and self.projector_process.poll() is None:
+            self.projector_process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(self.projector_process.wait, 15)
+            except subprocess.TimeoutExpired:
+                self.projector_process.kill()
         if self.nc is not None:
             # Every processed message is acked by now; flush those acks, then close.
             # (drain() waits for pull subscriptions and times out after 30 s.)
@@ -181,6 +214,7 @@ class Runtime:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             top = await asyncio.to_thread(self.store.max_notification_id)
+            # Read from the database: the runners may live in the projector process.
             positions = [await asyncio.to_thread(r.position) for r in self.projections]
             if all(p >= top for p in positions):
                 return
