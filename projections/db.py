@@ -115,6 +115,17 @@ class ViewDatabase:
     @contextmanager
     def transaction(self) -> Iterator[Cursor]:
         """A write transaction: committed on success, rolled back on error."""
+        with self._cursor(begin="BEGIN IMMEDIATE") as cur:
+            yield cur
+
+    @contextmanager
+    def reading(self) -> Iterator[Cursor]:
+        """A read-only snapshot."""
+        with self._cursor(begin="BEGIN") as cur:
+            yield cur
+
+    @contextmanager
+    def _cursor(self, begin: str) -> Iterator[Cursor]:
         conn = self._connect()
         try:
             if self.is_postgres:
@@ -122,32 +133,13 @@ class ViewDatabase:
                     yield _PostgresCursor(cur)
             else:
                 cur = conn.cursor()
-                cur.execute("BEGIN IMMEDIATE")
+                cur.execute(begin)  # IMMEDIATE takes the write lock up front
                 try:
                     yield _SQLiteCursor(cur)
                 except BaseException:
                     cur.execute("ROLLBACK")
                     raise
                 cur.execute("COMMIT")
-        except (psycopg.OperationalError, psycopg.InterfaceError):
-            self._drop_connection()
-            raise
-
-    @contextmanager
-    def reading(self) -> Iterator[Cursor]:
-        """A read-only snapshot."""
-        conn = self._connect()
-        try:
-            if self.is_postgres:
-                with conn.transaction(), conn.cursor() as cur:
-                    yield _PostgresCursor(cur)
-            else:
-                cur = conn.cursor()
-                cur.execute("BEGIN")
-                try:
-                    yield _SQLiteCursor(cur)
-                finally:
-                    cur.execute("COMMIT")
         except (psycopg.OperationalError, psycopg.InterfaceError):
             self._drop_connection()
             raise

@@ -13,8 +13,10 @@ import psycopg
 import pytest
 from nats.js.errors import NotFoundError
 
+from services.config import Settings
 from services.natsserver import EmbeddedNatsServer
 from services.streams import DLQ_STREAM, INGEST_STREAM, OUT_STREAM
+from tests.backends import make_settings
 
 POSTGRES_DSN = os.environ.get(
     "FICHA_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
@@ -51,6 +53,16 @@ def pg_schema(postgres_dsn: str) -> Iterator[str]:
     yield name
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings for each backend in turn: the same tests run against both (conformance)."""
+    if request.param == "postgres":
+        dsn = request.getfixturevalue("postgres_dsn")
+        schema = request.getfixturevalue("pg_schema")
+        return make_settings(tmp_path, postgres_dsn=dsn, schema=schema)
+    return make_settings(tmp_path)
 
 
 @pytest.fixture
