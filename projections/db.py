@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,8 +82,11 @@ class ViewDatabase:
 
     def _connect(self) -> Any:
         conn = getattr(self._local, "conn", None)
-        if conn is not None:
+        if conn is not None and self._alive(conn):
+            self._local.used_at = time.monotonic()
             return conn
+        if conn is not None:
+            self._drop_connection()
         if self.settings.postgres is not None:
             pg = self.settings.postgres
             conn = psycopg.connect(pg.conninfo, row_factory=dict_row, connect_timeout=5)
@@ -101,9 +105,26 @@ class ViewDatabase:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
         self._local.conn = conn
+        self._local.used_at = time.monotonic()
         with self._lock:
             self._connections.append(conn)
         return conn
+
+    def _alive(self, conn: Any) -> bool:
+        """Pre-ping a PostgreSQL connection that sat idle: the server may have gone away
+        meanwhile (a restart, a network cut), and the caller should get a fresh one."""
+        if not self.is_postgres:
+            return True
+        if conn.closed or conn.broken:
+            return False
+        if time.monotonic() - getattr(self._local, "used_at", 0.0) < 1.0:
+            return True
+        try:
+            conn.execute("SELECT 1")
+            conn.rollback()
+        except psycopg.Error:
+            return False
+        return True
 
     def _drop_connection(self) -> None:
         conn = getattr(self._local, "conn", None)

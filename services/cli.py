@@ -147,7 +147,7 @@ def demo(
 
     from contracts.decode import TENANT_PATTERN
     from contracts.publisher import publish_many
-    from services.demo import demo_summary, generate_history
+    from services.demo import generate_history
     from services.runtime import connect_nats, resolve_nats_url
 
     if not TENANT_PATTERN.fullmatch(tenant):
@@ -189,12 +189,9 @@ def demo(
         table = Table(title=f"published {events} events for {tenant}")
         table.add_column("type")
         table.add_column("events", justify="right")
-        for kind, n in sorted(demo_summary_from(counts).items()):
+        for kind, n in sorted(counts.items()):
             table.add_row(kind, str(n))
         console.print(table)
-
-    def demo_summary_from(counts: dict[str, int]) -> dict[str, int]:
-        return counts or demo_summary([])
 
     run(main())
 

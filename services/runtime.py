@@ -28,7 +28,7 @@ from services.config import Settings
 from services.domain.identity import ContactIdentity
 from services.ingest.cache import ContactCache
 from services.ingest.folding import BatchFolder
-from services.ingest.worker import PartitionWorker
+from services.ingest.worker import TRANSIENT_ERRORS, PartitionWorker
 from services.natsserver import EmbeddedNatsServer
 from services.store.contact_store import ContactStore
 from services.streams import (
@@ -212,12 +212,18 @@ class Runtime:
         """For tests and benchmarks: until every projection reaches the store's end."""
         assert self.store is not None
         deadline = asyncio.get_running_loop().time() + timeout
+        positions: list[int] = []
+        top = 0
         while True:
-            top = await asyncio.to_thread(self.store.max_notification_id)
-            # Read from the database: the runners may live in the projector process.
-            positions = [await asyncio.to_thread(r.position) for r in self.projections]
-            if all(p >= top for p in positions):
-                return
+            try:
+                top = await asyncio.to_thread(self.store.max_notification_id)
+                # Read from the database: the runners may live in the projector process.
+                positions = [await asyncio.to_thread(r.position) for r in self.projections]
+            except TRANSIENT_ERRORS:
+                pass  # the database is coming back: ask again
+            else:
+                if all(p >= top for p in positions):
+                    return
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"projections at {positions}, store at {top}")
             await asyncio.sleep(0.02)

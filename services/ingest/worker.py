@@ -33,7 +33,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from psycopg_pool import PoolTimeout
 
-from contracts.decode import Rejection, decode
+from contracts.decode import Rejection, decode, subject_tokens
 from contracts.events import InboundEvent
 from services.ingest.deadletter import PROCESSING_FAILED, dead_letter
 from services.ingest.folding import BatchFolder, FoldError
@@ -62,14 +62,6 @@ class PartitionStats:
     retries: int = 0
     dead_letters_by_code: dict[str, int] = field(default_factory=dict)
     last_commit_at: float | None = None
-
-
-def tokens_of(subject: str) -> tuple[str, str]:
-    """The tenant and type tokens of an inbound subject, `_` where absent."""
-    parts = subject.split(".")
-    tenant = parts[2] if len(parts) > 2 and parts[2] else "_"
-    kind = parts[3] if len(parts) > 3 and parts[3] else "_"
-    return tenant, kind
 
 
 class PartitionWorker:
@@ -250,7 +242,7 @@ class PartitionWorker:
                     last_progress = time.monotonic()
 
     async def _dead_letter(self, msg: Msg, subject: str, code: str, detail: str) -> None:
-        tenant, kind = tokens_of(subject)
+        tenant, kind, _ = subject_tokens(subject)
         await dead_letter(
             self.js,
             msg,

@@ -46,6 +46,9 @@ def store_environment(settings: Settings) -> dict[str, str]:
         "POSTGRES_MAX_OVERFLOW": "4",
         "POSTGRES_CONNECT_TIMEOUT": "5",
         "POSTGRES_LOCK_TIMEOUT": "10",
+        # Check pooled connections before use: after a database restart or a network cut
+        # a stale connection fails once instead of being handed out.
+        "POSTGRES_PRE_PING": "y",
         "PROCESS_RECORDER_TOPIC": f"{PostgresContactRecorder.__module__}:"
         f"{PostgresContactRecorder.__qualname__}",
     }
