@@ -6,6 +6,7 @@ Runs in a worker thread (eventsourcing has no async API). Pure apart from the st
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -49,6 +50,9 @@ class BatchFolder:
         self.identity = identity
         self.cache = cache
         self.tracking_name = tracking_name
+        # Fault injection for tests: called with each event before it is folded;
+        # raising there is what a bug in the fold looks like to the worker.
+        self.fault: Callable[[InboundEvent], None] | None = None
 
     def fold_and_commit(self, events: list[InboundEvent], position: int | None) -> BatchOutcome:
         """Apply `events` (stream order) and record `position` in the same transaction.
@@ -75,6 +79,8 @@ class BatchFolder:
                     contact = Contact.register(contact_id, event.tenant, event.contact.email)
                     outcome.contacts_created += 1
                 try:
+                    if self.fault is not None:
+                        self.fault(event)
                     contact.record(event)
                 except Exception as cause:  # a bug or an unforeseen input: set it aside
                     raise FoldError(events.index(event), cause) from cause

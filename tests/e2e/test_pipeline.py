@@ -223,3 +223,32 @@ async def test_a_worker_killed_around_commit_applies_everything_once(
         assert len(got["timeline"]) == got["forms_count"]
     assert total == 40
     await nc.drain()
+
+
+async def test_an_event_that_cannot_be_folded_is_dead_lettered_and_the_rest_flow(
+    started: Any,
+) -> None:
+    runtime = await started()
+
+    def poison(event: Any) -> None:
+        if event.event_id == "poison":
+            raise ValueError("a bug in the fold")
+
+    for worker in runtime.workers:
+        if worker.folder is not None:
+            worker.folder.fault = poison
+    nc = await connect_nats(runtime.nats_url)
+    js = nc.jetstream()
+    for event_id in ("before", "poison", "after"):
+        await publish(js, event_dict("form_submitted", event_id=event_id, form_id="f"))
+    await drain_applied(runtime, 2)
+    got = card(runtime, "ana@example.com")
+    assert got is not None
+    assert sorted(e["event_id"] for e in got["timeline"]) == ["after", "before"]
+    sub = await js.pull_subscribe("ficha.dlq.>", durable=None, stream=DLQ_STREAM)
+    [msg] = await sub.fetch(1, timeout=5)
+    assert msg.headers is not None
+    assert msg.headers["Ficha-Error"] == "processing_failed"
+    assert "a bug in the fold" in msg.headers["Ficha-Error-Detail"]
+    assert json.loads(msg.data)["event_id"] == "poison"
+    await nc.drain()
