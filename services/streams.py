@@ -1,28 +1,33 @@
 """The JetStream topology ficha owns, created or updated idempotently at start-up.
 
-* FICHA_IN  (ficha.in.>): inbound events. A subject transform partitions by tenant:
-  ficha.in.<tenant>.<type> is stored as ficha.part.<k>.<tenant>.<type>, k in [0, P).
-  Subjects that do not have exactly these tokens stay as they are, under ficha.in.>,
-  where the "unrouted" consumer dead-letters them.
-* FICHA_DLQ (ficha.dlq.>): rejected inbound events, unchanged, with reason headers.
-* FICHA_OUT (ficha.out.>): what ficha publishes for automation services.
+* FICHA_IN  (``ficha.in.>``): inbound events. A subject transform partitions by tenant:
+  ``ficha.in.<tenant>.<type>`` is stored as ``ficha.part.<k>.<tenant>.<type>``, where
+  k = FNV-1a(tenant) mod P is computed by the server. Subjects without exactly these two
+  tokens (``ficha.in.acme``, ``ficha.in.a.b.c``) are stored unchanged, under ``ficha.in.>``,
+  where the "unrouted" consumer finds them so the app can dead-letter them.
+* FICHA_DLQ (``ficha.dlq.>``): rejected inbound events, unchanged, with reason headers.
+* FICHA_OUT (``ficha.out.>``): what ficha publishes for automation services.
 
-P is fixed once the stream exists (it is kept in the stream's metadata): changing it
-would send a tenant's later events to another partition than its queued ones.
+P is fixed once FICHA_IN exists (it is kept in the stream's metadata): changing it would
+send a tenant's later events to another partition than its queued ones.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
+    ConsumerInfo,
     DeliverPolicy,
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamInfo,
     SubjectTransform,
 )
 from nats.js.errors import NotFoundError
@@ -30,139 +35,275 @@ from nats.js.errors import NotFoundError
 INGEST_STREAM = "FICHA_IN"
 DLQ_STREAM = "FICHA_DLQ"
 OUT_STREAM = "FICHA_OUT"
-INGEST_SUBJECTS = "ficha.in.>"
-PARTITIONED_PREFIX = "ficha.part"
+
+INGEST_PREFIX = "ficha.in"
+PARTITION_PREFIX = "ficha.part"
+INGEST_SUBJECT = f"{INGEST_PREFIX}.>"
+DLQ_SUBJECT = "ficha.dlq.>"
+OUT_SUBJECT = "ficha.out.>"
+INGEST_TRANSFORM_SRC = f"{INGEST_PREFIX}.*.*"
+
+PARTITION_CONSUMER_PREFIX = "ficha-agg-p"
 UNROUTED_CONSUMER = "ficha-agg-unrouted"
-PARTITIONS_KEY = "ficha_partitions"
-MAX_STORED_MSG = 1024 * 1024  # store oversized bodies so they can be dead-lettered
+PARTITIONS_METADATA_KEY = "ficha_partitions"
+
+DEFAULT_PARTITIONS = 8
+DEFAULT_DUPLICATE_WINDOW_S = 120.0
+DEFAULT_INGEST_MAX_AGE_S = 7 * 24 * 3600.0
+DEFAULT_OUT_MAX_AGE_S = 30 * 24 * 3600.0
+DEFAULT_ACK_WAIT_S = 30.0
+DEFAULT_MAX_ACK_PENDING = 10_000
+
+MIB = 1024 * 1024
+# Bodies over the contract's 64 KiB are still stored, so that the app can dead-letter them
+# (the app rejects them). The server's max_payload (1 MiB by default) caps headers + body of
+# every publish, and nats-py only checks the body: a publish over it makes the server drop
+# the connection. So FICHA_IN keeps 16 KiB of that 1 MiB free for the headers the app adds
+# when it republishes a message to FICHA_DLQ; a bigger publish gets an error PubAck.
+INGEST_MAX_MSG_SIZE = MIB - 16 * 1024
+DLQ_MAX_MSG_SIZE = MIB
+# The server refuses to update max_waiting on an existing consumer: never change this value.
+CONSUMER_MAX_WAITING = 16
+
+_PARTITION_IN_DEST = re.compile(r"\{\{\s*partition\(\s*(\d+)\s*,", re.IGNORECASE)
 
 
 class PartitionCountMismatch(RuntimeError):
-    pass
+    """FICHA_IN exists with another partition count than the one configured."""
 
 
 @dataclass(frozen=True)
 class TopologySettings:
-    partitions: int = 8
-    duplicate_window_s: float = 120.0
-    ingest_max_age_s: float = 7 * 24 * 3600.0
-    out_max_age_s: float = 30 * 24 * 3600.0
-    ack_wait_s: float = 30.0
-    max_ack_pending: int = 10_000
+    partitions: int = DEFAULT_PARTITIONS
+    duplicate_window_s: float = DEFAULT_DUPLICATE_WINDOW_S
+    ingest_max_age_s: float = DEFAULT_INGEST_MAX_AGE_S  # 0 = unlimited
+    out_max_age_s: float = DEFAULT_OUT_MAX_AGE_S  # 0 = unlimited
+    ack_wait_s: float = DEFAULT_ACK_WAIT_S
+    max_ack_pending: int = DEFAULT_MAX_ACK_PENDING
+
+    def __post_init__(self) -> None:
+        if self.partitions < 1:
+            raise ValueError(f"partitions must be at least 1, not {self.partitions}")
+
+
+# ------------------------------------------------------------------------------ subjects
 
 
 def partition_subject(partition: int) -> str:
-    return f"{PARTITIONED_PREFIX}.{partition}.>"
+    """The filter of one partition: ``ficha.part.<k>.>``."""
+    return f"{PARTITION_PREFIX}.{partition}.>"
 
 
 def consumer_name(partition: int) -> str:
-    return f"ficha-agg-p{partition}"
+    """The durable pull consumer of one partition: ``ficha-agg-p<k>``."""
+    return f"{PARTITION_CONSUMER_PREFIX}{partition}"
+
+
+def transform_dest(partitions: int) -> str:
+    """Where the server stores ``ficha.in.<tenant>.<type>``: partitioned by the tenant."""
+    return (
+        f"{PARTITION_PREFIX}.{{{{partition({partitions},1)}}}}"
+        ".{{wildcard(1)}}.{{wildcard(2)}}"
+    )
 
 
 def original_subject(stored_subject: str) -> str:
-    """ficha.part.3.acme.form_submitted → ficha.in.acme.form_submitted; others unchanged."""
-    if stored_subject.startswith(PARTITIONED_PREFIX + "."):
-        parts = stored_subject.split(".", 3)
-        if len(parts) == 4:
-            return f"ficha.in.{parts[3]}"
-    return stored_subject
+    """``ficha.part.3.acme.form_submitted`` -> ``ficha.in.acme.form_submitted``.
+
+    A subject that the transform did not rewrite is returned as it is.
+    """
+    if partition_of(stored_subject) is None:
+        return stored_subject
+    rest = stored_subject.split(".", 3)[3]
+    return f"{INGEST_PREFIX}.{rest}"
 
 
 def partition_of(stored_subject: str) -> int | None:
-    parts = stored_subject.split(".")
-    if len(parts) > 2 and f"{parts[0]}.{parts[1]}" == PARTITIONED_PREFIX:
-        try:
-            return int(parts[2])
-        except ValueError:
-            return None
-    return None
+    """The k of ``ficha.part.<k>.<tenant>.<type>``; None for any other subject."""
+    tokens = stored_subject.split(".")
+    if len(tokens) < 4 or ".".join(tokens[:2]) != PARTITION_PREFIX:
+        return None
+    if not (tokens[2].isascii() and tokens[2].isdigit()):
+        return None
+    return int(tokens[2])
 
 
-def _ingest_config(s: TopologySettings) -> StreamConfig:
+# ------------------------------------------------------------------------------ streams
+
+
+def ingest_stream_config(settings: TopologySettings) -> StreamConfig:
     return StreamConfig(
         name=INGEST_STREAM,
         description="ficha inbound events, partitioned by tenant",
-        subjects=[INGEST_SUBJECTS],
+        subjects=[INGEST_SUBJECT],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
-        max_age=s.ingest_max_age_s,
-        duplicate_window=s.duplicate_window_s,
-        max_msg_size=MAX_STORED_MSG,
+        max_age=settings.ingest_max_age_s,
+        duplicate_window=settings.duplicate_window_s,
+        max_msg_size=INGEST_MAX_MSG_SIZE,
         subject_transform=SubjectTransform(
-            src="ficha.in.*.*",
-            dest=f"{PARTITIONED_PREFIX}.{{{{partition({s.partitions},1)}}}}"
-            ".{{wildcard(1)}}.{{wildcard(2)}}",
+            src=INGEST_TRANSFORM_SRC, dest=transform_dest(settings.partitions)
         ),
-        metadata={PARTITIONS_KEY: str(s.partitions)},
+        metadata={PARTITIONS_METADATA_KEY: str(settings.partitions)},
     )
 
 
-async def _create_or_update(js: JetStreamContext, config: StreamConfig) -> None:
+def dlq_stream_config() -> StreamConfig:
+    return StreamConfig(
+        name=DLQ_STREAM,
+        description="ficha dead letters: rejected inbound events, unchanged, with reasons",
+        subjects=[DLQ_SUBJECT],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=0,
+        duplicate_window=DEFAULT_DUPLICATE_WINDOW_S,
+        max_msg_size=DLQ_MAX_MSG_SIZE,
+    )
+
+
+def out_stream_config(settings: TopologySettings) -> StreamConfig:
+    return StreamConfig(
+        name=OUT_STREAM,
+        description="ficha outbound events for automation services",
+        subjects=[OUT_SUBJECT],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=settings.out_max_age_s,
+        duplicate_window=DEFAULT_DUPLICATE_WINDOW_S,
+    )
+
+
+def partitions_of(config: StreamConfig) -> int | None:
+    """The partition count an existing FICHA_IN was created with, if it can be told."""
+    recorded = (config.metadata or {}).get(PARTITIONS_METADATA_KEY)
+    if recorded is not None and recorded.isascii() and recorded.isdigit():
+        return int(recorded)
+    transform = config.subject_transform
+    found = _PARTITION_IN_DEST.search(transform.dest) if transform else None
+    return int(found.group(1)) if found else None
+
+
+def _mismatch_message(existing: int, wanted: int) -> str:
+    return (
+        f"stream {INGEST_STREAM} was created with {existing} partitions, but {wanted} are "
+        f"configured (FICHA_PARTITIONS={wanted}). The partition count is fixed once the "
+        f"stream exists: changing it remaps tenants to other partitions, so a tenant's queued "
+        f"events and its new ones would be consumed by different workers, out of order. Keep "
+        f"FICHA_PARTITIONS={existing}; or, to change it, stop the producers, let every "
+        f"partition consumer drain, delete the {INGEST_STREAM} stream, and start ficha again "
+        f"with the new count."
+    )
+
+
+def _differs(existing: StreamConfig, wanted: StreamConfig) -> bool:
+    def seconds_differ(a: float | None, b: float | None) -> bool:
+        return not math.isclose(a or 0.0, b or 0.0, abs_tol=1e-6)
+
+    def transform(config: StreamConfig) -> tuple[str, str] | None:
+        t = config.subject_transform
+        return (t.src, t.dest) if t else None
+
+    existing_meta = existing.metadata or {}
+    return (
+        sorted(existing.subjects or []) != sorted(wanted.subjects or [])
+        or seconds_differ(existing.max_age, wanted.max_age)
+        or seconds_differ(existing.duplicate_window, wanted.duplicate_window)
+        or (existing.max_msg_size or -1) != (wanted.max_msg_size or -1)
+        or existing.description != wanted.description
+        or transform(existing) != transform(wanted)
+        or any(existing_meta.get(k) != v for k, v in (wanted.metadata or {}).items())
+    )
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> StreamInfo:
+    """Create the stream, or update it in place when a setting ficha manages differs."""
+    assert config.name is not None
     try:
-        await js.stream_info(config.name)  # type: ignore[arg-type]
+        info = await js.stream_info(config.name)
     except NotFoundError:
-        await js.add_stream(config)
-        return
-    await js.update_stream(config)
+        return await js.add_stream(config)
+    if _differs(info.config, config):
+        return await js.update_stream(config)
+    return info
+
+
+# ---------------------------------------------------------------------------- consumers
+
+
+def _pull_consumer_config(
+    durable: str, filter_subject: str, ack_wait_s: float, max_ack_pending: int
+) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=durable,
+        filter_subject=filter_subject,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=ack_wait_s,
+        max_deliver=-1,
+        max_ack_pending=max_ack_pending,
+        max_waiting=CONSUMER_MAX_WAITING,
+    )
+
+
+async def ensure_partition_consumer(
+    js: JetStreamContext,
+    partition: int,
+    *,
+    ack_wait_s: float = DEFAULT_ACK_WAIT_S,
+    max_ack_pending: int = DEFAULT_MAX_ACK_PENDING,
+) -> ConsumerInfo:
+    """Create or update the durable pull consumer ``ficha-agg-p<k>`` of one partition.
+
+    ``js.add_consumer`` creates or updates a durable; ``pull_subscribe`` never updates one.
+    """
+    config = _pull_consumer_config(
+        consumer_name(partition), partition_subject(partition), ack_wait_s, max_ack_pending
+    )
+    return await js.add_consumer(INGEST_STREAM, config)
+
+
+async def ensure_unrouted_consumer(
+    js: JetStreamContext,
+    *,
+    ack_wait_s: float = DEFAULT_ACK_WAIT_S,
+    max_ack_pending: int = DEFAULT_MAX_ACK_PENDING,
+) -> ConsumerInfo:
+    """Create or update ``ficha-agg-unrouted``: every message the transform did not route.
+
+    After the transform every well-formed subject is stored under ``ficha.part.>``, so
+    whatever is still under ``ficha.in.>`` is malformed and must be dead-lettered.
+    """
+    config = _pull_consumer_config(UNROUTED_CONSUMER, INGEST_SUBJECT, ack_wait_s, max_ack_pending)
+    return await js.add_consumer(INGEST_STREAM, config)
+
+
+# ----------------------------------------------------------------------------- topology
 
 
 async def ensure_topology(js: JetStreamContext, settings: TopologySettings) -> None:
+    """Create or update the three streams and the ingest consumers; safe to run again.
+
+    Raises PartitionCountMismatch, and changes nothing, when FICHA_IN exists with another
+    partition count.
+    """
     try:
-        info = await js.stream_info(INGEST_STREAM)
+        existing = await js.stream_info(INGEST_STREAM)
     except NotFoundError:
-        info = None
-    if info is not None:
-        existing = (info.config.metadata or {}).get(PARTITIONS_KEY)
-        if existing is not None and int(existing) != settings.partitions:
-            raise PartitionCountMismatch(
-                f"the ingest stream was created with {existing} partitions but "
-                f"FICHA_PARTITIONS={settings.partitions}: changing it would send a tenant's "
-                f"new events to another partition than its queued ones. Set "
-                f"FICHA_PARTITIONS={existing}, or drain the stream and recreate it."
-            )
-    await _create_or_update(js, _ingest_config(settings))
-    await _create_or_update(
-        js,
-        StreamConfig(
-            name=DLQ_STREAM,
-            description="ficha dead letters: rejected inbound events with reasons",
-            subjects=["ficha.dlq.>"],
-            storage=StorageType.FILE,
-            duplicate_window=settings.duplicate_window_s,
-            max_msg_size=MAX_STORED_MSG,
-        ),
-    )
-    await _create_or_update(
-        js,
-        StreamConfig(
-            name=OUT_STREAM,
-            description="ficha outbound events for automation services",
-            subjects=["ficha.out.>"],
-            storage=StorageType.FILE,
-            max_age=settings.out_max_age_s,
-            duplicate_window=settings.duplicate_window_s,
-        ),
-    )
+        existing = None
+    if existing is not None:
+        recorded = partitions_of(existing.config)
+        if recorded is not None and recorded != settings.partitions:
+            raise PartitionCountMismatch(_mismatch_message(recorded, settings.partitions))
+    await ensure_stream(js, ingest_stream_config(settings))
+    await ensure_stream(js, dlq_stream_config())
+    await ensure_stream(js, out_stream_config(settings))
     for partition in range(settings.partitions):
-        await _ensure_consumer(js, consumer_name(partition), partition_subject(partition),
-                               settings)
-    await _ensure_consumer(js, UNROUTED_CONSUMER, INGEST_SUBJECTS, settings)
-
-
-async def _ensure_consumer(
-    js: JetStreamContext, durable: str, filter_subject: str, s: TopologySettings
-) -> None:
-    # add_consumer creates or updates a durable; pull_subscribe never updates one.
-    await js.add_consumer(
-        INGEST_STREAM,
-        ConsumerConfig(
-            durable_name=durable,
-            filter_subject=filter_subject,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=s.ack_wait_s,
-            max_deliver=-1,
-            max_ack_pending=s.max_ack_pending,
-            max_waiting=16,
-        ),
+        await ensure_partition_consumer(
+            js,
+            partition,
+            ack_wait_s=settings.ack_wait_s,
+            max_ack_pending=settings.max_ack_pending,
+        )
+    await ensure_unrouted_consumer(
+        js, ack_wait_s=settings.ack_wait_s, max_ack_pending=settings.max_ack_pending
     )
