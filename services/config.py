@@ -9,7 +9,7 @@
 | FICHA_PARTITIONS | 8 | ingest partitions, fixed when the stream is first created |
 | FICHA_ID_KEY | (key file) | hex key for contact ids; default: made once in DATA_DIR/id.key |
 | FICHA_BATCH_SIZE | 500 | messages fetched and committed together per partition |
-| FICHA_DUPLICATE_WINDOW | 120 | JetStream de-dup window, seconds (ficha also de-dups for ever) |
+| FICHA_DUPLICATE_WINDOW | 0.1 | de-dup window of FICHA_IN, seconds, min 0.1 (decision 0004) |
 | FICHA_INGEST_MAX_AGE | 604800 | seconds raw inbound events are kept in the ingest stream |
 | FICHA_AGGREGATE_CACHE | 100000 | contacts kept in memory per ingest worker |
 | FICHA_ACK_WAIT | 30 | seconds before JetStream redelivers an unacked message |
@@ -54,7 +54,7 @@ class Settings:
     partitions: int = 8
     id_key: bytes = b""
     batch_size: int = 500
-    duplicate_window_s: float = 120.0
+    duplicate_window_s: float = 0.1
     ingest_max_age_s: float = 7 * 24 * 3600.0
     aggregate_cache: int = 100_000
     ack_wait_s: float = 30.0
@@ -66,7 +66,7 @@ class Settings:
             "FICHA_PARTITIONS": str(self.partitions),
             "FICHA_ID_KEY": self.id_key.hex(),
             "FICHA_BATCH_SIZE": str(self.batch_size),
-            "FICHA_DUPLICATE_WINDOW": str(int(self.duplicate_window_s)),
+            "FICHA_DUPLICATE_WINDOW": repr(self.duplicate_window_s),
             "FICHA_INGEST_MAX_AGE": str(int(self.ingest_max_age_s)),
             "FICHA_AGGREGATE_CACHE": str(self.aggregate_cache),
             "FICHA_ACK_WAIT": str(int(self.ack_wait_s)),
@@ -126,6 +126,19 @@ def _int(env: dict[str, str], name: str, default: int, minimum: int = 1) -> int:
     return value
 
 
+def _seconds(env: dict[str, str], name: str, default: float, *, minimum: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds (got {raw!r})") from None
+    if not value >= minimum:
+        raise ConfigError(f"{name} must be at least {minimum} seconds (got {raw})")
+    return value
+
+
 def load_id_key(env: dict[str, str], data_dir: Path) -> bytes:
     raw = env.get("FICHA_ID_KEY")
     if raw:
@@ -161,7 +174,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         partitions=_int(env, "FICHA_PARTITIONS", 8),
         id_key=load_id_key(env, data_dir),
         batch_size=_int(env, "FICHA_BATCH_SIZE", 500),
-        duplicate_window_s=float(_int(env, "FICHA_DUPLICATE_WINDOW", 120)),
+        duplicate_window_s=_seconds(env, "FICHA_DUPLICATE_WINDOW", 0.1, minimum=0.1),
         ingest_max_age_s=float(_int(env, "FICHA_INGEST_MAX_AGE", 7 * 24 * 3600, minimum=0)),
         aggregate_cache=_int(env, "FICHA_AGGREGATE_CACHE", 100_000),
         ack_wait_s=float(_int(env, "FICHA_ACK_WAIT", 30)),

@@ -48,7 +48,13 @@ UNROUTED_CONSUMER = "ficha-agg-unrouted"
 PARTITIONS_METADATA_KEY = "ficha_partitions"
 
 DEFAULT_PARTITIONS = 8
-DEFAULT_DUPLICATE_WINDOW_S = 120.0
+# FICHA_IN keeps JetStream's de-dup window at the server's minimum: the window is
+# stream-wide, so a longer one would drop an event of one tenant whose event_id another
+# tenant used moments before (event ids are unique per tenant only). ficha de-duplicates
+# by (tenant, event_id) itself, for ever. See docs/decisions/0004.
+DEFAULT_DUPLICATE_WINDOW_S = 0.1
+# FICHA_DLQ and FICHA_OUT carry ids that ficha makes, unique across tenants.
+OWN_IDS_DUPLICATE_WINDOW_S = 120.0
 DEFAULT_INGEST_MAX_AGE_S = 7 * 24 * 3600.0
 DEFAULT_OUT_MAX_AGE_S = 30 * 24 * 3600.0
 DEFAULT_ACK_WAIT_S = 30.0
@@ -156,7 +162,7 @@ def dlq_stream_config() -> StreamConfig:
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=0,
-        duplicate_window=DEFAULT_DUPLICATE_WINDOW_S,
+        duplicate_window=OWN_IDS_DUPLICATE_WINDOW_S,
         max_msg_size=DLQ_MAX_MSG_SIZE,
     )
 
@@ -169,7 +175,7 @@ def out_stream_config(settings: TopologySettings) -> StreamConfig:
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=settings.out_max_age_s,
-        duplicate_window=DEFAULT_DUPLICATE_WINDOW_S,
+        duplicate_window=OWN_IDS_DUPLICATE_WINDOW_S,
     )
 
 

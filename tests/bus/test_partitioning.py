@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 
 import pytest
@@ -97,7 +98,8 @@ async def test_subjects_outside_ficha_streams_are_refused(js: JetStreamContext) 
 
 
 async def test_a_repeated_msg_id_is_stored_once_inside_the_window(js: JetStreamContext) -> None:
-    await ensure_topology(js, TopologySettings(partitions=2))
+    # An operator whose producers use ids unique across tenants may widen the window.
+    await ensure_topology(js, TopologySettings(partitions=2, duplicate_window_s=120))
     acks = [
         await js.publish(
             "ficha.in.acme.form_submitted", b"{}", headers={"Nats-Msg-Id": "web-7f3a9c"}
@@ -112,8 +114,9 @@ async def test_a_repeated_msg_id_is_stored_once_inside_the_window(js: JetStreamC
 async def test_msg_id_de_duplication_is_stream_wide_not_per_tenant(js: JetStreamContext) -> None:
     """A server fact the design must live with: JetStream de-duplicates by Nats-Msg-Id over
     the whole stream, so two tenants that reuse an event_id inside the window collide and
-    the second event is NOT stored (its producer gets a PubAck with duplicate=True)."""
-    await ensure_topology(js, TopologySettings(partitions=2))
+    the second event is NOT stored (its producer gets a PubAck with duplicate=True).
+    Shown here with a wide window; ficha's default keeps it at the server's minimum."""
+    await ensure_topology(js, TopologySettings(partitions=2, duplicate_window_s=120))
     first = await js.publish(
         "ficha.in.acme.purchase_completed", b"{}", headers={"Nats-Msg-Id": "order-1"}
     )
@@ -123,6 +126,24 @@ async def test_msg_id_de_duplication_is_stream_wide_not_per_tenant(js: JetStream
     assert not first.duplicate
     assert second.duplicate is True
     assert (await js.stream_info(INGEST_STREAM)).state.messages == 1
+
+
+async def test_by_default_a_second_tenant_reusing_an_event_id_is_stored(
+    js: JetStreamContext,
+) -> None:
+    """With ficha's default window (the server's minimum, 100 ms) the collision above is
+    confined to publishes less than 100 ms apart; later ones are stored (decision 0004)."""
+    await ensure_topology(js, TopologySettings(partitions=2))
+    assert (await js.stream_info(INGEST_STREAM)).config.duplicate_window == 0.1
+    first = await js.publish(
+        "ficha.in.acme.purchase_completed", b"{}", headers={"Nats-Msg-Id": "order-1"}
+    )
+    await asyncio.sleep(0.3)
+    second = await js.publish(
+        "ficha.in.globex.purchase_completed", b"{}", headers={"Nats-Msg-Id": "order-1"}
+    )
+    assert not first.duplicate and not second.duplicate
+    assert (await js.stream_info(INGEST_STREAM)).state.messages == 2
 
 
 async def test_a_partition_consumer_receives_only_its_partition_in_order(

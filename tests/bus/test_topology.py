@@ -42,7 +42,7 @@ async def test_the_topology_is_created_as_designed(js: JetStreamContext) -> None
     ingest = (await js.stream_info(INGEST_STREAM)).config
     assert ingest.subjects == ["ficha.in.>"]
     assert ingest.storage == StorageType.FILE
-    assert ingest.duplicate_window == 120
+    assert ingest.duplicate_window == 0.1  # the server's minimum: decision 0004
     assert ingest.max_age == 7 * 24 * 3600
     assert ingest.max_msg_size == INGEST_MAX_MSG_SIZE
     assert 64 * 1024 < INGEST_MAX_MSG_SIZE < 1024 * 1024

@@ -190,6 +190,29 @@ async def test_repeats_are_applied_once_even_after_the_dedup_window(started: Any
     await nc.drain()
 
 
+async def test_two_tenants_may_use_the_same_event_id(started: Any) -> None:
+    """event_id is unique per tenant only (contract): both events are applied, each to its
+    own tenant, and the tenant that repeats its own id still gets it applied once."""
+    runtime = await started()
+    nc = await connect_nats(runtime.nats_url)
+    js = nc.jetstream()
+    for tenant in ("acme", "globex"):
+        await publish(js, event_dict("purchase_completed", tenant=tenant, event_id="order-1",
+                                     order_id="o1", total="10.00", currency="EUR"))
+        await asyncio.sleep(0.3)  # past FICHA_IN's 100 ms window (decision 0004)
+    await publish(js, event_dict("purchase_completed", tenant="globex", event_id="order-1",
+                                 order_id="o1", total="10.00", currency="EUR"))
+    await drain_applied(runtime, 2)
+    await asyncio.sleep(0.3)
+    for tenant in ("acme", "globex"):
+        got = card(runtime, "ana@example.com", tenant=tenant)
+        assert got is not None, tenant
+        assert got["purchases_count"] == 1, tenant
+    assert runtime.store is not None
+    assert runtime.store.received_count() == 2
+    await nc.drain()
+
+
 @pytest.mark.parametrize("stage", ["before_commit", "after_commit"])
 async def test_a_worker_killed_around_commit_applies_everything_once(
     started: Any, stage: str
