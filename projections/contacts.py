@@ -156,18 +156,21 @@ class ContactsProjection:
                 )
             )
         self._write_rows(cur, rows, is_postgres)
-        for (tenant, cid, key), label in sorted(tag_changes.items()):
-            if label is None:
-                cur.execute(
-                    "DELETE FROM contact_tags WHERE tenant = ? AND tag = ? AND contact_id = ?",
-                    (tenant, key, cid),
-                )
-            else:
-                cur.execute(
-                    "INSERT INTO contact_tags (tenant, tag, contact_id, label) VALUES (?,?,?,?) "
-                    "ON CONFLICT (tenant, tag, contact_id) DO UPDATE SET label = excluded.label",
-                    (tenant, key, cid, label),
-                )
+        removed = [(t, key, c) for (t, c, key), label in sorted(tag_changes.items())
+                   if label is None]
+        added = [(t, key, c, label) for (t, c, key), label in sorted(tag_changes.items())
+                 if label is not None]
+        if removed:
+            cur.executemany(
+                "DELETE FROM contact_tags WHERE tenant = ? AND tag = ? AND contact_id = ?",
+                removed,
+            )
+        if added:
+            cur.executemany(
+                "INSERT INTO contact_tags (tenant, tag, contact_id, label) VALUES (?,?,?,?) "
+                "ON CONFLICT (tenant, tag, contact_id) DO UPDATE SET label = excluded.label",
+                added,
+            )
         if list_changes:
             cur.executemany(
                 "INSERT INTO contact_lists (tenant, contact_id, list_id, state, changed_at) "

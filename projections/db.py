@@ -95,6 +95,11 @@ class ViewDatabase:
                 sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(pg.schema))
             )
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg.schema)))
+            # Read models are derived and rebuildable, and each page commits its tracking
+            # position with its rows: a commit lost in a database crash is replayed from
+            # the event store, never half-applied. So they need not wait for the WAL flush.
+            # (The event store keeps synchronous commits: acks follow its commits.)
+            conn.execute("SET synchronous_commit TO off")
             conn.autocommit = False
         else:
             path: Path = self.settings.views_db_path

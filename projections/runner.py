@@ -1,10 +1,10 @@
 """Feeds projections from the event store's notification log, exactly once.
 
 Each page of notifications (up to ``page_size``) is decoded and applied to the view
-tables, and the projection's position moves in the same transaction. SQLite cannot be
-subscribed to, so the runner waits on a wake-up (the ingest worker calls ``wake()`` after
-each commit when both run in one process) or a short poll of the store's maximum
-notification id, which is a single index lookup.
+tables, and the projection's position moves in the same transaction. Between pages the
+runner waits on the store's new-events signal: LISTEN/NOTIFY on PostgreSQL; on SQLite,
+which cannot be subscribed to, a short poll (an index lookup), cut short by ``wake()``
+when the ingest worker runs in the same process.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from projections.db import Cursor, ViewDatabase
 from services.store.contact_store import ContactStore
+from services.store.signals import NewEvents, PollingNewEvents
 
 log = logging.getLogger("ficha.projections")
 
@@ -46,15 +47,17 @@ class ProjectionRunner:
         projection: Projection,
         *,
         page_size: int = 1000,
-        poll_interval: float = 0.05,
+        poll_interval: float = 0.01,
+        idle_timeout: float = 0.5,
     ) -> None:
         self.store = store
         self.db = db
         self.projection = projection
         self.page_size = page_size
         self.poll_interval = poll_interval
+        self.idle_timeout = idle_timeout
         self.stats = ProjectionStats()
-        self._wake = threading.Event()
+        self._signal: NewEvents | None = None
 
     @property
     def name(self) -> str:
@@ -65,7 +68,9 @@ class ProjectionRunner:
         self.projection.create_tables(self.db)
 
     def wake(self) -> None:
-        self._wake.set()
+        signal = self._signal
+        if isinstance(signal, PollingNewEvents):
+            signal.wake()
 
     def position(self) -> int:
         with self.db.reading() as cur:
@@ -114,6 +119,13 @@ class ProjectionRunner:
 
     def run_forever(self, stop: threading.Event) -> None:
         """Blocking loop for a worker thread."""
+        self._signal = signal = self.store.new_events_signal(self.poll_interval)
+        try:
+            self._loop(stop, signal)
+        finally:
+            signal.close()
+
+    def _loop(self, stop: threading.Event, signal: NewEvents) -> None:
         delay = 0.2
         while not stop.is_set():
             try:
@@ -125,8 +137,7 @@ class ProjectionRunner:
                 delay = min(delay * 2, 5.0)
                 continue
             if applied == 0:
-                self._wake.wait(self.poll_interval)
-                self._wake.clear()
+                signal.wait(self.idle_timeout)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run the blocking loop in a thread until `stop` is set."""
@@ -135,7 +146,7 @@ class ProjectionRunner:
         async def relay() -> None:
             await stop.wait()
             thread_stop.set()
-            self._wake.set()
+            self.wake()
 
         relay_task = asyncio.create_task(relay())
         try:

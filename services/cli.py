@@ -127,7 +127,7 @@ def project() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     store = ContactStore(settings)
-    runner = ProjectionRunner(store, views(settings), ContactsProjection(), poll_interval=0.02)
+    runner = ProjectionRunner(store, views(settings), ContactsProjection())
     runner.setup()
     runner.run_forever(stop)
 

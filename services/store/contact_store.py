@@ -19,6 +19,7 @@ from psycopg import sql
 from services.config import Settings
 from services.domain.contact import Contact
 from services.store.recorders import PostgresContactRecorder, Received, SQLiteContactRecorder
+from services.store.signals import ListeningNewEvents, NewEvents, PollingNewEvents
 from services.store.transcoder import ContactEventTranscoder
 
 
@@ -138,6 +139,13 @@ class ContactStore(Application[UUID]):
         return self.recorder.select_notifications(
             start=position, limit=limit, inclusive_of_start=False
         )
+
+    def new_events_signal(self, poll_interval: float = 0.01) -> NewEvents:
+        """What a log reader waits on between reads: LISTEN on PostgreSQL, a poll on SQLite."""
+        recorder = self.contact_recorder
+        if isinstance(recorder, PostgresContactRecorder):
+            return ListeningNewEvents(self.settings, recorder.channel_name)
+        return PollingNewEvents(poll_interval)
 
     def received_count(self) -> int:
         return self.contact_recorder.count_received()
