@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from projections.db import Cursor, ViewDatabase
+from projections.db import Cursor, ViewDatabase, any_of
 from services.domain.contact import Contact, tag_key
 from services.domain.stamps import utc_iso
 from services.domain.timeline import ACTIVITY_TYPES
@@ -84,7 +84,9 @@ def ddl(is_postgres: bool) -> list[str]:
         "forms_count INTEGER NOT NULL DEFAULT 0, surveys_count INTEGER NOT NULL DEFAULT 0, "
         "bookings_count INTEGER NOT NULL DEFAULT 0, purchases_count INTEGER NOT NULL DEFAULT 0, "
         "events_count INTEGER NOT NULL DEFAULT 0, version INTEGER NOT NULL, "
-        "PRIMARY KEY (tenant, contact_id))",
+        # contact_id alone is unique (a keyed hash of tenant and email), and the log's
+        # events carry only it: the key must serve a lookup by contact_id alone.
+        "PRIMARY KEY (contact_id))",
         "CREATE UNIQUE INDEX IF NOT EXISTS contacts_email ON contacts (tenant, email)",
         "CREATE INDEX IF NOT EXISTS contacts_first_seen "
         "ON contacts (tenant, first_seen_at, contact_id)",
@@ -118,6 +120,9 @@ TABLES = ("timeline", "contact_lists", "contact_tags", "contacts")
 
 class ContactsProjection:
     name = NAME
+    # Bumped whenever the tables' layout changes: a read model of another version is
+    # dropped and rebuilt from the event store at start-up.
+    version = 2
     tables = TABLES
 
     def create_tables(self, db: ViewDatabase) -> None:
@@ -127,7 +132,7 @@ class ContactsProjection:
 
     def apply(self, cur: Cursor, events: Sequence[Any], is_postgres: bool) -> None:
         ids = sorted({e.originator_id.hex for e in events})
-        rows = self._load(cur, ids)
+        rows = self._load(cur, ids, is_postgres)
         tag_changes: dict[tuple[str, str, str], str | None] = {}
         list_changes: dict[tuple[str, str, str], tuple[str, str]] = {}
         timeline: list[tuple[Any, ...]] = []
@@ -186,15 +191,10 @@ class ContactsProjection:
                 timeline,
             )
 
-    def _load(self, cur: Cursor, ids: list[str]) -> dict[str, dict[str, Any]]:
+    def _load(self, cur: Cursor, ids: list[str], is_postgres: bool) -> dict[str, dict[str, Any]]:
         rows: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            cur.execute(
-                f"SELECT {', '.join(COLUMNS)} FROM contacts WHERE contact_id IN ({marks})",
-                chunk,
-            )
+        for condition, params in any_of("contact_id", ids, is_postgres):
+            cur.execute(f"SELECT {', '.join(COLUMNS)} FROM contacts WHERE {condition}", params)
             for row in cur.fetchall():
                 row["properties"] = _json(row["properties"])
                 row["tags"] = {tag_key(label): label for label in _json(row["tags"])}
@@ -210,7 +210,7 @@ class ContactsProjection:
         updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[2:])
         statement = (
             f"INSERT INTO contacts ({', '.join(COLUMNS)}) VALUES ({marks}) "
-            f"ON CONFLICT (tenant, contact_id) DO UPDATE SET {updates}"
+            f"ON CONFLICT (contact_id) DO UPDATE SET {updates}"
         )
         params = []
         for cid in sorted(rows):

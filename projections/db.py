@@ -66,6 +66,24 @@ class _PostgresCursor:
         return self._c.fetchone()
 
 
+def any_of(
+    column: str, values: Sequence[Any], is_postgres: bool, chunk: int = 500
+) -> Iterator[tuple[str, list[Any]]]:
+    """``column`` equal to one of ``values``, as (condition, params) pieces to run in turn.
+
+    PostgreSQL gets one ``= ANY(?)`` with an array: one statement text whatever the
+    count, so it is prepared once. SQLite has no arrays: an ``IN (?, ...)`` per chunk.
+    """
+    if not values:
+        return
+    if is_postgres:
+        yield f"{column} = ANY(?)", [list(values)]
+        return
+    for start in range(0, len(values), chunk):
+        part = list(values[start : start + chunk])
+        yield f"{column} IN ({','.join('?' * len(part))})", part
+
+
 class ViewDatabase:
     """A connection per thread to the read-model database of the configured backend."""
 
@@ -186,6 +204,23 @@ class ViewDatabase:
                 "CREATE TABLE IF NOT EXISTS ficha_projection_tracking ("
                 "name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
             )
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS ficha_projection_versions ("
+                "name TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+            )
+
+    def layout_version(self, cur: Cursor, name: str) -> int | None:
+        """The layout version of a projection's tables, None if never recorded."""
+        cur.execute("SELECT version FROM ficha_projection_versions WHERE name = ?", (name,))
+        row = cur.fetchone()
+        return int(row["version"]) if row else None
+
+    def set_layout_version(self, cur: Cursor, name: str, version: int) -> None:
+        cur.execute(
+            "INSERT INTO ficha_projection_versions (name, version) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET version = excluded.version",
+            (name, version),
+        )
 
     def position(self, cur: Cursor, name: str) -> int:
         cur.execute("SELECT position FROM ficha_projection_tracking WHERE name = ?", (name,))

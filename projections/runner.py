@@ -26,6 +26,9 @@ log = logging.getLogger("ficha.projections")
 
 class Projection(Protocol):
     name: str
+    # The layout of the projection's tables; a read model written by another version is
+    # dropped and rebuilt from the event store when the runner is set up.
+    version: int
     tables: tuple[str, ...]
 
     def create_tables(self, db: ViewDatabase) -> None: ...
@@ -64,8 +67,33 @@ class ProjectionRunner:
         return self.projection.name
 
     def setup(self) -> None:
+        """Create the view tables, or reset them if they were written by another version.
+
+        A reset drops the tables and the position: the runner then replays the whole log,
+        so an upgrade never reads rows of an old layout.
+        """
         self.db.ensure_tracking_table()
+        with self.db.transaction() as cur:
+            stored = self.db.layout_version(cur, self.name)
+        if stored != self.projection.version:
+            if stored is not None:
+                log.warning(
+                    "projection %s: tables are of version %s, this is version %s; "
+                    "dropping them to rebuild from the event store",
+                    self.name, stored, self.projection.version,
+                )
+            self._reset()
+        else:
+            self.projection.create_tables(self.db)
+
+    def _reset(self) -> None:
+        with self.db.transaction() as cur:
+            for table in self.projection.tables:
+                cur.execute(f"DROP TABLE IF EXISTS {table}")
+            cur.execute("DELETE FROM ficha_projection_tracking WHERE name = ?", (self.name,))
         self.projection.create_tables(self.db)
+        with self.db.transaction() as cur:
+            self.db.set_layout_version(cur, self.name, self.projection.version)
 
     def wake(self) -> None:
         signal = self._signal
@@ -110,11 +138,8 @@ class ProjectionRunner:
 
     def rebuild(self, on_page: Callable[[int], None] | None = None) -> int:
         """Drop the view tables and replay every event from the start."""
-        with self.db.transaction() as cur:
-            for table in self.projection.tables:
-                cur.execute(f"DROP TABLE IF EXISTS {table}")
-            cur.execute("DELETE FROM ficha_projection_tracking WHERE name = ?", (self.name,))
-        self.projection.create_tables(self.db)
+        self.db.ensure_tracking_table()
+        self._reset()
         return self.catch_up(on_page)
 
     def run_forever(self, stop: threading.Event) -> None:
