@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from contracts.events import EVENT_TYPES, InboundEvent
+from contracts.outbound import OUT_TYPES
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 BASE_ID = "https://ficha.dev/contracts/v1/"
@@ -82,6 +83,20 @@ def render_all() -> dict[str, str]:
         }
     )
     files["envelope.json"] = json.dumps(envelope, indent=2, sort_keys=True) + "\n"
+    for name, out_cls in sorted(OUT_TYPES.items()):
+        schema = msgspec.json.schema(out_cls)
+        schema.update({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": f"{BASE_ID}out/{name}.json",
+            "title": f"ficha outbound v1: {name}",
+            "description": f"Published by ficha on ficha.out.<tenant>.{name}, with header "
+            "Nats-Msg-Id = event_id. See docs/outbound.md.",
+        })
+        files[f"out.{name}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    # The segment rule language lives in the domain; its schema is published here too.
+    from services.domain.rules import rule_json_schema
+
+    files["segment-rule.json"] = json.dumps(rule_json_schema(), indent=2, sort_keys=True) + "\n"
     return files
 
 

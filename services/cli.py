@@ -112,11 +112,13 @@ def up(
 
 
 @app.command(hidden=True)
-def project() -> None:
-    """Run the projections alone (started by `ficha up` as its projector process)."""
+def project(
+    projection: Annotated[str, typer.Option(help="The projection to run.")] = "contacts",
+) -> None:
+    """Run one projection alone (started by `ficha up`, one process per projection)."""
     import threading
 
-    from projections.contacts import ContactsProjection
+    from projections.registry import projection_named
     from projections.runner import ProjectionRunner
     from services.store.contact_store import ContactStore
 
@@ -127,7 +129,11 @@ def project() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     store = ContactStore(settings)
-    runner = ProjectionRunner(store, views(settings), ContactsProjection())
+    try:
+        chosen = projection_named(projection)
+    except KeyError as error:
+        fail(str(error.args[0]), 2)
+    runner = ProjectionRunner(store, views(settings), chosen)
     runner.setup()
     runner.run_forever(stop)
 

@@ -21,8 +21,8 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from projections.contacts import ContactsProjection
 from projections.db import ViewDatabase
+from projections.registry import all_projections
 from projections.runner import ProjectionRunner
 from services.config import Settings
 from services.domain.identity import ContactIdentity
@@ -30,6 +30,8 @@ from services.ingest.cache import ContactCache
 from services.ingest.folding import BatchFolder
 from services.ingest.worker import TRANSIENT_ERRORS, PartitionWorker
 from services.natsserver import EmbeddedNatsServer
+from services.outbox import OutboxRelay
+from services.scheduler import Scheduler
 from services.store.contact_store import ContactStore
 from services.streams import (
     UNROUTED_CONSUMER,
@@ -90,7 +92,9 @@ class Runtime:
     projector: str = "thread"
     workers: list[PartitionWorker] = field(default_factory=list)
     projections: list[ProjectionRunner] = field(default_factory=list)
-    projector_process: subprocess.Popen[bytes] | None = None
+    projector_processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    scheduler: Scheduler | None = None
+    outbox: OutboxRelay | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -114,14 +118,22 @@ class Runtime:
 
         self.store = await asyncio.to_thread(ContactStore, settings)
         self.views = ViewDatabase(settings)
-        contacts = ProjectionRunner(self.store, self.views, ContactsProjection())
-        await asyncio.to_thread(contacts.setup)
-        self.projections = [contacts]
+        self.projections = [
+            ProjectionRunner(self.store, self.views, projection)
+            for projection in all_projections()
+        ]
+        for runner in self.projections:
+            await asyncio.to_thread(runner.setup)
         if self.projector == "process":
-            self.projector_process = subprocess.Popen(
-                [sys.executable, "-m", "services", "project"],
-                env={**os.environ, **settings.to_env()},
-            )
+            # One process per projection: each is CPU-bound Python, and the GIL would
+            # otherwise put them, and the ingest workers, on one core.
+            for runner in self.projections:
+                self.projector_processes.append(subprocess.Popen(
+                    [sys.executable, "-m", "services", "project", "--projection", runner.name],
+                    env={**os.environ, **settings.to_env()},
+                ))
+        self.scheduler = Scheduler(self.store, self.views)
+        self.outbox = OutboxRelay(self.js, self.views)
 
         identity = ContactIdentity(settings.id_key)
         for partition in range(settings.partitions):
@@ -154,14 +166,18 @@ class Runtime:
                     asyncio.create_task(runner.run(self._stop), name=runner.name)
                 )
         else:
-            self._tasks.append(asyncio.create_task(self._watch_projector(), name="projector"))
+            self._tasks.append(asyncio.create_task(self._watch_projectors(), name="projector"))
+        self._tasks.append(asyncio.create_task(self.scheduler.run(self._stop), name="scheduler"))
+        self._tasks.append(asyncio.create_task(self.outbox.run(self._stop), name="outbox"))
 
-    async def _watch_projector(self) -> None:
-        process = self.projector_process
-        assert process is not None
+    async def _watch_projectors(self) -> None:
         while not self._stop.is_set():
-            if process.poll() is not None:
-                raise RuntimeError(f"the projector process exited with {process.returncode}")
+            for process in self.projector_processes:
+                if process.poll() is not None:
+                    raise RuntimeError(
+                        f"a projector process ({' '.join(map(str, process.args[-2:]))}) "
+                        f"exited with {process.returncode}"
+                    )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 0.5)
 
@@ -185,12 +201,14 @@ class Runtime:
             with contextlib.suppress(Exception):
                 await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        if self.projector_process is not None and self.projector_process.poll() is None:
-            self.projector_process.send_signal(signal.SIGTERM)
+        for process in self.projector_processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.projector_processes:
             try:
-                await asyncio.to_thread(self.projector_process.wait, 15)
+                await asyncio.to_thread(process.wait, 15)
             except subprocess.TimeoutExpired:
-                self.projector_process.kill()
+                process.kill()
         if self.nc is not None:
             # Every processed message is acked by now; flush those acks, then close.
             # (drain() waits for pull subscriptions and times out after 30 s.)

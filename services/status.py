@@ -9,8 +9,8 @@ from services.config import Settings
 
 
 async def collect_status(settings: Settings) -> dict[str, Any]:
-    from projections.contacts import ContactsProjection
     from projections.db import ViewDatabase
+    from projections.registry import all_projections
     from services.runtime import resolve_nats_url, tracking_name
     from services.store.contact_store import ContactStore
     from services.streams import DLQ_STREAM, consumer_name
@@ -27,11 +27,13 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
     try:
         db.ensure_tracking_table()
         with db.reading() as cur:
-            for name in (ContactsProjection.name,):
+            for projection in all_projections():
+                name = projection.name
                 position = db.position(cur, name)
-                projections.append(
-                    {"name": name, "position": position, "head": head, "lag": head - position}
-                )
+                projections.append({
+                    "name": name, "position": position, "head": head, "lag": head - position,
+                    "version": db.layout_version(cur, name),
+                })
     finally:
         db.close()
         store.close()

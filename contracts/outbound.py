@@ -1,0 +1,58 @@
+"""What ficha publishes on ``ficha.out.<tenant>.<type>``: the outbound contract, v1.
+
+Automation services subscribe to FICHA_OUT (or to ``ficha.out.<tenant>.>``). Every event
+has a stable ``event_id`` (also its ``Nats-Msg-Id``): unique per transition, and the same
+after a rebuild, so a consumer can de-duplicate on it. Events of one contact and segment
+are published in the order they happened.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class OutContact(msgspec.Struct, forbid_unknown_fields=True):
+    contact_id: str
+    email: str
+
+
+class TransitionCause(msgspec.Struct, forbid_unknown_fields=True):
+    # "event": an inbound event changed the contact (ref = its event_id);
+    # "clock": a relative-time condition passed its instant (ref = "clock");
+    # "definition": the segment was created, edited or deleted (ref = "<segment>@v<version>").
+    kind: Literal["event", "clock", "definition"]
+    ref: str
+    # The rule's clauses whose value flipped, by path ("rule.all[1]"); empty for definitions.
+    clauses: list[str]
+
+
+class SegmentTransition(msgspec.Struct, forbid_unknown_fields=True):
+    event_id: str
+    tenant: str
+    occurred_at: str  # the exact instant of the transition, UTC, RFC 3339
+    segment_id: str
+    segment_version: int
+    contact: OutContact
+    cause: TransitionCause
+    entry_no: int  # 1 for the contact's first entry into this segment, then 2, ...
+
+
+class SegmentEntered(SegmentTransition, tag_field="type", tag="segment_entered"):
+    """The contact now matches the segment."""
+
+
+class SegmentExited(SegmentTransition, tag_field="type", tag="segment_exited"):
+    """The contact no longer matches the segment (or the segment was deleted)."""
+
+
+OutboundEvent = SegmentEntered | SegmentExited
+OUT_TYPES: dict[str, type[SegmentTransition]] = {
+    "segment_entered": SegmentEntered,
+    "segment_exited": SegmentExited,
+}
+
+
+def decode_outbound(data: bytes) -> OutboundEvent:
+    return msgspec.json.decode(data, type=OutboundEvent)

@@ -1,0 +1,83 @@
+"""Commands on segment definitions and the clock: written to the event store as events.
+
+These run wherever an operator acts (the CLI, later the API), against the same store the
+ingest worker writes: definitions and ticks enter the same log as contact events, so the
+audience projection sees every change in one order, live and on rebuild.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import IntegrityError
+
+from services.domain.clock import ClockDay, clock_day_id
+from services.domain.segments import SegmentCatalog, SegmentDefinition, catalog_id
+from services.domain.stamps import utc_iso
+from services.store.contact_store import ContactStore
+
+T = TypeVar("T")
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+class SegmentCommands:
+    def __init__(self, store: ContactStore) -> None:
+        self.store = store
+
+    def catalog(self, tenant: str) -> SegmentCatalog | None:
+        try:
+            catalog: SegmentCatalog = self.store.repository.get(catalog_id(tenant))
+        except AggregateNotFoundError:
+            return None
+        return catalog
+
+    def define(self, tenant: str, segment_id: str, name: str, rule: Any) -> SegmentDefinition:
+        """Create or edit a segment. Raises RuleError or SegmentError on bad input."""
+        return self._retrying(tenant, lambda c: c.define(segment_id, name, rule))
+
+    def delete(self, tenant: str, segment_id: str) -> SegmentDefinition:
+        return self._retrying(tenant, lambda c: c.delete(segment_id))
+
+    def _retrying(self, tenant: str, command: Callable[[SegmentCatalog], T]) -> T:
+        # Optimistic concurrency: a concurrent edit of the same catalogue makes the insert
+        # conflict; the command is decided again on the new state.
+        for _ in range(5):
+            catalog = self.catalog(tenant) or SegmentCatalog.open(tenant)
+            result = command(catalog)
+            try:
+                self.store.save(catalog)
+            except IntegrityError:
+                continue
+            return result
+        raise RuntimeError(f"the segment catalogue of {tenant} is being changed too often")
+
+
+class ClockCommands:
+    """Appends clock ticks: ``tick(at)`` records that time has reached ``at``."""
+
+    def __init__(self, store: ContactStore) -> None:
+        self.store = store
+
+    def tick(self, moment: datetime) -> str | None:
+        at = utc_iso(moment)
+        day = at[:10]
+        for _ in range(5):
+            try:
+                clock: ClockDay = self.store.repository.get(clock_day_id(day))
+            except AggregateNotFoundError:
+                clock = ClockDay.start(day)
+            if not clock.tick(at):
+                return None
+            try:
+                self.store.save(clock)
+            except IntegrityError:
+                continue
+            return at
+        raise RuntimeError("the clock is being ticked by too many schedulers at once")

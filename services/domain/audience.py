@@ -1,0 +1,137 @@
+"""Evaluating one contact against its tenant's segments and engagement windows.
+
+Pure functions over ``ContactFacts`` and an instant: the audience projection calls them
+when an event changes a contact, when a scheduled instant passes, and when a definition
+changes, and turns the differences into membership transitions with their cause.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from services.domain.engagement import DEFAULT_WINDOWS, EngagementWindows, engagement_status
+from services.domain.facts import ContactFacts
+from services.domain.rules import Context, Node, parse_rule
+from services.domain.segments import SegmentDefinition, dependency_order
+from services.domain.stamps import parse_utc_iso, utc_iso
+
+CAUSE_EVENT = "event"
+CAUSE_CLOCK = "clock"
+CAUSE_DEFINITION = "definition"
+
+
+@dataclass(frozen=True)
+class CompiledSegment:
+    definition: SegmentDefinition
+    rule: Node
+
+    @property
+    def segment_id(self) -> str:
+        return self.definition.segment_id
+
+
+@dataclass(frozen=True)
+class TenantRules:
+    """A tenant's live segments, each after the segments it refers to."""
+
+    segments: tuple[CompiledSegment, ...] = ()
+    windows: EngagementWindows = DEFAULT_WINDOWS
+
+    @classmethod
+    def compile(
+        cls, definitions: list[SegmentDefinition], windows: EngagementWindows = DEFAULT_WINDOWS
+    ) -> TenantRules:
+        live = {d.segment_id: d for d in definitions if not d.deleted}
+        parsed = {sid: d.parsed() for sid, d in live.items()}
+        order = dependency_order(parsed)
+        return cls(tuple(CompiledSegment(live[sid], parsed[sid]) for sid in order), windows)
+
+    def get(self, segment_id: str) -> CompiledSegment | None:
+        for segment in self.segments:
+            if segment.segment_id == segment_id:
+                return segment
+        return None
+
+
+@dataclass
+class Evaluation:
+    now: str
+    members: set[str]
+    # segment id -> leaf path -> value: what provenance compares
+    traces: dict[str, dict[str, bool]]
+    engagement: str
+    # the next instant at which a membership or the engagement status may change
+    due: str | None
+
+
+@dataclass(frozen=True)
+class Transition:
+    segment_id: str
+    segment_version: int
+    entered: bool
+    at: str
+    cause: str
+    ref: str  # the triggering event id, "clock", or "<segment>@v<version>"
+    clauses: tuple[str, ...] = field(default=())
+
+
+def evaluate(facts: ContactFacts, rules: TenantRules, now: str) -> Evaluation:
+    status, engagement_due = engagement_status(facts, now, rules.windows)
+    ctx = Context(now=now, engagement=status)
+    traces: dict[str, dict[str, bool]] = {}
+    due = engagement_due
+    for segment in rules.segments:
+        trace: dict[str, bool] = {}
+        if segment.rule.evaluate(facts, ctx, trace):
+            ctx.segments.add(segment.segment_id)
+        traces[segment.segment_id] = trace
+        change = segment.rule.next_change(facts, ctx)
+        if change is not None and (due is None or change < due):
+            due = change
+    return Evaluation(now, ctx.segments, traces, status, due)
+
+
+def transitions(
+    members: set[str],
+    before: Evaluation | None,
+    after: Evaluation,
+    rules: TenantRules,
+    cause: str,
+    ref: str,
+) -> list[Transition]:
+    """Entries and exits that take ``members`` to ``after.members``, with the flipped clauses."""
+    out: list[Transition] = []
+    for segment in rules.segments:
+        sid = segment.segment_id
+        inside = sid in after.members
+        if inside == (sid in members):
+            continue
+        clauses: tuple[str, ...] = ()
+        if before is not None:
+            old = before.traces.get(sid, {})
+            clauses = tuple(p for p, v in after.traces[sid].items() if old.get(p) != v)
+        out.append(
+            Transition(sid, segment.definition.version, inside, after.now, cause, ref, clauses)
+        )
+    return out
+
+
+def instant_before(moment: str) -> str:
+    """One microsecond earlier: the last instant before a scheduled change."""
+    return utc_iso(parse_utc_iso(moment) - timedelta(microseconds=1))
+
+
+__all__ = [
+    "CAUSE_CLOCK",
+    "CAUSE_DEFINITION",
+    "CAUSE_EVENT",
+    "CompiledSegment",
+    "Evaluation",
+    "TenantRules",
+    "Transition",
+    "evaluate",
+    "instant_before",
+    "parse_rule",
+    "transitions",
+]

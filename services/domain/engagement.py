@@ -1,0 +1,51 @@
+"""Engagement status: engaged, not engaged or inactive, and when it next changes.
+
+Definitions (windows per tenant, defaults below):
+
+* ``engaged``: an interaction (an email open that is not a machine open, a click, a product
+  view, a cart, a purchase, a form, a survey, a booking) within the last 90 days;
+* ``not_engaged``: no interaction within 90 days, but an interaction, or failing that the
+  first contact, within the last 180 days: someone still within reach;
+* ``inactive``: neither an interaction nor a first contact within 180 days.
+
+Each status changes exactly when a window passes, so the next change is known in advance
+and the projection schedules it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.domain.facts import ContactFacts, days_after
+
+ENGAGED = "engaged"
+NOT_ENGAGED = "not_engaged"
+INACTIVE = "inactive"
+STATUSES = (ENGAGED, NOT_ENGAGED, INACTIVE)
+
+
+@dataclass(frozen=True)
+class EngagementWindows:
+    engaged_days: float = 90.0
+    inactive_days: float = 180.0
+
+
+DEFAULT_WINDOWS = EngagementWindows()
+
+
+def engagement_status(
+    facts: ContactFacts, now: str, windows: EngagementWindows = DEFAULT_WINDOWS
+) -> tuple[str, str | None]:
+    """The status at ``now`` and the instant it next changes (None: never by itself)."""
+    last = facts.last_interaction_at
+    if last is not None:
+        engaged_until = days_after(last, windows.engaged_days)
+        if now < engaged_until:
+            return ENGAGED, engaged_until
+    basis = last or facts.first_seen_at
+    if basis is None:
+        return INACTIVE, None
+    reachable_until = days_after(basis, windows.inactive_days)
+    if now < reachable_until:
+        return NOT_ENGAGED, reachable_until
+    return INACTIVE, None

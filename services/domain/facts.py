@@ -1,0 +1,221 @@
+"""What segment rules, engagement and RFM are evaluated against: one contact's facts.
+
+``ContactFacts`` is folded from the contact's recorded domain events, in stream order,
+the same way the client list is: the aggregate already decided which values win, so the
+fold only applies effective changes. Besides the card it keeps what time-relative rules
+need: the moments of interactions and a compact activity log (purchases, refunds,
+bookings, forms, surveys) for counts and sums within a window.
+
+Timestamps are the domain's fixed-width UTC ISO strings (``stamps.utc_iso``): they compare
+as instants, so rules compare strings.
+
+No I/O: the audience projection loads and stores facts; tests build them directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from services.domain.contact import Contact
+from services.domain.stamps import parse_utc_iso, utc_iso
+from services.domain.timeline import ACTIVITY_TYPES
+
+LIST_SUPPRESSED = "suppressed"
+
+# Events that show interest, for engagement (issue: opens that are not machine opens,
+# clicks, and the store and the site). Sends, bounces, list and consent changes are not.
+INTERACTION_TYPES = frozenset(
+    {
+        "email_opened",
+        "email_clicked",
+        "product_viewed",
+        "cart_updated",
+        "purchase_completed",
+        "form_submitted",
+        "survey_completed",
+        "booking_made",
+    }
+)
+
+# Activity kept with its moment, for counts and sums within a window.
+ACTIVITY_KINDS = {
+    "purchase_completed": "purchase",
+    "purchase_refunded": "refund",
+    "booking_made": "booking",
+    "booking_cancelled": "cancellation",
+    "booking_no_show": "no_show",
+    "form_submitted": "form",
+    "survey_completed": "survey",
+    "email_opened": "open",
+    "email_clicked": "click",
+}
+
+# A contact's hard bounces or complaints suppress every list; soft bounces only once
+# this many have been counted (tenant-configurable later; the default of common ESPs).
+DEFAULT_SOFT_BOUNCE_LIMIT = 3
+
+
+@dataclass
+class ContactFacts:
+    tenant: str
+    contact_id: str
+    email: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    properties: dict[str, Any] = field(default_factory=dict)
+    tags: set[str] = field(default_factory=set)
+    consent: dict[str, bool] = field(default_factory=dict)
+    # list id -> [register state, the moment that decides it]
+    lists: dict[str, list[str]] = field(default_factory=dict)
+    member_status: str | None = None
+    first_seen_at: str | None = None
+    last_activity_at: str | None = None
+    last_interaction_at: str | None = None
+    last_purchase_at: str | None = None
+    # [kind, occurred_at, amount or None, currency or None], kept sorted by occurred_at
+    activity: list[list[Any]] = field(default_factory=list)
+    soft_bounces: int = 0
+    suppressed_at: str | None = None
+    version: int = 0
+
+    # -------------------------------------------------------------------- folding
+
+    def apply(self, event: Any) -> None:
+        """Fold one of the contact's domain events (Registered or Recorded)."""
+        if isinstance(event, Contact.Recorded):
+            self._apply_recorded(event)
+        self.version = event.originator_version
+
+    def _apply_recorded(self, event: Contact.Recorded) -> None:
+        changes = event.changes
+        at = event.occurred_at
+        for name, value in changes.get("fields", {}).items():
+            if value is None:
+                self.fields.pop(name, None)
+            else:
+                self.fields[name] = value
+        for name, value in changes.get("properties", {}).items():
+            if value is None:
+                self.properties.pop(name, None)
+            else:
+                self.properties[name] = value
+        for key, (_, present) in changes.get("tags", {}).items():
+            if present:
+                self.tags.add(key)
+            else:
+                self.tags.discard(key)
+        for channel, granted in changes.get("consent", {}).items():
+            self.consent[channel] = bool(granted)
+        for list_id, (state, since) in changes.get("lists", {}).items():
+            self.lists[list_id] = [state, since]
+        member = changes.get("member")
+        if member is not None:
+            self.member_status = member["status"]
+        if self.first_seen_at is None or at < self.first_seen_at:
+            self.first_seen_at = at
+        kind = event.event_type
+        automatic = bool(event.entry.get("automatic"))
+        if kind in ACTIVITY_TYPES and not automatic:
+            self.last_activity_at = _later(self.last_activity_at, at)
+        if kind in INTERACTION_TYPES and not automatic:
+            self.last_interaction_at = _later(self.last_interaction_at, at)
+        if kind == "purchase_completed":
+            self.last_purchase_at = _later(self.last_purchase_at, at)
+        data = event.entry.get("data", {})
+        activity = ACTIVITY_KINDS.get(kind)
+        if activity is not None and not automatic:
+            amount = data.get("total") if kind == "purchase_completed" else data.get("amount")
+            item = [activity, at, amount, data.get("currency")]
+            self.activity.append(item)
+            if len(self.activity) > 1 and self.activity[-2][1] >= at:
+                # Late arrivals: keep the log in time order, ties in a fixed order, so
+                # that any arrival order gives the same document.
+                self.activity.sort(key=lambda e: (e[1], e[0], e[2] or "", e[3] or ""))
+        if kind == "email_bounced":
+            if data.get("bounce") == "hard":
+                self.suppressed_at = _later(self.suppressed_at, at)
+            else:
+                self.soft_bounces += 1
+                if self.soft_bounces >= DEFAULT_SOFT_BOUNCE_LIMIT:
+                    self.suppressed_at = _later(self.suppressed_at, at)
+        elif kind == "email_complained":
+            self.suppressed_at = _later(self.suppressed_at, at)
+
+    # -------------------------------------------------------------------- reading
+
+    def list_state(self, list_id: str) -> str | None:
+        """The list's effective state; a later hard bounce or complaint suppresses it."""
+        register = self.lists.get(list_id)
+        if register is None:
+            return None
+        state, since = register
+        if (
+            self.suppressed_at is not None
+            and state in ("pending", "subscribed")
+            and self.suppressed_at >= since
+        ):
+            return LIST_SUPPRESSED
+        return state
+
+    def count(self, kind: str, since: str | None) -> int:
+        """How many `kind` activities happened after `since` (all of them if None)."""
+        return sum(
+            1 for k, at, _, _ in self.activity if k == kind and (since is None or at > since)
+        )
+
+    # -------------------------------------------------------------------- storage
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "fields": self.fields,
+            "properties": self.properties,
+            "tags": sorted(self.tags),
+            "consent": self.consent,
+            "lists": self.lists,
+            "member_status": self.member_status,
+            "first_seen_at": self.first_seen_at,
+            "last_activity_at": self.last_activity_at,
+            "last_interaction_at": self.last_interaction_at,
+            "last_purchase_at": self.last_purchase_at,
+            "activity": self.activity,
+            "soft_bounces": self.soft_bounces,
+            "suppressed_at": self.suppressed_at,
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_doc(
+        cls, tenant: str, contact_id: str, email: str, doc: dict[str, Any]
+    ) -> ContactFacts:
+        return cls(
+            tenant=tenant,
+            contact_id=contact_id,
+            email=email,
+            fields=doc["fields"],
+            properties=doc["properties"],
+            tags=set(doc["tags"]),
+            consent=doc["consent"],
+            lists=doc["lists"],
+            member_status=doc["member_status"],
+            first_seen_at=doc["first_seen_at"],
+            last_activity_at=doc["last_activity_at"],
+            last_interaction_at=doc["last_interaction_at"],
+            last_purchase_at=doc["last_purchase_at"],
+            activity=doc["activity"],
+            soft_bounces=doc["soft_bounces"],
+            suppressed_at=doc["suppressed_at"],
+            version=doc["version"],
+        )
+
+
+def _later(current: str | None, candidate: str) -> str:
+    return candidate if current is None or candidate > current else current
+
+
+def days_before(moment: str, days: float) -> str:
+    return utc_iso(parse_utc_iso(moment) - timedelta(days=days))
+
+
+def days_after(moment: str, days: float) -> str:
+    return utc_iso(parse_utc_iso(moment) + timedelta(days=days))

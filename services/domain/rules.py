@@ -1,0 +1,779 @@
+"""The segment rule language: parsing with errors that name the clause, and evaluation.
+
+A rule is JSON. Groups nest to any depth::
+
+    {"all": [rule, ...]}    every one holds
+    {"any": [rule, ...]}    at least one holds
+    {"not": rule}           it does not hold
+
+and leaves are conditions::
+
+    {"field": "country", "op": "in", "value": ["ES", "PT"]}
+    {"field": "tags", "op": "has", "value": "vip"}
+    {"field": "property.shoe_size", "op": "between", "value": [37, 40]}
+    {"field": "last_interaction_at", "op": "within_last", "value": {"days": 30}}
+    {"count": "purchases", "within_days": 365, "op": "gte", "value": 2}
+    {"sum": "spent", "currency": "EUR", "op": "gt", "value": 100}
+    {"segment": "newsletter-readers"}
+
+The full list of fields, operators and values is in docs/segments.md and in the JSON
+Schema ``contracts/schemas/segment-rule.json``, generated from the tables below.
+
+Every node carries its path (``rule.all[1].any[0]``), which errors name and which
+membership provenance records as the clause that flipped.
+
+Time: rules are evaluated at an instant ``now`` given by the caller (the projection's
+clock, itself driven by the event log), never the wall clock. ``next_change`` tells the
+earliest later instant at which a relative condition may change its value, so that the
+projection can schedule the contact's re-evaluation at exactly that instant.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from services.domain.facts import ContactFacts, days_after, days_before
+from services.domain.stamps import utc_iso
+
+TEXT_FIELDS = (
+    "email",
+    "first_name",
+    "last_name",
+    "phone",
+    "language",
+    "country",
+    "city",
+    "postal_code",
+    "contact_type",
+    "lead_status",
+    "member_status",
+)
+DATE_FIELDS = ("first_seen_at", "last_activity_at", "last_interaction_at", "last_purchase_at")
+CONSENT_CHANNELS = ("email", "sms", "whatsapp", "phone")
+LIST_STATES = ("pending", "subscribed", "unsubscribed", "suppressed")
+ENGAGEMENT_STATUSES = ("engaged", "not_engaged", "inactive")
+
+TEXT_OPS = ("equals", "not_equals", "in", "not_in", "contains", "starts_with",
+            "is_set", "is_not_set")
+CHOICE_OPS = ("equals", "not_equals", "in", "not_in", "is_set", "is_not_set")
+DATE_OPS = ("before", "after", "between", "within_last", "more_than_ago",
+            "is_set", "is_not_set")
+NUMBER_OPS = ("equals", "not_equals", "gt", "gte", "lt", "lte", "between")
+PROPERTY_OPS = (*TEXT_OPS, "gt", "gte", "lt", "lte", "between")
+TAG_OPS = ("has", "has_not")
+CONSENT_OPS = ("equals", "is_set", "is_not_set")
+
+# count name -> the activity kind it counts
+COUNTS = {
+    "purchases": "purchase",
+    "refunds": "refund",
+    "bookings": "booking",
+    "cancellations": "cancellation",
+    "no_shows": "no_show",
+    "forms": "form",
+    "surveys": "survey",
+    "email_opens": "open",
+    "email_clicks": "click",
+}
+# sum name -> (activity kind, sign) pairs it adds up
+SUMS = {
+    "spent": (("purchase", 1), ("refund", -1)),
+    "purchased": (("purchase", 1),),
+    "refunded": (("refund", 1),),
+}
+
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
+SEGMENT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+_NAME = re.compile(NAME_PATTERN)
+_SEGMENT_ID = re.compile(SEGMENT_ID_PATTERN)
+_NUMBER_TEXT = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")
+MAX_DEPTH = 32
+MAX_DAYS = 36500
+
+
+def is_segment_id(value: Any) -> bool:
+    return isinstance(value, str) and _SEGMENT_ID.match(value) is not None
+
+
+class RuleError(ValueError):
+    """A rule that does not validate: ``path`` names the offending clause."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+@dataclass
+class Context:
+    """What a rule is evaluated with besides the facts."""
+
+    now: str
+    segments: set[str] = field(default_factory=set)
+    engagement: str | None = None
+
+
+# ------------------------------------------------------------------------------- nodes
+
+
+class Node:
+    path: str
+
+    def evaluate(self, facts: ContactFacts, ctx: Context, trace: dict[str, bool] | None) -> bool:
+        raise NotImplementedError
+
+    def next_change(self, facts: ContactFacts, ctx: Context) -> str | None:
+        return None
+
+    def children(self) -> tuple[Node, ...]:
+        return ()
+
+    def walk(self) -> Iterator[Node]:
+        yield self
+        for child in self.children():
+            yield from child.walk()
+
+    def references(self) -> set[str]:
+        return {n.segment_id for n in self.walk() if isinstance(n, SegmentRef)}
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass
+class Group(Node):
+    path: str
+    kind: str  # all | any | not
+    items: tuple[Node, ...]
+
+    def evaluate(self, facts: ContactFacts, ctx: Context, trace: dict[str, bool] | None) -> bool:
+        # No short-circuit: the trace records every leaf's value, which provenance compares.
+        values = [item.evaluate(facts, ctx, trace) for item in self.items]
+        if self.kind == "all":
+            result = all(values)
+        elif self.kind == "any":
+            result = any(values)
+        else:
+            result = not values[0]
+        return result
+
+    def next_change(self, facts: ContactFacts, ctx: Context) -> str | None:
+        return _earliest(item.next_change(facts, ctx) for item in self.items)
+
+    def children(self) -> tuple[Node, ...]:
+        return self.items
+
+    def describe(self) -> str:
+        if self.kind == "not":
+            return f"not ({self.items[0].describe()})"
+        joiner = " and " if self.kind == "all" else " or "
+        return "(" + joiner.join(item.describe() for item in self.items) + ")"
+
+
+@dataclass
+class Leaf(Node):
+    path: str
+
+    def evaluate(self, facts: ContactFacts, ctx: Context, trace: dict[str, bool] | None) -> bool:
+        result = self.test(facts, ctx)
+        if trace is not None:
+            trace[self.path] = result
+        return result
+
+    def test(self, facts: ContactFacts, ctx: Context) -> bool:
+        raise NotImplementedError
+
+
+@dataclass
+class FieldCondition(Leaf):
+    field_name: str  # as written: "country", "property.size", "list.news", ...
+    op: str
+    value: Any
+
+    def actual(self, facts: ContactFacts, ctx: Context) -> Any:
+        name = self.field_name
+        if name in TEXT_FIELDS:
+            if name == "email":
+                return facts.email
+            if name == "member_status":
+                return facts.member_status
+            return facts.fields.get(name)
+        if name in DATE_FIELDS:
+            return getattr(facts, name)
+        if name == "engagement":
+            return ctx.engagement
+        prefix, _, key = name.partition(".")
+        if prefix == "property":
+            return facts.properties.get(key)
+        if prefix == "consent":
+            return facts.consent.get(key)
+        if prefix == "list":
+            return facts.list_state(key)
+        raise AssertionError(name)
+
+    def test(self, facts: ContactFacts, ctx: Context) -> bool:
+        op, expected = self.op, self.value
+        if self.field_name == "tags":
+            present = expected in facts.tags
+            return present if op == "has" else not present
+        actual = self.actual(facts, ctx)
+        if op == "is_set":
+            return actual is not None and actual != ""
+        if op == "is_not_set":
+            return actual is None or actual == ""
+        if self.field_name in DATE_FIELDS:
+            return _date_test(op, actual, expected, ctx.now)
+        if op == "not_equals":
+            return not _matches(self.field_name, actual, "equals", expected)
+        if op == "not_in":
+            return not _matches(self.field_name, actual, "in", expected)
+        return _matches(self.field_name, actual, op, expected)
+
+    def next_change(self, facts: ContactFacts, ctx: Context) -> str | None:
+        if self.field_name in DATE_FIELDS and self.op in ("within_last", "more_than_ago"):
+            moment = getattr(facts, self.field_name)
+            if moment is None:
+                return None
+            flip = days_after(moment, self.value)
+            return flip if flip > ctx.now else None
+        return None
+
+    def describe(self) -> str:
+        if self.op in ("is_set", "is_not_set"):
+            return f"{self.field_name} {self.op.replace('_', ' ')}"
+        if self.op in ("within_last", "more_than_ago"):
+            return f"{self.field_name} {self.op.replace('_', ' ')} {self.value:g} days"
+        return f"{self.field_name} {self.op.replace('_', ' ')} {_shown(self.value)}"
+
+
+@dataclass
+class Aggregate(Leaf):
+    """A count or a sum of activity, optionally within the last N days."""
+
+    name: str  # "purchases", "spent", ...
+    kinds: tuple[tuple[str, int], ...]  # activity kind, sign
+    currency: str | None  # sums only
+    within_days: float | None
+    op: str
+    value: Any  # Decimal or (Decimal, Decimal)
+
+    def measure(self, facts: ContactFacts, now: str) -> Decimal:
+        since = None if self.within_days is None else days_before(now, self.within_days)
+        signs = dict(self.kinds)
+        total = Decimal(0)
+        for kind, at, amount, currency in facts.activity:
+            sign = signs.get(kind)
+            if sign is None or (since is not None and at <= since):
+                continue
+            if self.currency is None:
+                total += 1
+            elif currency == self.currency and amount is not None:
+                total += sign * Decimal(amount)
+        return total
+
+    def test(self, facts: ContactFacts, ctx: Context) -> bool:
+        return _compare_number(self.op, self.measure(facts, ctx.now), self.value)
+
+    def next_change(self, facts: ContactFacts, ctx: Context) -> str | None:
+        if self.within_days is None:
+            return None
+        since = days_before(ctx.now, self.within_days)
+        kinds = dict(self.kinds)
+        # The window's oldest counted item leaves it first.
+        for kind, at, _, _ in facts.activity:
+            if kind in kinds and at > since:
+                return days_after(at, self.within_days)
+        return None
+
+    def describe(self) -> str:
+        what = self.name if self.currency is None else f"{self.name} in {self.currency}"
+        window = "" if self.within_days is None else f" in the last {self.within_days:g} days"
+        return f"{what}{window} {self.op} {_shown(self.value)}"
+
+
+@dataclass
+class SegmentRef(Leaf):
+    segment_id: str
+
+    def test(self, facts: ContactFacts, ctx: Context) -> bool:
+        return self.segment_id in ctx.segments
+
+    def describe(self) -> str:
+        return f"in segment {self.segment_id}"
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def parse_rule(obj: Any, path: str = "rule", depth: int = 0) -> Node:
+    """Turn a JSON rule into nodes, or raise RuleError naming the offending clause."""
+    if depth > MAX_DEPTH:
+        raise RuleError(path, f"rules may nest at most {MAX_DEPTH} levels deep")
+    if not isinstance(obj, dict):
+        raise RuleError(path, f"expected an object (a group or a condition), got {_kind(obj)}")
+    groups = [key for key in ("all", "any", "not") if key in obj]
+    if groups:
+        if len(obj) != 1:
+            extra = sorted(set(obj) - {groups[0]})
+            raise RuleError(path, f"a group has exactly one key; remove {', '.join(extra)}")
+        kind = groups[0]
+        inner = obj[kind]
+        if kind == "not":
+            return Group(path, "not", (parse_rule(inner, f"{path}.not", depth + 1),))
+        if not isinstance(inner, list) or not inner:
+            raise RuleError(path, f'"{kind}" takes a non-empty list of rules')
+        items = tuple(
+            parse_rule(item, f"{path}.{kind}[{i}]", depth + 1) for i, item in enumerate(inner)
+        )
+        return Group(path, kind, items)
+    if "segment" in obj:
+        _only(obj, {"segment"}, path)
+        segment_id = obj["segment"]
+        if not is_segment_id(segment_id):
+            raise RuleError(path, f"segment must be a segment id ({SEGMENT_ID_PATTERN})")
+        return SegmentRef(path, segment_id)
+    if "count" in obj or "sum" in obj:
+        return _parse_aggregate(obj, path)
+    if "field" in obj:
+        return _parse_field(obj, path)
+    raise RuleError(
+        path,
+        'expected a group ("all", "any", "not") or a condition ("field", "count", "sum", '
+        f'"segment"); got keys {", ".join(sorted(obj)) or "none"}',
+    )
+
+
+def _parse_field(obj: dict[str, Any], path: str) -> FieldCondition:
+    name = obj["field"]
+    if not isinstance(name, str):
+        raise RuleError(path, f"field must be a string, got {_kind(name)}")
+    ops = _ops_for(name, path)
+    op = obj.get("op")
+    if op not in ops:
+        raise RuleError(
+            path, f"op for field {name} must be one of {', '.join(ops)}; got {_shown(op)}"
+        )
+    if op in ("is_set", "is_not_set"):
+        _only(obj, {"field", "op"}, path)
+        return FieldCondition(path, name, op, None)
+    _only(obj, {"field", "op", "value"}, path)
+    if "value" not in obj:
+        raise RuleError(path, f"op {op} needs a value")
+    return FieldCondition(path, name, op, _check_value(name, op, obj["value"], path))
+
+
+def _ops_for(name: str, path: str) -> tuple[str, ...]:
+    if name in TEXT_FIELDS:
+        return TEXT_OPS
+    if name in DATE_FIELDS:
+        return DATE_OPS
+    if name == "tags":
+        return TAG_OPS
+    if name == "engagement":
+        return CHOICE_OPS[:4]
+    prefix, dot, key = name.partition(".")
+    if dot and prefix in ("property", "list", "consent"):
+        if prefix == "consent":
+            if key not in CONSENT_CHANNELS:
+                raise RuleError(
+                    path, f"consent channel must be one of {', '.join(CONSENT_CHANNELS)}"
+                )
+            return CONSENT_OPS
+        if not _NAME.match(key):
+            raise RuleError(path, f"{prefix} name {key!r} must match {NAME_PATTERN}")
+        return PROPERTY_OPS if prefix == "property" else CHOICE_OPS
+    known = [*TEXT_FIELDS, *DATE_FIELDS, "tags", "engagement",
+             "property.<name>", "list.<list_id>", "consent.<channel>"]
+    raise RuleError(path, f"unknown field {name!r}; fields are {', '.join(known)}")
+
+
+def _check_value(name: str, op: str, value: Any, path: str) -> Any:
+    where = f"value of {name} {op}"
+    if name == "tags":
+        if not isinstance(value, str) or not value.strip() or len(value.strip()) > 64:
+            raise RuleError(path, f"{where} must be a tag: a string of 1-64 characters")
+        return value.strip().casefold()
+    if name in DATE_FIELDS:
+        if op in ("within_last", "more_than_ago"):
+            return _days(value, path, where)
+        if op == "between":
+            low, high = _pair(value, path, where)
+            low, high = _instant(low, path, where), _instant(high, path, where)
+            if low > high:
+                raise RuleError(path, f"{where}: the first bound is after the second")
+            return (low, high)
+        return _instant(value, path, where)
+    if name.startswith("consent."):
+        if not isinstance(value, bool):
+            raise RuleError(path, f"{where} must be true or false")
+        return value
+    choices = LIST_STATES if name.startswith("list.") else (
+        ENGAGEMENT_STATUSES if name == "engagement" else None
+    )
+    if op in ("in", "not_in"):
+        if not isinstance(value, list) or not value:
+            raise RuleError(path, f"{where} must be a non-empty list")
+        return tuple(_scalar(v, name, choices, path, where) for v in value)
+    if op == "between":
+        low, high = _pair(value, path, where)
+        return (_ordered(low, path, where), _ordered(high, path, where))
+    if op in ("gt", "gte", "lt", "lte"):
+        return _ordered(value, path, where)
+    return _scalar(value, name, choices, path, where)
+
+
+def _scalar(value: Any, name: str, choices: tuple[str, ...] | None, path: str,
+            where: str) -> Any:
+    if choices is not None:
+        if value not in choices:
+            raise RuleError(
+                path, f"{where} must be one of {', '.join(choices)}; got {_shown(value)}"
+            )
+        return value
+    if name.startswith("property."):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int | float):
+            return Decimal(str(value))
+    if not isinstance(value, str) or len(value) > 1000:
+        raise RuleError(path, f"{where} must be a string of at most 1000 characters")
+    return value.lower()
+
+
+def _ordered(value: Any, path: str, where: str) -> Decimal | str:
+    """A number (compared as a number) or a date (compared as a date)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return Decimal(str(value))
+    if isinstance(value, str):
+        return _instant(value, path, where)
+    raise RuleError(path, f"{where} must be a number or an RFC 3339 date, got {_kind(value)}")
+
+
+def _parse_aggregate(obj: dict[str, Any], path: str) -> Aggregate:
+    if "count" in obj:
+        name = obj["count"]
+        if name not in COUNTS:
+            raise RuleError(path, f"count must be one of {', '.join(COUNTS)}; got {_shown(name)}")
+        kinds: tuple[tuple[str, int], ...] = ((COUNTS[name], 1),)
+        currency = None
+        _only(obj, {"count", "op", "value", "within_days"}, path)
+    else:
+        name = obj["sum"]
+        if name not in SUMS:
+            raise RuleError(path, f"sum must be one of {', '.join(SUMS)}; got {_shown(name)}")
+        kinds = SUMS[name]
+        currency = obj.get("currency")
+        if not isinstance(currency, str) or not re.match(r"^[A-Z]{3}$", currency):
+            raise RuleError(path, "a sum needs a currency: an ISO 4217 code such as EUR")
+        _only(obj, {"sum", "currency", "op", "value", "within_days"}, path)
+    op = obj.get("op")
+    if op not in NUMBER_OPS:
+        raise RuleError(path, f"op for {name} must be one of {', '.join(NUMBER_OPS)}; "
+                        f"got {_shown(op)}")
+    where = f"value of {name} {op}"
+    if "value" not in obj:
+        raise RuleError(path, f"op {op} needs a value")
+    raw = obj["value"]
+    if op == "between":
+        low, high = _pair(raw, path, where)
+        value: Any = (_number(low, path, where), _number(high, path, where))
+    else:
+        value = _number(raw, path, where)
+    within = obj.get("within_days")
+    days = None if within is None else _days({"days": within}, path, "within_days")
+    return Aggregate(path, name, kinds, currency, days, op, value)
+
+
+def _number(value: Any, path: str, where: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise RuleError(path, f"{where} must be a number")
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        raise RuleError(path, f"{where} must be a number, got {_shown(value)}") from None
+    if not number.is_finite():
+        raise RuleError(path, f"{where} must be a finite number")
+    return number
+
+
+def _days(value: Any, path: str, where: str) -> float:
+    days = value.get("days") if isinstance(value, dict) and set(value) == {"days"} else None
+    if isinstance(days, bool) or not isinstance(days, int | float) or not 0 < days <= MAX_DAYS:
+        raise RuleError(path, f'{where} must be {{"days": N}} with 0 < N <= {MAX_DAYS}')
+    return float(days)
+
+
+def _instant(value: Any, path: str, where: str) -> str:
+    """An RFC 3339 timestamp with offset, or a date (midnight UTC), as a domain instant."""
+    if isinstance(value, str):
+        try:
+            if len(value) == 10:
+                day = date.fromisoformat(value)
+                return utc_iso(datetime(day.year, day.month, day.day, tzinfo=UTC))
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if moment.tzinfo is not None:
+                return utc_iso(moment)
+        except ValueError:
+            pass
+    raise RuleError(
+        path, f"{where} must be a date (2026-01-31) or an RFC 3339 timestamp with offset; "
+        f"got {_shown(value)}"
+    )
+
+
+def _pair(value: Any, path: str, where: str) -> tuple[Any, Any]:
+    if not isinstance(value, list) or len(value) != 2:
+        raise RuleError(path, f"{where} must be a list of two bounds [low, high]")
+    return value[0], value[1]
+
+
+def _only(obj: dict[str, Any], allowed: set[str], path: str) -> None:
+    extra = sorted(set(obj) - allowed)
+    if extra:
+        raise RuleError(path, f"unexpected key {', '.join(extra)}; allowed: "
+                        f"{', '.join(sorted(allowed))}")
+
+
+# -------------------------------------------------------------------------- evaluation
+
+
+def _matches(name: str, actual: Any, op: str, expected: Any) -> bool:
+    if actual is None:
+        return False
+    if isinstance(actual, list):
+        return any(_matches(name, item, op, expected) for item in actual)
+    if op == "in":
+        return any(_matches(name, actual, "equals", e) for e in expected)
+    if op in ("gt", "gte", "lt", "lte", "between"):
+        kind = expected[0] if isinstance(expected, tuple) else expected
+        coerced = _as_number(actual) if isinstance(kind, Decimal) else _as_instant(actual)
+        if coerced is None:
+            return False
+        return _compare_number(op, coerced, expected)  # works for str instants too
+    if isinstance(expected, bool):
+        return actual is expected
+    if isinstance(expected, Decimal):
+        number = _as_number(actual)
+        return number is not None and number == expected
+    text = actual.lower() if isinstance(actual, str) else _text(actual)
+    if op == "equals":
+        if name == "language" and "-" not in expected:
+            return text == expected or text.startswith(expected + "-")
+        return text == expected
+    if op == "contains":
+        return expected in text
+    if op == "starts_with":
+        return text.startswith(expected)
+    raise AssertionError(op)
+
+
+def _compare_number(op: str, actual: Any, expected: Any) -> bool:
+    if op == "equals":
+        return bool(actual == expected)
+    if op == "not_equals":
+        return bool(actual != expected)
+    if op == "gt":
+        return bool(actual > expected)
+    if op == "gte":
+        return bool(actual >= expected)
+    if op == "lt":
+        return bool(actual < expected)
+    if op == "lte":
+        return bool(actual <= expected)
+    if op == "between":
+        low, high = expected
+        return bool(low <= actual <= high)
+    raise AssertionError(op)
+
+
+def _date_test(op: str, actual: str | None, expected: Any, now: str) -> bool:
+    if actual is None:
+        return False
+    if op == "within_last":
+        return actual > days_before(now, expected)
+    if op == "more_than_ago":
+        return actual <= days_before(now, expected)
+    if op == "before":
+        return actual < expected
+    if op == "after":
+        return actual > expected
+    if op == "between":
+        return bool(expected[0] <= actual <= expected[1])
+    raise AssertionError(op)
+
+
+def _as_number(value: Any) -> Decimal | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return Decimal(str(value))
+    if isinstance(value, str) and _NUMBER_TEXT.match(value):
+        return Decimal(value.strip())
+    return None
+
+
+def _as_instant(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return _instant(value, "", "")
+    except RuleError:
+        return None
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value).lower()
+
+
+def _earliest(moments: Iterator[str | None] | Any) -> str | None:
+    present = [m for m in moments if m is not None]
+    return min(present) if present else None
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(value), "a number")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    if isinstance(value, Decimal):
+        return str(value)
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# ------------------------------------------------------------------------- JSON Schema
+
+
+def rule_json_schema() -> dict[str, Any]:
+    """The rule language as JSON Schema (2020-12), built from the tables above.
+
+    The schema checks shapes, field names, operators and value types; the parser adds
+    what a schema cannot say well (bounds in order, cycles between segments), and its
+    errors name the clause.
+    """
+    text = {"type": "string", "maxLength": 1000}
+    scalar = {"anyOf": [text, {"type": "number"}, {"type": "boolean"}]}
+    ordered = {"anyOf": [{"type": "number"}, {"type": "string", "format": "date-time"},
+                         {"type": "string", "format": "date"}]}
+    instant = {"anyOf": [{"type": "string", "format": "date-time"},
+                         {"type": "string", "format": "date"}]}
+    days = {"type": "object", "properties": {"days": {"type": "number", "exclusiveMinimum": 0,
+                                                       "maximum": MAX_DAYS}},
+            "required": ["days"], "additionalProperties": False}
+
+    def pair(item: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "array", "prefixItems": [item, item], "minItems": 2, "maxItems": 2}
+
+    def listing(item: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "array", "items": item, "minItems": 1}
+
+    def condition(
+        field_schema: dict[str, Any], ops: dict[str, dict[str, Any] | None]
+    ) -> dict[str, Any]:
+        branches = []
+        for op, value in ops.items():
+            if value is None:
+                branches.append({
+                    "type": "object",
+                    "properties": {"field": field_schema, "op": {"const": op}},
+                    "required": ["field", "op"], "additionalProperties": False,
+                })
+            else:
+                branches.append({
+                    "type": "object",
+                    "properties": {"field": field_schema, "op": {"const": op}, "value": value},
+                    "required": ["field", "op", "value"], "additionalProperties": False,
+                })
+        return {"oneOf": branches}
+
+    text_ops: dict[str, dict[str, Any] | None] = {
+        "equals": text, "not_equals": text, "in": listing(text), "not_in": listing(text),
+        "contains": text, "starts_with": text, "is_set": None, "is_not_set": None,
+    }
+    property_ops: dict[str, dict[str, Any] | None] = {
+        "equals": scalar, "not_equals": scalar, "in": listing(scalar),
+        "not_in": listing(scalar), "contains": text, "starts_with": text,
+        "gt": ordered, "gte": ordered, "lt": ordered, "lte": ordered, "between": pair(ordered),
+        "is_set": None, "is_not_set": None,
+    }
+    date_ops: dict[str, dict[str, Any] | None] = {
+        "before": instant, "after": instant, "between": pair(instant),
+        "within_last": days, "more_than_ago": days, "is_set": None, "is_not_set": None,
+    }
+
+    def choice_ops(choices: tuple[str, ...], unset: bool) -> dict[str, dict[str, Any] | None]:
+        one = {"enum": list(choices)}
+        ops: dict[str, dict[str, Any] | None] = {
+            "equals": one, "not_equals": one, "in": listing(one), "not_in": listing(one),
+        }
+        if unset:
+            ops.update({"is_set": None, "is_not_set": None})
+        return ops
+
+    number = {"type": "number"}
+    number_ops = {op: (pair(number) if op == "between" else number) for op in NUMBER_OPS}
+
+    def aggregate(key: str, names: list[str], extra: dict[str, Any]) -> dict[str, Any]:
+        return {"oneOf": [
+            {
+                "type": "object",
+                "properties": {key: {"enum": names}, "op": {"const": op}, "value": value,
+                               "within_days": {"type": "number", "exclusiveMinimum": 0,
+                                               "maximum": MAX_DAYS}, **extra},
+                "required": [key, "op", "value", *extra],
+                "additionalProperties": False,
+            }
+            for op, value in number_ops.items()
+        ]}
+
+    conditions = [
+        condition({"enum": list(TEXT_FIELDS)}, text_ops),
+        condition({"enum": list(DATE_FIELDS)}, date_ops),
+        condition({"const": "tags"}, {"has": {"type": "string", "minLength": 1, "maxLength": 64},
+                                      "has_not": {"type": "string", "minLength": 1,
+                                                  "maxLength": 64}}),
+        condition({"const": "engagement"}, choice_ops(ENGAGEMENT_STATUSES, unset=False)),
+        condition({"type": "string", "pattern": r"^property\.[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"},
+                  property_ops),
+        condition({"type": "string", "pattern": r"^list\.[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"},
+                  choice_ops(LIST_STATES, unset=True)),
+        condition({"enum": [f"consent.{c}" for c in CONSENT_CHANNELS]},
+                  {"equals": {"type": "boolean"}, "is_set": None, "is_not_set": None}),
+        aggregate("count", list(COUNTS), {}),
+        aggregate("sum", list(SUMS), {"currency": {"type": "string", "pattern": "^[A-Z]{3}$"}}),
+        {"type": "object", "properties": {"segment": {"type": "string",
+                                                      "pattern": SEGMENT_ID_PATTERN}},
+         "required": ["segment"], "additionalProperties": False},
+    ]
+    rule_ref = {"$ref": "#/$defs/rule"}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://ficha.dev/contracts/segment-rule.json",
+        "title": "ficha segment rule",
+        "description": "A segment's rule: groups (all, any, not) nesting conditions to any "
+        "depth. See docs/segments.md for the meaning of every field and operator.",
+        "$ref": "#/$defs/rule",
+        "$defs": {
+            "rule": {"anyOf": [
+                {"type": "object", "properties": {"all": {"type": "array", "items": rule_ref,
+                                                          "minItems": 1}},
+                 "required": ["all"], "additionalProperties": False},
+                {"type": "object", "properties": {"any": {"type": "array", "items": rule_ref,
+                                                          "minItems": 1}},
+                 "required": ["any"], "additionalProperties": False},
+                {"type": "object", "properties": {"not": rule_ref}, "required": ["not"],
+                 "additionalProperties": False},
+                *conditions,
+            ]},
+        },
+    }

@@ -1,0 +1,257 @@
+"""The segment rule language: errors that name the clause, typed evaluation, exact timing."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.domain.facts import ContactFacts
+from services.domain.rules import Context, RuleError, parse_rule, rule_json_schema
+from services.domain.stamps import utc_iso
+
+NOW = "2026-11-23T12:00:00.000000Z"
+SCHEMA_FILE = Path(__file__).parents[2] / "contracts" / "schemas" / "segment-rule.json"
+SCHEMA = jsonschema.Draft202012Validator(rule_json_schema())
+
+
+def at(days_ago: float) -> str:
+    return utc_iso(datetime(2026, 11, 23, 12, tzinfo=UTC) - timedelta(days=days_ago))
+
+
+def facts(**kw: Any) -> ContactFacts:
+    base = ContactFacts(tenant="acme", contact_id="c1", email="ana@example.com")
+    for key, value in kw.items():
+        setattr(base, key, value)
+    return base
+
+
+def holds(rule: dict[str, Any], f: ContactFacts, now: str = NOW, **ctx: Any) -> bool:
+    return parse_rule(rule).evaluate(f, Context(now=now, **ctx), None)
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize(
+    ("rule", "path", "words"),
+    [
+        ([], "rule", "expected an object"),
+        ({"all": []}, "rule", "non-empty list"),
+        ({"all": [{"field": "country", "op": "eq", "value": "ES"}]}, "rule.all[0]",
+         "op for field country must be one of equals"),
+        ({"any": [{"field": "tags", "op": "has", "value": "a"},
+                  {"not": {"field": "colour", "op": "equals", "value": "x"}}]},
+         "rule.any[1].not", "unknown field 'colour'"),
+        ({"field": "last_activity_at", "op": "within_last", "value": 30}, "rule",
+         '{"days": N}'),
+        ({"field": "first_seen_at", "op": "after", "value": "yesterday"}, "rule",
+         "must be a date (2026-01-31)"),
+        ({"field": "property.size", "op": "between", "value": [40, 37, 2]}, "rule",
+         "two bounds"),
+        ({"count": "purchases", "op": "gte"}, "rule", "needs a value"),
+        ({"sum": "spent", "op": "gt", "value": 10}, "rule", "needs a currency"),
+        ({"field": "list.news", "op": "equals", "value": "subscribd"}, "rule",
+         "must be one of pending, subscribed"),
+        ({"all": [{"field": "country", "op": "is_set", "value": "x"}]}, "rule.all[0]",
+         "unexpected key value"),
+        ({"segment": "Bad Id"}, "rule", "segment id"),
+        ({"all": [{"field": "country", "op": "equals", "value": "ES"}], "any": []}, "rule",
+         "exactly one key"),
+    ],
+)
+def test_a_bad_rule_is_refused_with_the_offending_clause(
+    rule: Any, path: str, words: str
+) -> None:
+    with pytest.raises(RuleError) as caught:
+        parse_rule(rule)
+    assert caught.value.path == path
+    assert words in caught.value.message
+
+
+def test_nesting_is_bounded() -> None:
+    rule: dict[str, Any] = {"field": "tags", "op": "has", "value": "a"}
+    for _ in range(40):
+        rule = {"not": rule}
+    with pytest.raises(RuleError, match="at most 32 levels"):
+        parse_rule(rule)
+
+
+# --------------------------------------------------------------------------- semantics
+
+
+def test_text_fields_compare_without_case_and_languages_match_their_base() -> None:
+    f = facts(fields={"country": "ES", "language": "es-MX", "city": "Sevilla"})
+    assert holds({"field": "country", "op": "equals", "value": "es"}, f)
+    assert holds({"field": "language", "op": "equals", "value": "es"}, f)
+    assert not holds({"field": "language", "op": "equals", "value": "es-ES"}, f)
+    assert holds({"field": "city", "op": "starts_with", "value": "sev"}, f)
+    assert holds({"field": "country", "op": "not_in", "value": ["PT", "FR"]}, f)
+    # not_equals is the negation of equals: an unset field is "not equal".
+    assert holds({"field": "lead_status", "op": "not_equals", "value": "won"}, f)
+    assert holds({"field": "lead_status", "op": "is_not_set"}, f)
+
+
+def test_properties_compare_as_numbers_or_dates_by_the_condition_value() -> None:
+    f = facts(properties={"size": "38", "score": 7.5, "renewal": "2026-12-01",
+                          "interests": ["Surf", "yoga"], "vip": True})
+    assert holds({"field": "property.size", "op": "between", "value": [37, 40]}, f)
+    assert holds({"field": "property.size", "op": "equals", "value": 38}, f)
+    assert not holds({"field": "property.size", "op": "gt", "value": 100}, f)  # not "38" > "100"
+    assert holds({"field": "property.score", "op": "gte", "value": 7.5}, f)
+    assert holds({"field": "property.renewal", "op": "lt", "value": "2027-01-01"}, f)
+    assert holds({"field": "property.interests", "op": "contains", "value": "surf"}, f)
+    assert holds({"field": "property.interests", "op": "in", "value": ["golf", "YOGA"]}, f)
+    assert holds({"field": "property.vip", "op": "equals", "value": True}, f)
+    assert not holds({"field": "property.vip", "op": "equals", "value": "yes"}, f)
+    assert not holds({"field": "property.missing", "op": "gt", "value": 1}, f)
+
+
+def test_tags_consent_lists_engagement_and_segments() -> None:
+    f = facts(tags={"vip"}, consent={"email": True},
+              lists={"news": ["subscribed", at(10)], "promo": ["pending", at(5)]},
+              suppressed_at=at(1))
+    assert holds({"field": "tags", "op": "has", "value": " VIP "}, f)
+    assert holds({"field": "tags", "op": "has_not", "value": "no-show"}, f)
+    assert holds({"field": "consent.email", "op": "equals", "value": True}, f)
+    assert holds({"field": "consent.sms", "op": "is_not_set"}, f)
+    # A hard bounce after the subscription suppresses it.
+    assert holds({"field": "list.news", "op": "equals", "value": "suppressed"}, f)
+    assert holds({"field": "engagement", "op": "in", "value": ["engaged"]}, f,
+                 engagement="engaged")
+    assert holds({"segment": "buyers"}, f, segments={"buyers"})
+    assert not holds({"not": {"segment": "buyers"}}, f, segments={"buyers"})
+
+
+def test_counts_and_sums_within_a_window() -> None:
+    f = facts(activity=[
+        ["purchase", at(400), "500.00", "EUR"],
+        ["purchase", at(20), "30.50", "EUR"],
+        ["purchase", at(10), "99.00", "USD"],
+        ["refund", at(5), "10.50", "EUR"],
+        ["booking", at(3), None, None],
+    ])
+    assert holds({"count": "purchases", "op": "equals", "value": 3}, f)
+    assert holds({"count": "purchases", "within_days": 30, "op": "equals", "value": 2}, f)
+    assert holds({"sum": "spent", "currency": "EUR", "op": "equals", "value": 520}, f)
+    assert holds({"sum": "spent", "currency": "EUR", "within_days": 365, "op": "equals",
+                  "value": "20.00"}, f)
+    assert holds({"count": "bookings", "within_days": 7, "op": "gte", "value": 1}, f)
+
+
+def test_relative_dates_flip_at_the_exact_instant() -> None:
+    f = facts(last_interaction_at=at(29))
+    rule = parse_rule({"field": "last_interaction_at", "op": "within_last", "value": {"days": 30}})
+    ctx = Context(now=NOW)
+    assert rule.evaluate(f, ctx, None)
+    flip = rule.next_change(f, ctx)
+    assert flip == utc_iso(datetime(2026, 11, 24, 12, tzinfo=UTC))
+    just_before = utc_iso(datetime(2026, 11, 24, 11, 59, 59, 999999, tzinfo=UTC))
+    assert rule.evaluate(f, Context(now=just_before), None)
+    assert not rule.evaluate(f, Context(now=flip), None)
+    older = parse_rule({"field": "last_interaction_at", "op": "more_than_ago",
+                        "value": {"days": 30}})
+    assert not older.evaluate(f, Context(now=just_before), None)
+    assert older.evaluate(f, Context(now=flip), None)
+
+
+# -------------------------------------------------------------- properties: timing, schema
+
+moments = st.integers(min_value=0, max_value=400 * 24).map(lambda h: at(h / 24))
+
+
+@st.composite
+def leaves(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(st.sampled_from(["date", "count", "sum", "tag", "field"]))
+    days = draw(st.sampled_from([1, 7, 30, 90, 365]))
+    if kind == "date":
+        return {"field": draw(st.sampled_from(["last_interaction_at", "first_seen_at",
+                                               "last_purchase_at"])),
+                "op": draw(st.sampled_from(["within_last", "more_than_ago"])),
+                "value": {"days": days}}
+    if kind == "count":
+        return {"count": draw(st.sampled_from(["purchases", "bookings", "forms"])),
+                "within_days": days, "op": draw(st.sampled_from(["gte", "lt", "equals"])),
+                "value": draw(st.integers(0, 3))}
+    if kind == "sum":
+        return {"sum": "spent", "currency": "EUR", "within_days": days,
+                "op": draw(st.sampled_from(["gt", "lte"])), "value": draw(st.integers(0, 200))}
+    if kind == "tag":
+        return {"field": "tags", "op": draw(st.sampled_from(["has", "has_not"])),
+                "value": draw(st.sampled_from(["vip", "lead"]))}
+    return {"field": "country", "op": "in", "value": ["ES", "PT"]}
+
+
+rules = st.recursive(
+    leaves(),
+    lambda inner: st.one_of(
+        st.builds(lambda xs: {"all": xs}, st.lists(inner, min_size=1, max_size=3)),
+        st.builds(lambda xs: {"any": xs}, st.lists(inner, min_size=1, max_size=3)),
+        st.builds(lambda x: {"not": x}, inner),
+    ),
+    max_leaves=6,
+)
+
+
+@st.composite
+def contact_facts(draw: st.DrawFn) -> ContactFacts:
+    activity = sorted(
+        ([draw(st.sampled_from(["purchase", "refund", "booking", "form"])), draw(moments),
+          str(draw(st.integers(1, 150))), "EUR"] for _ in range(draw(st.integers(0, 6)))),
+        key=lambda e: (e[1], e[0], e[2]),
+    )
+    return facts(
+        fields={"country": draw(st.sampled_from(["ES", "PT", "FR"]))},
+        tags=set(draw(st.lists(st.sampled_from(["vip", "lead"]), max_size=2))),
+        first_seen_at=draw(moments),
+        last_interaction_at=draw(st.one_of(st.none(), moments)),
+        last_purchase_at=draw(st.one_of(st.none(), moments)),
+        activity=activity,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(rules, contact_facts(), st.floats(min_value=0.0, max_value=0.999999))
+def test_a_rule_keeps_its_value_until_its_next_change(
+    raw: dict[str, Any], f: ContactFacts, fraction: float
+) -> None:
+    """Scheduling is sound: between now and next_change nothing flips by itself."""
+    rule = parse_rule(raw)
+    now = NOW
+    value = rule.evaluate(f, Context(now=now), None)
+    change = rule.next_change(f, Context(now=now))
+    if change is None:
+        later = utc_iso(datetime(2036, 1, 1, tzinfo=UTC))
+        assert rule.evaluate(f, Context(now=later), None) == value
+        return
+    assert change > now
+    start = datetime.fromisoformat(now.replace("Z", "+00:00"))
+    end = datetime.fromisoformat(change.replace("Z", "+00:00"))
+    probe = utc_iso(start + (end - start) * fraction)
+    if probe < change:
+        assert rule.evaluate(f, Context(now=probe), None) == value
+
+
+@settings(max_examples=200, deadline=None)
+@given(rules)
+def test_the_json_schema_accepts_every_rule_the_parser_accepts(raw: dict[str, Any]) -> None:
+    parse_rule(raw)
+    errors = list(SCHEMA.iter_errors(raw))
+    assert not errors, errors[0].message
+
+
+def test_the_json_schema_refuses_what_the_parser_refuses() -> None:
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+    for bad in ({"field": "country", "op": "eq", "value": "ES"},
+                {"all": []},
+                {"count": "purchases", "op": "gt"},
+                {"field": "last_activity_at", "op": "within_last", "value": 30}):
+        assert list(validator.iter_errors(bad)), bad
+        with pytest.raises(RuleError):
+            parse_rule(bad)
