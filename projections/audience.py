@@ -73,6 +73,7 @@ def ddl() -> list[str]:
         "doc TEXT NOT NULL, members TEXT NOT NULL, entries TEXT NOT NULL, "
         "engagement TEXT, engagement_since TEXT, subscribed INTEGER NOT NULL, due_at TEXT)",
         "CREATE INDEX IF NOT EXISTS audience_facts_tenant ON audience_facts (tenant, contact_id)",
+        "CREATE INDEX IF NOT EXISTS audience_facts_email ON audience_facts (tenant, email)",
         "CREATE INDEX IF NOT EXISTS audience_facts_due ON audience_facts (due_at, contact_id) "
         "WHERE due_at IS NOT NULL",
         "CREATE TABLE IF NOT EXISTS segment_definitions ("
@@ -511,12 +512,16 @@ class _Page:
                 "DO UPDATE SET count = engagement_counts.count + excluded.count",
                 [(*k, v) for k, v in sorted(engagement.items())],
             )
+            # Keys that went back to zero are removed, so the rows depend on the counts
+            # alone, not on the path (and the page sizes) that led to them.
+            cur.execute("DELETE FROM engagement_counts WHERE count = 0")
             for tenant in sorted({k[0] for k in engagement}):
+                cur.execute("DELETE FROM engagement_daily WHERE tenant = ? AND day = ?",
+                            (tenant, day))
                 cur.execute(
                     "INSERT INTO engagement_daily (tenant, day, status, subscribed, count) "
                     "SELECT tenant, ?, status, subscribed, count FROM engagement_counts "
-                    "WHERE tenant = ? ON CONFLICT (tenant, day, status, subscribed) "
-                    "DO UPDATE SET count = excluded.count",
+                    "WHERE tenant = ?",
                     (day, tenant),
                 )
         if lists:
@@ -526,12 +531,12 @@ class _Page:
                 "DO UPDATE SET count = list_counts.count + excluded.count",
                 [(*k, v) for k, v in sorted(lists.items())],
             )
+            cur.execute("DELETE FROM list_counts WHERE count = 0")
             for tenant in sorted({k[0] for k in lists}):
+                cur.execute("DELETE FROM list_daily WHERE tenant = ? AND day = ?", (tenant, day))
                 cur.execute(
                     "INSERT INTO list_daily (tenant, day, list_id, state, count) "
-                    "SELECT tenant, ?, list_id, state, count FROM list_counts "
-                    "WHERE tenant = ? ON CONFLICT (tenant, day, list_id, state) "
-                    "DO UPDATE SET count = excluded.count",
+                    "SELECT tenant, ?, list_id, state, count FROM list_counts WHERE tenant = ?",
                     (day, tenant),
                 )
 

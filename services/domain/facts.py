@@ -76,7 +76,8 @@ class ContactFacts:
     # [kind, occurred_at, amount or None, currency or None], kept sorted by occurred_at
     activity: list[list[Any]] = field(default_factory=list)
     soft_bounces: int = 0
-    suppressed_at: str | None = None
+    last_soft_bounce_at: str | None = None
+    suppressed_at: str | None = None  # the latest hard bounce or complaint
     version: int = 0
 
     # -------------------------------------------------------------------- folding
@@ -137,24 +138,29 @@ class ContactFacts:
                 self.suppressed_at = _later(self.suppressed_at, at)
             else:
                 self.soft_bounces += 1
-                if self.soft_bounces >= DEFAULT_SOFT_BOUNCE_LIMIT:
-                    self.suppressed_at = _later(self.suppressed_at, at)
+                self.last_soft_bounce_at = _later(self.last_soft_bounce_at, at)
         elif kind == "email_complained":
             self.suppressed_at = _later(self.suppressed_at, at)
 
     # -------------------------------------------------------------------- reading
 
+    def suppression(self, soft_limit: int = DEFAULT_SOFT_BOUNCE_LIMIT) -> str | None:
+        """Since when email to this contact is suppressed: the latest hard bounce or
+        complaint, or, once ``soft_limit`` soft bounces are counted, the latest of those.
+        A function of the set of bounces, not of their arrival order."""
+        soft = self.last_soft_bounce_at if self.soft_bounces >= soft_limit else None
+        if soft is None:
+            return self.suppressed_at
+        return _later(self.suppressed_at, soft)
+
     def list_state(self, list_id: str) -> str | None:
-        """The list's effective state; a later hard bounce or complaint suppresses it."""
+        """The list's effective state; a later suppression suppresses a live subscription."""
         register = self.lists.get(list_id)
         if register is None:
             return None
         state, since = register
-        if (
-            self.suppressed_at is not None
-            and state in ("pending", "subscribed")
-            and self.suppressed_at >= since
-        ):
+        suppressed = self.suppression()
+        if suppressed is not None and state in ("pending", "subscribed") and suppressed >= since:
             return LIST_SUPPRESSED
         return state
 
@@ -180,6 +186,7 @@ class ContactFacts:
             "last_purchase_at": self.last_purchase_at,
             "activity": self.activity,
             "soft_bounces": self.soft_bounces,
+            "last_soft_bounce_at": self.last_soft_bounce_at,
             "suppressed_at": self.suppressed_at,
             "version": self.version,
         }
@@ -204,6 +211,7 @@ class ContactFacts:
             last_purchase_at=doc["last_purchase_at"],
             activity=doc["activity"],
             soft_bounces=doc["soft_bounces"],
+            last_soft_bounce_at=doc["last_soft_bounce_at"],
             suppressed_at=doc["suppressed_at"],
             version=doc["version"],
         )

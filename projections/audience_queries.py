@@ -1,0 +1,365 @@
+"""Read-side queries on the audience read model: segments, membership history, why,
+preview, engagement and list statistics, and the consent ledger (plain SQL, both backends).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from projections.audience import load_json
+from projections.db import ViewDatabase
+from services.domain.audience import TenantRules, evaluate
+from services.domain.engagement import STATUSES
+from services.domain.facts import ContactFacts, days_before
+from services.domain.identity import normalise_email
+from services.domain.rules import Context, Leaf, Node, parse_rule
+from services.domain.segments import SegmentDefinition
+from services.domain.stamps import utc_iso
+
+FACT_COLUMNS = "contact_id, tenant, email, doc, members, engagement"
+
+
+class NotFound(LookupError):
+    """A tenant, segment or contact that the read model does not know."""
+
+
+def projection_now(db: ViewDatabase) -> str | None:
+    with db.reading() as cur:
+        cur.execute("SELECT value FROM audience_state WHERE name = 'now'")
+        row = cur.fetchone()
+    return str(row["value"]) if row and row["value"] else None
+
+
+# ------------------------------------------------------------------------------ segments
+
+
+def list_segments(db: ViewDatabase, tenant: str, include_deleted: bool = False
+                  ) -> list[dict[str, Any]]:
+    with db.reading() as cur:
+        cur.execute(
+            "SELECT d.segment_id, d.name, d.version, d.deleted, d.created_at, d.changed_at, "
+            "d.rule, (SELECT COUNT(*) FROM segment_history h WHERE h.tenant = d.tenant "
+            "AND h.segment_id = d.segment_id AND h.exited_at IS NULL) AS members "
+            "FROM segment_definitions d WHERE d.tenant = ? "
+            + ("" if include_deleted else "AND d.deleted = 0 ")
+            + "ORDER BY d.segment_id",
+            (tenant,),
+        )
+        rows = cur.fetchall()
+    for row in rows:
+        row["rule"] = load_json(row["rule"])
+        row["deleted"] = bool(row["deleted"])
+        row["members"] = int(row["members"])
+    return rows
+
+
+def get_segment(db: ViewDatabase, tenant: str, segment_id: str) -> dict[str, Any]:
+    for row in list_segments(db, tenant, include_deleted=True):
+        if row["segment_id"] == segment_id:
+            return row
+    raise NotFound(f"segment {segment_id!r} does not exist in tenant {tenant}")
+
+
+def segment_members(
+    db: ViewDatabase, tenant: str, segment_id: str, *, as_of: datetime | None = None,
+    limit: int = 100, after: str = "",
+) -> list[dict[str, Any]]:
+    """Members now, or at ``as_of``: intervals [entered_at, exited_at) containing it."""
+    get_segment(db, tenant, segment_id)
+    params: list[Any] = [tenant, segment_id]
+    if as_of is None:
+        when = "h.exited_at IS NULL"
+    else:
+        moment = utc_iso(as_of)
+        when = "h.entered_at <= ? AND (h.exited_at IS NULL OR h.exited_at > ?)"
+        params += [moment, moment]
+    with db.reading() as cur:
+        cur.execute(
+            "SELECT h.contact_id, f.email, h.entered_at, h.exited_at, h.enter_cause, "
+            "h.enter_ref FROM segment_history h JOIN audience_facts f "
+            "ON f.contact_id = h.contact_id "
+            f"WHERE h.tenant = ? AND h.segment_id = ? AND {when} AND h.contact_id > ? "
+            "ORDER BY h.contact_id LIMIT ?",
+            [*params, after, limit],
+        )
+        return cur.fetchall()
+
+
+def count_members(db: ViewDatabase, tenant: str, segment_id: str,
+                  as_of: datetime | None = None) -> int:
+    params: list[Any] = [tenant, segment_id]
+    when = "exited_at IS NULL"
+    if as_of is not None:
+        moment = utc_iso(as_of)
+        when = "entered_at <= ? AND (exited_at IS NULL OR exited_at > ?)"
+        params += [moment, moment]
+    with db.reading() as cur:
+        cur.execute(
+            f"SELECT COUNT(*) AS n FROM segment_history WHERE tenant = ? AND segment_id = ? "
+            f"AND {when}",
+            params,
+        )
+        row = cur.fetchone()
+    return int(row["n"]) if row else 0
+
+
+def _facts_row(db: ViewDatabase, tenant: str, email: str) -> dict[str, Any]:
+    with db.reading() as cur:
+        cur.execute(
+            f"SELECT {FACT_COLUMNS}, engagement_since, due_at FROM audience_facts "
+            "WHERE tenant = ? AND email = ?",
+            (tenant, normalise_email(email)),
+        )
+        row = cur.fetchone()
+    if row is None:
+        raise NotFound(f"no contact {normalise_email(email)} in tenant {tenant}")
+    return row
+
+
+def _facts(row: dict[str, Any]) -> ContactFacts:
+    return ContactFacts.from_doc(row["tenant"], row["contact_id"], row["email"],
+                                 load_json(row["doc"]))
+
+
+def explain(db: ViewDatabase, tenant: str, email: str, segment_id: str | None = None
+            ) -> dict[str, Any]:
+    """Why a contact is (or is not, or was) in each segment.
+
+    For each segment: the membership history with causes and flipped clauses, and every
+    clause of the current rule with its value for this contact now.
+    """
+    row = _facts_row(db, tenant, email)
+    facts = _facts(row)
+    now = projection_now(db) or utc_iso(datetime.now().astimezone())
+    definitions = [
+        SegmentDefinition(s["segment_id"], s["name"], s["version"], s["rule"])
+        for s in list_segments(db, tenant)
+    ]
+    rules = TenantRules.compile(definitions)
+    evaluation = evaluate(facts, rules, now)
+    with db.reading() as cur:
+        cur.execute(
+            "SELECT segment_id, entry_no, entered_at, entered_version, enter_cause, enter_ref, "
+            "enter_clauses, exited_at, exited_version, exit_cause, exit_ref, exit_clauses "
+            "FROM segment_history WHERE tenant = ? AND contact_id = ? "
+            "ORDER BY segment_id, entry_no",
+            (tenant, row["contact_id"]),
+        )
+        history = cur.fetchall()
+    out = []
+    for segment in rules.segments:
+        sid = segment.segment_id
+        if segment_id is not None and sid != segment_id:
+            continue
+        descriptions = {n.path: n.describe() for n in segment.rule.walk() if isinstance(n, Leaf)}
+        trace = evaluation.traces[sid]
+        intervals = []
+        for h in history:
+            if h["segment_id"] != sid:
+                continue
+            h["enter_clauses"] = [
+                {"path": p, "clause": descriptions.get(p, "(an earlier version's clause)")}
+                for p in load_json(h["enter_clauses"])
+            ]
+            if h["exit_clauses"] is not None:
+                h["exit_clauses"] = [
+                    {"path": p, "clause": descriptions.get(p, "(an earlier version's clause)")}
+                    for p in load_json(h["exit_clauses"])
+                ]
+            intervals.append(h)
+        out.append({
+            "segment_id": sid,
+            "name": segment.definition.name,
+            "version": segment.definition.version,
+            "member": sid in set(load_json(row["members"])),
+            "matches_now": sid in evaluation.members,
+            "rule": segment.rule.describe(),
+            "clauses": [{"path": p, "clause": descriptions[p], "holds": v}
+                        for p, v in trace.items()],
+            "history": intervals,
+        })
+    if segment_id is not None and not out:
+        raise NotFound(f"segment {segment_id!r} does not exist in tenant {tenant}")
+    return {"tenant": tenant, "contact_id": row["contact_id"], "email": row["email"],
+            "as_of": now, "engagement": row["engagement"], "segments": out}
+
+
+# ------------------------------------------------------------------------------- preview
+
+
+@dataclass
+class Preview:
+    entering: int = 0
+    leaving: int = 0
+    staying: int = 0
+    samples: dict[str, list[str]] = field(
+        default_factory=lambda: {"entering": [], "leaving": [], "staying": []}
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"would_enter": self.entering, "would_leave": self.leaving,
+                "would_stay": self.staying, "total_after": self.entering + self.staying,
+                "samples": self.samples}
+
+
+def preview(db: ViewDatabase, tenant: str, segment_id: str, rule: Any, now: datetime,
+            sample: int = 5) -> Preview:
+    """What applying ``rule`` to ``segment_id`` would change, without changing anything.
+
+    Raises RuleError if the rule does not validate.
+    """
+    node: Node = parse_rule(rule)
+    moment = utc_iso(now)
+    result = Preview()
+    after = ""
+    while True:
+        with db.reading() as cur:
+            cur.execute(
+                f"SELECT {FACT_COLUMNS} FROM audience_facts WHERE tenant = ? "
+                "AND contact_id > ? ORDER BY contact_id LIMIT 5000",
+                (tenant, after),
+            )
+            rows = cur.fetchall()
+        if not rows:
+            break
+        for row in rows:
+            members = load_json(row["members"])
+            ctx = Context(now=moment, segments=set(members) - {segment_id},
+                          engagement=row["engagement"])
+            matches = node.evaluate(_facts(row), ctx, None)
+            was = segment_id in members
+            key = ("staying" if was else "entering") if matches else ("leaving" if was else "")
+            if not key:
+                continue
+            setattr(result, key, getattr(result, key) + 1)
+            if len(result.samples[key]) < sample:
+                result.samples[key].append(row["email"])
+        after = rows[-1]["contact_id"]
+    return result
+
+
+# ---------------------------------------------------------------------------- engagement
+
+
+def engagement_stats(db: ViewDatabase, tenant: str, days: int = 30) -> dict[str, Any]:
+    """Counts and percentages per status, split by subscription, with a daily series."""
+    now = projection_now(db)
+    with db.reading() as cur:
+        cur.execute(
+            "SELECT status, subscribed, count FROM engagement_counts WHERE tenant = ?", (tenant,)
+        )
+        current = cur.fetchall()
+        cur.execute(
+            "SELECT day, status, subscribed, count FROM engagement_daily WHERE tenant = ? "
+            "ORDER BY day", (tenant,)
+        )
+        daily = cur.fetchall()
+    totals = _by_status(current)
+    split = {
+        "subscribed": _by_status([r for r in current if r["subscribed"]]),
+        "not_subscribed": _by_status([r for r in current if not r["subscribed"]]),
+    }
+    series = _daily_series(daily, now, days)
+    before = series[0]["counts"] if series else dict.fromkeys(STATUSES, 0)
+    total = sum(totals.values())
+    return {
+        "tenant": tenant,
+        "as_of": now,
+        "total": total,
+        "statuses": {
+            s: {
+                "count": totals[s],
+                "percent": round(100.0 * totals[s] / total, 1) if total else 0.0,
+                "change_30d": totals[s] - before.get(s, 0),
+            }
+            for s in STATUSES
+        },
+        "by_subscription": split,
+        "daily": series,
+    }
+
+
+def _by_status(rows: list[dict[str, Any]]) -> dict[str, int]:
+    out = dict.fromkeys(STATUSES, 0)
+    for row in rows:
+        out[row["status"]] = out.get(row["status"], 0) + int(row["count"])
+    return out
+
+
+def _daily_series(rows: list[dict[str, Any]], now: str | None, days: int) -> list[dict[str, Any]]:
+    """End-of-day counts for the last ``days`` days, carrying a day's counts forward."""
+    if now is None:
+        return []
+    snapshots: dict[str, dict[str, int]] = {}
+    for row in rows:
+        day = snapshots.setdefault(row["day"], dict.fromkeys(STATUSES, 0))
+        day[row["status"]] += int(row["count"])
+    out = []
+    carried = dict.fromkeys(STATUSES, 0)
+    ordered = sorted(snapshots)
+    index = 0
+    for offset in range(days, -1, -1):
+        day = days_before(now, offset)[:10]
+        while index < len(ordered) and ordered[index] <= day:
+            carried = snapshots[ordered[index]]
+            index += 1
+        out.append({"day": day, "counts": dict(carried)})
+    return out
+
+
+# --------------------------------------------------------------------------------- lists
+
+
+def list_stats(db: ViewDatabase, tenant: str, days: int = 30) -> dict[str, Any]:
+    now = projection_now(db)
+    with db.reading() as cur:
+        cur.execute(
+            "SELECT list_id, state, count FROM list_counts WHERE tenant = ? "
+            "ORDER BY list_id, state", (tenant,)
+        )
+        current = cur.fetchall()
+        since = days_before(now, days)[:10] if now else ""
+        cur.execute(
+            "SELECT day, list_id, state, count FROM list_daily WHERE tenant = ? AND day >= ? "
+            "ORDER BY day, list_id, state", (tenant, since)
+        )
+        daily = cur.fetchall()
+    lists: dict[str, dict[str, int]] = {}
+    for row in current:
+        lists.setdefault(row["list_id"], {})[row["state"]] = int(row["count"])
+    return {"tenant": tenant, "as_of": now, "lists": lists, "daily": daily}
+
+
+# ------------------------------------------------------------------------------- consent
+
+
+def consent_at(db: ViewDatabase, tenant: str, email: str, channel: str,
+               at: datetime) -> dict[str, Any]:
+    """Did the contact consent on ``channel`` at ``at``? The deciding ledger entry, if any."""
+    row = _facts_row(db, tenant, email)
+    moment = utc_iso(at)
+    with db.reading() as cur:
+        cur.execute(
+            "SELECT occurred_at, event_id, granted, source, recorded_at FROM consent_ledger "
+            "WHERE contact_id = ? AND channel = ? AND occurred_at <= ? "
+            "ORDER BY occurred_at DESC, event_id DESC LIMIT 1",
+            (row["contact_id"], channel, moment),
+        )
+        deciding = cur.fetchone()
+        cur.execute(
+            "SELECT occurred_at, event_id, granted, source, recorded_at FROM consent_ledger "
+            "WHERE contact_id = ? AND channel = ? ORDER BY occurred_at, event_id",
+            (row["contact_id"], channel),
+        )
+        ledger = cur.fetchall()
+    for entry in [deciding, *ledger]:
+        if entry is not None:
+            entry["granted"] = bool(entry["granted"])
+    return {
+        "tenant": tenant, "email": row["email"], "channel": channel, "at": moment,
+        "consented": bool(deciding and deciding["granted"]),
+        "decided_by": deciding, "ledger": ledger,
+    }
+

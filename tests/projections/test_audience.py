@@ -1,0 +1,379 @@
+"""The audience read model on both backends: live membership with provenance, exact
+time, backfill and preview, rebuild equals incremental, and a brute-force oracle."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from contracts.events import InboundEvent
+from contracts.outbound import decode_outbound
+from projections.audience import TABLES, AudienceProjection
+from projections.audience_queries import (
+    consent_at,
+    count_members,
+    engagement_stats,
+    explain,
+    list_stats,
+    preview,
+    projection_now,
+    segment_members,
+)
+from projections.db import ViewDatabase
+from projections.runner import ProjectionRunner
+from services.catalog import ClockCommands, SegmentCommands
+from services.config import Settings
+from services.demo import generate_history
+from services.domain.identity import ContactIdentity, normalise_email
+from services.domain.rules import RuleError
+from services.domain.segments import SegmentError
+from services.domain.stamps import parse_utc_iso, utc_iso
+from services.ingest.cache import ContactCache
+from services.ingest.folding import BatchFolder
+from services.store.contact_store import ContactStore
+from tests.factories import decode_dict, make_event
+
+
+@dataclass
+class Audience:
+    store: ContactStore
+    db: ViewDatabase
+    runner: ProjectionRunner
+    folder: BatchFolder
+    segments: SegmentCommands
+    clock: ClockCommands
+    position: int = 0
+
+    def ingest(self, events: list[InboundEvent], batch: int = 200) -> None:
+        for start in range(0, len(events), batch):
+            self.position += 1
+            self.folder.fold_and_commit(events[start : start + batch], self.position)
+        self.runner.catch_up()
+
+    def define(self, segment_id: str, rule: dict[str, Any], name: str = "") -> None:
+        self.segments.define("acme", segment_id, name or segment_id, rule)
+        self.runner.catch_up()
+
+    def tick(self, moment: datetime) -> None:
+        self.clock.tick(moment)
+        self.runner.catch_up()
+
+    def outbox(self) -> list[dict[str, Any]]:
+        with self.db.reading() as cur:
+            cur.execute("SELECT seq, subject, event_id, payload FROM ficha_outbox ORDER BY seq")
+            return cur.fetchall()
+
+
+@pytest.fixture
+def audience(settings: Settings) -> Iterator[Audience]:
+    store = ContactStore(settings)
+    db = ViewDatabase(settings)
+    runner = ProjectionRunner(store, db, AudienceProjection(), page_size=150)
+    runner.setup()
+    folder = BatchFolder(store, ContactIdentity(settings.id_key), ContactCache(10_000), "p0")
+    yield Audience(store, db, runner, folder, SegmentCommands(store), ClockCommands(store))
+    db.close()
+    store.close()
+
+
+def ago(days: float) -> str:
+    return (datetime.now(UTC) - timedelta(days=days)).isoformat()
+
+
+def members(a: Audience, segment_id: str) -> set[str]:
+    return {r["email"] for r in segment_members(a.db, "acme", segment_id, limit=100_000)}
+
+
+# ------------------------------------------------------------------- live, with provenance
+
+
+def test_an_event_moves_a_contact_in_and_out_and_says_which_clause(audience: Audience) -> None:
+    a = audience
+    a.define("vip-iberia", {"all": [
+        {"field": "country", "op": "in", "value": ["ES", "PT"]},
+        {"field": "tags", "op": "has", "value": "vip"},
+    ]})
+    a.ingest([make_event("form_submitted", event_id="f1", email="ana@example.com",
+                         occurred_at=ago(3), form_id="contact", contact={"country": "ES"})])
+    assert members(a, "vip-iberia") == set()
+    a.ingest([make_event("contact_updated", event_id="tag-on", email="ana@example.com",
+                         occurred_at=ago(2), tags_added=["VIP"])])
+    assert members(a, "vip-iberia") == {"ana@example.com"}
+    a.ingest([make_event("contact_updated", event_id="tag-off", email="ana@example.com",
+                         occurred_at=ago(1), tags_removed=["vip"])])
+    assert members(a, "vip-iberia") == set()
+
+    why = explain(a.db, "acme", "ana@example.com", "vip-iberia")["segments"][0]
+    (interval,) = why["history"]
+    assert (interval["enter_cause"], interval["enter_ref"]) == ("event", "tag-on")
+    assert [c["path"] for c in interval["enter_clauses"]] == ["rule.all[1]"]
+    assert (interval["exit_cause"], interval["exit_ref"]) == ("event", "tag-off")
+    assert interval["exit_clauses"][0]["clause"] == "tags has 'vip'"
+    assert [c["holds"] for c in why["clauses"]] == [True, False]
+
+    out = [decode_outbound(r["payload"].encode()) for r in a.outbox()]
+    assert [(type(e).__name__, e.cause.ref, e.entry_no) for e in out] == [
+        ("SegmentEntered", "tag-on", 1), ("SegmentExited", "tag-off", 1)]
+    assert [r["subject"] for r in a.outbox()] == [
+        "ficha.out.acme.segment_entered", "ficha.out.acme.segment_exited"]
+
+
+def test_a_relative_condition_expires_at_its_exact_instant(audience: Audience) -> None:
+    a = audience
+    a.define("bought-lately", {"count": "purchases", "within_days": 30, "op": "gte", "value": 1})
+    bought = datetime.now(UTC) - timedelta(days=29, hours=12)
+    a.ingest([make_event("purchase_completed", event_id="p1", email="bo@example.com",
+                         occurred_at=bought.isoformat(), order_id="o1", total="20.00",
+                         currency="EUR")])
+    assert members(a, "bought-lately") == {"bo@example.com"}
+    a.tick(datetime.now(UTC) + timedelta(days=1))  # the scheduler's clock, moved on
+    assert members(a, "bought-lately") == set()
+    (exited,) = [decode_outbound(r["payload"].encode()) for r in a.outbox()][1:]
+    assert exited.occurred_at == utc_iso(bought + timedelta(days=30))  # not the tick's time
+    assert exited.cause.kind == "clock" and exited.cause.clauses == ["rule"]
+    # Who was in the segment just before that instant, and at it?
+    before = parse_utc_iso(exited.occurred_at) - timedelta(microseconds=1)
+    assert count_members(a.db, "acme", "bought-lately", as_of=before) == 1
+    assert count_members(a.db, "acme", "bought-lately",
+                         as_of=parse_utc_iso(exited.occurred_at)) == 0
+
+
+def test_segments_can_use_segments_and_cycles_or_dangling_uses_are_refused(
+    audience: Audience,
+) -> None:
+    a = audience
+    a.define("es", {"field": "country", "op": "equals", "value": "ES"})
+    a.define("es-leads", {"all": [{"segment": "es"}, {"field": "tags", "op": "has",
+                                                      "value": "lead"}]})
+    with pytest.raises(RuleError, match="cycle: es -> es-leads -> es"):
+        a.segments.define("acme", "es", "es", {"not": {"segment": "es-leads"}})
+    with pytest.raises(RuleError, match="'nope' does not exist"):
+        a.segments.define("acme", "x", "x", {"any": [{"segment": "nope"}]})
+    with pytest.raises(SegmentError, match="used by es-leads"):
+        a.segments.delete("acme", "es")
+    a.ingest([make_event("form_submitted", event_id="f1", email="eva@example.com",
+                         occurred_at=ago(1), form_id="f", tags=["Lead"],
+                         contact={"country": "ES"})])
+    assert members(a, "es-leads") == {"eva@example.com"}
+
+
+def test_preview_tells_what_an_edit_does_and_the_edit_does_it(audience: Audience) -> None:
+    a = audience
+    a.ingest([decode_dict(d) for d in generate_history("acme", 1500, seed=5)])
+    a.define("spenders", {"sum": "spent", "currency": "EUR", "op": "gt", "value": 50})
+    before = members(a, "spenders")
+    assert before
+    edit = {"all": [{"sum": "spent", "currency": "EUR", "op": "gt", "value": 50},
+                    {"field": "last_interaction_at", "op": "within_last",
+                     "value": {"days": 120}}]}
+    seen = preview(a.db, "acme", "spenders", edit, datetime.now(UTC), sample=3)
+    a.define("spenders", edit)
+    after = members(a, "spenders")
+    assert (seen.entering, seen.leaving, seen.staying) == (
+        len(after - before), len(before - after), len(after & before))
+    assert set(seen.samples["leaving"]) <= before - after
+    with a.db.reading() as cur:
+        cur.execute("SELECT DISTINCT exit_cause, exit_ref FROM segment_history "
+                    "WHERE exited_at IS NOT NULL")
+        assert cur.fetchall() == [{"exit_cause": "definition", "exit_ref": "spenders@v2"}]
+    with pytest.raises(RuleError, match=r"rule\.all\[0\]"):
+        preview(a.db, "acme", "spenders", {"all": [{"count": "hugs"}]}, datetime.now(UTC))
+
+
+def test_deleting_a_segment_closes_every_membership(audience: Audience) -> None:
+    a = audience
+    a.ingest([make_event("form_submitted", event_id=f"f{i}", email=f"p{i}@example.com",
+                         occurred_at=ago(1), form_id="f") for i in range(5)])
+    a.define("everyone", {"field": "email", "op": "contains", "value": "@"})
+    assert len(members(a, "everyone")) == 5
+    a.segments.delete("acme", "everyone")
+    a.runner.catch_up()
+    assert count_members(a.db, "acme", "everyone") == 0
+    exits = [decode_outbound(r["payload"].encode()) for r in a.outbox()][5:]
+    assert {(e.cause.kind, e.cause.ref) for e in exits} == {("definition", "everyone@v2")}
+
+
+def test_engagement_lists_and_consent(audience: Audience) -> None:
+    a = audience
+    a.ingest([
+        make_event("email_opened", event_id="o1", email="e1@example.com", occurred_at=ago(10),
+                   message_id="m1"),
+        make_event("email_opened", event_id="o2", email="e2@example.com", occurred_at=ago(10),
+                   message_id="m1", machine_open=True),
+        make_event("product_viewed", event_id="v3", email="e3@example.com",
+                   occurred_at=ago(100), product_id="x"),
+        make_event("product_viewed", event_id="v4", email="e4@example.com",
+                   occurred_at=ago(200), product_id="x"),
+        make_event("list_subscribed", event_id="s1", email="e1@example.com", occurred_at=ago(9),
+                   list_id="news"),
+        make_event("list_subscribed", event_id="s2", email="e2@example.com", occurred_at=ago(9),
+                   list_id="news", double_opt_in=True),
+        make_event("email_bounced", event_id="b1", email="e1@example.com", occurred_at=ago(2),
+                   message_id="m2", bounce="hard"),
+        make_event("consent_changed", event_id="c1", email="e3@example.com",
+                   occurred_at=ago(50), channel="email", granted=True),
+        make_event("consent_changed", event_id="c2", email="e3@example.com",
+                   occurred_at=ago(20), channel="email", granted=False),
+    ])
+    stats = engagement_stats(a.db, "acme")
+    assert {s: v["count"] for s, v in stats["statuses"].items()} == {
+        "engaged": 1, "not_engaged": 2, "inactive": 1}
+    assert stats["statuses"]["engaged"]["percent"] == 25.0
+    assert stats["by_subscription"]["subscribed"] == {"engaged": 0, "not_engaged": 0,
+                                                      "inactive": 0}  # e1 is suppressed
+    assert list_stats(a.db, "acme")["lists"] == {"news": {"pending": 1, "suppressed": 1}}
+    consent = consent_at(a.db, "acme", "e3@example.com", "email",
+                         datetime.now(UTC) - timedelta(days=30))
+    assert consent["consented"] and consent["decided_by"]["event_id"] == "c1"
+    assert not consent_at(a.db, "acme", "e3@example.com", "email",
+                          datetime.now(UTC))["consented"]
+    # 80 days on, e1 is no longer engaged; 100 days on, e3 is inactive.
+    a.tick(datetime.now(UTC) + timedelta(days=81))
+    counts = {s: v["count"] for s, v in engagement_stats(a.db, "acme")["statuses"].items()}
+    assert counts == {"engaged": 0, "not_engaged": 2, "inactive": 2}
+
+
+# ------------------------------------------------------ rebuild equals incremental, oracle
+
+ORACLE_SEGMENTS: dict[str, dict[str, Any]] = {
+    "vip-iberia": {"all": [{"field": "country", "op": "in", "value": ["ES", "PT"]},
+                           {"field": "tags", "op": "has", "value": "vip"}]},
+    "bought-90d": {"count": "purchases", "within_days": 90, "op": "gte", "value": 1},
+    "active-60d": {"field": "last_interaction_at", "op": "within_last", "value": {"days": 60}},
+    "big-eur": {"sum": "spent", "currency": "EUR", "op": "gt", "value": 150},
+    "vip-or-asleep": {"any": [{"segment": "vip-iberia"}, {"not": {"segment": "active-60d"}}]},
+    "news-subscribed": {"field": "list.newsletter", "op": "equals", "value": "subscribed"},
+}
+
+
+def dump(db: ViewDatabase) -> dict[str, list[str]]:
+    out = {}
+    with db.reading() as cur:
+        for table in TABLES:
+            cur.execute(f"SELECT * FROM {table}")
+            out[table] = sorted(json.dumps(r, sort_keys=True, default=str)
+                                for r in cur.fetchall())
+    return out
+
+
+def test_rebuild_equals_incremental_and_matches_a_brute_force_oracle(
+    audience: Audience,
+) -> None:
+    a = audience
+    raw = list(generate_history("acme", 3000, seed=9))
+    events = [decode_dict(d) for d in raw]
+    a.ingest(events[:1000])
+    for sid in ("vip-iberia", "bought-90d", "active-60d"):
+        a.define(sid, ORACLE_SEGMENTS[sid])
+    a.ingest(events[1000:2000])
+    a.tick(datetime.now(UTC) + timedelta(days=3))
+    for sid in ("big-eur", "vip-or-asleep", "news-subscribed"):
+        a.define(sid, ORACLE_SEGMENTS[sid])
+    a.ingest(events[2000:])
+    a.tick(datetime.now(UTC) + timedelta(days=40))
+
+    incremental = dump(a.db)
+    assert len(incremental["segment_history"]) > 100
+    a.runner.rebuild()
+    assert dump(a.db) == incremental
+
+    now = projection_now(a.db)
+    assert now is not None
+    expected = oracle(raw, now)
+    everyone = set(expected["engagement"])
+    for sid in ORACLE_SEGMENTS:
+        assert 0 < len(expected[sid]) < len(everyone), sid  # the oracle is not vacuous
+        assert members(a, sid) == expected[sid], sid
+    assert set(expected["engagement"].values()) == {"engaged", "not_engaged", "inactive"}
+    with a.db.reading() as cur:
+        cur.execute("SELECT email, engagement FROM audience_facts")
+        assert {r["email"]: r["engagement"] for r in cur.fetchall()} == expected["engagement"]
+
+
+def oracle(raw: list[dict[str, Any]], now: str) -> dict[str, Any]:
+    """Membership computed the slow, obvious way from the published events."""
+    people: dict[str, list[dict[str, Any]]] = {}
+    for event in raw:
+        people.setdefault(normalise_email(event["contact"]["email"]), []).append(event)
+    moment = parse_utc_iso(now)
+
+    def when(event: dict[str, Any]) -> tuple[datetime, str]:
+        return datetime.fromisoformat(event["occurred_at"]), event["event_id"]
+
+    result: dict[str, Any] = {sid: set() for sid in ORACLE_SEGMENTS}
+    result["engagement"] = {}
+    interactions = {"email_opened", "email_clicked", "product_viewed", "cart_updated",
+                    "purchase_completed", "form_submitted", "survey_completed", "booking_made"}
+    for email, evs in people.items():
+        evs.sort(key=when)
+        country = None
+        tags: dict[str, bool] = {}
+        newsletter = None
+        suppressed: datetime | None = None
+        newsletter_at: datetime | None = None
+        soft = 0
+        for e in evs:  # in time order: the latest fact wins
+            at = when(e)[0]
+            country = e["contact"].get("country", country)
+            for t in e.get("tags", []) + e.get("tags_added", []):
+                tags[t.strip().casefold()] = True
+            for t in e.get("tags_removed", []):
+                tags[t.strip().casefold()] = False
+            if e["type"] in ("list_subscribed", "list_confirmed", "list_unsubscribed") and (
+                e["list_id"] in ("newsletter", "*")
+            ):
+                if e["list_id"] == "*" and newsletter is None:
+                    continue  # "*" leaves the lists one is on; it joins none
+                newsletter = {"list_subscribed": "pending" if e.get("double_opt_in")
+                              else "subscribed", "list_confirmed": "subscribed",
+                              "list_unsubscribed": "unsubscribed"}[e["type"]]
+                newsletter_at = at
+            if e["type"] == "email_bounced":
+                if e["bounce"] == "hard":
+                    suppressed = at
+                else:
+                    soft += 1
+                    if soft >= 3:
+                        suppressed = at
+            if e["type"] == "email_complained":
+                suppressed = at
+        if (newsletter in ("pending", "subscribed") and suppressed is not None
+                and newsletter_at is not None and suppressed >= newsletter_at):
+            newsletter = "suppressed"
+        touched = [when(e)[0] for e in evs if e["type"] in interactions
+                   and not e.get("machine_open")]
+        last = max(touched) if touched else None
+        bought = [when(e)[0] for e in evs if e["type"] == "purchase_completed"]
+        spent = sum((Decimal(e["total"]) for e in evs
+                     if e["type"] == "purchase_completed" and e["currency"] == "EUR"),
+                    Decimal(0)) - sum((Decimal(e["amount"]) for e in evs
+                                       if e["type"] == "purchase_refunded"
+                                       and e["currency"] == "EUR"), Decimal(0))
+        first = when(evs[0])[0]
+        vip = country in ("ES", "PT") and tags.get("vip", False)
+        active = last is not None and last > moment - timedelta(days=60)
+        member = {
+            "vip-iberia": vip,
+            "bought-90d": any(b > moment - timedelta(days=90) for b in bought),
+            "active-60d": active,
+            "big-eur": spent > 150,
+            "vip-or-asleep": vip or not active,
+            "news-subscribed": newsletter == "subscribed",
+        }
+        for sid, inside in member.items():
+            if inside:
+                result[sid].add(email)
+        if last is not None and last > moment - timedelta(days=90):
+            status = "engaged"
+        elif (last or first) > moment - timedelta(days=180):
+            status = "not_engaged"
+        else:
+            status = "inactive"
+        result["engagement"][email] = status
+    return result
