@@ -7,14 +7,23 @@ import json
 import logging
 import signal
 import sys
-from datetime import UTC, datetime
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from services.config import ConfigError, Settings, load_settings
+from services.cli_audience import consent_app, engagement_app, lists_app, segments_app
+from services.cli_common import (
+    CliError,
+    console,
+    db_error_text,
+    err,
+    fail,
+    parse_date,
+    run,
+    settings_or_fail,
+    views,
+)
 
 app = typer.Typer(
     help="ficha: an event-sourced contact backend. Events in on NATS, contact cards out.",
@@ -26,45 +35,10 @@ contacts_app = typer.Typer(help="Read the client list and contact cards.", no_ar
 projections_app = typer.Typer(help="Operate the read models.", no_args_is_help=True)
 app.add_typer(contacts_app, name="contacts")
 app.add_typer(projections_app, name="projections")
-
-# Piped output (to a file, grep, a test) gets a wide table instead of folded cells.
-console = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
-
-
-class CliError(Exception):
-    """An expected failure: printed as one line, no traceback."""
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
-def settings_or_fail() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as error:
-        fail(str(error), 2)
-
-
-def run(coro: Any) -> Any:
-    try:
-        return asyncio.run(coro)
-    except CliError as error:
-        fail(str(error))
-
-
-def views(settings: Settings) -> Any:
-    from projections.db import ViewDatabase
-
-    return ViewDatabase(settings)
-
-
-def db_error_text(error: Exception) -> str:
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return first
-
+app.add_typer(segments_app, name="segments")
+app.add_typer(engagement_app, name="engagement")
+app.add_typer(lists_app, name="lists")
+app.add_typer(consent_app, name="consent")
 
 # ------------------------------------------------------------------------- up
 
@@ -203,16 +177,6 @@ def demo(
 
 
 # ------------------------------------------------------------------- contacts
-
-
-def parse_date(value: str | None, option: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        fail(f"{option} must be a date like 2026-11-01 or 2026-11-01T10:00:00+01:00")
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @contacts_app.command("list")

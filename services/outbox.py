@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -39,8 +40,11 @@ RELAY = "out"
 
 class OutboxRelay:
     def __init__(self, js: JetStreamContext, views: ViewDatabase, batch: int = 500,
-                 idle: float = 0.05) -> None:
+                 idle: float = 0.05, fault: Callable[[str], None] | None = None) -> None:
         self.js = js
+        # Fault injection for crash tests: called with "before_record" once a batch is
+        # published and acknowledged; raising there is what a kill at that instant is.
+        self.fault = fault
         self.views = views
         self.batch = batch
         self.idle = idle
@@ -135,6 +139,8 @@ class OutboxRelay:
                 break
             done = int(row["seq"])
         if done > self.position:
+            if self.fault is not None:
+                self.fault("before_record")
             await asyncio.to_thread(self._record, done)
             self.published += done - self.position
             self.position = done

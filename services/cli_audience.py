@@ -1,0 +1,338 @@
+"""`ficha segments|engagement|lists|consent`: define segments, read the audience model."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from services.cli_common import console, db_error_text, fail, parse_date, settings_or_fail, views
+
+segments_app = typer.Typer(help="Define segments and read their members.", no_args_is_help=True)
+engagement_app = typer.Typer(help="Engagement statistics.", no_args_is_help=True)
+lists_app = typer.Typer(help="Email list statistics.", no_args_is_help=True)
+consent_app = typer.Typer(help="The consent ledger.", no_args_is_help=True)
+
+Tenant = Annotated[str, typer.Option(help="The tenant.")]
+AsJson = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
+
+
+def _read_rule(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as error:
+        fail(f"cannot read {path}: {error.strerror or error}", 2)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        fail(f"{path} is not JSON: {error.msg} at line {error.lineno}, column {error.colno}", 2)
+    # A file may hold the rule alone, or {"name": ..., "rule": ...}.
+    if isinstance(data, dict) and "rule" in data and set(data) <= {"name", "rule"}:
+        return data
+    return {"rule": data}
+
+
+def _dump(value: Any) -> None:
+    print(json.dumps(value, default=str))
+
+
+def _define(tenant: str, segment_id: str, rule_file: Path, name: str | None,
+            must_exist: bool) -> None:
+    from services.catalog import SegmentCommands
+    from services.domain.rules import RuleError
+    from services.domain.segments import SegmentError
+    from services.store.contact_store import ContactStore
+
+    spec = _read_rule(rule_file)
+    settings = settings_or_fail()
+    try:
+        store = ContactStore(settings)
+    except Exception as error:  # noqa: BLE001 - the database is unreachable
+        fail(f"cannot open the event store: {db_error_text(error)}")
+    commands = SegmentCommands(store)
+    try:
+        catalog = commands.catalog(tenant)
+        existing = None if catalog is None else catalog.live().get(segment_id)
+        if must_exist and existing is None:
+            fail(f"segment {segment_id!r} does not exist in tenant {tenant}; "
+                 "use `ficha segments create`")
+        if not must_exist and existing is not None:
+            fail(f"segment {segment_id!r} already exists in tenant {tenant} "
+                 f"(version {existing.version}); use `ficha segments edit`")
+        title = name or spec.get("name") or (existing.name if existing else segment_id)
+        definition = commands.define(tenant, segment_id, title, spec["rule"])
+    except RuleError as error:
+        fail(f"the rule is not valid: {error}", 2)
+    except SegmentError as error:
+        fail(str(error), 2)
+    finally:
+        store.close()
+    console.print(f"segment {definition.segment_id} is at version {definition.version}; "
+                  "its membership is computed as the projection reaches this change")
+
+
+@segments_app.command("create")
+def segments_create(
+    tenant: Tenant,
+    segment_id: Annotated[str, typer.Argument(help="Id: a-z, 0-9, _ and -.")],
+    rule_file: Annotated[Path, typer.Argument(help="JSON file: the rule, or {name, rule}.")],
+    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+) -> None:
+    """Create a segment from a JSON rule (see docs/segments.md)."""
+    _define(tenant, segment_id, rule_file, name, must_exist=False)
+
+
+@segments_app.command("edit")
+def segments_edit(
+    tenant: Tenant,
+    segment_id: Annotated[str, typer.Argument(help="The segment to change.")],
+    rule_file: Annotated[Path, typer.Argument(help="JSON file: the rule, or {name, rule}.")],
+    name: Annotated[str | None, typer.Option(help="New display name.")] = None,
+) -> None:
+    """Give a segment a new rule (a new version). Preview it first."""
+    _define(tenant, segment_id, rule_file, name, must_exist=True)
+
+
+@segments_app.command("delete")
+def segments_delete(
+    tenant: Tenant,
+    segment_id: Annotated[str, typer.Argument(help="The segment to delete.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a segment: every member exits (its history stays)."""
+    from services.catalog import SegmentCommands
+    from services.domain.segments import SegmentError
+    from services.store.contact_store import ContactStore
+
+    if not yes and not typer.confirm(f"Delete segment {segment_id} of {tenant}?"):
+        raise typer.Exit(1)
+    store = ContactStore(settings_or_fail())
+    try:
+        definition = SegmentCommands(store).delete(tenant, segment_id)
+    except SegmentError as error:
+        fail(str(error), 2)
+    finally:
+        store.close()
+    console.print(f"segment {segment_id} deleted (version {definition.version})")
+
+
+@segments_app.command("preview")
+def segments_preview(
+    tenant: Tenant,
+    segment_id: Annotated[str, typer.Argument(help="The segment the rule would replace.")],
+    rule_file: Annotated[Path, typer.Argument(help="JSON file: the rule, or {name, rule}.")],
+    sample: Annotated[int, typer.Option(help="Sample size per group.")] = 5,
+    as_json: AsJson = False,
+) -> None:
+    """How many contacts a rule would make enter, leave and stay, with samples."""
+    from projections.audience_queries import preview
+    from services.domain.rules import RuleError
+
+    spec = _read_rule(rule_file)
+    db = views(settings_or_fail())
+    try:
+        result = preview(db, tenant, segment_id, spec["rule"], datetime.now(UTC), sample)
+    except RuleError as error:
+        fail(f"the rule is not valid: {error}", 2)
+    except Exception as error:  # noqa: BLE001 - the read model is unreachable
+        fail(f"cannot read the audience model: {db_error_text(error)}")
+    finally:
+        db.close()
+    data = result.to_dict()
+    if as_json:
+        _dump(data)
+        return
+    table = Table(title=f"preview of {segment_id} ({tenant})")
+    for column in ("", "contacts", "sample"):
+        table.add_column(column, overflow="fold")
+    for key, label in (("entering", "would enter"), ("leaving", "would leave"),
+                       ("staying", "would stay")):
+        table.add_row(label, str(getattr(result, key)), ", ".join(result.samples[key]))
+    console.print(table)
+
+
+@segments_app.command("list")
+def segments_list(tenant: Tenant, as_json: AsJson = False) -> None:
+    """The tenant's segments with their member counts."""
+    from projections.audience_queries import list_segments
+
+    db = views(settings_or_fail())
+    try:
+        rows = list_segments(db, tenant)
+    except Exception as error:  # noqa: BLE001
+        fail(f"cannot read the audience model: {db_error_text(error)}")
+    finally:
+        db.close()
+    if as_json:
+        _dump(rows)
+        return
+    table = Table(title=f"segments of {tenant}")
+    for column in ("segment", "name", "version", "members", "changed"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row["segment_id"], row["name"], str(row["version"]), str(row["members"]),
+                      row["changed_at"][:19].replace("T", " "))
+    console.print(table)
+
+
+@segments_app.command("members")
+def segments_members(
+    tenant: Tenant,
+    segment_id: Annotated[str, typer.Argument(help="The segment.")],
+    as_of: Annotated[str | None, typer.Option(help="Members at this time instead of now.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows per page.")] = 100,
+    after: Annotated[str, typer.Option(help="Page after this contact id.")] = "",
+    as_json: AsJson = False,
+) -> None:
+    """Members of a segment, now or at a past time."""
+    from projections.audience_queries import NotFound, count_members, segment_members
+
+    moment = parse_date(as_of, "--as-of")
+    db = views(settings_or_fail())
+    try:
+        rows = segment_members(db, tenant, segment_id, as_of=moment, limit=limit, after=after)
+        total = count_members(db, tenant, segment_id, moment)
+    except NotFound as error:
+        fail(str(error), 2)
+    except Exception as error:  # noqa: BLE001
+        fail(f"cannot read the audience model: {db_error_text(error)}")
+    finally:
+        db.close()
+    if as_json:
+        _dump({"total": total, "members": rows,
+               "next_after": rows[-1]["contact_id"] if len(rows) == limit else None})
+        return
+    when = f" at {as_of}" if as_of else ""
+    table = Table(title=f"{segment_id} ({tenant}){when}: {total} members")
+    for column in ("email", "entered", "why", "exited"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row["email"], row["entered_at"][:19].replace("T", " "),
+                      f"{row['enter_cause']} {row['enter_ref']}",
+                      (row["exited_at"] or "")[:19].replace("T", " "))
+    console.print(table)
+    if len(rows) == limit:
+        console.print(f"next page: --after {rows[-1]['contact_id']}")
+
+
+@segments_app.command("why")
+def segments_why(
+    tenant: Tenant,
+    email: Annotated[str, typer.Option(help="The contact's email.")],
+    segment_id: Annotated[str | None, typer.Argument(help="One segment (default: all).")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Why a contact is or is not in segments: clause by clause, and its history."""
+    from projections.audience_queries import NotFound, explain
+
+    db = views(settings_or_fail())
+    try:
+        report = explain(db, tenant, email, segment_id)
+    except NotFound as error:
+        fail(str(error), 2)
+    finally:
+        db.close()
+    if as_json:
+        _dump(report)
+        return
+    console.print(f"{report['email']} ({tenant}), as of {report['as_of']}, "
+                  f"engagement: {report['engagement']}")
+    for seg in report["segments"]:
+        state = "[green]member[/]" if seg["member"] else "[dim]not a member[/]"
+        console.print(f"\n[bold]{seg['segment_id']}[/] v{seg['version']}: {state}")
+        for clause in seg["clauses"]:
+            mark = "[green]✓[/]" if clause["holds"] else "[red]✗[/]"
+            console.print(f"  {mark} {clause['path']}: {clause['clause']}")
+        for h in seg["history"]:
+            flipped = ", ".join(c["clause"] for c in h["enter_clauses"])
+            console.print(f"  entered {h['entered_at']} by {h['enter_cause']} {h['enter_ref']}"
+                          + (f" ({flipped})" if flipped else ""))
+            if h["exited_at"]:
+                flipped = ", ".join(c["clause"] for c in h["exit_clauses"] or [])
+                console.print(f"  exited  {h['exited_at']} by {h['exit_cause']} "
+                              f"{h['exit_ref']}" + (f" ({flipped})" if flipped else ""))
+
+
+@engagement_app.command("stats")
+def engagement_stats_command(
+    tenant: Tenant,
+    days: Annotated[int, typer.Option(help="Days of daily series.")] = 30,
+    as_json: AsJson = False,
+) -> None:
+    """Engaged / not engaged / inactive: counts, percentages, 30-day change, by subscription."""
+    from projections.audience_queries import engagement_stats
+
+    db = views(settings_or_fail())
+    try:
+        stats = engagement_stats(db, tenant, days)
+    finally:
+        db.close()
+    if as_json:
+        _dump(stats)
+        return
+    table = Table(title=f"engagement of {tenant} ({stats['total']} contacts, "
+                        f"as of {(stats['as_of'] or '')[:19]})")
+    for column in ("status", "contacts", "%", "30-day change", "subscribed", "not subscribed"):
+        table.add_column(column, justify="right")
+    for status, values in stats["statuses"].items():
+        change = values["change_30d"]
+        table.add_row(status, str(values["count"]), f"{values['percent']:.1f}",
+                      f"{change:+d}", str(stats["by_subscription"]["subscribed"][status]),
+                      str(stats["by_subscription"]["not_subscribed"][status]))
+    console.print(table)
+
+
+@lists_app.command("stats")
+def lists_stats_command(tenant: Tenant, as_json: AsJson = False) -> None:
+    """Contacts per list and state."""
+    from projections.audience_queries import list_stats
+
+    db = views(settings_or_fail())
+    try:
+        stats = list_stats(db, tenant)
+    finally:
+        db.close()
+    if as_json:
+        _dump(stats)
+        return
+    states = ("pending", "subscribed", "unsubscribed", "suppressed")
+    table = Table(title=f"lists of {tenant}")
+    table.add_column("list")
+    for state in states:
+        table.add_column(state, justify="right")
+    for list_id, counts in sorted(stats["lists"].items()):
+        table.add_row(list_id, *(str(counts.get(s, 0)) for s in states))
+    console.print(table)
+
+
+@consent_app.command("at")
+def consent_at_command(
+    tenant: Tenant,
+    email: Annotated[str, typer.Option(help="The contact's email.")],
+    channel: Annotated[str, typer.Option(help="email, sms, whatsapp or phone.")] = "email",
+    at: Annotated[str | None, typer.Option(help="The moment (default: now).")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Did the contact consent on a channel at a moment? With the deciding ledger entry."""
+    from projections.audience_queries import NotFound, consent_at
+
+    moment = parse_date(at, "--at") or datetime.now(UTC)
+    db = views(settings_or_fail())
+    try:
+        answer = consent_at(db, tenant, email, channel, moment)
+    except NotFound as error:
+        fail(str(error), 2)
+    finally:
+        db.close()
+    if as_json:
+        _dump(answer)
+        return
+    verdict = "[green]yes[/]" if answer["consented"] else "[red]no[/]"
+    decided = answer["decided_by"]
+    because = (f" (event {decided['event_id']} from {decided['source']}, "
+               f"{decided['occurred_at']})" if decided else " (no consent fact before then)")
+    console.print(f"{answer['email']} consent to {channel} at {answer['at']}: {verdict}{because}")

@@ -1,0 +1,61 @@
+"""What every `ficha` command shares: consoles, one-line errors, settings, dates."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from services.config import ConfigError, Settings, load_settings
+
+# Piped output (to a file, grep, a test) gets a wide table instead of folded cells.
+console = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+
+class CliError(Exception):
+    """An expected failure: printed as one line, no traceback."""
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def settings_or_fail() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as error:
+        fail(str(error), 2)
+
+
+def run(coro: Any) -> Any:
+    try:
+        return asyncio.run(coro)
+    except CliError as error:
+        fail(str(error))
+
+
+def views(settings: Settings) -> Any:
+    from projections.db import ViewDatabase
+
+    return ViewDatabase(settings)
+
+
+def db_error_text(error: Exception) -> str:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return first
+
+
+def parse_date(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"{option} must be a date like 2026-11-01 or 2026-11-01T10:00:00+01:00")
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
