@@ -8,9 +8,9 @@ One projection, because these all follow the same per-contact facts and the same
 * ``segment_history``: every membership as an interval [entered_at, exited_at), with why
   it began and ended (the triggering event id, the clock, or the definition version) and
   the clauses that flipped;
-* ``engagement_counts`` / ``engagement_daily``: contacts per status, split by whether they
-  are subscribed to a list, now and at the end of each day;
-* ``list_counts`` / ``list_daily``: contacts per list and state, now and per day;
+* ``audience_counts`` / ``audience_daily``: tallies now and at the end of each day:
+  contacts per engagement status (split by whether they are subscribed to a list), per
+  list and state, per RFM group and per RFM recency x frequency cell;
 * ``consent_ledger``: every consent fact per channel with its source event;
 * ``ficha_outbox``: ``segment_entered`` / ``segment_exited`` events for ``ficha.out``, in
   the order they happened, numbered; ``services.outbox`` publishes them.
@@ -43,6 +43,7 @@ from services.domain.audience import (
 from services.domain.clock import ClockDay
 from services.domain.contact import LIST_SUBSCRIBED, Contact
 from services.domain.facts import ContactFacts
+from services.domain.rfm import NEVER_BOUGHT, RfmCuts, rfm_values
 from services.domain.segments import SegmentCatalog, SegmentDefinition
 from services.domain.stamps import utc_iso
 
@@ -54,10 +55,8 @@ TABLES = (
     "audience_facts",
     "segment_definitions",
     "segment_history",
-    "engagement_counts",
-    "engagement_daily",
-    "list_counts",
-    "list_daily",
+    "audience_counts",
+    "audience_daily",
     "consent_ledger",
     "ficha_outbox",
     "audience_state",
@@ -71,9 +70,12 @@ def ddl() -> list[str]:
         "CREATE TABLE IF NOT EXISTS audience_facts ("
         "contact_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, email TEXT NOT NULL, "
         "doc TEXT NOT NULL, members TEXT NOT NULL, entries TEXT NOT NULL, "
-        "engagement TEXT, engagement_since TEXT, subscribed INTEGER NOT NULL, due_at TEXT)",
+        "engagement TEXT, engagement_since TEXT, subscribed INTEGER NOT NULL, rfm TEXT, "
+        "last_purchase_at TEXT, due_at TEXT)",
         "CREATE INDEX IF NOT EXISTS audience_facts_tenant ON audience_facts (tenant, contact_id)",
         "CREATE INDEX IF NOT EXISTS audience_facts_email ON audience_facts (tenant, email)",
+        "CREATE INDEX IF NOT EXISTS audience_facts_buyers ON audience_facts (tenant, contact_id) "
+        "WHERE last_purchase_at IS NOT NULL",
         "CREATE INDEX IF NOT EXISTS audience_facts_due ON audience_facts (due_at, contact_id) "
         "WHERE due_at IS NOT NULL",
         "CREATE TABLE IF NOT EXISTS segment_definitions ("
@@ -91,17 +93,14 @@ def ddl() -> list[str]:
         "ON segment_history (tenant, segment_id, contact_id) WHERE exited_at IS NULL",
         "CREATE INDEX IF NOT EXISTS segment_history_contact "
         "ON segment_history (contact_id, entered_at)",
-        "CREATE TABLE IF NOT EXISTS engagement_counts (tenant TEXT NOT NULL, "
-        "status TEXT NOT NULL, subscribed INTEGER NOT NULL, count BIGINT NOT NULL, "
-        "PRIMARY KEY (tenant, status, subscribed))",
-        "CREATE TABLE IF NOT EXISTS engagement_daily (tenant TEXT NOT NULL, day TEXT NOT NULL, "
-        "status TEXT NOT NULL, subscribed INTEGER NOT NULL, count BIGINT NOT NULL, "
-        "PRIMARY KEY (tenant, day, status, subscribed))",
-        "CREATE TABLE IF NOT EXISTS list_counts (tenant TEXT NOT NULL, list_id TEXT NOT NULL, "
-        "state TEXT NOT NULL, count BIGINT NOT NULL, PRIMARY KEY (tenant, list_id, state))",
-        "CREATE TABLE IF NOT EXISTS list_daily (tenant TEXT NOT NULL, day TEXT NOT NULL, "
-        "list_id TEXT NOT NULL, state TEXT NOT NULL, count BIGINT NOT NULL, "
-        "PRIMARY KEY (tenant, day, list_id, state))",
+        # Tallies: metric "engagement" (key: status, subscribed 0/1), "list" (key: list id,
+        # state), "rfm" (key: group, "") and "rfm_grid" (key: R score, F score).
+        "CREATE TABLE IF NOT EXISTS audience_counts (tenant TEXT NOT NULL, "
+        "metric TEXT NOT NULL, k1 TEXT NOT NULL, k2 TEXT NOT NULL, count BIGINT NOT NULL, "
+        "PRIMARY KEY (tenant, metric, k1, k2))",
+        "CREATE TABLE IF NOT EXISTS audience_daily (tenant TEXT NOT NULL, day TEXT NOT NULL, "
+        "metric TEXT NOT NULL, k1 TEXT NOT NULL, k2 TEXT NOT NULL, count BIGINT NOT NULL, "
+        "PRIMARY KEY (tenant, metric, day, k1, k2))",
         "CREATE TABLE IF NOT EXISTS consent_ledger (tenant TEXT NOT NULL, "
         "contact_id TEXT NOT NULL, channel TEXT NOT NULL, occurred_at TEXT NOT NULL, "
         "event_id TEXT NOT NULL, granted INTEGER NOT NULL, source TEXT NOT NULL, "
@@ -129,9 +128,9 @@ class _Row:
     engagement_since: str | None
     subscribed: bool
     due: str | None
-    # What the counts tables hold for this contact (None = not counted yet).
-    counted_engagement: tuple[str, bool] | None
-    counted_lists: dict[str, str]
+    rfm: dict[str, Any] | None = None
+    # The tallies this contact adds to audience_counts as stored (what a flush diffs).
+    counted: frozenset[tuple[str, str, str]] = frozenset()
     last: Evaluation | None = None
 
     def lists_now(self) -> dict[str, str]:
@@ -141,6 +140,17 @@ class _Row:
             if state is not None:
                 out[list_id] = state
         return out
+
+    def tallies(self) -> frozenset[tuple[str, str, str]]:
+        if self.engagement is None:  # registered, not evaluated yet: not counted
+            return frozenset()
+        out = {("engagement", self.engagement, str(int(self.subscribed)))}
+        out.update(("list", list_id, state) for list_id, state in self.lists_now().items())
+        if self.rfm is not None:
+            out.add(("rfm", self.rfm["group"], ""))
+            if self.rfm.get("r") is not None:
+                out.add(("rfm_grid", str(self.rfm["r"]), str(self.rfm["f"])))
+        return frozenset(out)
 
 
 @dataclass
@@ -177,6 +187,8 @@ class _Page:
         self.seq = int(state.get("outbox_seq", "0"))
         self.rows: dict[str, _Row] = {}
         self.rules: dict[str, TenantRules] = {}
+        self.cuts: dict[str, RfmCuts | None] = {}
+        self.rescore_wanted = state.get("rfm_pending") == "1"
         self.writes = _Writes()
 
     # ------------------------------------------------------------------ the loop
@@ -196,6 +208,9 @@ class _Page:
                 self._on_registered(event)
             elif isinstance(event, ClockDay.Ticked):
                 self._on_tick(event.at)
+            elif isinstance(event, ClockDay.RescoreRequested):
+                self._advance(event.at)
+                self._rescore_rfm()
             elif isinstance(event, SegmentCatalog.Defined | SegmentCatalog.Deleted):
                 self._advance(utc_iso(event.timestamp))
                 self._on_definition(event)
@@ -203,11 +218,14 @@ class _Page:
         self._save_state()
 
     def _advance(self, moment: str) -> None:
-        """Move the clock forward (never back); daily series close at each midnight."""
+        """Move the clock forward (never back). At each UTC midnight passed, the day's
+        series are closed and every buyer is rescored against new RFM quintiles."""
         if moment <= self.now:
             return
         if self.now and moment[:10] != self.now[:10]:
             self._flush(keep_rows=True)
+            self.now = moment[:10] + "T00:00:00.000000Z"
+            self._rescore_rfm()
         self.now = moment
 
     # ------------------------------------------------------------------ contacts
@@ -218,7 +236,7 @@ class _Page:
             return
         facts = ContactFacts(tenant=event.tenant, contact_id=cid, email=event.email)
         facts.apply(event)
-        self.rows[cid] = _Row(facts, {}, {}, None, None, False, None, None, {})
+        self.rows[cid] = _Row(facts, {}, {}, None, None, False, None)
 
     def _row(self, cid: str) -> _Row:
         row = self.rows.get(cid)
@@ -262,8 +280,16 @@ class _Page:
             row.engagement = after.engagement
             row.engagement_since = after.now
         row.subscribed = any(s == LIST_SUBSCRIBED for s in row.lists_now().values())
+        rfm = after.rfm
+        row.rfm = {"group": rfm.group, "r": rfm.r, "f": rfm.f, "m": rfm.m,
+                   **({} if rfm.values is None else {
+                       "recency_days": rfm.values.recency_days,
+                       "frequency": rfm.values.frequency,
+                       "monetary": str(rfm.values.monetary)})}
         row.due = after.due
         row.last = after
+        if rfm.group != NEVER_BOUGHT and not rules.cuts.recency:
+            self.rescore_wanted = True  # the scheduler asks for a rescoring soon
 
     def _record_transition(self, row: _Row, t: Transition) -> None:
         facts = row.facts
@@ -320,9 +346,12 @@ class _Page:
                 break
             self._load(ids)
             for cid in ids:
-                row = self.rows[cid]
-                if row.due is not None and row.due > self.now:
-                    self._advance(row.due)  # the clock passes each instant in turn
+                due = self._row(cid).due
+                if due is not None and due > self.now:
+                    # The clock passes each instant in turn (a midnight on the way rescores
+                    # RFM and flushes, so the row is fetched again after it).
+                    self._advance(due)
+                row = self._row(cid)
                 self._catch_up(row, self._rules(row.facts.tenant), at)
             self._flush()
         self._advance(at)
@@ -396,8 +425,70 @@ class _Page:
                 SegmentDefinition(r["segment_id"], r["name"], r["version"], load_json(r["rule"]))
                 for r in self.cur.fetchall()
             ]
-            rules = self.rules[tenant] = TenantRules.compile(definitions)
+            rules = self.rules[tenant] = TenantRules.compile(
+                definitions, cuts=self._cuts(tenant)
+            )
         return rules
+
+    # ------------------------------------------------------------------ RFM
+
+    def _cuts(self, tenant: str) -> RfmCuts:
+        if tenant not in self.cuts:
+            self.cur.execute(
+                "SELECT value FROM audience_state WHERE name = ?", (f"rfm_cuts:{tenant}",)
+            )
+            row = self.cur.fetchone()
+            self.cuts[tenant] = None if row is None else RfmCuts.from_json(load_json(row["value"]))
+        return self.cuts[tenant] or RfmCuts()
+
+    def _rescore_rfm(self) -> None:
+        """New quintiles for every tenant with buyers, and every buyer rescored."""
+        self._flush()
+        self.cur.execute(
+            "SELECT DISTINCT tenant FROM audience_facts WHERE last_purchase_at IS NOT NULL "
+            "ORDER BY tenant"
+        )
+        for tenant in [r["tenant"] for r in self.cur.fetchall()]:
+            values = []
+            for rows in self._buyer_chunks(tenant):
+                for r in rows:
+                    facts = ContactFacts.from_doc(tenant, r["contact_id"], r["email"],
+                                                  load_json(r["doc"]))
+                    v = rfm_values(facts, self.now)
+                    if v is not None:
+                        values.append(v)
+            cuts = RfmCuts.of(values)
+            self.cuts[tenant] = cuts
+            self.cur.execute(
+                "INSERT INTO audience_state (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (f"rfm_cuts:{tenant}", _json(cuts.to_json())),
+            )
+            self.rules.pop(tenant, None)
+            rules = self._rules(tenant)
+            for rows in self._buyer_chunks(tenant):
+                self._load([r["contact_id"] for r in rows])
+                for r in rows:
+                    row = self.rows[r["contact_id"]]
+                    self._catch_up(row, rules, self.now)
+                    after = evaluate(row.facts, rules, self.now)
+                    self._settle(row, rules, None, after, CAUSE_CLOCK, "rfm")
+                self._flush()
+        self.rescore_wanted = False
+
+    def _buyer_chunks(self, tenant: str) -> Iterable[list[dict[str, Any]]]:
+        after = ""
+        while True:
+            self.cur.execute(
+                "SELECT contact_id, email, doc FROM audience_facts WHERE tenant = ? "
+                "AND last_purchase_at IS NOT NULL AND contact_id > ? ORDER BY contact_id LIMIT ?",
+                (tenant, after, CHUNK),
+            )
+            rows = self.cur.fetchall()
+            if not rows:
+                return
+            yield rows
+            after = rows[-1]["contact_id"]
 
     # ------------------------------------------------------------------ storage
 
@@ -406,7 +497,7 @@ class _Page:
         for condition, params in any_of("contact_id", wanted, self.is_postgres):
             self.cur.execute(
                 "SELECT contact_id, tenant, email, doc, members, entries, engagement, "
-                f"engagement_since, subscribed, due_at FROM audience_facts WHERE {condition}",
+                f"engagement_since, subscribed, rfm, due_at FROM audience_facts WHERE {condition}",
                 params,
             )
             for r in self.cur.fetchall():
@@ -415,12 +506,10 @@ class _Page:
                 )
                 row = _Row(
                     facts, load_json(r["members"]), load_json(r["entries"]), r["engagement"],
-                    r["engagement_since"], bool(r["subscribed"]), r["due_at"], None, {},
+                    r["engagement_since"], bool(r["subscribed"]), r["due_at"],
+                    None if r["rfm"] is None else load_json(r["rfm"]),
                 )
-                row.counted_engagement = (
-                    None if r["engagement"] is None else (r["engagement"], bool(r["subscribed"]))
-                )
-                row.counted_lists = row.lists_now()
+                row.counted = row.tallies()
                 self.rows[r["contact_id"]] = row
 
     def _flush(self, keep_rows: bool = False) -> None:
@@ -428,15 +517,18 @@ class _Page:
         if self.rows:
             cur.executemany(
                 "INSERT INTO audience_facts (contact_id, tenant, email, doc, members, entries, "
-                "engagement, engagement_since, subscribed, due_at) VALUES (?,?,?,?,?,?,?,?,?,?) "
+                "engagement, engagement_since, subscribed, rfm, last_purchase_at, due_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT (contact_id) DO UPDATE SET doc = excluded.doc, "
                 "members = excluded.members, entries = excluded.entries, "
                 "engagement = excluded.engagement, engagement_since = excluded.engagement_since, "
-                "subscribed = excluded.subscribed, due_at = excluded.due_at",
+                "subscribed = excluded.subscribed, rfm = excluded.rfm, "
+                "last_purchase_at = excluded.last_purchase_at, due_at = excluded.due_at",
                 [
                     (cid, r.facts.tenant, r.facts.email, _json(r.facts.to_doc()),
                      _json(r.members), _json(r.entries), r.engagement, r.engagement_since,
-                     int(r.subscribed), r.due)
+                     int(r.subscribed), None if r.rfm is None else _json(r.rfm),
+                     r.facts.last_purchase_at, r.due)
                     for cid, r in sorted(self.rows.items())
                 ],
             )
@@ -471,78 +563,52 @@ class _Page:
         self.writes = _Writes()
         if keep_rows:
             for row in self.rows.values():
-                row.counted_engagement = (
-                    None if row.engagement is None else (row.engagement, row.subscribed)
-                )
-                row.counted_lists = row.lists_now()
+                row.counted = row.tallies()
         else:
             self.rows = {}
 
     def _flush_counts(self) -> None:
-        engagement: dict[tuple[str, str, int], int] = {}
-        lists: dict[tuple[str, str, str], int] = {}
+        deltas: dict[tuple[str, str, str, str], int] = {}
         for row in self.rows.values():
+            now = row.tallies()
+            if now == row.counted:
+                continue
             tenant = row.facts.tenant
-            now_key = None if row.engagement is None else (row.engagement, row.subscribed)
-            if now_key != row.counted_engagement:
-                if row.counted_engagement is not None:
-                    old = (tenant, row.counted_engagement[0], int(row.counted_engagement[1]))
-                    engagement[old] = engagement.get(old, 0) - 1
-                if now_key is not None:
-                    new = (tenant, now_key[0], int(now_key[1]))
-                    engagement[new] = engagement.get(new, 0) + 1
-            current = row.lists_now()
-            if current != row.counted_lists:
-                for list_id, state in row.counted_lists.items():
-                    if current.get(list_id) != state:
-                        key = (tenant, list_id, state)
-                        lists[key] = lists.get(key, 0) - 1
-                for list_id, state in current.items():
-                    if row.counted_lists.get(list_id) != state:
-                        key = (tenant, list_id, state)
-                        lists[key] = lists.get(key, 0) + 1
-        day = self.now[:10]
+            for tally in row.counted - now:
+                deltas[(tenant, *tally)] = deltas.get((tenant, *tally), 0) - 1
+            for tally in now - row.counted:
+                deltas[(tenant, *tally)] = deltas.get((tenant, *tally), 0) + 1
+        deltas = {k: v for k, v in deltas.items() if v}
+        if not deltas:
+            return
         cur = self.cur
-        engagement = {k: v for k, v in engagement.items() if v}
-        lists = {k: v for k, v in lists.items() if v}
-        if engagement:
-            cur.executemany(
-                "INSERT INTO engagement_counts (tenant, status, subscribed, count) "
-                "VALUES (?,?,?,?) ON CONFLICT (tenant, status, subscribed) "
-                "DO UPDATE SET count = engagement_counts.count + excluded.count",
-                [(*k, v) for k, v in sorted(engagement.items())],
+        cur.executemany(
+            "INSERT INTO audience_counts (tenant, metric, k1, k2, count) VALUES (?,?,?,?,?) "
+            "ON CONFLICT (tenant, metric, k1, k2) "
+            "DO UPDATE SET count = audience_counts.count + excluded.count",
+            [(*k, v) for k, v in sorted(deltas.items())],
+        )
+        # Keys back at zero are removed, so that the rows depend on the counts alone, not
+        # on the path (and the page sizes) that led to them.
+        cur.execute("DELETE FROM audience_counts WHERE count = 0")
+        # The day's snapshot: the latest counts of that day win.
+        day = self.now[:10]
+        for tenant, metric in sorted({(k[0], k[1]) for k in deltas}):
+            cur.execute(
+                "DELETE FROM audience_daily WHERE tenant = ? AND metric = ? AND day = ?",
+                (tenant, metric, day),
             )
-            # Keys that went back to zero are removed, so the rows depend on the counts
-            # alone, not on the path (and the page sizes) that led to them.
-            cur.execute("DELETE FROM engagement_counts WHERE count = 0")
-            for tenant in sorted({k[0] for k in engagement}):
-                cur.execute("DELETE FROM engagement_daily WHERE tenant = ? AND day = ?",
-                            (tenant, day))
-                cur.execute(
-                    "INSERT INTO engagement_daily (tenant, day, status, subscribed, count) "
-                    "SELECT tenant, ?, status, subscribed, count FROM engagement_counts "
-                    "WHERE tenant = ?",
-                    (day, tenant),
-                )
-        if lists:
-            cur.executemany(
-                "INSERT INTO list_counts (tenant, list_id, state, count) VALUES (?,?,?,?) "
-                "ON CONFLICT (tenant, list_id, state) "
-                "DO UPDATE SET count = list_counts.count + excluded.count",
-                [(*k, v) for k, v in sorted(lists.items())],
+            cur.execute(
+                "INSERT INTO audience_daily (tenant, day, metric, k1, k2, count) "
+                "SELECT tenant, ?, metric, k1, k2, count FROM audience_counts "
+                "WHERE tenant = ? AND metric = ?",
+                (day, tenant, metric),
             )
-            cur.execute("DELETE FROM list_counts WHERE count = 0")
-            for tenant in sorted({k[0] for k in lists}):
-                cur.execute("DELETE FROM list_daily WHERE tenant = ? AND day = ?", (tenant, day))
-                cur.execute(
-                    "INSERT INTO list_daily (tenant, day, list_id, state, count) "
-                    "SELECT tenant, ?, list_id, state, count FROM list_counts WHERE tenant = ?",
-                    (day, tenant),
-                )
 
     def _state(self) -> dict[str, str]:
         self.cur.execute(
-            "SELECT name, value FROM audience_state WHERE name IN ('now', 'outbox_seq')"
+            "SELECT name, value FROM audience_state "
+            "WHERE name IN ('now', 'outbox_seq', 'rfm_pending')"
         )
         return {r["name"]: r["value"] for r in self.cur.fetchall()}
 
@@ -550,5 +616,6 @@ class _Page:
         self.cur.executemany(
             "INSERT INTO audience_state (name, value) VALUES (?, ?) "
             "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-            [("now", self.now), ("outbox_seq", str(self.seq))],
+            [("now", self.now), ("outbox_seq", str(self.seq)),
+             ("rfm_pending", "1" if self.rescore_wanted else "0")],
         )

@@ -14,6 +14,7 @@ from services.domain.audience import TenantRules, evaluate
 from services.domain.engagement import STATUSES
 from services.domain.facts import ContactFacts, days_before
 from services.domain.identity import normalise_email
+from services.domain.rfm import GROUPS as RFM_GROUPS
 from services.domain.rules import Context, Leaf, Node, parse_rule
 from services.domain.segments import SegmentDefinition
 from services.domain.stamps import utc_iso
@@ -240,65 +241,48 @@ def preview(db: ViewDatabase, tenant: str, segment_id: str, rule: Any, now: date
     return result
 
 
-# ---------------------------------------------------------------------------- engagement
+# ---------------------------------------------------------------------------- tallies
 
 
-def engagement_stats(db: ViewDatabase, tenant: str, days: int = 30) -> dict[str, Any]:
-    """Counts and percentages per status, split by subscription, with a daily series."""
+def _tallies(db: ViewDatabase, tenant: str, metric: str, days: int
+             ) -> tuple[str | None, list[dict[str, Any]], list[dict[str, Any]]]:
     now = projection_now(db)
     with db.reading() as cur:
         cur.execute(
-            "SELECT status, subscribed, count FROM engagement_counts WHERE tenant = ?", (tenant,)
+            "SELECT k1, k2, count FROM audience_counts WHERE tenant = ? AND metric = ? "
+            "ORDER BY k1, k2", (tenant, metric)
         )
         current = cur.fetchall()
+        # From the last snapshot on or before the series' first day, to carry it forward.
+        first_day = days_before(now, days)[:10] if now else ""
         cur.execute(
-            "SELECT day, status, subscribed, count FROM engagement_daily WHERE tenant = ? "
-            "ORDER BY day", (tenant,)
+            "SELECT MAX(day) AS day FROM audience_daily WHERE tenant = ? AND metric = ? "
+            "AND day <= ?", (tenant, metric, first_day)
+        )
+        row = cur.fetchone()
+        start = row["day"] if row and row["day"] else first_day
+        cur.execute(
+            "SELECT day, k1, k2, count FROM audience_daily WHERE tenant = ? AND metric = ? "
+            "AND day >= ? ORDER BY day, k1, k2", (tenant, metric, start)
         )
         daily = cur.fetchall()
-    totals = _by_status(current)
-    split = {
-        "subscribed": _by_status([r for r in current if r["subscribed"]]),
-        "not_subscribed": _by_status([r for r in current if not r["subscribed"]]),
-    }
-    series = _daily_series(daily, now, days)
-    before = series[0]["counts"] if series else dict.fromkeys(STATUSES, 0)
-    total = sum(totals.values())
-    return {
-        "tenant": tenant,
-        "as_of": now,
-        "total": total,
-        "statuses": {
-            s: {
-                "count": totals[s],
-                "percent": round(100.0 * totals[s] / total, 1) if total else 0.0,
-                "change_30d": totals[s] - before.get(s, 0),
-            }
-            for s in STATUSES
-        },
-        "by_subscription": split,
-        "daily": series,
-    }
+    return now, current, daily
 
 
-def _by_status(rows: list[dict[str, Any]]) -> dict[str, int]:
-    out = dict.fromkeys(STATUSES, 0)
-    for row in rows:
-        out[row["status"]] = out.get(row["status"], 0) + int(row["count"])
-    return out
-
-
-def _daily_series(rows: list[dict[str, Any]], now: str | None, days: int) -> list[dict[str, Any]]:
-    """End-of-day counts for the last ``days`` days, carrying a day's counts forward."""
+def _series(now: str | None, daily: list[dict[str, Any]], days: int, key: Any,
+            empty: dict[str, int]) -> list[dict[str, Any]]:
+    """End-of-day counts for each of the last ``days`` days (and today), carried forward
+    over days without changes."""
     if now is None:
         return []
     snapshots: dict[str, dict[str, int]] = {}
-    for row in rows:
-        day = snapshots.setdefault(row["day"], dict.fromkeys(STATUSES, 0))
-        day[row["status"]] += int(row["count"])
-    out = []
-    carried = dict.fromkeys(STATUSES, 0)
+    for row in daily:
+        day = snapshots.setdefault(row["day"], dict(empty))
+        name = key(row)
+        day[name] = day.get(name, 0) + int(row["count"])
     ordered = sorted(snapshots)
+    out = []
+    carried = dict(empty)
     index = 0
     for offset in range(days, -1, -1):
         day = days_before(now, offset)[:10]
@@ -309,27 +293,69 @@ def _daily_series(rows: list[dict[str, Any]], now: str | None, days: int) -> lis
     return out
 
 
-# --------------------------------------------------------------------------------- lists
+def engagement_stats(db: ViewDatabase, tenant: str, days: int = 30) -> dict[str, Any]:
+    """Counts and percentages per status, split by subscription, with a daily series.
+
+    The 30-day change compares with the counts ficha held at the end of the day 30 days
+    ago (its own clock: what it knew then), so a history imported today changes by all.
+    """
+    now, current, daily = _tallies(db, tenant, "engagement", days)
+    empty = dict.fromkeys(STATUSES, 0)
+    totals = dict(empty)
+    split = {"subscribed": dict(empty), "not_subscribed": dict(empty)}
+    for row in current:
+        totals[row["k1"]] += int(row["count"])
+        side = "subscribed" if row["k2"] == "1" else "not_subscribed"
+        split[side][row["k1"]] += int(row["count"])
+    series = _series(now, daily, days, lambda r: r["k1"], empty)
+    before = series[0]["counts"] if series else empty
+    total = sum(totals.values())
+    return {
+        "tenant": tenant,
+        "as_of": now,
+        "total": total,
+        "change_over_days": days,
+        "statuses": {
+            s: {
+                "count": totals[s],
+                "percent": round(100.0 * totals[s] / total, 1) if total else 0.0,
+                "change": totals[s] - before.get(s, 0),
+            }
+            for s in STATUSES
+        },
+        "by_subscription": split,
+        "daily": series,
+    }
 
 
 def list_stats(db: ViewDatabase, tenant: str, days: int = 30) -> dict[str, Any]:
-    now = projection_now(db)
-    with db.reading() as cur:
-        cur.execute(
-            "SELECT list_id, state, count FROM list_counts WHERE tenant = ? "
-            "ORDER BY list_id, state", (tenant,)
-        )
-        current = cur.fetchall()
-        since = days_before(now, days)[:10] if now else ""
-        cur.execute(
-            "SELECT day, list_id, state, count FROM list_daily WHERE tenant = ? AND day >= ? "
-            "ORDER BY day, list_id, state", (tenant, since)
-        )
-        daily = cur.fetchall()
+    """Contacts per list and state, with each list's daily series."""
+    now, current, daily = _tallies(db, tenant, "list", days)
     lists: dict[str, dict[str, int]] = {}
     for row in current:
-        lists.setdefault(row["list_id"], {})[row["state"]] = int(row["count"])
-    return {"tenant": tenant, "as_of": now, "lists": lists, "daily": daily}
+        lists.setdefault(row["k1"], {})[row["k2"]] = int(row["count"])
+    series = _series(now, daily, days, lambda r: f"{r['k1']}|{r['k2']}", {})
+    return {"tenant": tenant, "as_of": now, "lists": lists, "daily": series}
+
+
+def rfm_stats(db: ViewDatabase, tenant: str, days: int = 30) -> dict[str, Any]:
+    """Contacts per RFM group, the recency x frequency grid, and the groups' daily series."""
+    now, current, daily = _tallies(db, tenant, "rfm", days)
+    _, grid_rows, _ = _tallies(db, tenant, "rfm_grid", 0)
+    groups = dict.fromkeys(RFM_GROUPS, 0)
+    for row in current:
+        groups[row["k1"]] = int(row["count"])
+    grid = [[0] * 5 for _ in range(5)]  # grid[r-1][f-1]
+    for row in grid_rows:
+        grid[int(row["k1"]) - 1][int(row["k2"]) - 1] = int(row["count"])
+    with db.reading() as cur:
+        cur.execute("SELECT value FROM audience_state WHERE name = ?", (f"rfm_cuts:{tenant}",))
+        cuts = cur.fetchone()
+    return {
+        "tenant": tenant, "as_of": now, "groups": groups, "grid_recency_by_frequency": grid,
+        "cuts": None if cuts is None else load_json(cuts["value"]),
+        "daily": _series(now, daily, days, lambda r: r["k1"], dict.fromkeys(RFM_GROUPS, 0)),
+    }
 
 
 # ------------------------------------------------------------------------------- consent

@@ -66,14 +66,21 @@ class ClockCommands:
         self.store = store
 
     def tick(self, moment: datetime) -> str | None:
+        """Record that time has reached ``moment``; None if a later tick exists already."""
+        return self._on_day(moment, lambda clock, at: clock.tick(at))
+
+    def request_rescore(self, moment: datetime) -> str | None:
+        """Ask the audience projection to score RFM for every tenant at ``moment``."""
+        return self._on_day(moment, lambda clock, at: clock.request_rescore(at) or True)
+
+    def _on_day(self, moment: datetime, command: Callable[[ClockDay, str], bool]) -> str | None:
         at = utc_iso(moment)
-        day = at[:10]
         for _ in range(5):
             try:
-                clock: ClockDay = self.store.repository.get(clock_day_id(day))
+                clock: ClockDay = self.store.repository.get(clock_day_id(at[:10]))
             except AggregateNotFoundError:
-                clock = ClockDay.start(day)
-            if not clock.tick(at):
+                clock = ClockDay.start(at[:10])
+            if not command(clock, at):
                 return None
             try:
                 self.store.save(clock)

@@ -12,7 +12,13 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from services.cli_audience import consent_app, engagement_app, lists_app, segments_app
+from services.cli_audience import (
+    consent_app,
+    engagement_app,
+    lists_app,
+    rfm_app,
+    segments_app,
+)
 from services.cli_common import (
     CliError,
     console,
@@ -39,6 +45,7 @@ app.add_typer(segments_app, name="segments")
 app.add_typer(engagement_app, name="engagement")
 app.add_typer(lists_app, name="lists")
 app.add_typer(consent_app, name="consent")
+app.add_typer(rfm_app, name="rfm")
 
 # ------------------------------------------------------------------------- up
 

@@ -263,7 +263,7 @@ def engagement_stats_command(
     days: Annotated[int, typer.Option(help="Days of daily series.")] = 30,
     as_json: AsJson = False,
 ) -> None:
-    """Engaged / not engaged / inactive: counts, percentages, 30-day change, by subscription."""
+    """Engaged / not engaged / inactive: counts, percentages, change, by subscription."""
     from projections.audience_queries import engagement_stats
 
     db = views(settings_or_fail())
@@ -276,10 +276,11 @@ def engagement_stats_command(
         return
     table = Table(title=f"engagement of {tenant} ({stats['total']} contacts, "
                         f"as of {(stats['as_of'] or '')[:19]})")
-    for column in ("status", "contacts", "%", "30-day change", "subscribed", "not subscribed"):
+    for column in ("status", "contacts", "%", f"{days}-day change", "subscribed",
+                   "not subscribed"):
         table.add_column(column, justify="right")
     for status, values in stats["statuses"].items():
-        change = values["change_30d"]
+        change = values["change"]
         table.add_row(status, str(values["count"]), f"{values['percent']:.1f}",
                       f"{change:+d}", str(stats["by_subscription"]["subscribed"][status]),
                       str(stats["by_subscription"]["not_subscribed"][status]))
@@ -336,3 +337,34 @@ def consent_at_command(
     because = (f" (event {decided['event_id']} from {decided['source']}, "
                f"{decided['occurred_at']})" if decided else " (no consent fact before then)")
     console.print(f"{answer['email']} consent to {channel} at {answer['at']}: {verdict}{because}")
+
+
+rfm_app = typer.Typer(help="RFM groups and scores.", no_args_is_help=True)
+
+
+@rfm_app.command("stats")
+def rfm_stats_command(tenant: Tenant, as_json: AsJson = False) -> None:
+    """Contacts per RFM group and the recency x frequency grid."""
+    from projections.audience_queries import rfm_stats
+
+    db = views(settings_or_fail())
+    try:
+        stats = rfm_stats(db, tenant)
+    finally:
+        db.close()
+    if as_json:
+        _dump(stats)
+        return
+    groups = Table(title=f"RFM groups of {tenant}")
+    groups.add_column("group")
+    groups.add_column("contacts", justify="right")
+    for group, count in stats["groups"].items():
+        groups.add_row(group.replace("_", " "), str(count))
+    console.print(groups)
+    grid = Table(title="recency (rows, 5 = most recent) x frequency (columns)")
+    grid.add_column("R \\ F")
+    for f in range(1, 6):
+        grid.add_column(str(f), justify="right")
+    for r in range(5, 0, -1):
+        grid.add_row(str(r), *(str(n) for n in stats["grid_recency_by_frequency"][r - 1]))
+    console.print(grid)

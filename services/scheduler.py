@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import datetime
 
 from projections.db import ViewDatabase
@@ -37,6 +38,7 @@ class Scheduler:
         self.ticks = ClockCommands(store)
         self.resolution = resolution
         self.idle = idle
+        self._asked_at = -1e9
 
     def next_due(self) -> datetime | None:
         with self.views.reading() as cur:
@@ -50,8 +52,25 @@ class Scheduler:
         due = row["due"] if row else None
         return None if due is None else parse_utc_iso(due)
 
+    def rescore_wanted(self) -> bool:
+        with self.views.reading() as cur:
+            try:
+                cur.execute("SELECT value FROM audience_state WHERE name = 'rfm_pending'")
+            except Exception:  # noqa: BLE001 - the projection has not created its tables yet
+                return False
+            row = cur.fetchone()
+        return bool(row and row["value"] == "1")
+
     def tick_if_due(self) -> str | None:
-        """Append a tick if some instant has come; returns the tick's time or None."""
+        """Append a tick if some instant has come; returns the tick's time or None.
+
+        Also asks for an RFM rescoring when the projection has seen a tenant's first
+        buyers and has no quintiles for them yet.
+        """
+        if self.rescore_wanted() and time.monotonic() - self._asked_at > 30:
+            # Once in a while at most: the projection may take a moment to get to it.
+            self.ticks.request_rescore(self.clock())
+            self._asked_at = time.monotonic()
         due = self.next_due()
         now = self.clock()
         if due is None or due > now:

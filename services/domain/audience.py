@@ -12,6 +12,7 @@ from datetime import timedelta
 
 from services.domain.engagement import DEFAULT_WINDOWS, EngagementWindows, engagement_status
 from services.domain.facts import ContactFacts
+from services.domain.rfm import DEFAULT_RFM, Rfm, RfmCuts, RfmSettings, score
 from services.domain.rules import Context, Node, parse_rule
 from services.domain.segments import SegmentDefinition, dependency_order
 from services.domain.stamps import parse_utc_iso, utc_iso
@@ -37,15 +38,22 @@ class TenantRules:
 
     segments: tuple[CompiledSegment, ...] = ()
     windows: EngagementWindows = DEFAULT_WINDOWS
+    cuts: RfmCuts = field(default_factory=RfmCuts)
+    rfm: RfmSettings = DEFAULT_RFM
 
     @classmethod
     def compile(
-        cls, definitions: list[SegmentDefinition], windows: EngagementWindows = DEFAULT_WINDOWS
+        cls,
+        definitions: list[SegmentDefinition],
+        windows: EngagementWindows = DEFAULT_WINDOWS,
+        cuts: RfmCuts | None = None,
+        rfm: RfmSettings = DEFAULT_RFM,
     ) -> TenantRules:
         live = {d.segment_id: d for d in definitions if not d.deleted}
         parsed = {sid: d.parsed() for sid, d in live.items()}
         order = dependency_order(parsed)
-        return cls(tuple(CompiledSegment(live[sid], parsed[sid]) for sid in order), windows)
+        segments = tuple(CompiledSegment(live[sid], parsed[sid]) for sid in order)
+        return cls(segments, windows, cuts or RfmCuts(), rfm)
 
     def get(self, segment_id: str) -> CompiledSegment | None:
         for segment in self.segments:
@@ -61,6 +69,7 @@ class Evaluation:
     # segment id -> leaf path -> value: what provenance compares
     traces: dict[str, dict[str, bool]]
     engagement: str
+    rfm: Rfm
     # the next instant at which a membership or the engagement status may change
     due: str | None
 
@@ -78,7 +87,11 @@ class Transition:
 
 def evaluate(facts: ContactFacts, rules: TenantRules, now: str) -> Evaluation:
     status, engagement_due = engagement_status(facts, now, rules.windows)
-    ctx = Context(now=now, engagement=status)
+    rfm = score(facts, now, rules.cuts, rules.rfm)
+    ctx = Context(now=now, engagement=status, rfm_group=rfm.group, rfm_scores=(
+        {} if rfm.r is None else
+        {"rfm.recency": rfm.r, "rfm.frequency": rfm.f, "rfm.monetary": rfm.m}
+    ))
     traces: dict[str, dict[str, bool]] = {}
     due = engagement_due
     for segment in rules.segments:
@@ -89,7 +102,7 @@ def evaluate(facts: ContactFacts, rules: TenantRules, now: str) -> Evaluation:
         change = segment.rule.next_change(facts, ctx)
         if change is not None and (due is None or change < due):
             due = change
-    return Evaluation(now, ctx.segments, traces, status, due)
+    return Evaluation(now, ctx.segments, traces, status, rfm, due)
 
 
 def transitions(

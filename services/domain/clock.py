@@ -31,6 +31,15 @@ class ClockDay(Aggregate):
         def apply(self, aggregate: Any) -> None:
             aggregate.last_tick = self.at
 
+    class RescoreRequested(Aggregate.Event):
+        """Score RFM now, for every tenant (the scheduler asks when a tenant has buyers
+        but no quintiles yet; otherwise rescoring happens at each UTC midnight)."""
+
+        at: str
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.last_tick = max(aggregate.last_tick or "", self.at)
+
     def __init__(self, day: str) -> None:
         self.day = day
         self.last_tick: str | None = None
@@ -47,3 +56,8 @@ class ClockDay(Aggregate):
             return False
         self.trigger_event(self.Ticked, at=at)
         return True
+
+    def request_rescore(self, at: str) -> None:
+        if not at.startswith(self.day):
+            raise ValueError(f"{at} is not on {self.day}")
+        self.trigger_event(self.RescoreRequested, at=at)

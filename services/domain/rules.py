@@ -38,6 +38,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from services.domain.facts import ContactFacts, days_after, days_before
+from services.domain.rfm import GROUPS as RFM_GROUPS
 from services.domain.stamps import utc_iso
 
 TEXT_FIELDS = (
@@ -56,6 +57,7 @@ TEXT_FIELDS = (
 DATE_FIELDS = ("first_seen_at", "last_activity_at", "last_interaction_at", "last_purchase_at")
 CONSENT_CHANNELS = ("email", "sms", "whatsapp", "phone")
 LIST_STATES = ("pending", "subscribed", "unsubscribed", "suppressed")
+RFM_SCORES = ("rfm.recency", "rfm.frequency", "rfm.monetary")
 ENGAGEMENT_STATUSES = ("engaged", "not_engaged", "inactive")
 
 TEXT_OPS = ("equals", "not_equals", "in", "not_in", "contains", "starts_with",
@@ -116,6 +118,9 @@ class Context:
     now: str
     segments: set[str] = field(default_factory=set)
     engagement: str | None = None
+    # RFM group and the three scores (1-5; None for contacts who never bought)
+    rfm_group: str | None = None
+    rfm_scores: dict[str, int] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------- nodes
@@ -207,6 +212,10 @@ class FieldCondition(Leaf):
             return getattr(facts, name)
         if name == "engagement":
             return ctx.engagement
+        if name == "rfm.group":
+            return ctx.rfm_group
+        if name in RFM_SCORES:
+            return ctx.rfm_scores.get(name)
         prefix, _, key = name.partition(".")
         if prefix == "property":
             return facts.properties.get(key)
@@ -228,6 +237,8 @@ class FieldCondition(Leaf):
             return actual is None or actual == ""
         if self.field_name in DATE_FIELDS:
             return _date_test(op, actual, expected, ctx.now)
+        if self.field_name in RFM_SCORES:
+            return actual is not None and _compare_number(op, Decimal(actual), expected)
         if op == "not_equals":
             return not _matches(self.field_name, actual, "equals", expected)
         if op == "not_in":
@@ -376,6 +387,10 @@ def _ops_for(name: str, path: str) -> tuple[str, ...]:
         return TAG_OPS
     if name == "engagement":
         return CHOICE_OPS[:4]
+    if name == "rfm.group":
+        return CHOICE_OPS[:4]
+    if name in RFM_SCORES:
+        return NUMBER_OPS
     prefix, dot, key = name.partition(".")
     if dot and prefix in ("property", "list", "consent"):
         if prefix == "consent":
@@ -387,7 +402,7 @@ def _ops_for(name: str, path: str) -> tuple[str, ...]:
         if not _NAME.match(key):
             raise RuleError(path, f"{prefix} name {key!r} must match {NAME_PATTERN}")
         return PROPERTY_OPS if prefix == "property" else CHOICE_OPS
-    known = [*TEXT_FIELDS, *DATE_FIELDS, "tags", "engagement",
+    known = [*TEXT_FIELDS, *DATE_FIELDS, "tags", "engagement", "rfm.group", *RFM_SCORES,
              "property.<name>", "list.<list_id>", "consent.<channel>"]
     raise RuleError(path, f"unknown field {name!r}; fields are {', '.join(known)}")
 
@@ -412,8 +427,14 @@ def _check_value(name: str, op: str, value: Any, path: str) -> Any:
         if not isinstance(value, bool):
             raise RuleError(path, f"{where} must be true or false")
         return value
+    if name in RFM_SCORES:
+        if op == "between":
+            low, high = _pair(value, path, where)
+            return (_score(low, path, where), _score(high, path, where))
+        return _score(value, path, where)
     choices = LIST_STATES if name.startswith("list.") else (
-        ENGAGEMENT_STATUSES if name == "engagement" else None
+        ENGAGEMENT_STATUSES if name == "engagement" else
+        RFM_GROUPS if name == "rfm.group" else None
     )
     if op in ("in", "not_in"):
         if not isinstance(value, list) or not value:
@@ -443,6 +464,12 @@ def _scalar(value: Any, name: str, choices: tuple[str, ...] | None, path: str,
     if not isinstance(value, str) or len(value) > 1000:
         raise RuleError(path, f"{where} must be a string of at most 1000 characters")
     return value.lower()
+
+
+def _score(value: Any, path: str, where: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 5:
+        raise RuleError(path, f"{where} must be a score: a whole number from 1 to 5")
+    return Decimal(value)
 
 
 def _ordered(value: Any, path: str, where: str) -> Decimal | str:
@@ -721,6 +748,7 @@ def rule_json_schema() -> dict[str, Any]:
         return ops
 
     number = {"type": "number"}
+    score = {"type": "integer", "minimum": 1, "maximum": 5}
     number_ops = {op: (pair(number) if op == "between" else number) for op in NUMBER_OPS}
 
     def aggregate(key: str, names: list[str], extra: dict[str, Any]) -> dict[str, Any]:
@@ -743,6 +771,9 @@ def rule_json_schema() -> dict[str, Any]:
                                       "has_not": {"type": "string", "minLength": 1,
                                                   "maxLength": 64}}),
         condition({"const": "engagement"}, choice_ops(ENGAGEMENT_STATUSES, unset=False)),
+        condition({"const": "rfm.group"}, choice_ops(RFM_GROUPS, unset=False)),
+        condition({"enum": list(RFM_SCORES)},
+                  {op: (pair(score) if op == "between" else score) for op in NUMBER_OPS}),
         condition({"type": "string", "pattern": r"^property\.[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"},
                   property_ops),
         condition({"type": "string", "pattern": r"^list\.[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"},

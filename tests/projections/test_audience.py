@@ -134,7 +134,8 @@ def test_a_relative_condition_expires_at_its_exact_instant(audience: Audience) -
     assert members(a, "bought-lately") == {"bo@example.com"}
     a.tick(datetime.now(UTC) + timedelta(days=1))  # the scheduler's clock, moved on
     assert members(a, "bought-lately") == set()
-    (exited,) = [decode_outbound(r["payload"].encode()) for r in a.outbox()][1:]
+    out = [decode_outbound(r["payload"].encode()) for r in a.outbox()]
+    (exited,) = out[1:]
     assert exited.occurred_at == utc_iso(bought + timedelta(days=30))  # not the tick's time
     assert exited.cause.kind == "clock" and exited.cause.clauses == ["rule"]
     # Who was in the segment just before that instant, and at it?
@@ -294,8 +295,14 @@ def test_rebuild_equals_incremental_and_matches_a_brute_force_oracle(
         assert members(a, sid) == expected[sid], sid
     assert set(expected["engagement"].values()) == {"engaged", "not_engaged", "inactive"}
     with a.db.reading() as cur:
-        cur.execute("SELECT email, engagement FROM audience_facts")
-        assert {r["email"]: r["engagement"] for r in cur.fetchall()} == expected["engagement"]
+        cur.execute("SELECT email, engagement, rfm FROM audience_facts")
+        rows = cur.fetchall()
+    assert {r["email"]: r["engagement"] for r in rows} == expected["engagement"]
+    rfm = {r["email"]: json.loads(r["rfm"]) for r in rows}
+    groups = {e: v["group"] if v["m"] is None else f"{v['group']} m{v['m']}"
+              for e, v in rfm.items()}
+    assert groups == expected["rfm"]
+    assert len(set(groups.values())) >= 5
 
 
 def oracle(raw: list[dict[str, Any]], now: str) -> dict[str, Any]:
@@ -310,6 +317,7 @@ def oracle(raw: list[dict[str, Any]], now: str) -> dict[str, Any]:
 
     result: dict[str, Any] = {sid: set() for sid in ORACLE_SEGMENTS}
     result["engagement"] = {}
+    values: dict[str, tuple[int, int, Decimal]] = {}
     interactions = {"email_opened", "email_clicked", "product_viewed", "cart_updated",
                     "purchase_completed", "form_submitted", "survey_completed", "booking_made"}
     for email, evs in people.items():
@@ -378,4 +386,33 @@ def oracle(raw: list[dict[str, Any]], now: str) -> dict[str, Any]:
         else:
             status = "inactive"
         result["engagement"][email] = status
+        if bought:  # RFM as of today's UTC midnight, within 365 days, in EUR
+            today = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+            window = [e for e in evs if today - timedelta(days=365) < when(e)[0]]
+            values[email] = (
+                max((today - max(bought)).days, 0),
+                sum(1 for e in window if e["type"] == "purchase_completed"),
+                sum((Decimal(e["total"]) for e in window
+                     if e["type"] == "purchase_completed" and e["currency"] == "EUR"),
+                    Decimal(0)) - sum((Decimal(e["amount"]) for e in window
+                                       if e["type"] == "purchase_refunded"
+                                       and e["currency"] == "EUR"), Decimal(0)),
+            )
+    n = len(values)
+    result["rfm"] = dict.fromkeys(result["engagement"], "never_bought")
+    for email, (rec, freq, mon) in values.items():
+        r = 1 + 5 * sum(1 for v in values.values() if v[0] > rec) // n
+        f = 1 + 5 * sum(1 for v in values.values() if v[1] < freq) // n
+        m = 1 + 5 * sum(1 for v in values.values() if v[2] < mon) // n
+        grid = {(5, 5): "champions", (5, 4): "champions", (4, 5): "champions",
+                (4, 4): "champions"}
+        if (r, f) in grid:
+            group = grid[(r, f)]
+        elif r >= 3 and f >= 3:
+            group = "loyal"
+        elif f >= 3:
+            group = "at_risk"
+        else:
+            group = ["lost", "hibernating", "needs_attention", "promising", "recent"][r - 1]
+        result["rfm"][email] = f"{group} m{m}"
     return result
