@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 
 from projections.db import Cursor, ViewDatabase, any_of
+from projections.segment_sql import prefilter
 from services.domain.audience import (
     CAUSE_CLOCK,
     CAUSE_DEFINITION,
@@ -63,6 +64,31 @@ TABLES = (
 )
 
 
+FILTER_COLUMNS = (
+    "country", "language", "language_base", "contact_type", "lead_status", "member_status",
+    "consent_email", "consent_sms", "consent_whatsapp", "consent_phone", "tags",
+    "first_seen_at", "last_activity_at", "last_interaction_at", "last_purchase_at",
+)
+FACT_COLUMNS = (
+    "contact_id", "tenant", "email", "doc", "members", "entries", "engagement",
+    "engagement_since", "subscribed", "rfm", "rfm_group", "due_at", *FILTER_COLUMNS,
+)
+
+
+def filter_values(facts: ContactFacts) -> tuple[Any, ...]:
+    f = facts.fields
+    language = f.get("language")
+    consent = facts.consent
+    return (
+        f.get("country"), language, language.split("-")[0].lower() if language else None,
+        f.get("contact_type"), f.get("lead_status"), facts.member_status,
+        *(None if consent.get(c) is None else int(consent[c])
+          for c in ("email", "sms", "whatsapp", "phone")),
+        _json(sorted(facts.tags)), facts.first_seen_at, facts.last_activity_at,
+        facts.last_interaction_at, facts.last_purchase_at,
+    )
+
+
 def ddl() -> list[str]:
     # Timestamps are the domain's fixed-width UTC strings and flags are integers, on both
     # backends: the same bytes everywhere, and string order is time order.
@@ -71,7 +97,12 @@ def ddl() -> list[str]:
         "contact_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, email TEXT NOT NULL, "
         "doc TEXT NOT NULL, members TEXT NOT NULL, entries TEXT NOT NULL, "
         "engagement TEXT, engagement_since TEXT, subscribed INTEGER NOT NULL, rfm TEXT, "
-        "last_purchase_at TEXT, due_at TEXT)",
+        "rfm_group TEXT, due_at TEXT, "
+        # Copies of facts that never change by time alone: segment_sql narrows a backfill
+        # or a preview to the contacts that can match with them.
+        + ", ".join(f"{c} {'INTEGER' if c.startswith('consent_') else 'TEXT'}"
+                    for c in FILTER_COLUMNS)
+        + ")",
         "CREATE INDEX IF NOT EXISTS audience_facts_tenant ON audience_facts (tenant, contact_id)",
         "CREATE INDEX IF NOT EXISTS audience_facts_email ON audience_facts (tenant, email)",
         "CREATE INDEX IF NOT EXISTS audience_facts_buyers ON audience_facts (tenant, contact_id) "
@@ -129,6 +160,7 @@ class _Row:
     subscribed: bool
     due: str | None
     rfm: dict[str, Any] | None = None
+    dirty: bool = False  # changed since loaded or last written
     # The tallies this contact adds to audience_counts as stored (what a flush diffs).
     counted: frozenset[tuple[str, str, str]] = frozenset()
     last: Evaluation | None = None
@@ -236,7 +268,7 @@ class _Page:
             return
         facts = ContactFacts(tenant=event.tenant, contact_id=cid, email=event.email)
         facts.apply(event)
-        self.rows[cid] = _Row(facts, {}, {}, None, None, False, None)
+        self.rows[cid] = _Row(facts, {}, {}, None, None, False, None, dirty=True)
 
     def _row(self, cid: str) -> _Row:
         row = self.rows.get(cid)
@@ -247,6 +279,7 @@ class _Page:
 
     def _on_recorded(self, event: Contact.Recorded) -> None:
         row = self._row(event.originator_id.hex)
+        row.dirty = True
         rules = self._rules(row.facts.tenant)
         self._catch_up(row, rules, self.now)
         before = row.last if row.last is not None and row.last.now == self.now else (
@@ -274,8 +307,10 @@ class _Page:
 
     def _settle(self, row: _Row, rules: TenantRules, before: Evaluation | None,
                 after: Evaluation, cause: str, ref: str) -> None:
+        was = (row.engagement, row.subscribed, row.rfm, row.due)
         for transition in transitions(set(row.members), before, after, rules, cause, ref):
             self._record_transition(row, transition)
+            row.dirty = True
         if after.engagement != row.engagement:
             row.engagement = after.engagement
             row.engagement_since = after.now
@@ -288,6 +323,8 @@ class _Page:
                        "monetary": str(rfm.values.monetary)})}
         row.due = after.due
         row.last = after
+        if (row.engagement, row.subscribed, row.rfm, row.due) != was:
+            row.dirty = True
         if rfm.group != NEVER_BOUGHT and not rules.cuts.recency:
             self.rescore_wanted = True  # the scheduler asks for a rescoring soon
 
@@ -385,27 +422,40 @@ class _Page:
         self.rules.pop(tenant, None)
         rules = self._rules(tenant)
         ref = f"{sid}@v{event.segment_version}"
-        # Backfill: every contact of the tenant, in chunks, against the new definitions.
-        after_id = ""
-        while True:
-            self.cur.execute(
-                "SELECT contact_id FROM audience_facts WHERE tenant = ? AND contact_id > ? "
-                "ORDER BY contact_id LIMIT ?",
-                (tenant, after_id, CHUNK),
-            )
-            ids = [r["contact_id"] for r in self.cur.fetchall()]
-            if not ids:
-                break
-            self._load(ids)
-            for cid in ids:
+        # Backfill: the contacts that can match the new rule, and its current members.
+        segment = rules.get(sid)
+        narrowing = None if segment is None else prefilter(segment.rule, tenant)
+        ids = self._current_members(tenant, sid)
+        if segment is not None:
+            ids |= self._candidates(tenant, narrowing)
+        ordered = sorted(ids)
+        for start in range(0, len(ordered), CHUNK):
+            chunk = ordered[start : start + CHUNK]
+            self._load(chunk)
+            for cid in chunk:
                 row = self.rows[cid]
                 self._catch_up(row, rules, self.now)
                 if deleted:
                     self._close_deleted(row, sid, event.segment_version, ref)
                 after = evaluate(row.facts, rules, self.now)
                 self._settle(row, rules, None, after, CAUSE_DEFINITION, ref)
-            after_id = ids[-1]
             self._flush()
+
+    def _current_members(self, tenant: str, segment_id: str) -> set[str]:
+        self.cur.execute(
+            "SELECT contact_id FROM segment_history WHERE tenant = ? AND segment_id = ? "
+            "AND exited_at IS NULL",
+            (tenant, segment_id),
+        )
+        return {r["contact_id"] for r in self.cur.fetchall()}
+
+    def _candidates(self, tenant: str, narrowing: tuple[str, list[Any]] | None) -> set[str]:
+        where, params = narrowing or ("1 = 1", [])
+        self.cur.execute(
+            f"SELECT f.contact_id FROM audience_facts f WHERE f.tenant = ? AND ({where})",
+            [tenant, *params],
+        )
+        return {r["contact_id"] for r in self.cur.fetchall()}
 
     def _close_deleted(self, row: _Row, sid: str, version: int, ref: str) -> None:
         if sid in row.members:
@@ -452,8 +502,7 @@ class _Page:
             values = []
             for rows in self._buyer_chunks(tenant):
                 for r in rows:
-                    facts = ContactFacts.from_doc(tenant, r["contact_id"], r["email"],
-                                                  load_json(r["doc"]))
+                    facts = ContactFacts.from_json(r["doc"])
                     v = rfm_values(facts, self.now)
                     if v is not None:
                         values.append(v)
@@ -501,9 +550,7 @@ class _Page:
                 params,
             )
             for r in self.cur.fetchall():
-                facts = ContactFacts.from_doc(
-                    r["tenant"], r["contact_id"], r["email"], load_json(r["doc"])
-                )
+                facts = ContactFacts.from_json(r["doc"])
                 row = _Row(
                     facts, load_json(r["members"]), load_json(r["entries"]), r["engagement"],
                     r["engagement_since"], bool(r["subscribed"]), r["due_at"],
@@ -514,22 +561,20 @@ class _Page:
 
     def _flush(self, keep_rows: bool = False) -> None:
         cur, w = self.cur, self.writes
-        if self.rows:
+        dirty = {cid: r for cid, r in self.rows.items() if r.dirty}
+        if dirty:
+            updates = ", ".join(f"{c} = excluded.{c}" for c in FACT_COLUMNS[3:])
             cur.executemany(
-                "INSERT INTO audience_facts (contact_id, tenant, email, doc, members, entries, "
-                "engagement, engagement_since, subscribed, rfm, last_purchase_at, due_at) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
-                "ON CONFLICT (contact_id) DO UPDATE SET doc = excluded.doc, "
-                "members = excluded.members, entries = excluded.entries, "
-                "engagement = excluded.engagement, engagement_since = excluded.engagement_since, "
-                "subscribed = excluded.subscribed, rfm = excluded.rfm, "
-                "last_purchase_at = excluded.last_purchase_at, due_at = excluded.due_at",
+                f"INSERT INTO audience_facts ({', '.join(FACT_COLUMNS)}) "
+                f"VALUES ({','.join('?' * len(FACT_COLUMNS))}) "
+                f"ON CONFLICT (contact_id) DO UPDATE SET {updates}",
                 [
-                    (cid, r.facts.tenant, r.facts.email, _json(r.facts.to_doc()),
+                    (cid, r.facts.tenant, r.facts.email, r.facts.to_json().decode(),
                      _json(r.members), _json(r.entries), r.engagement, r.engagement_since,
                      int(r.subscribed), None if r.rfm is None else _json(r.rfm),
-                     r.facts.last_purchase_at, r.due)
-                    for cid, r in sorted(self.rows.items())
+                     None if r.rfm is None else r.rfm["group"], r.due,
+                     *filter_values(r.facts))
+                    for cid, r in sorted(dirty.items())
                 ],
             )
         if w.history:
@@ -562,14 +607,17 @@ class _Page:
         self._flush_counts()
         self.writes = _Writes()
         if keep_rows:
-            for row in self.rows.values():
+            for row in dirty.values():
                 row.counted = row.tallies()
+                row.dirty = False
         else:
             self.rows = {}
 
     def _flush_counts(self) -> None:
         deltas: dict[tuple[str, str, str, str], int] = {}
         for row in self.rows.values():
+            if not row.dirty:
+                continue
             now = row.tallies()
             if now == row.counted:
                 continue

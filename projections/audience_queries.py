@@ -10,8 +10,9 @@ from typing import Any
 
 from projections.audience import load_json
 from projections.db import ViewDatabase
+from projections.segment_sql import prefilter
 from services.domain.audience import TenantRules, evaluate
-from services.domain.engagement import STATUSES
+from services.domain.engagement import STATUSES, engagement_status
 from services.domain.facts import ContactFacts, days_before
 from services.domain.identity import normalise_email
 from services.domain.rfm import GROUPS as RFM_GROUPS
@@ -19,7 +20,7 @@ from services.domain.rules import Context, Leaf, Node, parse_rule
 from services.domain.segments import SegmentDefinition
 from services.domain.stamps import utc_iso
 
-FACT_COLUMNS = "contact_id, tenant, email, doc, members, engagement"
+FACT_COLUMNS = "f.contact_id, f.tenant, f.email, f.doc, f.members, f.engagement, f.rfm"
 
 
 class NotFound(LookupError):
@@ -109,8 +110,8 @@ def count_members(db: ViewDatabase, tenant: str, segment_id: str,
 def _facts_row(db: ViewDatabase, tenant: str, email: str) -> dict[str, Any]:
     with db.reading() as cur:
         cur.execute(
-            f"SELECT {FACT_COLUMNS}, engagement_since, due_at FROM audience_facts "
-            "WHERE tenant = ? AND email = ?",
+            f"SELECT {FACT_COLUMNS}, f.engagement_since, f.due_at FROM audience_facts f "
+            "WHERE f.tenant = ? AND f.email = ?",
             (tenant, normalise_email(email)),
         )
         row = cur.fetchone()
@@ -120,8 +121,7 @@ def _facts_row(db: ViewDatabase, tenant: str, email: str) -> dict[str, Any]:
 
 
 def _facts(row: dict[str, Any]) -> ContactFacts:
-    return ContactFacts.from_doc(row["tenant"], row["contact_id"], row["email"],
-                                 load_json(row["doc"]))
+    return ContactFacts.from_json(row["doc"])
 
 
 def explain(db: ViewDatabase, tenant: str, email: str, segment_id: str | None = None
@@ -209,35 +209,41 @@ def preview(db: ViewDatabase, tenant: str, segment_id: str, rule: Any, now: date
             sample: int = 5) -> Preview:
     """What applying ``rule`` to ``segment_id`` would change, without changing anything.
 
-    Raises RuleError if the rule does not validate.
+    Only the contacts the rule's SQL prefilter lets through, and the current members, are
+    evaluated (see ``segment_sql``). Raises RuleError if the rule does not validate.
     """
     node: Node = parse_rule(rule)
     moment = utc_iso(now)
     result = Preview()
-    after = ""
-    while True:
-        with db.reading() as cur:
-            cur.execute(
-                f"SELECT {FACT_COLUMNS} FROM audience_facts WHERE tenant = ? "
-                "AND contact_id > ? ORDER BY contact_id LIMIT 5000",
-                (tenant, after),
-            )
-            rows = cur.fetchall()
-        if not rows:
-            break
-        for row in rows:
-            members = load_json(row["members"])
-            ctx = Context(now=moment, segments=set(members) - {segment_id},
-                          engagement=row["engagement"])
-            matches = node.evaluate(_facts(row), ctx, None)
-            was = segment_id in members
-            key = ("staying" if was else "entering") if matches else ("leaving" if was else "")
-            if not key:
-                continue
-            setattr(result, key, getattr(result, key) + 1)
-            if len(result.samples[key]) < sample:
-                result.samples[key].append(row["email"])
-        after = rows[-1]["contact_id"]
+    where, params = prefilter(node, tenant) or ("1 = 1", [])
+    with db.reading() as cur:
+        cur.execute(
+            f"SELECT {FACT_COLUMNS} FROM audience_facts f WHERE f.tenant = ? AND "
+            f"(({where}) OR f.contact_id IN (SELECT contact_id FROM segment_history "
+            "WHERE tenant = ? AND segment_id = ? AND exited_at IS NULL)) "
+            "ORDER BY f.contact_id",
+            [tenant, *params, tenant, segment_id],
+        )
+        rows = cur.fetchall()
+    for row in rows:
+        members = load_json(row["members"])
+        facts = _facts(row)
+        ctx = Context(now=moment, segments=set(members) - {segment_id},
+                      engagement=engagement_status(facts, moment)[0])
+        rfm = load_json(row["rfm"]) if row["rfm"] else None
+        if rfm is not None:
+            ctx.rfm_group = rfm["group"]
+            if rfm.get("r") is not None:
+                ctx.rfm_scores = {"rfm.recency": rfm["r"], "rfm.frequency": rfm["f"],
+                                  "rfm.monetary": rfm["m"]}
+        matches = node.evaluate(facts, ctx, None)
+        was = segment_id in members
+        key = ("staying" if was else "entering") if matches else ("leaving" if was else "")
+        if not key:
+            continue
+        setattr(result, key, getattr(result, key) + 1)
+        if len(result.samples[key]) < sample:
+            result.samples[key].append(row["email"])
     return result
 
 

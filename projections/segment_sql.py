@@ -1,0 +1,147 @@
+"""Narrowing a segment's backfill and preview with SQL before evaluating it in Python.
+
+``prefilter(rule)`` compiles the parts of a rule that SQL can decide on the copied columns
+of ``audience_facts`` into a condition that every matching contact satisfies (a
+*necessary* condition): groups of ``all`` keep what compiles, ``any`` compiles only when
+every branch does, and everything else (counts and sums, relative dates, engagement,
+properties, lists, RFM scores, ``not`` over anything but a tag) is left to the Python
+evaluator, which then runs only on the candidates. The result is exact because the
+evaluator decides; SQL only skips contacts that cannot match.
+
+Only facts that never change by time alone are compiled, so a contact the filter skips
+cannot enter the segment until an event changes it, and then it is evaluated anyway.
+
+Every value is a bound parameter; column names come from fixed tables, never from input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from services.domain.rules import (
+    DATE_FIELDS,
+    FieldCondition,
+    Group,
+    Node,
+    SegmentRef,
+)
+
+# rule field -> column holding it (lowercase compared)
+TEXT_COLUMNS = {
+    "email": "email",
+    "country": "country",
+    "contact_type": "contact_type",
+    "lead_status": "lead_status",
+    "member_status": "member_status",
+}
+
+Condition = tuple[str, list[Any]]
+
+
+def prefilter(node: Node, tenant: str) -> Condition | None:
+    """A SQL condition on ``audience_facts f`` that every member satisfies; None = any."""
+    if isinstance(node, Group):
+        if node.kind == "all":
+            parts = [c for c in (prefilter(item, tenant) for item in node.items) if c]
+            return _join(parts, " AND ") if parts else None
+        if node.kind == "any":
+            parts = [prefilter(item, tenant) for item in node.items]
+            if any(p is None for p in parts):
+                return None
+            return _join([p for p in parts if p], " OR ")
+        inner = node.items[0]
+        if isinstance(inner, FieldCondition) and inner.field_name == "tags" and (
+            inner.op == "has_not"
+        ):
+            return _field(FieldCondition(inner.path, "tags", "has", inner.value))
+        return None  # a necessary condition of X says nothing about "not X"
+    if isinstance(node, SegmentRef):
+        return (
+            "f.contact_id IN (SELECT contact_id FROM segment_history WHERE tenant = ? "
+            "AND segment_id = ? AND exited_at IS NULL)",
+            [tenant, node.segment_id],
+        )
+    if isinstance(node, FieldCondition):
+        return _field(node)
+    return None
+
+
+def _field(node: FieldCondition) -> Condition | None:
+    name, op, value = node.field_name, node.op, node.value
+    if name == "tags":
+        if op != "has":
+            # The match below may over-match (a tag whose key contains the quoted key of
+            # another), which is safe for "has" and not for "has not".
+            return None
+        pattern = "%" + _like_escape(msgspec.json.encode(value).decode()) + "%"
+        return "f.tags LIKE ? ESCAPE '\\'", [pattern]
+    if name == "language":
+        if op in ("equals", "in"):
+            values = [value] if op == "equals" else list(value)
+            parts = []
+            params: list[Any] = []
+            for v in values:
+                if "-" in v:
+                    parts.append("LOWER(f.language) = ?")
+                else:
+                    parts.append("f.language_base = ?")
+                params.append(v)
+            return "(" + " OR ".join(parts) + ")", params
+        return _presence("f.language", op)
+    if name in TEXT_COLUMNS:
+        column = f"LOWER(f.{TEXT_COLUMNS[name]})"
+        if op == "equals":
+            return f"{column} = ?", [value]
+        if op == "in":
+            return f"{column} IN ({','.join('?' * len(value))})", list(value)
+        if op == "contains":
+            return f"{column} LIKE ? ESCAPE '\\'", ["%" + _like_escape(value) + "%"]
+        if op == "starts_with":
+            return f"{column} LIKE ? ESCAPE '\\'", [_like_escape(value) + "%"]
+        return _presence(f"f.{TEXT_COLUMNS[name]}", op)
+    if name.startswith("consent."):
+        column = f"f.consent_{name.split('.', 1)[1]}"
+        if op == "equals":
+            return f"{column} = ?", [int(value)]
+        return _presence(column, op)
+    if name in DATE_FIELDS:
+        column = f"f.{name}"
+        if op == "before":
+            return f"{column} < ?", [value]
+        if op == "after":
+            return f"{column} > ?", [value]
+        if op == "between":
+            return f"{column} BETWEEN ? AND ?", [value[0], value[1]]
+        if op in ("within_last", "more_than_ago"):
+            return f"{column} IS NOT NULL", []  # true only when set; time decides the rest
+        return _presence(column, op)
+    if name == "rfm.group":
+        if op == "equals":
+            return "f.rfm_group = ?", [value]
+        if op == "in":
+            return f"f.rfm_group IN ({','.join('?' * len(value))})", list(value)
+    return None
+
+
+def _presence(column: str, op: str) -> Condition | None:
+    if op == "is_set":
+        return f"({column} IS NOT NULL AND {column} <> '')" if "consent" not in column else (
+            f"{column} IS NOT NULL"), []
+    if op == "is_not_set":
+        return f"({column} IS NULL OR {column} = '')" if "consent" not in column else (
+            f"{column} IS NULL"), []
+    return None
+
+
+def _join(parts: list[Condition], joiner: str) -> Condition:
+    sql = joiner.join(f"({p[0]})" for p in parts)
+    params: list[Any] = []
+    for p in parts:
+        params.extend(p[1])
+    return sql, params
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

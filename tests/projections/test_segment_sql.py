@@ -1,0 +1,129 @@
+"""The SQL prefilter never drops a contact that matches, whatever the rule (both backends),
+and values that look like SQL stay values."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from projections.audience import AudienceProjection
+from projections.audience_queries import _facts
+from projections.db import ViewDatabase
+from projections.runner import ProjectionRunner
+from projections.segment_sql import prefilter
+from services.config import Settings
+from services.demo import generate_history
+from services.domain.engagement import engagement_status
+from services.domain.identity import ContactIdentity
+from services.domain.rules import Context, parse_rule
+from services.domain.stamps import utc_iso
+from services.ingest.cache import ContactCache
+from services.ingest.folding import BatchFolder
+from services.store.contact_store import ContactStore
+from tests.factories import decode_dict, make_event
+
+ODD = ["vip", "VIP", "o'brien", 'say "hi"', "50%", "a_b", "back\\slash", "x'; DROP TABLE "
+       "audience_facts; --", "ñandú", "es", "ES", "lead"]
+
+texts = st.sampled_from(ODD)
+dates = st.sampled_from(["2025-01-01", "2026-06-01", "2026-11-01T10:00:00+01:00"])
+
+
+@st.composite
+def leaves(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(st.integers(0, 7))
+    if kind == 0:
+        return {"field": "tags", "op": draw(st.sampled_from(["has", "has_not"])),
+                "value": draw(texts)}
+    if kind == 1:
+        field = draw(st.sampled_from(["country", "language", "email", "contact_type",
+                                      "lead_status", "member_status", "city"]))
+        op = draw(st.sampled_from(["equals", "not_equals", "in", "not_in", "contains",
+                                   "starts_with", "is_set", "is_not_set"]))
+        if op in ("is_set", "is_not_set"):
+            return {"field": field, "op": op}
+        value: Any = (draw(st.lists(texts, min_size=1, max_size=3)) if op in ("in", "not_in")
+                      else draw(texts))
+        return {"field": field, "op": op, "value": value}
+    if kind == 2:
+        return {"field": f"consent.{draw(st.sampled_from(['email', 'sms']))}",
+                "op": "equals", "value": draw(st.booleans())}
+    if kind == 3:
+        field = draw(st.sampled_from(["first_seen_at", "last_activity_at",
+                                      "last_interaction_at", "last_purchase_at"]))
+        op = draw(st.sampled_from(["before", "after", "within_last", "more_than_ago",
+                                   "is_set", "is_not_set"]))
+        if op in ("is_set", "is_not_set"):
+            return {"field": field, "op": op}
+        if op in ("within_last", "more_than_ago"):
+            return {"field": field, "op": op, "value": {"days": draw(st.sampled_from([30,
+                                                                                       200]))}}
+        return {"field": field, "op": op, "value": draw(dates)}
+    if kind == 4:
+        return {"field": "engagement", "op": "equals",
+                "value": draw(st.sampled_from(["engaged", "not_engaged", "inactive"]))}
+    if kind == 5:
+        return {"count": "purchases", "op": "gte", "value": draw(st.integers(0, 2))}
+    if kind == 6:
+        return {"field": "rfm.group", "op": "in", "value": ["champions", "never_bought"]}
+    return {"field": "list.newsletter", "op": "equals", "value": "subscribed"}
+
+
+rules = st.recursive(leaves(), lambda inner: st.one_of(
+    st.builds(lambda xs: {"all": xs}, st.lists(inner, min_size=1, max_size=3)),
+    st.builds(lambda xs: {"any": xs}, st.lists(inner, min_size=1, max_size=3)),
+    st.builds(lambda x: {"not": x}, inner)), max_leaves=5)
+
+
+def test_the_prefilter_keeps_every_match(settings: Settings) -> None:
+    store = ContactStore(settings)
+    db = ViewDatabase(settings)
+    runner = ProjectionRunner(store, db, AudienceProjection())
+    runner.setup()
+    folder = BatchFolder(store, ContactIdentity(settings.id_key), ContactCache(1000), "p0")
+    start = datetime.now(UTC) - timedelta(days=300)
+    events = [decode_dict(d) for d in generate_history("acme", 600, seed=4, start=start)]
+    events += [make_event("contact_updated", event_id=f"odd-{i}", email=f"odd{i}@example.com",
+                          occurred_at=(start + timedelta(days=i)).isoformat(),
+                          tags_added=[tag], contact={"city": tag[:50]}, contact_type=tag,
+                          lead_status=tag)
+               for i, tag in enumerate(ODD)]
+    folder.fold_and_commit(events, 1)
+    runner.catch_up()
+    with db.reading() as cur:
+        cur.execute("SELECT f.contact_id, f.tenant, f.email, f.doc, f.members, f.rfm "
+                    "FROM audience_facts f WHERE tenant = 'acme'")
+        rows = cur.fetchall()
+    now = utc_iso(datetime.now(UTC))
+
+    @hypothesis_settings(max_examples=150, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(rules)
+    def check(raw: dict[str, Any]) -> None:
+        node = parse_rule(raw)
+        matching = set()
+        for row in rows:
+            facts = _facts(row)
+            rfm = json.loads(row["rfm"]) if row["rfm"] else {}
+            ctx = Context(now=now, engagement=engagement_status(facts, now)[0],
+                          rfm_group=rfm.get("group"))
+            if node.evaluate(facts, ctx, None):
+                matching.add(row["contact_id"])
+        where, params = prefilter(node, "acme") or ("1 = 1", [])
+        with db.reading() as cur:
+            cur.execute(f"SELECT f.contact_id FROM audience_facts f WHERE f.tenant = ? "
+                        f"AND ({where})", ["acme", *params])
+            candidates = {r["contact_id"] for r in cur.fetchall()}
+        assert matching <= candidates, raw
+
+    check()
+    with db.reading() as cur:
+        cur.execute("SELECT COUNT(*) AS n FROM audience_facts")
+        assert cur.fetchone()["n"] == len(rows)  # nothing dropped by odd values
+    db.close()
+    store.close()
