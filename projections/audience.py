@@ -45,6 +45,7 @@ from services.domain.clock import ClockDay
 from services.domain.contact import LIST_SUBSCRIBED, Contact
 from services.domain.facts import ContactFacts
 from services.domain.rfm import NEVER_BOUGHT, RfmCuts, rfm_values
+from services.domain.rules import COUNTS
 from services.domain.segments import SegmentCatalog, SegmentDefinition
 from services.domain.stamps import utc_iso
 
@@ -68,16 +69,27 @@ FILTER_COLUMNS = (
     "country", "language", "language_base", "contact_type", "lead_status", "member_status",
     "consent_email", "consent_sms", "consent_whatsapp", "consent_phone", "tags",
     "first_seen_at", "last_activity_at", "last_interaction_at", "last_purchase_at",
+    *(f"n_{name}" for name in COUNTS),
 )
-FACT_COLUMNS = (
-    "contact_id", "tenant", "email", "doc", "members", "entries", "engagement",
-    "engagement_since", "subscribed", "rfm", "rfm_group", "due_at", *FILTER_COLUMNS,
+DERIVED_COLUMNS = (
+    "members", "entries", "engagement", "engagement_since", "subscribed", "rfm", "rfm_group",
+    "due_at",
 )
+FACT_COLUMNS = ("contact_id", "tenant", "email", "doc", *DERIVED_COLUMNS, *FILTER_COLUMNS)
+
+
+def _derived(r: _Row) -> tuple[Any, ...]:
+    return (_json(r.members), _json(r.entries), r.engagement, r.engagement_since,
+            int(r.subscribed), None if r.rfm is None else _json(r.rfm),
+            None if r.rfm is None else r.rfm["group"], r.due)
 
 
 def filter_values(facts: ContactFacts) -> tuple[Any, ...]:
     f = facts.fields
     language = f.get("language")
+    totals: dict[str, int] = {}
+    for kind, *_ in facts.activity:
+        totals[kind] = totals.get(kind, 0) + 1
     consent = facts.consent
     return (
         f.get("country"), language, language.split("-")[0].lower() if language else None,
@@ -86,6 +98,7 @@ def filter_values(facts: ContactFacts) -> tuple[Any, ...]:
           for c in ("email", "sms", "whatsapp", "phone")),
         _json(sorted(facts.tags)), facts.first_seen_at, facts.last_activity_at,
         facts.last_interaction_at, facts.last_purchase_at,
+        *(totals.get(kind, 0) for kind in COUNTS.values()),
     )
 
 
@@ -100,7 +113,7 @@ def ddl() -> list[str]:
         "rfm_group TEXT, due_at TEXT, "
         # Copies of facts that never change by time alone: segment_sql narrows a backfill
         # or a preview to the contacts that can match with them.
-        + ", ".join(f"{c} {'INTEGER' if c.startswith('consent_') else 'TEXT'}"
+        + ", ".join(f"{c} {'INTEGER' if c.startswith(('consent_', 'n_')) else 'TEXT'}"
                     for c in FILTER_COLUMNS)
         + ")",
         "CREATE INDEX IF NOT EXISTS audience_facts_tenant ON audience_facts (tenant, contact_id)",
@@ -161,6 +174,7 @@ class _Row:
     due: str | None
     rfm: dict[str, Any] | None = None
     dirty: bool = False  # changed since loaded or last written
+    facts_changed: bool = False  # an event changed the facts (else only derived columns)
     # The tallies this contact adds to audience_counts as stored (what a flush diffs).
     counted: frozenset[tuple[str, str, str]] = frozenset()
     last: Evaluation | None = None
@@ -195,7 +209,7 @@ class _Writes:
 
 class AudienceProjection:
     name = NAME
-    version = 1
+    version = 2
     tables = TABLES
 
     def create_tables(self, db: ViewDatabase) -> None:
@@ -268,7 +282,8 @@ class _Page:
             return
         facts = ContactFacts(tenant=event.tenant, contact_id=cid, email=event.email)
         facts.apply(event)
-        self.rows[cid] = _Row(facts, {}, {}, None, None, False, None, dirty=True)
+        self.rows[cid] = _Row(facts, {}, {}, None, None, False, None, dirty=True,
+                              facts_changed=True)
 
     def _row(self, cid: str) -> _Row:
         row = self.rows.get(cid)
@@ -279,7 +294,7 @@ class _Page:
 
     def _on_recorded(self, event: Contact.Recorded) -> None:
         row = self._row(event.originator_id.hex)
-        row.dirty = True
+        row.dirty = row.facts_changed = True
         rules = self._rules(row.facts.tenant)
         self._catch_up(row, rules, self.now)
         before = row.last if row.last is not None and row.last.now == self.now else (
@@ -322,7 +337,8 @@ class _Page:
                        "frequency": rfm.values.frequency,
                        "monetary": str(rfm.values.monetary)})}
         row.due = after.due
-        row.last = after
+        # A partial evaluation (a backfill's) cannot serve as the next event's "before".
+        row.last = after if len(after.traces) == len(rules.segments) else None
         if (row.engagement, row.subscribed, row.rfm, row.due) != was:
             row.dirty = True
         if rfm.group != NEVER_BOUGHT and not rules.cuts.recency:
@@ -429,6 +445,7 @@ class _Page:
         if segment is not None:
             ids |= self._candidates(tenant, narrowing)
         ordered = sorted(ids)
+        affected = rules.affected_by(sid)
         for start in range(0, len(ordered), CHUNK):
             chunk = ordered[start : start + CHUNK]
             self._load(chunk)
@@ -437,7 +454,11 @@ class _Page:
                 self._catch_up(row, rules, self.now)
                 if deleted:
                     self._close_deleted(row, sid, event.segment_version, ref)
-                after = evaluate(row.facts, rules, self.now)
+                after = evaluate(row.facts, rules, self.now, affected, set(row.members))
+                # The other segments were not evaluated: keep the earlier of the two dues
+                # (a spurious wake-up re-evaluates everything and reschedules exactly).
+                if row.due is not None and (after.due is None or row.due < after.due):
+                    after.due = row.due
                 self._settle(row, rules, None, after, CAUSE_DEFINITION, ref)
             self._flush()
 
@@ -562,20 +583,24 @@ class _Page:
     def _flush(self, keep_rows: bool = False) -> None:
         cur, w = self.cur, self.writes
         dirty = {cid: r for cid, r in self.rows.items() if r.dirty}
-        if dirty:
+        changed = sorted(cid for cid, r in dirty.items() if r.facts_changed)
+        derived = sorted(cid for cid, r in dirty.items() if not r.facts_changed)
+        if changed:
             updates = ", ".join(f"{c} = excluded.{c}" for c in FACT_COLUMNS[3:])
             cur.executemany(
                 f"INSERT INTO audience_facts ({', '.join(FACT_COLUMNS)}) "
                 f"VALUES ({','.join('?' * len(FACT_COLUMNS))}) "
                 f"ON CONFLICT (contact_id) DO UPDATE SET {updates}",
-                [
-                    (cid, r.facts.tenant, r.facts.email, r.facts.to_json().decode(),
-                     _json(r.members), _json(r.entries), r.engagement, r.engagement_since,
-                     int(r.subscribed), None if r.rfm is None else _json(r.rfm),
-                     None if r.rfm is None else r.rfm["group"], r.due,
-                     *filter_values(r.facts))
-                    for cid, r in sorted(dirty.items())
-                ],
+                [(cid, dirty[cid].facts.tenant, dirty[cid].facts.email,
+                  dirty[cid].facts.to_json().decode(), *_derived(dirty[cid]),
+                  *filter_values(dirty[cid].facts)) for cid in changed],
+            )
+        if derived:
+            # Only memberships, statuses and schedules moved: the facts are as stored.
+            cur.executemany(
+                f"UPDATE audience_facts SET {', '.join(f'{c} = ?' for c in DERIVED_COLUMNS)} "
+                "WHERE contact_id = ?",
+                [(*_derived(dirty[cid]), cid) for cid in derived],
             )
         if w.history:
             cur.executemany(
@@ -609,7 +634,7 @@ class _Page:
         if keep_rows:
             for row in dirty.values():
                 row.counted = row.tallies()
-                row.dirty = False
+                row.dirty = row.facts_changed = False
         else:
             self.rows = {}
 

@@ -3,7 +3,8 @@
 ``prefilter(rule)`` compiles the parts of a rule that SQL can decide on the copied columns
 of ``audience_facts`` into a condition that every matching contact satisfies (a
 *necessary* condition): groups of ``all`` keep what compiles, ``any`` compiles only when
-every branch does, and everything else (counts and sums, relative dates, engagement,
+every branch does; counts use the all-time count columns (a count within a window is at
+most that); and everything else (sums, relative dates, engagement,
 properties, lists, RFM scores, ``not`` over anything but a tag) is left to the Python
 evaluator, which then runs only on the candidates. The result is exact because the
 evaluator decides; SQL only skips contacts that cannot match.
@@ -16,12 +17,14 @@ Every value is a bound parameter; column names come from fixed tables, never fro
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgspec
 
 from services.domain.rules import (
     DATE_FIELDS,
+    Aggregate,
     FieldCondition,
     Group,
     Node,
@@ -65,6 +68,20 @@ def prefilter(node: Node, tenant: str) -> Condition | None:
         )
     if isinstance(node, FieldCondition):
         return _field(node)
+    if isinstance(node, Aggregate) and node.currency is None:
+        return _count(node)
+    return None
+
+
+def _count(node: Aggregate) -> Condition | None:
+    """A count within a window is at most the count of all time (``n_<name>``)."""
+    column = f"f.n_{node.name}"
+    if node.op in ("gte", "equals") and node.value > 0:
+        return f"{column} >= ?", [math.ceil(node.value)]
+    if node.op == "gt":
+        return f"{column} > ?", [math.floor(node.value)]
+    if node.op == "between" and node.value[0] > 0:
+        return f"{column} >= ?", [math.ceil(node.value[0])]
     return None
 
 

@@ -55,6 +55,14 @@ class TenantRules:
         segments = tuple(CompiledSegment(live[sid], parsed[sid]) for sid in order)
         return cls(segments, windows, cuts or RfmCuts(), rfm)
 
+    def affected_by(self, segment_id: str) -> set[str]:
+        """The segment and every segment that refers to it, directly or not."""
+        out = {segment_id}
+        for segment in self.segments:  # dependency order: references come first
+            if segment.rule.references() & out:
+                out.add(segment.segment_id)
+        return out
+
     def get(self, segment_id: str) -> CompiledSegment | None:
         for segment in self.segments:
             if segment.segment_id == segment_id:
@@ -85,7 +93,10 @@ class Transition:
     clauses: tuple[str, ...] = field(default=())
 
 
-def evaluate(facts: ContactFacts, rules: TenantRules, now: str) -> Evaluation:
+def evaluate(facts: ContactFacts, rules: TenantRules, now: str,
+             only: set[str] | None = None, members: set[str] | None = None) -> Evaluation:
+    """Every segment at ``now``; or, with ``only``, just those segments, the others taken
+    as they are (``members``): a backfill re-evaluates only what a definition affects."""
     status, engagement_due = engagement_status(facts, now, rules.windows)
     rfm = score(facts, now, rules.cuts, rules.rfm)
     ctx = Context(now=now, engagement=status, rfm_group=rfm.group, rfm_scores=(
@@ -95,6 +106,10 @@ def evaluate(facts: ContactFacts, rules: TenantRules, now: str) -> Evaluation:
     traces: dict[str, dict[str, bool]] = {}
     due = engagement_due
     for segment in rules.segments:
+        if only is not None and segment.segment_id not in only:
+            if members and segment.segment_id in members:
+                ctx.segments.add(segment.segment_id)
+            continue
         trace: dict[str, bool] = {}
         if segment.rule.evaluate(facts, ctx, trace):
             ctx.segments.add(segment.segment_id)
@@ -117,6 +132,8 @@ def transitions(
     out: list[Transition] = []
     for segment in rules.segments:
         sid = segment.segment_id
+        if sid not in after.traces:
+            continue  # not evaluated this time
         inside = sid in after.members
         if inside == (sid in members):
             continue

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.domain.facts import ContactFacts, days_after
+from services.domain.facts import ContactFacts, days_after, days_before
 
 ENGAGED = "engaged"
 NOT_ENGAGED = "not_engaged"
@@ -38,14 +38,9 @@ def engagement_status(
 ) -> tuple[str, str | None]:
     """The status at ``now`` and the instant it next changes (None: never by itself)."""
     last = facts.last_interaction_at
-    if last is not None:
-        engaged_until = days_after(last, windows.engaged_days)
-        if now < engaged_until:
-            return ENGAGED, engaged_until
+    if last is not None and last > days_before(now, windows.engaged_days):
+        return ENGAGED, days_after(last, windows.engaged_days)
     basis = last or facts.first_seen_at
-    if basis is None:
+    if basis is None or basis <= days_before(now, windows.inactive_days):
         return INACTIVE, None
-    reachable_until = days_after(basis, windows.inactive_days)
-    if now < reachable_until:
-        return NOT_ENGAGED, reachable_until
-    return INACTIVE, None
+    return NOT_ENGAGED, days_after(basis, windows.inactive_days)

@@ -248,10 +248,10 @@ class FieldCondition(Leaf):
     def next_change(self, facts: ContactFacts, ctx: Context) -> str | None:
         if self.field_name in DATE_FIELDS and self.op in ("within_last", "more_than_ago"):
             moment = getattr(facts, self.field_name)
-            if moment is None:
+            # Both flip at moment + N days; if that is already past, nothing is scheduled.
+            if moment is None or moment <= days_before(ctx.now, self.value):
                 return None
-            flip = days_after(moment, self.value)
-            return flip if flip > ctx.now else None
+            return days_after(moment, self.value)
         return None
 
     def describe(self) -> str:

@@ -145,6 +145,10 @@ def test_the_prefilter_keeps_every_match(settings: Settings) -> None:
             grid += [{"field": field, "op": op, "value": day} for op in ("before", "after")]
             grid.append({"field": field, "op": "between", "value": [day, "2026-12-01"]})
     grid += [{"field": "consent.email", "op": "equals", "value": b} for b in (True, False)]
+    for count in ("purchases", "forms", "bookings", "email_opens"):
+        for op, value in (("gte", 1), ("gte", 2.5), ("gt", 1), ("equals", 2), ("between", [1, 3])):
+            grid.append({"count": count, "op": op, "value": value})
+            grid.append({"count": count, "within_days": 200, "op": op, "value": value})
     grid += [{"field": "rfm.group", "op": "equals", "value": "never_bought"},
              {"any": [{"field": "country", "op": "equals", "value": "es"},
                       {"field": "tags", "op": "has", "value": "vip"}]}]
