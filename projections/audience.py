@@ -28,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from projections.db import Cursor, ViewDatabase, any_of
+from projections.db import Cursor, ViewDatabase, any_of, bulk_insert, bulk_update
 from projections.segment_sql import prefilter
 from services.domain.audience import (
     CAUSE_CLOCK,
@@ -76,6 +76,15 @@ DERIVED_COLUMNS = (
     "due_at",
 )
 FACT_COLUMNS = ("contact_id", "tenant", "email", "doc", *DERIVED_COLUMNS, *FILTER_COLUMNS)
+DERIVED_TYPES = tuple(
+    (c, "integer" if c == "subscribed" else "text") for c in DERIVED_COLUMNS
+)
+HISTORY_COLUMNS = tuple(
+    (c, "integer" if c in ("entry_no", "entered_version", "exited_version") else "text")
+    for c in ("tenant", "segment_id", "contact_id", "entry_no", "entered_at",
+              "entered_version", "enter_cause", "enter_ref", "enter_clauses", "exited_at",
+              "exited_version", "exit_cause", "exit_ref", "exit_clauses")
+)
 
 
 def _derived(r: _Row) -> tuple[Any, ...]:
@@ -597,19 +606,11 @@ class _Page:
             )
         if derived:
             # Only memberships, statuses and schedules moved: the facts are as stored.
-            cur.executemany(
-                f"UPDATE audience_facts SET {', '.join(f'{c} = ?' for c in DERIVED_COLUMNS)} "
-                "WHERE contact_id = ?",
-                [(*_derived(dirty[cid]), cid) for cid in derived],
-            )
+            bulk_update(cur, "audience_facts", ("contact_id", "text"), DERIVED_TYPES,
+                        [(*_derived(dirty[cid]), cid) for cid in derived], self.is_postgres)
         if w.history:
-            cur.executemany(
-                "INSERT INTO segment_history (tenant, segment_id, contact_id, entry_no, "
-                "entered_at, entered_version, enter_cause, enter_ref, enter_clauses, exited_at, "
-                "exited_version, exit_cause, exit_ref, exit_clauses) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [w.history[k] for k in sorted(w.history)],
-            )
+            bulk_insert(cur, "segment_history", HISTORY_COLUMNS,
+                        [w.history[k] for k in sorted(w.history)], self.is_postgres)
         if w.exits:
             cur.executemany(
                 "UPDATE segment_history SET exited_at = ?, exited_version = ?, exit_cause = ?, "
@@ -618,10 +619,9 @@ class _Page:
                 w.exits,
             )
         if w.outbox:
-            cur.executemany(
-                "INSERT INTO ficha_outbox (seq, subject, event_id, payload) VALUES (?,?,?,?)",
-                w.outbox,
-            )
+            bulk_insert(cur, "ficha_outbox", (("seq", "bigint"), ("subject", "text"),
+                                              ("event_id", "text"), ("payload", "text")),
+                        w.outbox, self.is_postgres)
         if w.ledger:
             cur.executemany(
                 "INSERT INTO consent_ledger (tenant, contact_id, channel, occurred_at, event_id, "
