@@ -449,7 +449,7 @@ class _Page:
         ref = f"{sid}@v{event.segment_version}"
         # Backfill: the contacts that can match the new rule, and its current members.
         segment = rules.get(sid)
-        narrowing = None if segment is None else prefilter(segment.rule, tenant)
+        narrowing = None if segment is None else prefilter(segment.rule, tenant, self.now)
         ids = self._current_members(tenant, sid)
         if segment is not None:
             ids |= self._candidates(tenant, narrowing)

@@ -215,7 +215,7 @@ def preview(db: ViewDatabase, tenant: str, segment_id: str, rule: Any, now: date
     node: Node = parse_rule(rule)
     moment = utc_iso(now)
     result = Preview()
-    where, params = prefilter(node, tenant) or ("1 = 1", [])
+    where, params = prefilter(node, tenant, moment) or ("1 = 1", [])
     with db.reading() as cur:
         cur.execute(
             f"SELECT {FACT_COLUMNS} FROM audience_facts f WHERE f.tenant = ? AND "

@@ -22,6 +22,8 @@ from typing import Any
 
 import msgspec
 
+from services.domain.engagement import DEFAULT_WINDOWS, ENGAGED, INACTIVE, NOT_ENGAGED
+from services.domain.facts import days_before
 from services.domain.rules import (
     DATE_FIELDS,
     Aggregate,
@@ -43,14 +45,19 @@ TEXT_COLUMNS = {
 Condition = tuple[str, list[Any]]
 
 
-def prefilter(node: Node, tenant: str) -> Condition | None:
-    """A SQL condition on ``audience_facts f`` that every member satisfies; None = any."""
+def prefilter(node: Node, tenant: str, now: str | None = None) -> Condition | None:
+    """A SQL condition on ``audience_facts f`` that every member satisfies; None = any.
+
+    With ``now``, conditions that time can only make false (``within_last``) or whose
+    changes by time are scheduled anyway (engagement) are compiled too, as they hold at
+    ``now``: a contact they skip cannot enter before it is re-evaluated.
+    """
     if isinstance(node, Group):
         if node.kind == "all":
-            parts = [c for c in (prefilter(item, tenant) for item in node.items) if c]
+            parts = [c for c in (prefilter(item, tenant, now) for item in node.items) if c]
             return _join(parts, " AND ") if parts else None
         if node.kind == "any":
-            parts = [prefilter(item, tenant) for item in node.items]
+            parts = [prefilter(item, tenant, now) for item in node.items]
             if any(p is None for p in parts):
                 return None
             return _join([p for p in parts if p], " OR ")
@@ -67,9 +74,35 @@ def prefilter(node: Node, tenant: str) -> Condition | None:
             [tenant, node.segment_id],
         )
     if isinstance(node, FieldCondition):
+        if now is not None:
+            timed = _at(node, now)
+            if timed is not None:
+                return timed
         return _field(node)
     if isinstance(node, Aggregate) and node.currency is None:
         return _count(node)
+    return None
+
+
+def _at(node: FieldCondition, now: str) -> Condition | None:
+    """Conditions decided at ``now`` (see ``prefilter``)."""
+    if node.field_name in DATE_FIELDS and node.op == "within_last":
+        return f"f.{node.field_name} > ?", [days_before(now, node.value)]
+    if node.field_name == "engagement" and node.op in ("equals", "in"):
+        wanted = [node.value] if node.op == "equals" else list(node.value)
+        windows = DEFAULT_WINDOWS
+        engaged = "(f.last_interaction_at IS NOT NULL AND f.last_interaction_at > ?)"
+        reachable = "(COALESCE(f.last_interaction_at, f.first_seen_at) > ?)"
+        cases = {
+            ENGAGED: (engaged, [days_before(now, windows.engaged_days)]),
+            NOT_ENGAGED: (f"(NOT {engaged} AND {reachable} IS TRUE)",
+                          [days_before(now, windows.engaged_days),
+                           days_before(now, windows.inactive_days)]),
+            INACTIVE: (f"(NOT {engaged} AND {reachable} IS NOT TRUE)",
+                       [days_before(now, windows.engaged_days),
+                        days_before(now, windows.inactive_days)]),
+        }
+        return _join([cases[w] for w in wanted], " OR ")
     return None
 
 

@@ -250,6 +250,10 @@ ORACLE_SEGMENTS: dict[str, dict[str, Any]] = {
     "big-eur": {"sum": "spent", "currency": "EUR", "op": "gt", "value": 150},
     "vip-or-asleep": {"any": [{"segment": "vip-iberia"}, {"not": {"segment": "active-60d"}}]},
     "news-subscribed": {"field": "list.newsletter", "op": "equals", "value": "subscribed"},
+    # Defined before the last tick: contacts whose engagement lapses by time must enter.
+    "lapsed-buyers": {"all": [{"field": "engagement", "op": "in",
+                               "value": ["not_engaged", "inactive"]},
+                              {"count": "purchases", "op": "gte", "value": 1}]},
 }
 
 
@@ -276,7 +280,7 @@ def test_rebuild_equals_incremental_and_matches_a_brute_force_oracle(
         a.define(sid, ORACLE_SEGMENTS[sid])
     a.ingest(events[1000:2000])
     a.tick(datetime.now(UTC) + timedelta(days=3))
-    for sid in ("big-eur", "vip-or-asleep", "news-subscribed"):
+    for sid in ("big-eur", "vip-or-asleep", "news-subscribed", "lapsed-buyers"):
         a.define(sid, ORACLE_SEGMENTS[sid])
     a.ingest(events[2000:])
     a.tick(datetime.now(UTC) + timedelta(days=10))
@@ -376,9 +380,6 @@ def oracle(raw: list[dict[str, Any]], now: str) -> dict[str, Any]:
             "vip-or-asleep": vip or not active,
             "news-subscribed": newsletter == "subscribed",
         }
-        for sid, inside in member.items():
-            if inside:
-                result[sid].add(email)
         if last is not None and last > moment - timedelta(days=90):
             status = "engaged"
         elif (last or first) > moment - timedelta(days=180):
@@ -386,6 +387,10 @@ def oracle(raw: list[dict[str, Any]], now: str) -> dict[str, Any]:
         else:
             status = "inactive"
         result["engagement"][email] = status
+        member["lapsed-buyers"] = status != "engaged" and bool(bought)
+        for sid, inside in member.items():
+            if inside:
+                result[sid].add(email)
         if bought:  # RFM as of today's UTC midnight, within 365 days, in EUR
             today = moment.replace(hour=0, minute=0, second=0, microsecond=0)
             window = [e for e in evs if today - timedelta(days=365) < when(e)[0]]

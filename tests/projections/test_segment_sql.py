@@ -113,7 +113,7 @@ def test_the_prefilter_keeps_every_match(settings: Settings) -> None:
                           rfm_group=rfm.get("group"))
             if node.evaluate(facts, ctx, None):
                 matching.add(row["contact_id"])
-        where, params = prefilter(node, "acme") or ("1 = 1", [])
+        where, params = prefilter(node, "acme", now) or ("1 = 1", [])
         with db.reading() as cur:
             cur.execute(f"SELECT f.contact_id FROM audience_facts f WHERE f.tenant = ? "
                         f"AND ({where})", ["acme", *params])
@@ -145,6 +145,12 @@ def test_the_prefilter_keeps_every_match(settings: Settings) -> None:
             grid += [{"field": field, "op": op, "value": day} for op in ("before", "after")]
             grid.append({"field": field, "op": "between", "value": [day, "2026-12-01"]})
     grid += [{"field": "consent.email", "op": "equals", "value": b} for b in (True, False)]
+    grid += [{"field": "engagement", "op": "equals", "value": v}
+             for v in ("engaged", "not_engaged", "inactive")]
+    grid += [{"field": "engagement", "op": "in", "value": ["not_engaged", "inactive"]}]
+    grid += [{"field": f, "op": "within_last", "value": {"days": d}}
+             for f in ("last_interaction_at", "first_seen_at", "last_purchase_at")
+             for d in (30, 120, 365)]
     for count in ("purchases", "forms", "bookings", "email_opens"):
         for op, value in (("gte", 1), ("gte", 2.5), ("gt", 1), ("equals", 2), ("between", [1, 3])):
             grid.append({"count": count, "op": op, "value": value})
