@@ -43,11 +43,12 @@ from services.domain.audience import (
 )
 from services.domain.clock import ClockDay
 from services.domain.contact import LIST_SUBSCRIBED, Contact
-from services.domain.facts import ContactFacts
+from services.domain.facts import DEFAULT_SOFT_BOUNCE_LIMIT, ContactFacts
 from services.domain.rfm import NEVER_BOUGHT, RfmCuts, rfm_values
 from services.domain.rules import COUNTS
 from services.domain.segments import SegmentCatalog, SegmentDefinition
 from services.domain.stamps import utc_iso
+from services.domain.tenant import TenantSettings
 
 NAME = "audience"
 OUT_TYPES = ("segment_entered", "segment_exited")
@@ -182,6 +183,7 @@ class _Row:
     subscribed: bool
     due: str | None
     rfm: dict[str, Any] | None = None
+    soft_limit: int = DEFAULT_SOFT_BOUNCE_LIMIT  # the tenant's, for list states
     dirty: bool = False  # changed since loaded or last written
     facts_changed: bool = False  # an event changed the facts (else only derived columns)
     # The tallies this contact adds to audience_counts as stored (what a flush diffs).
@@ -191,7 +193,7 @@ class _Row:
     def lists_now(self) -> dict[str, str]:
         out = {}
         for list_id in self.facts.lists:
-            state = self.facts.list_state(list_id)
+            state = self.facts.list_state(list_id, self.soft_limit)
             if state is not None:
                 out[list_id] = state
         return out
@@ -269,6 +271,9 @@ class _Page:
             elif isinstance(event, SegmentCatalog.Defined | SegmentCatalog.Deleted):
                 self._advance(utc_iso(event.timestamp))
                 self._on_definition(event)
+            elif isinstance(event, TenantSettings.Changed):
+                self._advance(utc_iso(event.timestamp))
+                self._on_settings(event)
         self._flush()
         self._save_state()
 
@@ -292,7 +297,8 @@ class _Page:
         facts = ContactFacts(tenant=event.tenant, contact_id=cid, email=event.email)
         facts.apply(event)
         self.rows[cid] = _Row(facts, {}, {}, None, None, False, None, dirty=True,
-                              facts_changed=True)
+                              facts_changed=True,
+                              soft_limit=self._rules(event.tenant).soft_bounce_limit)
 
     def _row(self, cid: str) -> _Row:
         row = self.rows.get(cid)
@@ -449,7 +455,8 @@ class _Page:
         ref = f"{sid}@v{event.segment_version}"
         # Backfill: the contacts that can match the new rule, and its current members.
         segment = rules.get(sid)
-        narrowing = None if segment is None else prefilter(segment.rule, tenant, self.now)
+        narrowing = None if segment is None else prefilter(
+            segment.rule, tenant, self.now, rules.windows)
         ids = self._current_members(tenant, sid)
         if segment is not None:
             ids |= self._candidates(tenant, narrowing)
@@ -506,9 +513,51 @@ class _Page:
                 for r in self.cur.fetchall()
             ]
             rules = self.rules[tenant] = TenantRules.compile(
-                definitions, cuts=self._cuts(tenant)
+                definitions, cuts=self._cuts(tenant), settings=self._settings(tenant)
             )
         return rules
+
+    def _settings(self, tenant: str) -> dict[str, Any]:
+        self.cur.execute(
+            "SELECT value FROM audience_state WHERE name = ?", (f"settings:{tenant}",)
+        )
+        row = self.cur.fetchone()
+        return {} if row is None else dict(load_json(row["value"]))
+
+    def _on_settings(self, event: TenantSettings.Changed) -> None:
+        """New windows, RFM settings or bounce limit: every contact of the tenant again."""
+        self._flush()
+        tenant = event.tenant
+        old_limit = self._rules(tenant).soft_bounce_limit
+        merged = {**self._settings(tenant), **event.values}
+        self.cur.execute(
+            "INSERT INTO audience_state (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (f"settings:{tenant}", _json(merged)),
+        )
+        self.rules.pop(tenant, None)
+        rules = self._rules(tenant)
+        ref = f"settings@v{event.originator_version}"
+        after_id = ""
+        while True:
+            self.cur.execute(
+                "SELECT contact_id FROM audience_facts WHERE tenant = ? AND contact_id > ? "
+                "ORDER BY contact_id LIMIT ?",
+                (tenant, after_id, CHUNK),
+            )
+            ids = [r["contact_id"] for r in self.cur.fetchall()]
+            if not ids:
+                break
+            self._load(ids, soft_limit=old_limit)  # counted as the counts were made
+            for cid in ids:
+                row = self.rows[cid]
+                row.soft_limit = rules.soft_bounce_limit
+                self._catch_up(row, rules, self.now)
+                after = evaluate(row.facts, rules, self.now)
+                self._settle(row, rules, None, after, CAUSE_DEFINITION, ref)
+                row.dirty = True
+            after_id = ids[-1]
+            self._flush()
 
     # ------------------------------------------------------------------ RFM
 
@@ -533,7 +582,7 @@ class _Page:
             for rows in self._buyer_chunks(tenant):
                 for r in rows:
                     facts = ContactFacts.from_json(r["doc"])
-                    v = rfm_values(facts, self.now)
+                    v = rfm_values(facts, self.now, self._rules(tenant).rfm)
                     if v is not None:
                         values.append(v)
             cuts = RfmCuts.of(values)
@@ -571,7 +620,7 @@ class _Page:
 
     # ------------------------------------------------------------------ storage
 
-    def _load(self, ids: Iterable[str]) -> None:
+    def _load(self, ids: Iterable[str], soft_limit: int | None = None) -> None:
         wanted = sorted({cid for cid in ids if cid not in self.rows})
         for condition, params in any_of("contact_id", wanted, self.is_postgres):
             self.cur.execute(
@@ -586,6 +635,8 @@ class _Page:
                     r["engagement_since"], bool(r["subscribed"]), r["due_at"],
                     None if r["rfm"] is None else load_json(r["rfm"]),
                 )
+                row.soft_limit = (soft_limit if soft_limit is not None
+                                  else self._rules(r["tenant"]).soft_bounce_limit)
                 row.counted = row.tallies()
                 self.rows[r["contact_id"]] = row
 

@@ -16,6 +16,7 @@ from services.domain.engagement import STATUSES, engagement_status
 from services.domain.facts import ContactFacts, days_before
 from services.domain.identity import normalise_email
 from services.domain.rfm import GROUPS as RFM_GROUPS
+from services.domain.rfm import RfmCuts
 from services.domain.rules import Context, Leaf, Node, parse_rule
 from services.domain.segments import SegmentDefinition
 from services.domain.stamps import utc_iso
@@ -35,6 +36,17 @@ def projection_now(db: ViewDatabase) -> str | None:
 
 
 # ------------------------------------------------------------------------------ segments
+
+
+def tenant_rules(db: ViewDatabase, tenant: str,
+                 definitions: list[SegmentDefinition]) -> TenantRules:
+    """The tenant's rules as the projection holds them: its settings and RFM cuts."""
+    with db.reading() as cur:
+        cur.execute("SELECT name, value FROM audience_state WHERE name IN (?, ?)",
+                    (f"settings:{tenant}", f"rfm_cuts:{tenant}"))
+        state = {r["name"].split(":", 1)[0]: load_json(r["value"]) for r in cur.fetchall()}
+    cuts = RfmCuts.from_json(state["rfm_cuts"]) if "rfm_cuts" in state else None
+    return TenantRules.compile(definitions, cuts=cuts, settings=state.get("settings"))
 
 
 def list_segments(db: ViewDatabase, tenant: str, include_deleted: bool = False
@@ -138,7 +150,7 @@ def explain(db: ViewDatabase, tenant: str, email: str, segment_id: str | None = 
         SegmentDefinition(s["segment_id"], s["name"], s["version"], s["rule"])
         for s in list_segments(db, tenant)
     ]
-    rules = TenantRules.compile(definitions)
+    rules = tenant_rules(db, tenant, definitions)
     evaluation = evaluate(facts, rules, now)
     with db.reading() as cur:
         cur.execute(
@@ -215,7 +227,8 @@ def preview(db: ViewDatabase, tenant: str, segment_id: str, rule: Any, now: date
     node: Node = parse_rule(rule)
     moment = utc_iso(now)
     result = Preview()
-    where, params = prefilter(node, tenant, moment) or ("1 = 1", [])
+    rules = tenant_rules(db, tenant, [])
+    where, params = prefilter(node, tenant, moment, rules.windows) or ("1 = 1", [])
     with db.reading() as cur:
         cur.execute(
             f"SELECT {FACT_COLUMNS} FROM audience_facts f WHERE f.tenant = ? AND "
@@ -229,7 +242,8 @@ def preview(db: ViewDatabase, tenant: str, segment_id: str, rule: Any, now: date
         members = load_json(row["members"])
         facts = _facts(row)
         ctx = Context(now=moment, segments=set(members) - {segment_id},
-                      engagement=engagement_status(facts, moment)[0])
+                      engagement=engagement_status(facts, moment, rules.windows)[0],
+                      soft_bounce_limit=rules.soft_bounce_limit)
         rfm = load_json(row["rfm"]) if row["rfm"] else None
         if rfm is not None:
             ctx.rfm_group = rfm["group"]

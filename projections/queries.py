@@ -183,3 +183,15 @@ def _clean(row: dict[str, Any]) -> dict[str, Any]:
             value = bool(value)
         out[key] = value
     return out
+
+
+def tag_counts(db: ViewDatabase, tenant: str) -> list[dict[str, Any]]:
+    """Each tag with how many contacts have it (the label as most recently written)."""
+    with db.reading() as cur:
+        cur.execute(
+            "SELECT tag, MAX(label) AS label, COUNT(*) AS contacts FROM contact_tags "
+            "WHERE tenant = ? GROUP BY tag ORDER BY contacts DESC, tag",
+            (tenant,),
+        )
+        return [{"tag": r["tag"], "label": r["label"], "contacts": int(r["contacts"])}
+                for r in cur.fetchall()]

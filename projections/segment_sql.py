@@ -22,7 +22,13 @@ from typing import Any
 
 import msgspec
 
-from services.domain.engagement import DEFAULT_WINDOWS, ENGAGED, INACTIVE, NOT_ENGAGED
+from services.domain.engagement import (
+    DEFAULT_WINDOWS,
+    ENGAGED,
+    INACTIVE,
+    NOT_ENGAGED,
+    EngagementWindows,
+)
 from services.domain.facts import days_before
 from services.domain.rules import (
     DATE_FIELDS,
@@ -45,7 +51,8 @@ TEXT_COLUMNS = {
 Condition = tuple[str, list[Any]]
 
 
-def prefilter(node: Node, tenant: str, now: str | None = None) -> Condition | None:
+def prefilter(node: Node, tenant: str, now: str | None = None,
+              windows: EngagementWindows = DEFAULT_WINDOWS) -> Condition | None:
     """A SQL condition on ``audience_facts f`` that every member satisfies; None = any.
 
     With ``now``, conditions that time can only make false (``within_last``) or whose
@@ -54,10 +61,11 @@ def prefilter(node: Node, tenant: str, now: str | None = None) -> Condition | No
     """
     if isinstance(node, Group):
         if node.kind == "all":
-            parts = [c for c in (prefilter(item, tenant, now) for item in node.items) if c]
+            parts = [c for c in (prefilter(item, tenant, now, windows) for item in node.items)
+                     if c]
             return _join(parts, " AND ") if parts else None
         if node.kind == "any":
-            parts = [prefilter(item, tenant, now) for item in node.items]
+            parts = [prefilter(item, tenant, now, windows) for item in node.items]
             if any(p is None for p in parts):
                 return None
             return _join([p for p in parts if p], " OR ")
@@ -75,7 +83,7 @@ def prefilter(node: Node, tenant: str, now: str | None = None) -> Condition | No
         )
     if isinstance(node, FieldCondition):
         if now is not None:
-            timed = _at(node, now)
+            timed = _at(node, now, windows)
             if timed is not None:
                 return timed
         return _field(node)
@@ -84,13 +92,12 @@ def prefilter(node: Node, tenant: str, now: str | None = None) -> Condition | No
     return None
 
 
-def _at(node: FieldCondition, now: str) -> Condition | None:
+def _at(node: FieldCondition, now: str, windows: EngagementWindows) -> Condition | None:
     """Conditions decided at ``now`` (see ``prefilter``)."""
     if node.field_name in DATE_FIELDS and node.op == "within_last":
         return f"f.{node.field_name} > ?", [days_before(now, node.value)]
     if node.field_name == "engagement" and node.op in ("equals", "in"):
         wanted = [node.value] if node.op == "equals" else list(node.value)
-        windows = DEFAULT_WINDOWS
         engaged = "(f.last_interaction_at IS NOT NULL AND f.last_interaction_at > ?)"
         reachable = "(COALESCE(f.last_interaction_at, f.first_seen_at) > ?)"
         cases = {

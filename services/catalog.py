@@ -17,6 +17,7 @@ from eventsourcing.persistence import IntegrityError
 from services.domain.clock import ClockDay, clock_day_id
 from services.domain.segments import SegmentCatalog, SegmentDefinition, catalog_id
 from services.domain.stamps import utc_iso
+from services.domain.tenant import PropertyDefinition, TenantSettings, tenant_settings_id
 from services.store.contact_store import ContactStore
 
 T = TypeVar("T")
@@ -40,23 +41,57 @@ class SegmentCommands:
 
     def define(self, tenant: str, segment_id: str, name: str, rule: Any) -> SegmentDefinition:
         """Create or edit a segment. Raises RuleError or SegmentError on bad input."""
-        return self._retrying(tenant, lambda c: c.define(segment_id, name, rule))
+        return decide(self.store, lambda: self.catalog(tenant) or SegmentCatalog.open(tenant),
+                      lambda c: c.define(segment_id, name, rule))
 
     def delete(self, tenant: str, segment_id: str) -> SegmentDefinition:
-        return self._retrying(tenant, lambda c: c.delete(segment_id))
+        return decide(self.store, lambda: self.catalog(tenant) or SegmentCatalog.open(tenant),
+                      lambda c: c.delete(segment_id))
 
-    def _retrying(self, tenant: str, command: Callable[[SegmentCatalog], T]) -> T:
-        # Optimistic concurrency: a concurrent edit of the same catalogue makes the insert
-        # conflict; the command is decided again on the new state.
-        for _ in range(5):
-            catalog = self.catalog(tenant) or SegmentCatalog.open(tenant)
-            result = command(catalog)
-            try:
-                self.store.save(catalog)
-            except IntegrityError:
-                continue
-            return result
-        raise RuntimeError(f"the segment catalogue of {tenant} is being changed too often")
+
+class TenantCommands:
+    """Settings and property definitions of a tenant."""
+
+    def __init__(self, store: ContactStore) -> None:
+        self.store = store
+
+    def settings(self, tenant: str) -> TenantSettings:
+        try:
+            current: TenantSettings = self.store.repository.get(tenant_settings_id(tenant))
+        except AggregateNotFoundError:
+            return TenantSettings.open(tenant)
+        return current
+
+    def change(self, tenant: str, **values: Any) -> dict[str, Any]:
+        return decide(self.store, lambda: self.settings(tenant), lambda t: t.change(**values))
+
+    def define_property(self, tenant: str, name: str, type_: str,
+                        options: list[str] | None = None, label: str = "") -> PropertyDefinition:
+        return decide(self.store, lambda: self.settings(tenant),
+                      lambda t: t.define_property(name, type_, options, label))
+
+    def remove_property(self, tenant: str, name: str) -> None:
+        decide(self.store, lambda: self.settings(tenant), lambda t: t.remove_property(name))
+
+
+A = TypeVar("A")
+
+
+def decide(store: ContactStore, load: Callable[[], A], command: Callable[[A], T]) -> T:
+    """Load an aggregate, run a command on it, save it; again on a concurrent change.
+
+    Optimistic concurrency: a concurrent change of the same aggregate makes the insert
+    conflict, and the command is decided again on the new state.
+    """
+    for _ in range(5):
+        aggregate = load()
+        result = command(aggregate)
+        try:
+            store.save(aggregate)  # type: ignore[arg-type]
+        except IntegrityError:
+            continue
+        return result
+    raise RuntimeError("this tenant's definitions are being changed too often; try again")
 
 
 class ClockCommands:
@@ -75,16 +110,12 @@ class ClockCommands:
 
     def _on_day(self, moment: datetime, command: Callable[[ClockDay, str], bool]) -> str | None:
         at = utc_iso(moment)
-        for _ in range(5):
+
+        def load() -> ClockDay:
             try:
                 clock: ClockDay = self.store.repository.get(clock_day_id(at[:10]))
             except AggregateNotFoundError:
                 clock = ClockDay.start(at[:10])
-            if not command(clock, at):
-                return None
-            try:
-                self.store.save(clock)
-            except IntegrityError:
-                continue
-            return at
-        raise RuntimeError("the clock is being ticked by too many schedulers at once")
+            return clock
+
+        return at if decide(self.store, load, lambda clock: command(clock, at)) else None

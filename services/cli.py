@@ -16,8 +16,11 @@ from services.cli_audience import (
     consent_app,
     engagement_app,
     lists_app,
+    properties_app,
     rfm_app,
     segments_app,
+    tags_app,
+    tenant_app,
 )
 from services.cli_common import (
     CliError,
@@ -46,6 +49,9 @@ app.add_typer(engagement_app, name="engagement")
 app.add_typer(lists_app, name="lists")
 app.add_typer(consent_app, name="consent")
 app.add_typer(rfm_app, name="rfm")
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(properties_app, name="properties")
+app.add_typer(tags_app, name="tags")
 
 # ------------------------------------------------------------------------- up
 

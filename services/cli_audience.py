@@ -368,3 +368,145 @@ def rfm_stats_command(tenant: Tenant, as_json: AsJson = False) -> None:
     for r in range(5, 0, -1):
         grid.add_row(str(r), *(str(n) for n in stats["grid_recency_by_frequency"][r - 1]))
     console.print(grid)
+
+
+tenant_app = typer.Typer(help="A tenant's settings.", no_args_is_help=True)
+properties_app = typer.Typer(help="A tenant's custom property definitions.",
+                             no_args_is_help=True)
+
+
+def _tenant_commands() -> Any:
+    from services.catalog import TenantCommands
+    from services.store.contact_store import ContactStore
+
+    try:
+        return TenantCommands(ContactStore(settings_or_fail()))
+    except Exception as error:  # noqa: BLE001 - the database is unreachable
+        fail(f"cannot open the event store: {db_error_text(error)}")
+
+
+@tenant_app.command("show")
+def tenant_show(tenant: Tenant, as_json: AsJson = False) -> None:
+    """Settings (engagement windows, RFM, bounce limit, types, lead statuses), properties."""
+    settings = _tenant_commands().settings(tenant)
+    data = {"tenant": tenant, "settings": settings.values, "properties": [
+        {"name": p.name, "type": p.type, "options": list(p.options), "label": p.label}
+        for p in sorted(settings.properties.values(), key=lambda p: p.name)]}
+    if as_json:
+        _dump(data)
+        return
+    table = Table(title=f"settings of {tenant}")
+    table.add_column("setting")
+    table.add_column("value")
+    for key, value in data["settings"].items():
+        table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    console.print(table)
+
+
+@tenant_app.command("set")
+def tenant_set(
+    tenant: Tenant,
+    assignments: Annotated[list[str], typer.Argument(
+        help="name=value, e.g. engaged_days=60 rfm_currency=USD contact_types=client,partner")],
+) -> None:
+    """Change settings. Segments, engagement and RFM are recomputed with them."""
+    from services.domain.tenant import DEFAULTS, TenantError
+
+    values: dict[str, Any] = {}
+    for assignment in assignments:
+        name, sep, raw = assignment.partition("=")
+        if not sep or name not in DEFAULTS:
+            fail(f"expected name=value with name one of {', '.join(DEFAULTS)}; "
+                 f"got {assignment!r}", 2)
+        default = DEFAULTS[name]
+        if isinstance(default, list):
+            values[name] = [v.strip() for v in raw.split(",") if v.strip()]
+        elif isinstance(default, int):
+            try:
+                values[name] = int(raw)
+            except ValueError:
+                fail(f"{name} must be a whole number; got {raw!r}", 2)
+        else:
+            values[name] = raw
+    try:
+        result = _tenant_commands().change(tenant, **values)
+    except TenantError as error:
+        fail(str(error), 2)
+    console.print(f"settings of {tenant}: " + ", ".join(f"{k}={v}" for k, v in result.items()))
+
+
+@properties_app.command("define")
+def properties_define(
+    tenant: Tenant,
+    name: Annotated[str, typer.Argument(help="The property's name.")],
+    type_: Annotated[str, typer.Argument(metavar="TYPE",
+                                         help="text, number, date, boolean or choice.")],
+    option: Annotated[list[str] | None, typer.Option(help="A choice's option (repeat).")] = None,
+    label: Annotated[str, typer.Option(help="Display label.")] = "",
+) -> None:
+    """Define (or redefine) a custom property; values of another type are dead-lettered."""
+    from services.domain.tenant import TenantError
+
+    try:
+        definition = _tenant_commands().define_property(tenant, name, type_, option, label)
+    except TenantError as error:
+        fail(str(error), 2)
+    options = f" ({', '.join(definition.options)})" if definition.options else ""
+    console.print(f"property {definition.name} of {tenant}: {definition.type}{options}")
+
+
+@properties_app.command("list")
+def properties_list(tenant: Tenant, as_json: AsJson = False) -> None:
+    """The tenant's property definitions."""
+    settings = _tenant_commands().settings(tenant)
+    rows = [{"name": p.name, "type": p.type, "options": list(p.options), "label": p.label}
+            for p in sorted(settings.properties.values(), key=lambda p: p.name)]
+    if as_json:
+        _dump(rows)
+        return
+    table = Table(title=f"properties of {tenant}")
+    for column in ("name", "type", "options", "label"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], row["type"], ", ".join(row["options"]), row["label"])
+    console.print(table)
+
+
+@properties_app.command("remove")
+def properties_remove(
+    tenant: Tenant, name: Annotated[str, typer.Argument(help="The property's name.")],
+) -> None:
+    """Remove a definition: values of any type are accepted again."""
+    from services.domain.tenant import TenantError
+
+    try:
+        _tenant_commands().remove_property(tenant, name)
+    except TenantError as error:
+        fail(str(error), 2)
+    console.print(f"property {name} of {tenant} is no longer defined")
+
+
+tags_app = typer.Typer(help="Tags and how many contacts have each.", no_args_is_help=True)
+
+
+@tags_app.command("counts")
+def tags_counts(tenant: Tenant, as_json: AsJson = False) -> None:
+    """Every tag of the tenant with its number of contacts, most used first."""
+    from projections.queries import tag_counts
+
+    db = views(settings_or_fail())
+    try:
+        rows = tag_counts(db, tenant)
+    except Exception as error:  # noqa: BLE001
+        fail(f"cannot read the client list: {db_error_text(error)}")
+    finally:
+        db.close()
+    if as_json:
+        _dump(rows)
+        return
+    table = Table(title=f"tags of {tenant}")
+    table.add_column("tag")
+    table.add_column("contacts", justify="right")
+    for row in rows:
+        table.add_row(row["label"], str(row["contacts"]))
+    console.print(table)

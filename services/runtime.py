@@ -28,6 +28,7 @@ from services.config import Settings
 from services.domain.identity import ContactIdentity
 from services.ingest.cache import ContactCache
 from services.ingest.folding import BatchFolder
+from services.ingest.tenant_checks import TenantChecks
 from services.ingest.worker import TRANSIENT_ERRORS, PartitionWorker
 from services.natsserver import EmbeddedNatsServer
 from services.outbox import OutboxRelay
@@ -136,6 +137,7 @@ class Runtime:
         self.outbox = OutboxRelay(self.js, self.views)
 
         identity = ContactIdentity(settings.id_key)
+        checks = TenantChecks(self.store)
         for partition in range(settings.partitions):
             folder = BatchFolder(
                 self.store,
@@ -150,6 +152,7 @@ class Runtime:
                     folder=folder,
                     batch_size=settings.batch_size,
                     on_commit=self._wake_projections,
+                    checks=checks,
                 )
             )
         self.workers.append(

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from services.domain.engagement import DEFAULT_WINDOWS, EngagementWindows, engagement_status
-from services.domain.facts import ContactFacts
+from services.domain.facts import DEFAULT_SOFT_BOUNCE_LIMIT, ContactFacts
 from services.domain.rfm import DEFAULT_RFM, Rfm, RfmCuts, RfmSettings, score
 from services.domain.rules import Context, Node, parse_rule
 from services.domain.segments import SegmentDefinition, dependency_order
 from services.domain.stamps import parse_utc_iso, utc_iso
+from services.domain.tenant import DEFAULTS
 
 CAUSE_EVENT = "event"
 CAUSE_CLOCK = "clock"
@@ -40,20 +42,29 @@ class TenantRules:
     windows: EngagementWindows = DEFAULT_WINDOWS
     cuts: RfmCuts = field(default_factory=RfmCuts)
     rfm: RfmSettings = DEFAULT_RFM
+    soft_bounce_limit: int = DEFAULT_SOFT_BOUNCE_LIMIT
 
     @classmethod
     def compile(
         cls,
         definitions: list[SegmentDefinition],
-        windows: EngagementWindows = DEFAULT_WINDOWS,
         cuts: RfmCuts | None = None,
-        rfm: RfmSettings = DEFAULT_RFM,
+        settings: dict[str, Any] | None = None,
     ) -> TenantRules:
+        """A tenant's rules from its segment definitions, RFM cuts and settings
+        (``services.domain.tenant.DEFAULTS`` keys; missing ones take the defaults)."""
         live = {d.segment_id: d for d in definitions if not d.deleted}
         parsed = {sid: d.parsed() for sid, d in live.items()}
         order = dependency_order(parsed)
         segments = tuple(CompiledSegment(live[sid], parsed[sid]) for sid in order)
-        return cls(segments, windows, cuts or RfmCuts(), rfm)
+        values = {**DEFAULTS, **(settings or {})}
+        return cls(
+            segments,
+            EngagementWindows(float(values["engaged_days"]), float(values["inactive_days"])),
+            cuts or RfmCuts(),
+            RfmSettings(float(values["rfm_window_days"]), values["rfm_currency"]),
+            int(values["soft_bounce_limit"]),
+        )
 
     def affected_by(self, segment_id: str) -> set[str]:
         """The segment and every segment that refers to it, directly or not."""
@@ -102,7 +113,7 @@ def evaluate(facts: ContactFacts, rules: TenantRules, now: str,
     ctx = Context(now=now, engagement=status, rfm_group=rfm.group, rfm_scores=(
         {} if rfm.r is None else
         {"rfm.recency": rfm.r, "rfm.frequency": rfm.f, "rfm.monetary": rfm.m}
-    ))
+    ), soft_bounce_limit=rules.soft_bounce_limit)
     traces: dict[str, dict[str, bool]] = {}
     due = engagement_due
     for segment in rules.segments:

@@ -157,13 +157,14 @@ class ContactFacts(msgspec.Struct):
             return self.suppressed_at
         return _later(self.suppressed_at, soft)
 
-    def list_state(self, list_id: str) -> str | None:
+    def list_state(self, list_id: str,
+                   soft_limit: int = DEFAULT_SOFT_BOUNCE_LIMIT) -> str | None:
         """The list's effective state; a later suppression suppresses a live subscription."""
         register = self.lists.get(list_id)
         if register is None:
             return None
         state, since = register
-        suppressed = self.suppression()
+        suppressed = self.suppression(soft_limit)
         if suppressed is not None and state in ("pending", "subscribed") and suppressed >= since:
             return LIST_SUPPRESSED
         return state

@@ -121,6 +121,7 @@ class Context:
     # RFM group and the three scores (1-5; None for contacts who never bought)
     rfm_group: str | None = None
     rfm_scores: dict[str, int] = field(default_factory=dict)
+    soft_bounce_limit: int = 3  # the tenant's: soft bounces that suppress an address
 
 
 # ------------------------------------------------------------------------------- nodes
@@ -222,7 +223,7 @@ class FieldCondition(Leaf):
         if prefix == "consent":
             return facts.consent.get(key)
         if prefix == "list":
-            return facts.list_state(key)
+            return facts.list_state(key, ctx.soft_bounce_limit)
         raise AssertionError(name)
 
     def test(self, facts: ContactFacts, ctx: Context) -> bool:

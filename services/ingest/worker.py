@@ -37,6 +37,7 @@ from contracts.decode import Rejection, decode, subject_tokens
 from contracts.events import InboundEvent
 from services.ingest.deadletter import PROCESSING_FAILED, dead_letter
 from services.ingest.folding import BatchFolder, FoldError
+from services.ingest.tenant_checks import TenantChecks
 from services.streams import INGEST_STREAM, original_subject
 
 log = logging.getLogger("ficha.ingest")
@@ -76,6 +77,7 @@ class PartitionWorker:
         fetch_timeout: float = 1.0,
         max_backoff: float = 5.0,
         fault: Callable[[str], None] | None = None,
+        checks: TenantChecks | None = None,
     ) -> None:
         self.js = js
         self.durable = durable
@@ -89,6 +91,7 @@ class PartitionWorker:
         # Fault injection for crash tests: called with "before_commit" and "after_commit";
         # raising there is what a kill at that instant looks like to everything else.
         self.fault = fault
+        self.checks = checks
 
     async def run(self, stop: asyncio.Event) -> None:
         sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=INGEST_STREAM)
@@ -153,6 +156,8 @@ class PartitionWorker:
             else:
                 accepted.append((msg, result))
 
+        if self.checks is not None and accepted:
+            accepted = await self._check_tenant_rules(accepted, rejected, msgs, stop)
         if self.fault is not None:
             self.fault("before_commit")
         if self.folder is not None:
@@ -221,6 +226,27 @@ class PartitionWorker:
             self.stats.duplicates += outcome.duplicates
             self.stats.last_commit_at = time.time()
             return
+
+    async def _check_tenant_rules(
+        self, accepted: list[tuple[Msg, InboundEvent]], rejected: list[Msg], msgs: list[Msg],
+        stop: asyncio.Event,
+    ) -> list[tuple[Msg, InboundEvent]]:
+        """Dead-letter the events that break their tenant's definitions; keep the rest."""
+        checks = self.checks
+        assert checks is not None
+        tenants = {event.tenant for _, event in accepted}
+        await self._retry_transient(
+            lambda: asyncio.to_thread(checks.refresh, tenants), msgs, stop
+        )
+        kept = []
+        for msg, event in accepted:
+            problem = checks.problem(event)
+            if problem is None:
+                kept.append((msg, event))
+            else:
+                await self._dead_letter(msg, original_subject(msg.subject), *problem)
+                rejected.append(msg)
+        return kept
 
     async def _retry_transient(self, attempt, msgs: list[Msg], stop: asyncio.Event):  # type: ignore[no-untyped-def]
         delay = 0.2

@@ -27,13 +27,14 @@ from projections.audience_queries import (
 )
 from projections.db import ViewDatabase
 from projections.runner import ProjectionRunner
-from services.catalog import ClockCommands, SegmentCommands
+from services.catalog import ClockCommands, SegmentCommands, TenantCommands
 from services.config import Settings
 from services.demo import generate_history
 from services.domain.identity import ContactIdentity, normalise_email
 from services.domain.rules import RuleError
 from services.domain.segments import SegmentError
 from services.domain.stamps import parse_utc_iso, utc_iso
+from services.domain.tenant import TenantError
 from services.ingest.cache import ContactCache
 from services.ingest.folding import BatchFolder
 from services.store.contact_store import ContactStore
@@ -421,3 +422,33 @@ def oracle(raw: list[dict[str, Any]], now: str) -> dict[str, Any]:
             group = ["lost", "hibernating", "needs_attention", "promising", "recent"][r - 1]
         result["rfm"][email] = f"{group} m{m}"
     return result
+
+
+def test_tenant_settings_change_engagement_windows_and_bounce_suppression(
+    audience: Audience,
+) -> None:
+    a = audience
+    a.ingest([
+        make_event("email_clicked", event_id="k1", email="c1@example.com", occurred_at=ago(40),
+                   message_id="m"),
+        make_event("list_subscribed", event_id="s1", email="c2@example.com", occurred_at=ago(20),
+                   list_id="news"),
+        make_event("email_bounced", event_id="sb", email="c2@example.com", occurred_at=ago(10),
+                   message_id="m", bounce="soft"),
+    ])
+    a.define("engaged", {"field": "engagement", "op": "equals", "value": "engaged"})
+    assert members(a, "engaged") == {"c1@example.com"}
+    assert list_stats(a.db, "acme")["lists"] == {"news": {"subscribed": 1}}
+    tenants = TenantCommands(a.store)
+    tenants.change("acme", engaged_days=30, inactive_days=60, soft_bounce_limit=1)
+    a.runner.catch_up()
+    assert members(a, "engaged") == set()  # 40 days ago is outside a 30-day window
+    assert list_stats(a.db, "acme")["lists"] == {"news": {"suppressed": 1}}
+    stats = engagement_stats(a.db, "acme")
+    assert {s: v["count"] for s, v in stats["statuses"].items()} == {
+        "engaged": 0, "not_engaged": 2, "inactive": 0}
+    with a.db.reading() as cur:
+        cur.execute("SELECT exit_cause, exit_ref FROM segment_history WHERE segment_id = 'engaged'")
+        assert cur.fetchall() == [{"exit_cause": "definition", "exit_ref": "settings@v2"}]
+    with pytest.raises(TenantError, match="inactive_days must be longer"):
+        tenants.change("acme", engaged_days=90)
