@@ -37,6 +37,7 @@ from eventsourcing.domain import Aggregate
 from nats.js.api import StreamConfig
 
 from projections.db import ViewDatabase
+from services.catalog import SegmentCommands
 from services.config import load_settings
 from services.demo import generate_history
 from services.natsserver import EmbeddedNatsServer
@@ -214,19 +215,34 @@ async def end_to_end(url: str, backend: str, data_dir: Path, schema: str,
 
 
 async def latency(url: str, backend: str, data_dir: Path, schema: str, rate: float,
-                  seconds: float) -> list[float]:
+                  seconds: float) -> tuple[list[float], list[float]]:
+    """Publish → contact row visible, and publish → segment_entered on ficha.out."""
     await fresh_streams(url)
     env = {**backend_env(backend, data_dir, schema), "FICHA_NATS_URL": url}
     with FichaUp(env, data_dir / "up.log"):
-        return await _latency(url, load_settings(env), rate, seconds)
+        settings = load_settings(env)
+        store = ContactStore(settings)
+        # Every latency event tags a new contact "Lead": each one enters this segment.
+        SegmentCommands(store).define("lat", "leads", "Leads",
+                                      {"field": "tags", "op": "has", "value": "lead"})
+        store.close()
+        return await _latency(url, settings, rate, seconds)
 
 
-async def _latency(url: str, settings: Any, rate: float, seconds: float) -> list[float]:
+async def _latency(url: str, settings: Any, rate: float, seconds: float
+                   ) -> tuple[list[float], list[float]]:
     nc = await nats.connect(url)
     js = nc.jetstream()
     views = ViewDatabase(settings)
     sent: dict[str, float] = {}
     seen: dict[str, float] = {}
+    entered: dict[str, float] = {}
+
+    async def on_entered(msg: Any) -> None:
+        email = json.loads(msg.data)["contact"]["email"]
+        entered.setdefault(email.split("@")[0], time.perf_counter())
+
+    await nc.subscribe("ficha.out.lat.segment_entered", cb=on_entered)
     lock = threading.Lock()
     done = threading.Event()
 
@@ -274,13 +290,14 @@ async def _latency(url: str, settings: Any, rate: float, seconds: float) -> list
                                               headers={"Nats-Msg-Id": event_id}))
     await asyncio.gather(*futures)
     deadline = time.perf_counter() + 60
-    while len(seen) < n and time.perf_counter() < deadline:
+    while (len(seen) < n or len(entered) < n) and time.perf_counter() < deadline:
         await asyncio.sleep(0.05)
     done.set()
     watcher.join()
     await nc.drain()
     views.close()
-    return sorted((seen[e] - sent[e]) * 1000 for e in seen)
+    return (sorted((seen[e] - sent[e]) * 1000 for e in seen),
+            sorted((entered[e] - sent[e]) * 1000 for e in entered))
 
 
 def pct(values: list[float], p: float) -> float:
@@ -314,11 +331,14 @@ async def main() -> None:
                          f"{e2e:,.0f} events/s ({e2e / raw_store:.2f} of store baseline)"))
             shutil.rmtree(data_dir, ignore_errors=True)
             schema2 = f"{schema}l"
-            lat = await latency(server.url, backend, root / f"{backend}-lat", schema2,
-                                args.rate, args.seconds)
+            lat, seg = await latency(server.url, backend, root / f"{backend}-lat", schema2,
+                                     args.rate, args.seconds)
             rows.append((f"latency at {args.rate:.0f}/s, publish → visible", backend,
                          f"p50 {pct(lat, 50):.1f} ms  p95 {pct(lat, 95):.1f} ms  "
                          f"p99 {pct(lat, 99):.1f} ms  (n={len(lat)})"))
+            rows.append((f"latency at {args.rate:.0f}/s, publish → segment_entered", backend,
+                         f"p50 {pct(seg, 50):.1f} ms  p95 {pct(seg, 95):.1f} ms  "
+                         f"p99 {pct(seg, 99):.1f} ms  (n={len(seg)})"))
             if backend == "postgres":
                 drop_schemas(schema)
                 drop_schemas(schema2)
