@@ -223,9 +223,13 @@ class AudienceProjection:
     version = 2
     tables = TABLES
 
+    def statements(self, is_postgres: bool) -> list[str]:
+        """The DDL of this projection's tables and indexes."""
+        return ddl()
+
     def create_tables(self, db: ViewDatabase) -> None:
         with db.transaction() as cur:
-            for statement in ddl():
+            for statement in self.statements(db.is_postgres):
                 cur.execute(statement)
 
     def apply(self, cur: Cursor, events: Sequence[Any], is_postgres: bool) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -135,12 +136,26 @@ def bulk_update(cur: Cursor, table: str, key: tuple[str, str],
 class ViewDatabase:
     """A connection per thread to the read-model database of the configured backend."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, namespace: str = "") -> None:
+        """``namespace`` puts the tables elsewhere, for a side-by-side rebuild: the schema
+        ``<schema>_<namespace>`` on PostgreSQL, the file ``views-<namespace>.sqlite``."""
         self.settings = settings
+        self.namespace = namespace
         self.dialect = settings.backend
         self._local = threading.local()
         self._connections: list[Any] = []
         self._lock = threading.Lock()
+
+    @property
+    def schema(self) -> str:
+        assert self.settings.postgres is not None
+        base = self.settings.postgres.schema
+        return f"{base}_{self.namespace}" if self.namespace else base
+
+    @property
+    def path(self) -> Path:
+        main = self.settings.views_db_path
+        return main.with_name(f"views-{self.namespace}.sqlite") if self.namespace else main
 
     @property
     def is_postgres(self) -> bool:
@@ -158,9 +173,9 @@ class ViewDatabase:
             conn = psycopg.connect(pg.conninfo, row_factory=dict_row, connect_timeout=5)
             conn.autocommit = True
             conn.execute(
-                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(pg.schema))
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
             )
-            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg.schema)))
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
             # Read models are derived and rebuildable, and each page commits its tracking
             # position with its rows: a commit lost in a database crash is replayed from
             # the event store, never half-applied. So they need not wait for the WAL flush.
@@ -168,7 +183,7 @@ class ViewDatabase:
             conn.execute("SET synchronous_commit TO off")
             conn.autocommit = False
         else:
-            path: Path = self.settings.views_db_path
+            path: Path = self.path
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, timeout=30, isolation_level=None,
                                    check_same_thread=False)
@@ -256,6 +271,16 @@ class ViewDatabase:
                 "CREATE TABLE IF NOT EXISTS ficha_projection_versions ("
                 "name TEXT PRIMARY KEY, version INTEGER NOT NULL)"
             )
+
+    def lock_projection(self, cur: Cursor, name: str) -> None:
+        """Serialise writers of one projection for the rest of the transaction.
+
+        Every page takes it first, and so does a side-by-side replay's switch, which can
+        then lock the tables without a lock-order deadlock. (SQLite's BEGIN IMMEDIATE
+        already serialises all writers.)
+        """
+        if self.is_postgres:
+            cur.execute("SELECT pg_advisory_xact_lock(?)", (zlib.crc32(name.encode()),))
 
     def layout_version(self, cur: Cursor, name: str) -> int | None:
         """The layout version of a projection's tables, None if never recorded."""

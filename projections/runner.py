@@ -31,6 +31,7 @@ class Projection(Protocol):
     version: int
     tables: tuple[str, ...]
 
+    def statements(self, is_postgres: bool) -> list[str]: ...
     def create_tables(self, db: ViewDatabase) -> None: ...
     def apply(self, cur: Cursor, events: list[Any], is_postgres: bool) -> None: ...
 
@@ -115,6 +116,7 @@ class ProjectionRunner:
         events = [mapper.to_domain_event(n) for n in notifications]
         top = notifications[-1].id
         with self.db.transaction() as cur:
+            self.db.lock_projection(cur, self.name)
             self.projection.apply(cur, events, self.db.is_postgres)
             self.db.set_position(cur, self.name, position, top)
         self.stats.applied += len(events)

@@ -355,30 +355,85 @@ def status(
 # ---------------------------------------------------------------- projections
 
 
+def _chosen_projections(names: list[str] | None) -> list[Any]:
+    from projections.registry import all_projections, projection_named
+
+    if not names:
+        return all_projections()
+    try:
+        return [projection_named(name) for name in names]
+    except KeyError as error:
+        fail(str(error.args[0]), 2)
+
+
+@projections_app.command("replay")
+def projections_replay(
+    names: Annotated[list[str] | None, typer.Argument(
+        help="Projections to replay (default: all).")] = None,
+) -> None:
+    """Rebuild side by side from the event log, then switch readers over atomically.
+
+    The live tables keep serving (and keep being updated) until the copy has caught up.
+    """
+    from rich.progress import Progress
+
+    from projections.replay import replay
+    from services.store.contact_store import ContactStore
+
+    settings = settings_or_fail()
+    chosen = _chosen_projections(names)
+    store = ContactStore(settings)
+    db = views(settings)
+    try:
+        for projection in chosen:
+            head = store.max_notification_id() or 1
+            with Progress(console=err) as progress:
+                task = progress.add_task(f"replaying {projection.name}", total=head)
+                result = replay(
+                    store, db, type(projection),
+                    lambda position, t=task, p=progress: p.update(t, completed=position),
+                )
+                progress.update(task, completed=head)
+            console.print(f"{result.name}: {result.events} events replayed; readers switched "
+                          f"at position {result.position}")
+    except Exception as error:  # noqa: BLE001 - the database is unreachable
+        fail(f"replay failed, the live tables are unchanged: {db_error_text(error)}")
+    finally:
+        db.close()
+        store.close()
+
+
 @projections_app.command("rebuild")
 def projections_rebuild(
+    names: Annotated[list[str] | None, typer.Argument(
+        help="Projections to rebuild (default: all).")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Drop the read models and replay every stored event into them."""
-    from projections.contacts import ContactsProjection
+    """Drop the read models and replay every stored event into them, in place.
+
+    Readers see empty or partial tables meanwhile; `ficha projections replay` does not.
+    """
+    from rich.progress import Progress
+
     from projections.runner import ProjectionRunner
     from services.store.contact_store import ContactStore
 
     settings = settings_or_fail()
-    if not yes and not typer.confirm("Drop and rebuild the contacts read model?"):
+    chosen = _chosen_projections(names)
+    listed = ", ".join(p.name for p in chosen)
+    if not yes and not typer.confirm(f"Drop and rebuild {listed} in place?"):
         raise typer.Exit(1)
     store = ContactStore(settings)
     db = views(settings)
-    runner = ProjectionRunner(store, db, ContactsProjection())
-    runner.setup()
-    head = store.max_notification_id()
-    from rich.progress import Progress
-
-    with Progress(console=err) as progress:
-        task = progress.add_task("rebuilding contacts", total=head or 1)
-        runner.rebuild(lambda position: progress.update(task, completed=position))
-        progress.update(task, completed=head or 1)
-    console.print(f"rebuilt contacts: {runner.stats.applied} events replayed")
+    for projection in chosen:
+        runner = ProjectionRunner(store, db, projection)
+        runner.setup()
+        head = store.max_notification_id()
+        with Progress(console=err) as progress:
+            task = progress.add_task(f"rebuilding {projection.name}", total=head or 1)
+            runner.rebuild(lambda position, t=task, p=progress: p.update(t, completed=position))
+            progress.update(task, completed=head or 1)
+        console.print(f"rebuilt {projection.name}: {runner.stats.applied} events replayed")
     db.close()
 
 

@@ -81,5 +81,18 @@ def test_define_preview_members_why_and_statistics(tmp_path: Path) -> None:
         answer = json.loads(ficha(data_dir, "consent", "at", "--tenant", "acme", "--email",
                                   someone, "--json").stdout)
         assert answer["channel"] == "email" and isinstance(answer["consented"], bool)
+
+        # A side-by-side replay while `ficha up` keeps running: same answers after it.
+        before = json.loads(ficha(data_dir, "segments", "members", "--tenant", "acme", "es",
+                                  "--json", "--limit", "1000").stdout)
+        done = ficha(data_dir, "projections", "replay")
+        assert "readers switched" in done.stdout
+        wait_projected(data_dir)
+        after = json.loads(ficha(data_dir, "segments", "members", "--tenant", "acme", "es",
+                                 "--json", "--limit", "1000").stdout)
+        assert after == before
+        versions = {p["name"]: p["version"] for p in
+                    json.loads(ficha(data_dir, "status", "--json").stdout)["projections"]}
+        assert versions == {"contacts": 2, "audience": 2}
     finally:
         assert stop(proc) == 0
