@@ -81,9 +81,8 @@ def facts_rows(n: int, tenant: str, now: datetime, seed: int = 1) -> Any:
         if rnd.random() < 0.3:
             for _ in range(rnd.randint(1, 5)):
                 at = utc_iso(first + (now - first) * rnd.random())
-                facts.activity.append(["purchase", at, f"{rnd.randint(5, 300)}.00", "EUR"])
-            facts.activity.sort(key=lambda e: (e[1], e[0], e[2], e[3]))
-            facts.last_purchase_at = max(e[1] for e in facts.activity)
+                facts.add_activity("purchase", at, f"{rnd.randint(5, 300)}.00", "EUR")
+            facts.last_purchase_at = facts.activity["purchase"][-1][0]
         status, due = engagement_status(facts, moment)
         rfm = score(facts, moment, RfmCuts())
         rfm_doc = {"group": rfm.group, "r": rfm.r, "f": rfm.f, "m": rfm.m,

@@ -44,7 +44,7 @@ from services.domain.audience import (
 from services.domain.clock import ClockDay
 from services.domain.contact import LIST_SUBSCRIBED, Contact
 from services.domain.facts import DEFAULT_SOFT_BOUNCE_LIMIT, ContactFacts
-from services.domain.rfm import NEVER_BOUGHT, RfmCuts, rfm_values
+from services.domain.rfm import NEVER_BOUGHT, Rfm, RfmCuts, rfm_values, score
 from services.domain.rules import COUNTS
 from services.domain.segments import SegmentCatalog, SegmentDefinition
 from services.domain.stamps import utc_iso
@@ -97,9 +97,7 @@ def _derived(r: _Row) -> tuple[Any, ...]:
 def filter_values(facts: ContactFacts) -> tuple[Any, ...]:
     f = facts.fields
     language = f.get("language")
-    totals: dict[str, int] = {}
-    for kind, *_ in facts.activity:
-        totals[kind] = totals.get(kind, 0) + 1
+    totals = {kind: len(items) for kind, items in facts.activity.items()}
     consent = facts.consent
     return (
         f.get("country"), language, language.split("-")[0].lower() if language else None,
@@ -316,9 +314,9 @@ class _Page:
         row.dirty = row.facts_changed = True
         rules = self._rules(row.facts.tenant)
         self._catch_up(row, rules, self.now)
-        before = row.last if row.last is not None and row.last.now == self.now else (
-            evaluate(row.facts, rules, self.now)
-        )
+        # The last evaluation still holds: every change due since was fired just above,
+        # and definitions never change under a cached row (their change evicts it).
+        before = row.last if row.last is not None else evaluate(row.facts, rules, self.now)
         row.facts.apply(event)
         after = evaluate(row.facts, rules, self.now)
         self._settle(row, rules, before, after, CAUSE_EVENT, event.event_id)
@@ -349,19 +347,29 @@ class _Page:
             row.engagement = after.engagement
             row.engagement_since = after.now
         row.subscribed = any(s == LIST_SUBSCRIBED for s in row.lists_now().values())
-        rfm = after.rfm
-        row.rfm = {"group": rfm.group, "r": rfm.r, "f": rfm.f, "m": rfm.m,
-                   **({} if rfm.values is None else {
-                       "recency_days": rfm.values.recency_days,
-                       "frequency": rfm.values.frequency,
-                       "monetary": str(rfm.values.monetary)})}
+        if after.rfm is not None:
+            self._set_rfm(row, rules, after.rfm)
         row.due = after.due
         # A partial evaluation (a backfill's) cannot serve as the next event's "before".
         row.last = after if len(after.traces) == len(rules.segments) else None
         if (row.engagement, row.subscribed, row.rfm, row.due) != was:
             row.dirty = True
+
+    def _set_rfm(self, row: _Row, rules: TenantRules, rfm: Rfm) -> None:
+        row.rfm = {"group": rfm.group, "r": rfm.r, "f": rfm.f, "m": rfm.m,
+                   **({} if rfm.values is None else {
+                       "recency_days": rfm.values.recency_days,
+                       "frequency": rfm.values.frequency,
+                       "monetary": str(rfm.values.monetary)})}
         if rfm.group != NEVER_BOUGHT and not rules.cuts.recency:
             self.rescore_wanted = True  # the scheduler asks for a rescoring soon
+
+    def _score_changed_facts(self) -> None:
+        """RFM for every contact whose facts changed: once per flush, not per event."""
+        for row in self.rows.values():
+            if row.facts_changed and row.dirty:
+                rules = self._rules(row.facts.tenant)
+                self._set_rfm(row, rules, score(row.facts, self.now, rules.cuts, rules.rfm))
 
     def _record_transition(self, row: _Row, t: Transition) -> None:
         facts = row.facts
@@ -603,7 +611,7 @@ class _Page:
                 for r in rows:
                     row = self.rows[r["contact_id"]]
                     self._catch_up(row, rules, self.now)
-                    after = evaluate(row.facts, rules, self.now)
+                    after = evaluate(row.facts, rules, self.now, with_rfm=True)
                     self._settle(row, rules, None, after, CAUSE_CLOCK, "rfm")
                 self._flush()
         self.rescore_wanted = False
@@ -645,6 +653,7 @@ class _Page:
                 self.rows[r["contact_id"]] = row
 
     def _flush(self, keep_rows: bool = False) -> None:
+        self._score_changed_facts()
         cur, w = self.cur, self.writes
         dirty = {cid: r for cid, r in self.rows.items() if r.dirty}
         changed = sorted(cid for cid, r in dirty.items() if r.facts_changed)

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from projections.db import Cursor, ViewDatabase, any_of
+from projections.db import Cursor, ViewDatabase, any_of, bulk_insert
 from services.domain.contact import Contact, tag_key
 from services.domain.stamps import utc_iso
 from services.domain.timeline import ACTIVITY_TYPES
@@ -118,6 +118,25 @@ def ddl(is_postgres: bool) -> list[str]:
 TABLES = ("timeline", "contact_lists", "contact_tags", "contacts")
 
 
+def _pg_type(column: str) -> str:
+    """Each contacts column's PostgreSQL type, for bulk writes of arrays."""
+    if column.startswith("consent_"):
+        return "boolean"
+    if column in ("properties", "tags"):
+        return "jsonb"
+    if column in ("first_seen_at", "last_activity_at"):
+        return "timestamptz"
+    if column.endswith("_count") or column == "version":
+        return "integer"
+    return "text"
+
+
+CONTACT_TYPES = tuple((c, _pg_type(c)) for c in COLUMNS)
+TIMELINE_TYPES = (("tenant", "text"), ("contact_id", "text"), ("occurred_at", "timestamptz"),
+                  ("event_id", "text"), ("type", "text"), ("kind", "text"),
+                  ("source", "text"), ("summary", "text"), ("data", "jsonb"))
+
+
 class ContactsProjection:
     name = NAME
     # Bumped whenever the tables' layout changes: a read model of another version is
@@ -174,26 +193,21 @@ class ContactsProjection:
                 "DELETE FROM contact_tags WHERE tenant = ? AND tag = ? AND contact_id = ?",
                 removed,
             )
-        if added:
-            cur.executemany(
-                "INSERT INTO contact_tags (tenant, tag, contact_id, label) VALUES (?,?,?,?) "
-                "ON CONFLICT (tenant, tag, contact_id) DO UPDATE SET label = excluded.label",
-                added,
-            )
-        if list_changes:
-            cur.executemany(
-                "INSERT INTO contact_lists (tenant, contact_id, list_id, state, changed_at) "
-                "VALUES (?,?,?,?,?) ON CONFLICT (tenant, contact_id, list_id) "
-                "DO UPDATE SET state = excluded.state, changed_at = excluded.changed_at",
-                [(t, c, lid, s, at) for (t, c, lid), (s, at) in sorted(list_changes.items())],
-            )
-        if timeline:
-            cur.executemany(
-                "INSERT INTO timeline (tenant, contact_id, occurred_at, event_id, type, kind, "
-                "source, summary, data) VALUES (?,?,?,?,?,?,?,?,?) "
-                "ON CONFLICT (tenant, contact_id, occurred_at, event_id) DO NOTHING",
-                timeline,
-            )
+        bulk_insert(cur, "contact_tags", (("tenant", "text"), ("tag", "text"),
+                                          ("contact_id", "text"), ("label", "text")),
+                    added, is_postgres,
+                    conflict="ON CONFLICT (tenant, tag, contact_id) "
+                    "DO UPDATE SET label = excluded.label")
+        bulk_insert(cur, "contact_lists", (("tenant", "text"), ("contact_id", "text"),
+                                           ("list_id", "text"), ("state", "text"),
+                                           ("changed_at", "timestamptz")),
+                    [(t, c, lid, s, at) for (t, c, lid), (s, at) in sorted(list_changes.items())],
+                    is_postgres,
+                    conflict="ON CONFLICT (tenant, contact_id, list_id) DO UPDATE SET "
+                    "state = excluded.state, changed_at = excluded.changed_at")
+        bulk_insert(cur, "timeline", TIMELINE_TYPES, timeline, is_postgres,
+                    conflict="ON CONFLICT (tenant, contact_id, occurred_at, event_id) "
+                    "DO NOTHING")
 
     def _load(self, cur: Cursor, ids: list[str], is_postgres: bool) -> dict[str, dict[str, Any]]:
         rows: dict[str, dict[str, Any]] = {}
@@ -210,12 +224,7 @@ class ContactsProjection:
     def _write_rows(self, cur: Cursor, rows: dict[str, dict[str, Any]], is_postgres: bool) -> None:
         if not rows:
             return
-        marks = ",".join("?" * len(COLUMNS))
         updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[2:])
-        statement = (
-            f"INSERT INTO contacts ({', '.join(COLUMNS)}) VALUES ({marks}) "
-            f"ON CONFLICT (contact_id) DO UPDATE SET {updates}"
-        )
         params = []
         for cid in sorted(rows):
             row = rows[cid]
@@ -230,7 +239,8 @@ class ContactsProjection:
                     value = int(value)
                 values.append(value)
             params.append(values)
-        cur.executemany(statement, params)
+        bulk_insert(cur, "contacts", CONTACT_TYPES, params, is_postgres,
+                    conflict=f"ON CONFLICT (contact_id) DO UPDATE SET {updates}")
 
 
 def _new_row(tenant: str, contact_id: str, email: str) -> dict[str, Any]:

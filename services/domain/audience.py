@@ -14,7 +14,7 @@ from typing import Any
 from services.domain.engagement import DEFAULT_WINDOWS, EngagementWindows, engagement_status
 from services.domain.facts import DEFAULT_SOFT_BOUNCE_LIMIT, ContactFacts
 from services.domain.rfm import DEFAULT_RFM, Rfm, RfmCuts, RfmSettings, score
-from services.domain.rules import Context, Node, parse_rule
+from services.domain.rules import Context, FieldCondition, Node, parse_rule
 from services.domain.segments import SegmentDefinition, dependency_order
 from services.domain.stamps import parse_utc_iso, utc_iso
 from services.domain.tenant import DEFAULTS
@@ -43,6 +43,7 @@ class TenantRules:
     cuts: RfmCuts = field(default_factory=RfmCuts)
     rfm: RfmSettings = DEFAULT_RFM
     soft_bounce_limit: int = DEFAULT_SOFT_BOUNCE_LIMIT
+    uses_rfm: bool = False  # some segment reads rfm.*: score RFM on every evaluation
 
     @classmethod
     def compile(
@@ -58,12 +59,17 @@ class TenantRules:
         order = dependency_order(parsed)
         segments = tuple(CompiledSegment(live[sid], parsed[sid]) for sid in order)
         values = {**DEFAULTS, **(settings or {})}
+        uses_rfm = any(
+            isinstance(n, FieldCondition) and n.field_name.startswith("rfm.")
+            for segment in segments for n in segment.rule.walk()
+        )
         return cls(
             segments,
             EngagementWindows(float(values["engaged_days"]), float(values["inactive_days"])),
             cuts or RfmCuts(),
             RfmSettings(float(values["rfm_window_days"]), values["rfm_currency"]),
             int(values["soft_bounce_limit"]),
+            uses_rfm,
         )
 
     def affected_by(self, segment_id: str) -> set[str]:
@@ -88,7 +94,7 @@ class Evaluation:
     # segment id -> leaf path -> value: what provenance compares
     traces: dict[str, dict[str, bool]]
     engagement: str
-    rfm: Rfm
+    rfm: Rfm | None  # scored only when asked, or when a segment needs it
     # the next instant at which a membership or the engagement status may change
     due: str | None
 
@@ -105,15 +111,21 @@ class Transition:
 
 
 def evaluate(facts: ContactFacts, rules: TenantRules, now: str,
-             only: set[str] | None = None, members: set[str] | None = None) -> Evaluation:
+             only: set[str] | None = None, members: set[str] | None = None,
+             with_rfm: bool = False) -> Evaluation:
     """Every segment at ``now``; or, with ``only``, just those segments, the others taken
-    as they are (``members``): a backfill re-evaluates only what a definition affects."""
+    as they are (``members``): a backfill re-evaluates only what a definition affects.
+
+    RFM is scored when ``with_rfm`` or when a segment reads it (it walks the contact's
+    purchases; the projection otherwise scores it once per flushed contact)."""
     status, engagement_due = engagement_status(facts, now, rules.windows)
-    rfm = score(facts, now, rules.cuts, rules.rfm)
-    ctx = Context(now=now, engagement=status, rfm_group=rfm.group, rfm_scores=(
-        {} if rfm.r is None else
-        {"rfm.recency": rfm.r, "rfm.frequency": rfm.f, "rfm.monetary": rfm.m}
-    ), soft_bounce_limit=rules.soft_bounce_limit)
+    rfm = score(facts, now, rules.cuts, rules.rfm) if with_rfm or rules.uses_rfm else None
+    ctx = Context(now=now, engagement=status, soft_bounce_limit=rules.soft_bounce_limit)
+    if rfm is not None:
+        ctx.rfm_group = rfm.group
+        if rfm.r is not None:
+            ctx.rfm_scores = {"rfm.recency": rfm.r, "rfm.frequency": rfm.f,
+                              "rfm.monetary": rfm.m}
     traces: dict[str, dict[str, bool]] = {}
     due = engagement_due
     for segment in rules.segments:

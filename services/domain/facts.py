@@ -14,6 +14,7 @@ No I/O: the audience projection loads and stores facts; tests build them directl
 
 from __future__ import annotations
 
+import bisect
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -77,8 +78,9 @@ class ContactFacts(msgspec.Struct):
     last_activity_at: str | None = None
     last_interaction_at: str | None = None
     last_purchase_at: str | None = None
-    # [kind, occurred_at, amount or None, currency or None], kept sorted by occurred_at
-    activity: list[list[Any]] = msgspec.field(default_factory=list)
+    # kind -> [[occurred_at, amount or None, currency or None], ...] sorted by time: a
+    # window's items are found by bisection, and a kind's list is read alone.
+    activity: dict[str, list[list[Any]]] = msgspec.field(default_factory=dict)
     soft_bounces: int = 0
     last_soft_bounce_at: str | None = None
     suppressed_at: str | None = None  # the latest hard bounce or complaint
@@ -131,12 +133,7 @@ class ContactFacts(msgspec.Struct):
         activity = ACTIVITY_KINDS.get(kind)
         if activity is not None and not automatic:
             amount = data.get("total") if kind == "purchase_completed" else data.get("amount")
-            item = [activity, at, amount, data.get("currency")]
-            self.activity.append(item)
-            if len(self.activity) > 1 and self.activity[-2][1] >= at:
-                # Late arrivals: keep the log in time order, ties in a fixed order, so
-                # that any arrival order gives the same document.
-                self.activity.sort(key=lambda e: (e[1], e[0], e[2] or "", e[3] or ""))
+            self.add_activity(activity, at, amount, data.get("currency"))
         if kind == "email_bounced":
             if data.get("bounce") == "hard":
                 self.suppressed_at = _later(self.suppressed_at, at)
@@ -169,11 +166,26 @@ class ContactFacts(msgspec.Struct):
             return LIST_SUPPRESSED
         return state
 
-    def count(self, kind: str, since: str | None) -> int:
-        """How many `kind` activities happened after `since` (all of them if None)."""
-        return sum(
-            1 for k, at, _, _ in self.activity if k == kind and (since is None or at > since)
-        )
+    def add_activity(self, kind: str, at: str, amount: str | None, currency: str | None) -> None:
+        """Keep each kind's items in time order, ties in a fixed order, so that any
+        arrival order gives the same document."""
+        items = self.activity.setdefault(kind, [])
+        item = [at, amount, currency]
+        if not items or items[-1] <= item:
+            items.append(item)
+        else:
+            bisect.insort(items, item, key=_item_key)
+
+    def since(self, kind: str, moment: str | None) -> list[list[Any]]:
+        """``kind``'s items after ``moment`` (all of them if None), oldest first."""
+        items = self.activity.get(kind, [])
+        if moment is None or not items:
+            return items
+        return items[bisect.bisect_right(items, moment, key=_at):]
+
+    def count(self, kind: str, moment: str | None) -> int:
+        """How many ``kind`` activities happened after ``moment`` (all if None)."""
+        return len(self.since(kind, moment))
 
     # -------------------------------------------------------------------- storage
 
@@ -188,6 +200,14 @@ class ContactFacts(msgspec.Struct):
 
 _ENCODER = msgspec.json.Encoder(order="deterministic")
 _DECODER = msgspec.json.Decoder(ContactFacts)
+
+
+def _at(item: list[Any]) -> str:
+    return str(item[0])
+
+
+def _item_key(item: list[Any]) -> tuple[str, str, str]:
+    return (item[0], item[1] or "", item[2] or "")
 
 
 def _later(current: str | None, candidate: str) -> str:

@@ -70,16 +70,14 @@ def rfm_values(facts: ContactFacts, now: str, settings: RfmSettings = DEFAULT_RF
     today = now[:10] + "T00:00:00.000000Z"
     recency = (parse_utc_iso(today) - parse_utc_iso(facts.last_purchase_at)).days
     since = days_before(today, settings.window_days)
-    frequency = 0
+    purchases = facts.since("purchase", since)
     monetary = Decimal(0)
-    for kind, at, amount, currency in facts.activity:
-        if at <= since or kind not in ("purchase", "refund"):
-            continue
-        if kind == "purchase":
-            frequency += 1
-        if currency == settings.currency and amount is not None:
-            monetary += Decimal(amount) if kind == "purchase" else -Decimal(amount)
-    return RfmValues(max(recency, 0), frequency, monetary)
+    for kind, sign in (("purchase", 1), ("refund", -1)):
+        for _, amount, currency in (purchases if kind == "purchase" else
+                                    facts.since("refund", since)):
+            if currency == settings.currency and amount is not None:
+                monetary += sign * Decimal(amount)
+    return RfmValues(max(recency, 0), len(purchases), monetary)
 
 
 @dataclass(frozen=True)

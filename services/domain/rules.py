@@ -276,16 +276,15 @@ class Aggregate(Leaf):
 
     def measure(self, facts: ContactFacts, now: str) -> Decimal:
         since = None if self.within_days is None else days_before(now, self.within_days)
-        signs = dict(self.kinds)
         total = Decimal(0)
-        for kind, at, amount, currency in facts.activity:
-            sign = signs.get(kind)
-            if sign is None or (since is not None and at <= since):
-                continue
+        for kind, sign in self.kinds:
+            items = facts.since(kind, since)
             if self.currency is None:
-                total += 1
-            elif currency == self.currency and amount is not None:
-                total += sign * Decimal(amount)
+                total += len(items)
+                continue
+            for _, amount, currency in items:
+                if currency == self.currency and amount is not None:
+                    total += sign * Decimal(amount)
         return total
 
     def test(self, facts: ContactFacts, ctx: Context) -> bool:
@@ -295,12 +294,9 @@ class Aggregate(Leaf):
         if self.within_days is None:
             return None
         since = days_before(ctx.now, self.within_days)
-        kinds = dict(self.kinds)
         # The window's oldest counted item leaves it first.
-        for kind, at, _, _ in facts.activity:
-            if kind in kinds and at > since:
-                return days_after(at, self.within_days)
-        return None
+        oldest = [items[0][0] for kind, _ in self.kinds if (items := facts.since(kind, since))]
+        return days_after(min(oldest), self.within_days) if oldest else None
 
     def describe(self) -> str:
         what = self.name if self.currency is None else f"{self.name} in {self.currency}"

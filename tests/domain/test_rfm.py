@@ -37,12 +37,12 @@ def test_every_score_pair_has_exactly_one_group() -> None:
 
 def test_values_are_per_utc_day_and_net_of_refunds_in_the_primary_currency() -> None:
     facts = ContactFacts(tenant="t", contact_id="c", email="a@example.com",
-                         last_purchase_at="2026-11-20T18:00:00.000000Z", activity=[
-                             ["purchase", "2025-06-01T10:00:00.000000Z", "999.00", "EUR"],
-                             ["purchase", "2026-10-01T10:00:00.000000Z", "100.00", "EUR"],
-                             ["purchase", "2026-11-20T18:00:00.000000Z", "50.00", "USD"],
-                             ["refund", "2026-11-21T09:00:00.000000Z", "30.00", "EUR"],
-                         ])
+                         last_purchase_at="2026-11-20T18:00:00.000000Z")
+    for item in (["purchase", "2025-06-01T10:00:00.000000Z", "999.00", "EUR"],
+                 ["refund", "2026-11-21T09:00:00.000000Z", "30.00", "EUR"],
+                 ["purchase", "2026-11-20T18:00:00.000000Z", "50.00", "USD"],
+                 ["purchase", "2026-10-01T10:00:00.000000Z", "100.00", "EUR"]):
+        facts.add_activity(*item)
     rfm = score(facts, "2026-11-23T23:59:00.000000Z", RfmCuts())
     assert rfm.values == RfmValues(recency_days=2, frequency=2, monetary=Decimal("70.00"))
     never = ContactFacts(tenant="t", contact_id="d", email="b@example.com")

@@ -27,6 +27,8 @@ def at(days_ago: float) -> str:
 
 def facts(**kw: Any) -> ContactFacts:
     base = ContactFacts(tenant="acme", contact_id="c1", email="ana@example.com")
+    for kind, at_, amount, currency in kw.pop("activity", []):
+        base.add_activity(kind, at_, amount, currency)
     for key, value in kw.items():
         setattr(base, key, value)
     return base

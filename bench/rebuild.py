@@ -1,0 +1,108 @@
+"""Rebuild speed: replaying the event log into each projection, against reading it alone.
+
+Fills the event store with a demo history (folded by the real ingest path, without the
+bus), defines a few segments, then measures in the same run:
+
+* raw baseline: reading the notification log in pages and decoding every domain event
+  (what any projection has to do at least);
+* each projection rebuilt from the start (``ProjectionRunner.rebuild``), alone.
+
+Usage:  python -m bench.rebuild --events 100000 [--backend postgres|sqlite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from projections.db import ViewDatabase
+from projections.registry import all_projections
+from projections.runner import ProjectionRunner
+from services.catalog import SegmentCommands
+from services.config import load_settings
+from services.demo import generate_history
+from services.domain.identity import ContactIdentity
+from services.ingest.cache import ContactCache
+from services.ingest.folding import BatchFolder
+from services.store.contact_store import ContactStore
+from tests.factories import decode_dict
+
+PG_DSN = os.environ.get("FICHA_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+SEGMENTS = {
+    "es-vip": {"all": [{"field": "language", "op": "equals", "value": "es"},
+                       {"field": "tags", "op": "has", "value": "vip"}]},
+    "active-30d": {"field": "last_interaction_at", "op": "within_last", "value": {"days": 30}},
+    "buyers": {"count": "purchases", "op": "gte", "value": 1},
+}
+
+
+def read_and_decode(store: ContactStore, page: int = 2000) -> tuple[int, float]:
+    started = time.perf_counter()
+    position, count = 0, 0
+    mapper = store.mapper
+    while True:
+        notifications = store.notifications_after(position, page)
+        if not notifications:
+            break
+        for n in notifications:
+            mapper.to_domain_event(n)
+        count += len(notifications)
+        position = notifications[-1].id
+    return count, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--backend", default="postgres", choices=["postgres", "sqlite"])
+    args = parser.parse_args()
+    schema = f"bench_rb_{uuid.uuid4().hex[:8]}"
+    env = {"FICHA_DATA_DIR": tempfile.mkdtemp(prefix="ficha-rb-"), "FICHA_ID_KEY": "00" * 32}
+    if args.backend == "postgres":
+        env.update(FICHA_DATABASE_URL=PG_DSN, FICHA_DATABASE_SCHEMA=schema)
+    settings = load_settings(env)
+    store = ContactStore(settings)
+    db = ViewDatabase(settings)
+    try:
+        for sid, rule in SEGMENTS.items():
+            SegmentCommands(store).define("bench", sid, sid, rule)
+        start = datetime.now(UTC) - timedelta(days=330)
+        folder = BatchFolder(store, ContactIdentity(settings.id_key), ContactCache(200_000), "p0")
+        batch: list = []
+        position = 0
+        for raw in generate_history("bench", args.events, seed=3, start=start):
+            batch.append(decode_dict(raw))
+            if len(batch) == 500:
+                position += 1
+                folder.fold_and_commit(batch, position)
+                batch = []
+        if batch:
+            folder.fold_and_commit(batch, position + 1)
+        count, seconds = read_and_decode(store)
+        baseline = count / seconds
+        print(f"\n{args.backend}: {args.events:,} inbound events, {count:,} stored events\n")
+        print(f"{'measure':44} {'events/s':>10} {'vs baseline':>12}")
+        print(f"{'read + decode the log alone (raw baseline)':44} {baseline:10,.0f}")
+        for projection in all_projections():
+            runner = ProjectionRunner(store, db, projection, page_size=2000)
+            runner.setup()
+            started = time.perf_counter()
+            runner.rebuild()
+            rate = runner.stats.applied / (time.perf_counter() - started)
+            print(f"{'rebuild ' + projection.name:44} {rate:10,.0f} {rate / baseline:12.2f}")
+    finally:
+        db.close()
+        store.close()
+        if args.backend == "postgres":
+            import psycopg
+
+            with psycopg.connect(PG_DSN, autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+if __name__ == "__main__":
+    main()
