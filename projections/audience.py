@@ -219,7 +219,7 @@ class _Writes:
 class AudienceProjection:
     name = NAME
     version = 2
-    tables = TABLES
+    tables: tuple[str, ...] = TABLES
 
     def statements(self, is_postgres: bool) -> list[str]:
         """The DDL of this projection's tables and indexes."""

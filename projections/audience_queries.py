@@ -297,9 +297,9 @@ def _series(now: str | None, daily: list[dict[str, Any]], days: int, key: Any,
         return []
     snapshots: dict[str, dict[str, int]] = {}
     for row in daily:
-        day = snapshots.setdefault(row["day"], dict(empty))
+        counts = snapshots.setdefault(row["day"], dict(empty))
         name = key(row)
-        day[name] = day.get(name, 0) + int(row["count"])
+        counts[name] = counts.get(name, 0) + int(row["count"])
     ordered = sorted(snapshots)
     out = []
     carried = dict(empty)

@@ -142,7 +142,7 @@ class ContactsProjection:
     # Bumped whenever the tables' layout changes: a read model of another version is
     # dropped and rebuilt from the event store at start-up.
     version = 2
-    tables = TABLES
+    tables: tuple[str, ...] = TABLES
 
     def statements(self, is_postgres: bool) -> list[str]:
         """The DDL of this projection's tables and indexes."""
@@ -228,9 +228,9 @@ class ContactsProjection:
         params = []
         for cid in sorted(rows):
             row = rows[cid]
-            values = []
+            values: list[Any] = []
             for column in COLUMNS:
-                value = row.get(column)
+                value: Any = row.get(column)
                 if column == "tags":
                     value = _json_text(sorted(value.values()))
                 elif column == "properties":

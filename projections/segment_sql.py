@@ -61,14 +61,13 @@ def prefilter(node: Node, tenant: str, now: str | None = None,
     """
     if isinstance(node, Group):
         if node.kind == "all":
-            parts = [c for c in (prefilter(item, tenant, now, windows) for item in node.items)
-                     if c]
+            found = [prefilter(item, tenant, now, windows) for item in node.items]
+            parts = [c for c in found if c is not None]
             return _join(parts, " AND ") if parts else None
         if node.kind == "any":
-            parts = [prefilter(item, tenant, now, windows) for item in node.items]
-            if any(p is None for p in parts):
-                return None
-            return _join([p for p in parts if p], " OR ")
+            branches = [prefilter(item, tenant, now, windows) for item in node.items]
+            kept = [b for b in branches if b is not None]
+            return _join(kept, " OR ") if len(kept) == len(branches) else None
         inner = node.items[0]
         if isinstance(inner, FieldCondition) and inner.field_name == "tags" and (
             inner.op == "has_not"

@@ -106,7 +106,11 @@ class ClockCommands:
 
     def request_rescore(self, moment: datetime) -> str | None:
         """Ask the audience projection to score RFM for every tenant at ``moment``."""
-        return self._on_day(moment, lambda clock, at: clock.request_rescore(at) or True)
+        def rescore(clock: ClockDay, at: str) -> bool:
+            clock.request_rescore(at)
+            return True
+
+        return self._on_day(moment, rescore)
 
     def _on_day(self, moment: datetime, command: Callable[[ClockDay, str], bool]) -> str | None:
         at = utc_iso(moment)

@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -257,7 +258,8 @@ def contacts_list(
             row.get("language") or "",
             row.get("country") or "",
             ", ".join(row.get("tags") or []),
-            {True: "email ✓", False: "email ✗"}.get(row.get("consent_email"), ""),
+            {True: "email ✓", False: "email ✗"}.get(bool(row["consent_email"]), "")
+            if row.get("consent_email") is not None else "",
             (row.get("first_seen_at") or "")[:10],
             (row.get("last_activity_at") or "")[:10],
             str(row["forms_count"]),
@@ -355,6 +357,15 @@ def status(
 # ---------------------------------------------------------------- projections
 
 
+def _advancing(progress: Any, task: Any) -> Callable[[int], None]:
+    """A page callback that moves a progress bar to the projection's position."""
+
+    def advance(position: int) -> None:
+        progress.update(task, completed=position)
+
+    return advance
+
+
 def _chosen_projections(names: list[str] | None) -> list[Any]:
     from projections.registry import all_projections, projection_named
 
@@ -389,10 +400,7 @@ def projections_replay(
             head = store.max_notification_id() or 1
             with Progress(console=err) as progress:
                 task = progress.add_task(f"replaying {projection.name}", total=head)
-                result = replay(
-                    store, db, type(projection),
-                    lambda position, t=task, p=progress: p.update(t, completed=position),
-                )
+                result = replay(store, db, type(projection), _advancing(progress, task))
                 progress.update(task, completed=head)
             console.print(f"{result.name}: {result.events} events replayed; readers switched "
                           f"at position {result.position}")
@@ -431,7 +439,7 @@ def projections_rebuild(
         head = store.max_notification_id()
         with Progress(console=err) as progress:
             task = progress.add_task(f"rebuilding {projection.name}", total=head or 1)
-            runner.rebuild(lambda position, t=task, p=progress: p.update(t, completed=position))
+            runner.rebuild(_advancing(progress, task))
             progress.update(task, completed=head or 1)
         console.print(f"rebuilt {projection.name}: {runner.stats.applied} events replayed")
     db.close()

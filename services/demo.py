@@ -227,7 +227,7 @@ class _Generator:
                 amount = total if rnd.random() < 0.5 else _money(float(total) / 2)
                 ev.update(order_id=order_id, amount=amount, currency=currency)
                 return [ev]
-            items = []
+            items: list[dict[str, Any]] = []
             for sku, name, price in rnd.sample(PRODUCTS, rnd.randint(1, 3)):
                 items.append({"sku": sku, "name": name, "quantity": rnd.randint(1, 3),
                               "unit_price": price})

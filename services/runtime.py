@@ -178,8 +178,8 @@ class Runtime:
             for process in self.projector_processes:
                 if process.poll() is not None:
                     raise RuntimeError(
-                        f"a projector process ({' '.join(map(str, process.args[-2:]))}) "
-                        f"exited with {process.returncode}"
+                        f"a projector process (pid {process.pid}) exited with "
+                        f"{process.returncode}"
                     )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 0.5)

@@ -123,7 +123,7 @@ def evaluate(facts: ContactFacts, rules: TenantRules, now: str,
     ctx = Context(now=now, engagement=status, soft_bounce_limit=rules.soft_bounce_limit)
     if rfm is not None:
         ctx.rfm_group = rfm.group
-        if rfm.r is not None:
+        if rfm.r is not None and rfm.f is not None and rfm.m is not None:
             ctx.rfm_scores = {"rfm.recency": rfm.r, "rfm.frequency": rfm.f,
                               "rfm.monetary": rfm.m}
     traces: dict[str, dict[str, bool]] = {}

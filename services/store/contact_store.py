@@ -120,7 +120,8 @@ class ContactStore(Application[UUID]):
         for contact_id, events in stored.items():
             aggregate: Any = None
             for stored_event in events:
-                aggregate = self.mapper.to_domain_event(stored_event).mutate(aggregate)
+                event: Any = self.mapper.to_domain_event(stored_event)
+                aggregate = event.mutate(aggregate)
             if aggregate is not None:
                 contacts[contact_id] = aggregate
         return contacts
