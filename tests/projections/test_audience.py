@@ -303,6 +303,10 @@ def test_rebuild_equals_incremental_and_matches_a_brute_force_oracle(
         cur.execute("SELECT email, engagement, rfm FROM audience_facts")
         rows = cur.fetchall()
     assert {r["email"]: r["engagement"] for r in rows} == expected["engagement"]
+    assert list_stats(a.db, "acme")["lists"] == expected["lists"]
+    assert len(expected["lists"]) == 3 and all(
+        {"pending", "subscribed", "unsubscribed"} <= set(states)
+        for states in expected["lists"].values())
     rfm = {r["email"]: json.loads(r["rfm"]) for r in rows}
     groups = {e: v["group"] if v["m"] is None else f"{v['group']} m{v['m']}"
               for e, v in rfm.items()}
@@ -322,6 +326,7 @@ def oracle(raw: list[dict[str, Any]], now: str) -> dict[str, Any]:
 
     result: dict[str, Any] = {sid: set() for sid in ORACLE_SEGMENTS}
     result["engagement"] = {}
+    result["lists"] = {}
     values: dict[str, tuple[int, int, Decimal]] = {}
     interactions = {"email_opened", "email_clicked", "product_viewed", "cart_updated",
                     "purchase_completed", "form_submitted", "survey_completed", "booking_made"}
@@ -329,9 +334,8 @@ def oracle(raw: list[dict[str, Any]], now: str) -> dict[str, Any]:
         evs.sort(key=when)
         country = None
         tags: dict[str, bool] = {}
-        newsletter = None
+        lists: dict[str, tuple[str, datetime]] = {}  # list id -> (state, since)
         suppressed: datetime | None = None
-        newsletter_at: datetime | None = None
         soft = 0
         for e in evs:  # in time order: the latest fact wins
             at = when(e)[0]
@@ -340,15 +344,13 @@ def oracle(raw: list[dict[str, Any]], now: str) -> dict[str, Any]:
                 tags[t.strip().casefold()] = True
             for t in e.get("tags_removed", []):
                 tags[t.strip().casefold()] = False
-            if e["type"] in ("list_subscribed", "list_confirmed", "list_unsubscribed") and (
-                e["list_id"] in ("newsletter", "*")
-            ):
-                if e["list_id"] == "*" and newsletter is None:
-                    continue  # "*" leaves the lists one is on; it joins none
-                newsletter = {"list_subscribed": "pending" if e.get("double_opt_in")
-                              else "subscribed", "list_confirmed": "subscribed",
-                              "list_unsubscribed": "unsubscribed"}[e["type"]]
-                newsletter_at = at
+            if e["type"] in ("list_subscribed", "list_confirmed", "list_unsubscribed"):
+                state = {"list_subscribed": "pending" if e.get("double_opt_in")
+                         else "subscribed", "list_confirmed": "subscribed",
+                         "list_unsubscribed": "unsubscribed"}[e["type"]]
+                # "*" leaves the lists one is on; it joins none.
+                for list_id in (list(lists) if e["list_id"] == "*" else [e["list_id"]]):
+                    lists[list_id] = (state, at)
             if e["type"] == "email_bounced":
                 if e["bounce"] == "hard":
                     suppressed = at
@@ -358,9 +360,16 @@ def oracle(raw: list[dict[str, Any]], now: str) -> dict[str, Any]:
                         suppressed = at
             if e["type"] == "email_complained":
                 suppressed = at
-        if (newsletter in ("pending", "subscribed") and suppressed is not None
-                and newsletter_at is not None and suppressed >= newsletter_at):
-            newsletter = "suppressed"
+        effective = {
+            list_id: "suppressed" if (state in ("pending", "subscribed")
+                                      and suppressed is not None and suppressed >= since)
+            else state
+            for list_id, (state, since) in lists.items()
+        }
+        for list_id, state in effective.items():
+            result["lists"].setdefault(list_id, {})
+            result["lists"][list_id][state] = result["lists"][list_id].get(state, 0) + 1
+        newsletter = effective.get("newsletter")
         touched = [when(e)[0] for e in evs if e["type"] in interactions
                    and not e.get("machine_open")]
         last = max(touched) if touched else None
