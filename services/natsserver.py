@@ -109,8 +109,12 @@ class EmbeddedNatsServer:
         monitor: bool = True,
         host: str = "127.0.0.1",
         ready_timeout_s: float = 10.0,
+        config: Path | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
+        # A configuration file (accounts, permissions; see deploy/nats/); the options
+        # above (store, host, ports) take precedence over the file's.
+        self.config = config
         self.requested_port = port
         self.monitor = monitor
         self.host = host
@@ -189,6 +193,8 @@ class EmbeddedNatsServer:
         ]
         if self.monitor:
             args += ["-m", "-1"]
+        if self.config is not None:
+            args += ["-c", str(self.config)]
         self._log_handle = open(self.log_path, "ab")  # noqa: SIM115 - closed in _reap
         self._log_offset = self._log_handle.tell()
         self._process = subprocess.Popen(
