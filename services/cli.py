@@ -34,6 +34,7 @@ from services.cli_common import (
     settings_or_fail,
     views,
 )
+from services.cli_dlq import dlq_app
 
 app = typer.Typer(
     help="ficha: an event-sourced contact backend. Events in on NATS, contact cards out.",
@@ -53,6 +54,7 @@ app.add_typer(rfm_app, name="rfm")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(properties_app, name="properties")
 app.add_typer(tags_app, name="tags")
+app.add_typer(dlq_app, name="dlq")
 
 # ------------------------------------------------------------------------- up
 

@@ -1,0 +1,146 @@
+"""`ficha dlq list|show|redrive|purge`: see and repair what was dead-lettered."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from services.cli_common import CliError, console, fail, run, settings_or_fail
+
+dlq_app = typer.Typer(help="Dead letters: list, show, re-drive, purge.", no_args_is_help=True)
+
+TenantOpt = Annotated[str | None, typer.Option(help="Only this tenant's dead letters.")]
+CodeOpt = Annotated[str | None, typer.Option(help="Only this error code.")]
+AsJson = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
+
+
+async def _with_js(work: Callable[[Any], Awaitable[Any]]) -> Any:
+    import nats
+
+    from services.runtime import resolve_nats_url
+
+    url = resolve_nats_url(settings_or_fail())
+    if not url:
+        raise CliError("no NATS to talk to: start `ficha up` or set FICHA_NATS_URL")
+    try:
+        nc = await nats.connect(url, connect_timeout=3, allow_reconnect=False,
+                                max_reconnect_attempts=0)
+    except Exception as error:  # noqa: BLE001 - an unreachable server is an expected failure
+        raise CliError(f"cannot reach NATS at {url}: {error or type(error).__name__}") from error
+    try:
+        return await work(nc.jetstream())
+    finally:
+        await nc.close()
+
+
+def _selection(tenant: str | None, code: str | None, seqs: list[int] | None = None) -> Any:
+    from services.dlq import Selection
+
+    return Selection(tenant=tenant, code=code, seqs=frozenset(seqs or []))
+
+
+@dlq_app.command("list")
+def dlq_list(tenant: TenantOpt = None, code: CodeOpt = None,
+             limit: Annotated[int, typer.Option(help="Latest entries to show.")] = 20,
+             as_json: AsJson = False) -> None:
+    """Dead letters grouped by tenant and error code, and the latest ones."""
+    from services.dlq import groups, read
+
+    letters = run(_with_js(lambda js: read(js, _selection(tenant, code))))
+    if as_json:
+        print(json.dumps({"total": len(letters), "groups": groups(letters),
+                          "latest": [d.to_dict() for d in letters[-limit:]]}))
+        return
+    table = Table(title=f"dead letters: {len(letters)}")
+    for column in ("tenant", "code", "count", "latest seq", "latest reason"):
+        table.add_column(column, overflow="fold")
+    for g in groups(letters):
+        table.add_row(g["tenant"], g["code"], str(g["count"]), str(g["latest_seq"]),
+                      g["latest_detail"])
+    console.print(table)
+    latest = Table(title="latest")
+    for column in ("seq", "subject", "event id", "code"):
+        latest.add_column(column, overflow="fold")
+    for d in letters[-limit:]:
+        latest.add_row(str(d.seq), d.original_subject, d.event_id or "", d.code)
+    console.print(latest)
+
+
+@dlq_app.command("show")
+def dlq_show(seq: Annotated[int, typer.Argument(help="The dead letter's sequence.")],
+             as_json: AsJson = False) -> None:
+    """One dead letter: its reason and its original body."""
+    from services.dlq import read
+
+    letters = run(_with_js(lambda js: read(js, _selection(None, None, [seq]))))
+    if not letters:
+        fail(f"no dead letter {seq} (already re-driven or purged?)", 2)
+    data = letters[0].to_dict(with_body=True)
+    if as_json:
+        print(json.dumps(data))
+        return
+    for key in ("seq", "original_subject", "original_sequence", "event_id", "code", "detail"):
+        console.print(f"[bold]{key}[/]: {data[key]}", highlight=False)
+    console.print_json(json.dumps(data["body"]) if not isinstance(data["body"], str)
+                       else json.dumps({"raw": data["body"]}))
+
+
+def _chosen(tenant: str | None, code: str | None, seqs: list[int] | None,
+            every: bool) -> Any:
+    if not (tenant or code or seqs or every):
+        fail("say which dead letters: sequences, --tenant, --code, or --all", 2)
+    return _selection(tenant, code, seqs)
+
+
+@dlq_app.command("redrive")
+def dlq_redrive(
+    seqs: Annotated[list[int] | None, typer.Argument(help="Sequences to re-drive.")] = None,
+    tenant: TenantOpt = None, code: CodeOpt = None,
+    every: Annotated[bool, typer.Option("--all", help="Every dead letter.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Publish dead letters again to their original subjects, after a fix."""
+    from services.dlq import read, redrive
+
+    selection = _chosen(tenant, code, seqs, every)
+
+    async def work(js: Any) -> int:
+        letters = await read(js, selection)
+        if not letters:
+            raise CliError("no dead letters match")
+        if not yes and not typer.confirm(f"Re-drive {len(letters)} dead letters?"):
+            raise typer.Exit(1)
+        try:
+            return await redrive(js, letters)
+        except ValueError as error:
+            raise CliError(str(error)) from error
+
+    done = run(_with_js(work))
+    console.print(f"re-drove {done} dead letters; they go through ingestion again")
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    seqs: Annotated[list[int] | None, typer.Argument(help="Sequences to delete.")] = None,
+    tenant: TenantOpt = None, code: CodeOpt = None,
+    every: Annotated[bool, typer.Option("--all", help="Every dead letter.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete dead letters for good."""
+    from services.dlq import purge, read
+
+    selection = _chosen(tenant, code, seqs, every)
+
+    async def work(js: Any) -> int:
+        letters = await read(js, selection)
+        if not letters:
+            raise CliError("no dead letters match")
+        if not yes and not typer.confirm(f"Delete {len(letters)} dead letters for good?"):
+            raise typer.Exit(1)
+        return await purge(js, letters)
+
+    console.print(f"deleted {run(_with_js(work))} dead letters")

@@ -1,0 +1,138 @@
+"""Operating the dead-letter stream: list, show, re-drive, purge.
+
+Dead letters live in FICHA_DLQ (``ficha.dlq.<tenant>.<type>``), each the original body
+with the headers ``Ficha-Error``, ``Ficha-Error-Detail``, ``Ficha-Original-Subject`` and
+``Ficha-Original-Sequence``. A re-drive publishes the body again to its original subject,
+so it goes through the normal path (decoding, the tenant's checks, the fold; an event that
+was applied meanwhile is found among the received ids and not applied twice), and then
+deletes it from FICHA_DLQ; if it is still wrong it comes back with a fresh reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from services.streams import DLQ_STREAM
+
+
+@dataclass
+class DeadLetter:
+    seq: int
+    subject: str
+    tenant: str
+    type: str
+    code: str
+    detail: str
+    original_subject: str
+    original_sequence: str
+    size: int
+    event_id: str | None
+    body: bytes
+
+    def to_dict(self, with_body: bool = False) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("body")
+        if with_body:
+            try:
+                data["body"] = json.loads(self.body)
+            except ValueError:
+                data["body"] = self.body.decode("utf-8", errors="replace")
+        return data
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which dead letters: all of them, a tenant's, a code's, or given sequences."""
+
+    tenant: str | None = None
+    code: str | None = None
+    seqs: frozenset[int] = frozenset()
+
+    def matches(self, letter: DeadLetter) -> bool:
+        return ((self.tenant is None or letter.tenant == self.tenant)
+                and (self.code is None or letter.code == self.code)
+                and (not self.seqs or letter.seq in self.seqs))
+
+
+async def read(js: JetStreamContext, selection: Selection = Selection(),
+               on_progress: Callable[[int, int], None] | None = None) -> list[DeadLetter]:
+    """The dead letters selected, oldest first."""
+    info = await js.stream_info(DLQ_STREAM)
+    first, last = info.state.first_seq, info.state.last_seq
+    if info.state.messages == 0:
+        return []
+    sequences = sorted(selection.seqs) if selection.seqs else range(first, last + 1)
+    out = []
+    for done, seq in enumerate(sequences, 1):
+        try:
+            msg = await js.get_msg(DLQ_STREAM, seq=seq)
+        except NotFoundError:
+            continue
+        letter = _letter(seq, msg.subject or "", msg.headers or {}, msg.data or b"")
+        if selection.matches(letter):
+            out.append(letter)
+        if on_progress is not None:
+            on_progress(done, len(sequences))
+    return out
+
+
+def groups(letters: list[DeadLetter]) -> list[dict[str, Any]]:
+    """Counts by tenant and error code, largest first, with the latest example of each."""
+    counts = Counter((d.tenant, d.code) for d in letters)
+    latest = {(d.tenant, d.code): d for d in letters}
+    return [
+        {"tenant": tenant, "code": code, "count": n, "latest_seq": latest[(tenant, code)].seq,
+         "latest_detail": latest[(tenant, code)].detail}
+        for (tenant, code), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+
+
+async def redrive(js: JetStreamContext, letters: list[DeadLetter],
+                  on_progress: Callable[[int], None] | None = None) -> int:
+    """Publish each to its original subject, then delete it from FICHA_DLQ."""
+    done = 0
+    for letter in letters:
+        if not letter.original_subject.startswith("ficha.in."):
+            raise ValueError(f"dead letter {letter.seq} came from {letter.original_subject!r}, "
+                             "which is not an ingest subject; it cannot be re-driven")
+        # The id makes a re-drive repeated at once a duplicate for JetStream; ficha's own
+        # received ids make any later repetition harmless too.
+        await js.publish(letter.original_subject, letter.body,
+                         headers={"Nats-Msg-Id": f"redrive-{letter.seq}"})
+        await js.delete_msg(DLQ_STREAM, letter.seq)
+        done += 1
+        if on_progress is not None:
+            on_progress(done)
+    return done
+
+
+async def purge(js: JetStreamContext, letters: list[DeadLetter]) -> int:
+    for letter in letters:
+        await js.delete_msg(DLQ_STREAM, letter.seq)
+    return len(letters)
+
+
+def _letter(seq: int, subject: str, headers: dict[str, str], body: bytes) -> DeadLetter:
+    parts = subject.split(".")
+    event_id = None
+    try:
+        decoded = json.loads(body)
+        if isinstance(decoded, dict) and isinstance(decoded.get("event_id"), str):
+            event_id = decoded["event_id"]
+    except ValueError:
+        pass
+    return DeadLetter(
+        seq=seq, subject=subject,
+        tenant=parts[2] if len(parts) > 2 else "_", type=parts[3] if len(parts) > 3 else "_",
+        code=headers.get("Ficha-Error", "?"), detail=headers.get("Ficha-Error-Detail", ""),
+        original_subject=headers.get("Ficha-Original-Subject", ""),
+        original_sequence=headers.get("Ficha-Original-Sequence", ""),
+        size=len(body), event_id=event_id, body=body,
+    )

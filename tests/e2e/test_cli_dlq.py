@@ -1,0 +1,77 @@
+"""`ficha dlq` as an operator runs it against `ficha up`: group, show, re-drive after a
+fix (applied once), purge."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import nats
+import pytest
+
+from tests.e2e.test_cli import ficha, start_up, status, stop, wait_received
+from tests.factories import event_dict
+
+
+async def publish_raw(url: str, items: list[tuple[str, bytes]]) -> None:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    for subject, body in items:
+        await js.publish(subject, body)
+    await nc.close()
+
+
+def wait_dead(data_dir: Path, n: int) -> None:
+    deadline = time.time() + 60
+    while status(data_dir)["bus"].get("dead_letters", 0) < n:
+        assert time.time() < deadline
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_list_show_redrive_purge(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var"
+    proc = start_up(data_dir, tmp_path / "up.log")
+    try:
+        url = (data_dir / "nats.url").read_text().strip()
+        ficha(data_dir, "properties", "define", "--tenant", "acme", "shoe_size", "number")
+        time.sleep(2.5)  # definitions reach the ingest workers within about two seconds
+        mismatch = event_dict("form_submitted", event_id="f-1", email="ana@example.com",
+                              form_id="f", properties={"shoe_size": "big"})
+        asyncio.run(publish_raw(url, [
+            ("ficha.in.acme.form_submitted", json.dumps(mismatch).encode()),
+            ("ficha.in.acme.form_submitted", b"not json"),
+            ("ficha.in.globex.form_submitted", b"{}"),
+        ]))
+        wait_dead(data_dir, 3)
+        listed = json.loads(ficha(data_dir, "dlq", "list", "--json").stdout)
+        assert listed["total"] == 3
+        assert {(g["tenant"], g["code"]) for g in listed["groups"]} == {
+            ("acme", "property_type_mismatch"), ("acme", "not_json"),
+            ("globex", "missing_field")}
+        seq = next(d["seq"] for d in listed["latest"] if d["event_id"] == "f-1")
+        shown = json.loads(ficha(data_dir, "dlq", "show", str(seq), "--json").stdout)
+        assert shown["body"]["properties"] == {"shoe_size": "big"}
+        assert "defined as a number" in shown["detail"]
+
+        # The operator widens the definition, then re-drives: the event is applied once.
+        ficha(data_dir, "properties", "remove", "--tenant", "acme", "shoe_size")
+        time.sleep(2.5)
+        done = ficha(data_dir, "dlq", "redrive", "--code", "property_type_mismatch", "--yes")
+        assert "re-drove 1" in done.stdout
+        wait_received(data_dir, 1)
+        card = json.loads(ficha(data_dir, "contacts", "get", "--tenant", "acme", "--email",
+                                "ana@example.com", "--json").stdout)
+        assert card["properties"] == {"shoe_size": "big"}
+        again = ficha(data_dir, "dlq", "redrive", str(seq), "--yes", check=False)
+        assert again.returncode == 1 and "no dead letters match" in again.stderr
+
+        refused = ficha(data_dir, "dlq", "purge", check=False)
+        assert refused.returncode == 2 and "--all" in refused.stderr
+        ficha(data_dir, "dlq", "purge", "--tenant", "globex", "--yes")
+        left = json.loads(ficha(data_dir, "dlq", "list", "--json").stdout)
+        assert [(g["tenant"], g["code"]) for g in left["groups"]] == [("acme", "not_json")]
+    finally:
+        assert stop(proc) == 0
