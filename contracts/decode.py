@@ -13,7 +13,7 @@ Rejection codes (stable; producers and operators may match on them):
 | type_mismatch | the body's type differs from the subject's type token |
 | tenant_mismatch | the body's tenant differs from the subject's tenant token |
 | missing_field | a required field is absent |
-| invalid_field | a field has the wrong type or format, or is null |
+| invalid_field | a field has the wrong type or format, or is null, or an instant is outside 1900-2200 |
 | unsupported_schema_version | schema_version is newer than this ficha knows |
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -215,7 +216,23 @@ def _explain(text: str) -> str:
     return text[0].lower() + text[1:] if text else "is not valid"
 
 
+# Instants ficha accepts: far enough back for any customer history, far enough ahead for
+# bookings; outside them a date is a producer's bug (0001-01-01, 9999-12-31), and date
+# arithmetic on it (windows of days) would overflow.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
 def _normalise(event: InboundEvent, reject: Any) -> InboundEvent | Rejection:
+    for name in ("occurred_at", "starts_at"):
+        moment = getattr(event, name, None)
+        if moment is not None and not EARLIEST <= moment < LATEST:
+            return reject(
+                "invalid_field",
+                f"{name} {moment.isoformat()} is outside the instants ficha accepts "
+                f"({EARLIEST.year}-01-01 to {LATEST.year}-01-01): check the producer's clock "
+                "or date handling",
+            )
     person = event.contact
     email = normalise_email(person.email)
     problem = email_problem(email)

@@ -119,7 +119,9 @@ async def purge(js: JetStreamContext, letters: list[DeadLetter]) -> int:
     return len(letters)
 
 
-def _letter(seq: int, subject: str, headers: dict[str, str], body: bytes) -> DeadLetter:
+def _letter(seq: int, subject: str, raw_headers: dict[str, Any], body: bytes) -> DeadLetter:
+    # str(): a client may hand back a parsed header object for a value it found unusual.
+    headers = {key: str(value) for key, value in raw_headers.items()}
     parts = subject.split(".")
     event_id = None
     try:

@@ -214,6 +214,10 @@ def _later(current: str | None, candidate: str) -> str:
     return candidate if current is None or candidate > current else current
 
 
+_MAX = "9999-12-31T23:59:59.999999Z"
+_MIN = "0001-01-01T00:00:00.000000Z"
+
+
 @lru_cache(maxsize=4096)
 def days_before(moment: str, days: float) -> str:
     """``moment`` minus ``days``; cached, as rules ask it for the same "now" over and over."""
@@ -227,7 +231,12 @@ def days_after(moment: str, days: float) -> str:
 def _shift(moment: str, days: float) -> str:
     # Domain instants are fixed-width UTC ("...T10:15:00.000000Z"): naive arithmetic on
     # them is exact and several times faster than going through time zones.
-    if len(moment) == 27 and moment[-1] == "Z":
-        shifted = datetime.fromisoformat(moment[:-1]) + timedelta(days=days)
-        return shifted.isoformat(timespec="microseconds") + "Z"
-    return utc_iso(parse_utc_iso(moment) + timedelta(days=days))
+    try:
+        if len(moment) == 27 and moment[-1] == "Z":
+            shifted = datetime.fromisoformat(moment[:-1]) + timedelta(days=days)
+            return shifted.isoformat(timespec="microseconds") + "Z"
+        return utc_iso(parse_utc_iso(moment) + timedelta(days=days))
+    except OverflowError:
+        # The decoder keeps instants within 1900-2200; stored history from before that
+        # rule must not stop a projection: past the calendar's ends, clamp to them.
+        return _MAX if days > 0 else _MIN

@@ -18,8 +18,10 @@ DLQ_PREFIX = "ficha.dlq"
 
 
 def _header_safe(text: str, limit: int = 1000) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    """One line of ASCII: NATS clients parse header values differently once they hold
+    other bytes (nats-py hands back email Header objects), so non-ASCII is escaped."""
+    flat = " ".join(text.split()).encode("ascii", "backslashreplace").decode("ascii")
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def dlq_subject(tenant_token: str, type_token: str) -> str:

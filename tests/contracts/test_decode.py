@@ -190,3 +190,18 @@ def test_publisher_refuses_what_ficha_would_reject() -> None:
     assert json.loads(body)["event_id"] == "web-7f3a9c"
     with pytest.raises(RejectedEvent, match="contact.email"):
         prepare({**EXAMPLE, "contact": {"email": "nope"}})
+
+
+def test_instants_outside_1900_to_2200_are_refused() -> None:
+    for moment in ("0001-01-01T00:00:00+00:00", "9999-12-31T23:59:59+00:00",
+                   "1899-12-31T23:59:59Z", "2200-01-01T00:00:00Z"):
+        data = {**EXAMPLE, "occurred_at": moment}
+        result = decode(SUBJECT, json.dumps(data).encode())
+        assert isinstance(result, Rejection) and result.code == "invalid_field", moment
+        assert "outside the instants ficha accepts" in result.detail
+    from tests.factories import event_dict
+
+    booking = event_dict("booking_made", event_id="b", booking_id="x",
+                         starts_at="9999-01-01T10:00:00Z")
+    result = decode("ficha.in.acme.booking_made", json.dumps(booking).encode())
+    assert isinstance(result, Rejection) and "starts_at" in result.detail

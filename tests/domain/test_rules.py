@@ -257,3 +257,13 @@ def test_the_json_schema_refuses_what_the_parser_refuses() -> None:
         assert list(validator.iter_errors(bad)), bad
         with pytest.raises(RuleError):
             parse_rule(bad)
+
+
+def test_date_arithmetic_at_the_ends_of_the_calendar_does_not_fail() -> None:
+    f = facts(last_interaction_at="9999-12-31T00:00:00.000000Z",
+              first_seen_at="0001-01-01T00:00:00.000000Z")
+    rule = parse_rule({"all": [
+        {"field": "last_interaction_at", "op": "within_last", "value": {"days": 90}},
+        {"field": "first_seen_at", "op": "more_than_ago", "value": {"days": 90}}]})
+    assert rule.evaluate(f, Context(now=NOW), None)
+    assert rule.next_change(f, Context(now=NOW)) == "9999-12-31T23:59:59.999999Z"
