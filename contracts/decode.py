@@ -13,7 +13,7 @@ Rejection codes (stable; producers and operators may match on them):
 | type_mismatch | the body's type differs from the subject's type token |
 | tenant_mismatch | the body's tenant differs from the subject's tenant token |
 | missing_field | a required field is absent |
-| invalid_field | a field has the wrong type or format, or is null, or an instant is outside 1900-2200 |
+| invalid_field | a field is of the wrong type or format, null, or an instant outside 1900-2200 |
 | unsupported_schema_version | schema_version is newer than this ficha knows |
 """
 

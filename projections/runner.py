@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from projections.db import Cursor, ViewDatabase
+from services import metrics
 from services.store.contact_store import ContactStore
 from services.store.signals import NewEvents, PollingNewEvents
 
@@ -111,7 +112,9 @@ class ProjectionRunner:
             position = self.db.position(cur, self.name)
         notifications = self.store.notifications_after(position, self.page_size)
         if not notifications:
+            metrics.PROJECTION_LAG.labels(self.name).set(0)
             return 0
+        started = time.perf_counter()
         mapper = self.store.mapper
         events = [mapper.to_domain_event(n) for n in notifications]
         top = notifications[-1].id
@@ -121,6 +124,13 @@ class ProjectionRunner:
             self.db.set_position(cur, self.name, position, top)
         self.stats.applied += len(events)
         self.stats.pages += 1
+        metrics.PROJECTION_PAGE_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        metrics.PROJECTION_EVENTS.labels(self.name).inc(len(events))
+        if len(notifications) == self.page_size:  # more behind: how much is cheap to ask
+            metrics.PROJECTION_LAG.labels(self.name).set(
+                max(0, self.store.max_notification_id() - top))
+        else:
+            metrics.PROJECTION_LAG.labels(self.name).set(0)
         self.stats.last_commit_at = time.time()
         return len(events)
 
@@ -159,6 +169,7 @@ class ProjectionRunner:
                 applied = self.run_once()
                 delay = 0.2
             except Exception as error:  # noqa: BLE001 - a database outage: wait and retry
+                metrics.PROJECTION_FAILURES.labels(self.name).inc()
                 log.warning("projection %s failed, retrying in %.1fs: %s", self.name, delay, error)
                 stop.wait(delay)
                 delay = min(delay * 2, 5.0)

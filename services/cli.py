@@ -104,6 +104,7 @@ def up(
 @app.command(hidden=True)
 def project(
     projection: Annotated[str, typer.Option(help="The projection to run.")] = "contacts",
+    metrics_port: Annotated[int, typer.Option(help="/metrics, /healthz, /readyz (0: off).")] = 0,
 ) -> None:
     """Run one projection alone (started by `ficha up`, one process per projection)."""
     import threading
@@ -125,7 +126,20 @@ def project(
         fail(str(error.args[0]), 2)
     runner = ProjectionRunner(store, views(settings), chosen)
     runner.setup()
-    runner.run_forever(stop)
+    health = None
+    if metrics_port:
+        from services.health import start_health
+
+        def not_ready() -> str | None:
+            runner.position()  # raises if the database is unreachable
+            return None
+
+        health = start_health(metrics_port, not_ready)
+    try:
+        runner.run_forever(stop)
+    finally:
+        if health is not None:
+            health.stop()
 
 
 # ----------------------------------------------------------------------- demo

@@ -13,6 +13,7 @@
 | FICHA_INGEST_MAX_AGE | 604800 | seconds raw inbound events are kept in the ingest stream |
 | FICHA_AGGREGATE_CACHE | 100000 | contacts kept in memory per ingest worker |
 | FICHA_ACK_WAIT | 30 | seconds before JetStream redelivers an unacked message |
+| FICHA_METRICS_PORT | 9464 | /metrics, /healthz, /readyz on 127.0.0.1 (projectors: next; 0: off) |
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Settings:
     ingest_max_age_s: float = 7 * 24 * 3600.0
     aggregate_cache: int = 100_000
     ack_wait_s: float = 30.0
+    metrics_port: int = 0
 
     def to_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process."""
@@ -70,6 +72,7 @@ class Settings:
             "FICHA_INGEST_MAX_AGE": str(int(self.ingest_max_age_s)),
             "FICHA_AGGREGATE_CACHE": str(self.aggregate_cache),
             "FICHA_ACK_WAIT": str(int(self.ack_wait_s)),
+            "FICHA_METRICS_PORT": str(self.metrics_port),
         }
         if self.nats_url:
             env["FICHA_NATS_URL"] = self.nats_url
@@ -178,4 +181,5 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         ingest_max_age_s=float(_int(env, "FICHA_INGEST_MAX_AGE", 7 * 24 * 3600, minimum=0)),
         aggregate_cache=_int(env, "FICHA_AGGREGATE_CACHE", 100_000),
         ack_wait_s=float(_int(env, "FICHA_ACK_WAIT", 30)),
+        metrics_port=_int(env, "FICHA_METRICS_PORT", 9464, minimum=0),
     )

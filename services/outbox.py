@@ -30,6 +30,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from projections.db import ViewDatabase
+from services import metrics
 from services.streams import OUT_STREAM
 
 log = logging.getLogger("ficha.outbox")
@@ -143,6 +144,7 @@ class OutboxRelay:
                 self.fault("before_record")
             await asyncio.to_thread(self._record, done)
             self.published += done - self.position
+            metrics.OUT_PUBLISHED.inc(done - self.position)
             self.position = done
         if failure is not None:
             raise failure

@@ -24,8 +24,10 @@ from nats.js import JetStreamContext
 from projections.db import ViewDatabase
 from projections.registry import all_projections
 from projections.runner import ProjectionRunner
+from services import metrics
 from services.config import Settings
 from services.domain.identity import ContactIdentity
+from services.health import HealthServer, start_health
 from services.ingest.cache import ContactCache
 from services.ingest.folding import BatchFolder
 from services.ingest.tenant_checks import TenantChecks
@@ -35,6 +37,7 @@ from services.outbox import OutboxRelay
 from services.scheduler import Scheduler
 from services.store.contact_store import ContactStore
 from services.streams import (
+    INGEST_STREAM,
     UNROUTED_CONSUMER,
     TopologySettings,
     consumer_name,
@@ -61,6 +64,10 @@ def resolve_nats_url(settings: Settings) -> str | None:
 
 
 async def connect_nats(url: str, *, name: str = "ficha") -> NATS:
+    async def reconnected() -> None:
+        metrics.NATS_RECONNECTS.inc()
+        log.warning("reconnected to NATS")
+
     return await nats.connect(
         url,
         name=name,
@@ -68,6 +75,7 @@ async def connect_nats(url: str, *, name: str = "ficha") -> NATS:
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         allow_reconnect=True,
+        reconnected_cb=reconnected,
     )
 
 
@@ -96,6 +104,7 @@ class Runtime:
     projector_processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     scheduler: Scheduler | None = None
     outbox: OutboxRelay | None = None
+    health: HealthServer | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -128,9 +137,11 @@ class Runtime:
         if self.projector == "process":
             # One process per projection: each is CPU-bound Python, and the GIL would
             # otherwise put them, and the ingest workers, on one core.
-            for runner in self.projections:
+            for index, runner in enumerate(self.projections):
+                port = settings.metrics_port + 1 + index if settings.metrics_port else 0
                 self.projector_processes.append(subprocess.Popen(
-                    [sys.executable, "-m", "services", "project", "--projection", runner.name],
+                    [sys.executable, "-m", "services", "project", "--projection", runner.name,
+                     "--metrics-port", str(port)],
                     env={**os.environ, **settings.to_env()},
                 ))
         self.scheduler = Scheduler(self.store, self.views)
@@ -172,6 +183,28 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self._watch_projectors(), name="projector"))
         self._tasks.append(asyncio.create_task(self.scheduler.run(self._stop), name="scheduler"))
         self._tasks.append(asyncio.create_task(self.outbox.run(self._stop), name="outbox"))
+        self._tasks.append(asyncio.create_task(self._watch_lag(), name="lag"))
+        if settings.metrics_port:
+            self.health = start_health(settings.metrics_port, self._not_ready)
+
+    def _not_ready(self) -> str | None:
+        """For /readyz: why this process cannot do its work, or None."""
+        if self.nc is None or not self.nc.is_connected:
+            return "not connected to NATS"
+        assert self.store is not None
+        self.store.max_notification_id()  # raises if the database is unreachable
+        return None
+
+    async def _watch_lag(self) -> None:
+        """Each partition's undelivered messages, for /metrics, every few seconds."""
+        assert self.js is not None
+        while not self._stop.is_set():
+            for partition in range(self.settings.partitions):
+                with contextlib.suppress(Exception):
+                    info = await self.js.consumer_info(INGEST_STREAM, consumer_name(partition))
+                    metrics.PARTITION_LAG.labels(str(partition)).set(info.num_pending)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 5)
 
     async def _watch_projectors(self) -> None:
         while not self._stop.is_set():
@@ -197,6 +230,8 @@ class Runtime:
 
     async def stop(self) -> None:
         self._stop.set()
+        if self.health is not None:
+            self.health.stop()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=10)
             for task in pending:

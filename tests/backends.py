@@ -17,7 +17,8 @@ def make_settings(
     nats_url: str | None = None,
     **extra: str,
 ) -> Settings:
-    env = {"FICHA_DATA_DIR": str(data_dir), "FICHA_ID_KEY": TEST_ID_KEY, **extra}
+    env = {"FICHA_DATA_DIR": str(data_dir), "FICHA_ID_KEY": TEST_ID_KEY,
+           "FICHA_METRICS_PORT": "0", **extra}
     if postgres_dsn:
         env["FICHA_DATABASE_URL"] = postgres_dsn
         env["FICHA_DATABASE_SCHEMA"] = schema or "ficha"

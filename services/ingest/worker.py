@@ -35,6 +35,7 @@ from psycopg_pool import PoolTimeout
 
 from contracts.decode import Rejection, decode, subject_tokens
 from contracts.events import InboundEvent
+from services import metrics
 from services.ingest.deadletter import PROCESSING_FAILED, dead_letter
 from services.ingest.folding import BatchFolder, FoldError
 from services.ingest.tenant_checks import TenantChecks
@@ -162,7 +163,11 @@ class PartitionWorker:
             self.fault("before_commit")
         if self.folder is not None:
             position = top if top > self.position else None
-            await self._fold(accepted, position, stop)
+            with metrics.FOLD_SECONDS.time():
+                await self._fold(accepted, position, stop)
+        metrics.BATCH_SIZE.observe(len(msgs))
+        for _, event in accepted:
+            metrics.INGESTED.labels(event.type, "accepted").inc()
         self.position = max(self.position, top)
         if self.fault is not None:
             self.fault("after_commit")
@@ -224,6 +229,7 @@ class PartitionWorker:
                 continue
             self.stats.applied += outcome.applied
             self.stats.duplicates += outcome.duplicates
+            metrics.DUPLICATES.inc(outcome.duplicates)
             self.stats.last_commit_at = time.time()
             return
 
@@ -256,6 +262,7 @@ class PartitionWorker:
                 return await attempt()
             except TRANSIENT_ERRORS as error:
                 self.stats.retries += 1
+                metrics.STORE_RETRIES.inc()
                 log.warning("store unavailable, retrying in %.1fs: %s", delay, error)
                 if stop.is_set():
                     raise
@@ -280,3 +287,5 @@ class PartitionWorker:
         )
         self.stats.dead_lettered += 1
         self.stats.dead_letters_by_code[code] = self.stats.dead_letters_by_code.get(code, 0) + 1
+        metrics.DEAD_LETTERS.labels(code).inc()
+        metrics.INGESTED.labels(kind, "dead_lettered").inc()

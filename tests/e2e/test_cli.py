@@ -115,3 +115,75 @@ def test_expected_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
         assert "Traceback" not in done.stderr, done.stderr
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:"), (args, done.stderr)
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free loopback ports."""
+    import random
+    import socket
+
+    for _ in range(200):
+        base = random.randint(20000, 60000)
+        try:
+            sockets = []
+            for port in range(base, base + count):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+        return base
+    raise AssertionError("no free ports")
+
+
+@pytest.mark.slow
+def test_every_process_serves_metrics_health_and_readiness(tmp_path: Path) -> None:
+    import urllib.request
+
+    data_dir = tmp_path / "var"
+    base = free_ports(3)
+    log = tmp_path / "up.log"
+    env = {**env_for(data_dir), "FICHA_METRICS_PORT": str(base)}
+    with log.open("a") as handle:
+        proc = subprocess.Popen([*FICHA, "up"], env=env, stdout=handle,
+                                stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 60
+        while "ficha is up" not in log.read_text():
+            assert proc.poll() is None and time.time() < deadline, log.read_text()
+            time.sleep(0.1)
+        ficha(data_dir, "demo", "--tenant", "acme", "--events", "300", "--seed", "3")
+        wait_received(data_dir, 300)
+
+        def get(port: int, path: str) -> tuple[int, str]:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as error:
+                return error.code, error.read().decode()
+
+        deadline = time.time() + 30
+        while True:  # the projectors' servers start with their processes
+            try:
+                statuses = [get(port, "/healthz")[0] for port in range(base, base + 3)]
+            except OSError:
+                statuses = []
+            if statuses == [200, 200, 200]:
+                break
+            assert time.time() < deadline, statuses
+            time.sleep(0.2)
+        for port in range(base, base + 3):
+            assert get(port, "/readyz") == (200, "ready\n")
+        status_code, text = get(base, "/metrics")
+        assert status_code == 200
+        assert 'ficha_ingest_events_total{outcome="accepted",type="form_submitted"}' in text
+        assert "ficha_fold_seconds_bucket" in text and "ficha_partition_lag_messages" in text
+        projector = get(base + 1, "/metrics")[1] + get(base + 2, "/metrics")[1]
+        assert 'ficha_projection_events_total{projection="contacts"}' in projector
+        assert 'ficha_projection_events_total{projection="audience"}' in projector
+        assert get(base, "/nope")[0] == 404
+    finally:
+        assert stop(proc) == 0
