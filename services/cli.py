@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import signal
 import sys
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from services.cli_audience import (
 )
 from services.cli_common import (
     CliError,
+    configure_logging,
     console,
     db_error_text,
     err,
@@ -66,10 +66,7 @@ def up(
     """Start everything: NATS (embedded unless FICHA_NATS_URL), ingest workers, projections."""
     from services.runtime import Runtime
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(verbose)
     settings = settings_or_fail()
 
     async def main() -> None:
@@ -113,8 +110,7 @@ def project(
     from projections.runner import ProjectionRunner
     from services.store.contact_store import ContactStore
 
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     settings = settings_or_fail()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

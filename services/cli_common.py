@@ -59,3 +59,26 @@ def parse_date(value: str | None, option: str) -> datetime | None:
     except ValueError:
         fail(f"{option} must be a date like 2026-11-01 or 2026-11-01T10:00:00+01:00")
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Logs of the long-running processes: one JSON object per line (with ``tenant``,
+    ``event_id`` and the like on lines about an event) unless FICHA_LOG_FORMAT=text, or
+    stderr is a terminal and FICHA_LOG_FORMAT is unset."""
+    import logging
+    import os
+
+    from pythonjsonlogger.json import JsonFormatter
+
+    chosen = os.environ.get("FICHA_LOG_FORMAT") or ("text" if sys.stderr.isatty() else "json")
+    handler = logging.StreamHandler()
+    if chosen == "json":
+        handler.setFormatter(JsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        ))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sqlite3
 import time
@@ -276,6 +277,10 @@ class PartitionWorker:
 
     async def _dead_letter(self, msg: Msg, subject: str, code: str, detail: str) -> None:
         tenant, kind, _ = subject_tokens(subject)
+        log.info("dead-lettered %s: %s", code, detail, extra={
+            "tenant": tenant, "type": kind, "code": code, "event_id": _event_id(msg.data),
+            "stream_sequence": msg.metadata.sequence.stream,
+        })
         await dead_letter(
             self.js,
             msg,
@@ -289,3 +294,12 @@ class PartitionWorker:
         self.stats.dead_letters_by_code[code] = self.stats.dead_letters_by_code.get(code, 0) + 1
         metrics.DEAD_LETTERS.labels(code).inc()
         metrics.INGESTED.labels(kind, "dead_lettered").inc()
+
+
+def _event_id(data: bytes) -> str | None:
+    """The event_id of a rejected body, if it has a readable one (for the log line)."""
+    try:
+        value = json.loads(data).get("event_id")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None

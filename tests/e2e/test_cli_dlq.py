@@ -48,6 +48,12 @@ def test_list_show_redrive_purge(tmp_path: Path) -> None:
         wait_dead(data_dir, 3)
         listed = json.loads(ficha(data_dir, "dlq", "list", "--json").stdout)
         assert listed["total"] == 3
+        # The process's log is JSON lines; the one about the event names it and its tenant.
+        records = [json.loads(line) for line in (tmp_path / "up.log").read_text().splitlines()
+                   if line.startswith("{")]
+        (about,) = [r for r in records if r.get("event_id") == "f-1"]
+        assert about["tenant"] == "acme" and about["code"] == "property_type_mismatch"
+        assert about["level"] == "INFO" and about["logger"] == "ficha.ingest"
         assert {(g["tenant"], g["code"]) for g in listed["groups"]} == {
             ("acme", "property_type_mismatch"), ("acme", "not_json"),
             ("globex", "missing_field")}
