@@ -59,18 +59,10 @@ app.add_typer(dlq_app, name="dlq")
 # ------------------------------------------------------------------------- up
 
 
-@app.command()
-def up(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every batch.")] = False,
-) -> None:
-    """Start everything: NATS (embedded unless FICHA_NATS_URL), ingest workers, projections."""
-    from services.runtime import Runtime
-
-    configure_logging(verbose)
-    settings = settings_or_fail()
+def _serve(runtime: Any, banner: str) -> None:
+    """Start a runtime, run it until Ctrl-C, SIGTERM or a failed task, stop it cleanly."""
 
     async def main() -> None:
-        runtime = Runtime(settings, projector="process")
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -80,11 +72,7 @@ def up(
         except Exception as error:
             await runtime.stop()
             raise CliError(f"could not start: {db_error_text(error)}") from error
-        console.print(
-            f"[bold green]ficha is up[/]  backend={settings.backend}  nats={runtime.nats_url}  "
-            f"partitions={settings.partitions}  data={settings.data_dir}"
-        )
-        console.print("Publish to ficha.in.<tenant>.<type>; Ctrl-C stops.")
+        console.print(banner.format(nats=runtime.nats_url))
         waiter = asyncio.create_task(runtime.wait())
         stopper = asyncio.create_task(stopping.wait())
         done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -98,12 +86,84 @@ def up(
     run(main())
 
 
-@app.command(hidden=True)
+@app.command()
+def up(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every batch.")] = False,
+) -> None:
+    """Start everything: NATS (embedded unless FICHA_NATS_URL), ingest workers, projections."""
+    from services.runtime import Runtime
+
+    configure_logging(verbose)
+    settings = settings_or_fail()
+    _serve(Runtime(settings, projector="process"),
+           f"[bold green]ficha is up[/]  backend={settings.backend}  nats={{nats}}  "
+           f"partitions={settings.partitions}  data={settings.data_dir}\n"
+           "Publish to ficha.in.<tenant>.<type>; Ctrl-C stops.")
+
+
+def parse_partitions(text: str, total: int) -> list[int]:
+    """'0-3,6' -> [0, 1, 2, 3, 6]; a clear error for anything else."""
+    owned: set[int] = set()
+    try:
+        for part in text.split(","):
+            low, _, high = part.strip().partition("-")
+            first, last = int(low), int(high or low)
+            if first > last:
+                raise ValueError
+            owned.update(range(first, last + 1))
+    except ValueError:
+        fail(f"--partitions takes numbers and ranges like 0-3,6; got {text!r}", 2)
+    wrong = sorted(p for p in owned if not 0 <= p < total)
+    if wrong:
+        fail(f"partitions {wrong} do not exist: FICHA_PARTITIONS is {total} (0 to {total - 1})",
+             2)
+    return sorted(owned)
+
+
+@app.command()
+def ingest(
+    partitions: Annotated[str | None, typer.Option(
+        help="Partitions this process owns, e.g. 0-3 (default: all).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run ingest workers only, for some partitions: to spread them over machines.
+
+    Give each partition to exactly one running `ficha ingest` (docs/scaling.md).
+    Needs FICHA_NATS_URL; runs no projections and no scheduler.
+    """
+    from services.runtime import Runtime
+
+    configure_logging(verbose)
+    settings = settings_or_fail()
+    if not settings.nats_url:
+        fail("ficha ingest needs FICHA_NATS_URL: it joins a running NATS", 2)
+    owned = None if partitions is None else parse_partitions(partitions, settings.partitions)
+    _serve(Runtime(settings, projector="none", roles=frozenset({"ingest"}),
+                   owned_partitions=owned),
+           f"[bold green]ficha ingest is up[/]  nats={{nats}}  partitions="
+           f"{partitions or 'all'} of {settings.partitions}")
+
+
+@app.command()
+def scheduler(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Run the clock scheduler and the outbox relay only (one of them per deployment)."""
+    from services.runtime import Runtime
+
+    configure_logging(verbose)
+    settings = settings_or_fail()
+    if not settings.nats_url:
+        fail("ficha scheduler needs FICHA_NATS_URL: it joins a running NATS", 2)
+    _serve(Runtime(settings, projector="none", roles=frozenset({"scheduler"})),
+           "[bold green]ficha scheduler is up[/]  nats={nats}")
+
+
+@app.command()
 def project(
     projection: Annotated[str, typer.Option(help="The projection to run.")] = "contacts",
     metrics_port: Annotated[int, typer.Option(help="/metrics, /healthz, /readyz (0: off).")] = 0,
 ) -> None:
-    """Run one projection alone (started by `ficha up`, one process per projection)."""
+    """Run one projection alone (`ficha up` starts one per projection; in a deployment,
+    run one process per projection, on any machine)."""
     import threading
 
     from projections.registry import projection_named

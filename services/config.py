@@ -13,6 +13,7 @@
 | FICHA_INGEST_MAX_AGE | 604800 | seconds raw inbound events are kept in the ingest stream |
 | FICHA_AGGREGATE_CACHE | 100000 | contacts kept in memory per ingest worker |
 | FICHA_ACK_WAIT | 30 | seconds before JetStream redelivers an unacked message |
+| FICHA_STREAM_REPLICAS | 1 | replicas of ficha's streams: 3 on a three-node JetStream cluster |
 | FICHA_METRICS_PORT | 9464 | /metrics, /healthz, /readyz on 127.0.0.1 (projectors: next; 0: off) |
 """
 
@@ -60,6 +61,7 @@ class Settings:
     aggregate_cache: int = 100_000
     ack_wait_s: float = 30.0
     metrics_port: int = 0
+    stream_replicas: int = 1
 
     def to_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process."""
@@ -73,6 +75,7 @@ class Settings:
             "FICHA_AGGREGATE_CACHE": str(self.aggregate_cache),
             "FICHA_ACK_WAIT": str(int(self.ack_wait_s)),
             "FICHA_METRICS_PORT": str(self.metrics_port),
+            "FICHA_STREAM_REPLICAS": str(self.stream_replicas),
         }
         if self.nats_url:
             env["FICHA_NATS_URL"] = self.nats_url
@@ -182,4 +185,5 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         aggregate_cache=_int(env, "FICHA_AGGREGATE_CACHE", 100_000),
         ack_wait_s=float(_int(env, "FICHA_ACK_WAIT", 30)),
         metrics_port=_int(env, "FICHA_METRICS_PORT", 9464, minimum=0),
+        stream_replicas=_int(env, "FICHA_STREAM_REPLICAS", 1),
     )

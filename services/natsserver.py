@@ -110,11 +110,13 @@ class EmbeddedNatsServer:
         host: str = "127.0.0.1",
         ready_timeout_s: float = 10.0,
         config: Path | None = None,
+        extra_args: list[str] | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
         # A configuration file (accounts, permissions; see deploy/nats/); the options
         # above (store, host, ports) take precedence over the file's.
         self.config = config
+        self.extra_args = list(extra_args or [])
         self.requested_port = port
         self.monitor = monitor
         self.host = host
@@ -195,6 +197,7 @@ class EmbeddedNatsServer:
             args += ["-m", "-1"]
         if self.config is not None:
             args += ["-c", str(self.config)]
+        args += self.extra_args
         self._log_handle = open(self.log_path, "ab")  # noqa: SIM115 - closed in _reap
         self._log_offset = self._log_handle.tell()
         self._process = subprocess.Popen(

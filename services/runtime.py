@@ -69,7 +69,8 @@ async def connect_nats(url: str, *, name: str = "ficha") -> NATS:
         log.warning("reconnected to NATS")
 
     return await nats.connect(
-        url,
+        # A cluster is given as several URLs separated by commas: any one will do.
+        [part.strip() for part in url.split(",") if part.strip()],
         name=name,
         connect_timeout=3,
         max_reconnect_attempts=-1,
@@ -85,6 +86,7 @@ def topology_settings(settings: Settings) -> TopologySettings:
         duplicate_window_s=settings.duplicate_window_s,
         ingest_max_age_s=settings.ingest_max_age_s,
         ack_wait_s=settings.ack_wait_s,
+        replicas=settings.stream_replicas,
     )
 
 
@@ -99,6 +101,12 @@ class Runtime:
     # "thread": projections run in this process (tests); "process": in a child process
     # (`ficha project`), so that folding and projecting use both cores despite the GIL.
     projector: str = "thread"
+    # What this process does: "ingest" (partition workers), "projections", "scheduler"
+    # (the clock and the outbox relay). `ficha up` does all three; in a deployment they
+    # can be spread over processes and machines (docs/scaling.md).
+    roles: frozenset[str] = frozenset({"ingest", "projections", "scheduler"})
+    # The partitions this process owns (None: all of them).
+    owned_partitions: list[int] | None = None
     workers: list[PartitionWorker] = field(default_factory=list)
     projections: list[ProjectionRunner] = field(default_factory=list)
     projector_processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -128,13 +136,14 @@ class Runtime:
 
         self.store = await asyncio.to_thread(ContactStore, settings)
         self.views = ViewDatabase(settings)
-        self.projections = [
-            ProjectionRunner(self.store, self.views, projection)
-            for projection in all_projections()
-        ]
-        for runner in self.projections:
-            await asyncio.to_thread(runner.setup)
-        if self.projector == "process":
+        if "projections" in self.roles:
+            self.projections = [
+                ProjectionRunner(self.store, self.views, projection)
+                for projection in all_projections()
+            ]
+            for runner in self.projections:
+                await asyncio.to_thread(runner.setup)
+        if "projections" in self.roles and self.projector == "process":
             # One process per projection: each is CPU-bound Python, and the GIL would
             # otherwise put them, and the ingest workers, on one core.
             for index, runner in enumerate(self.projections):
@@ -144,12 +153,41 @@ class Runtime:
                      "--metrics-port", str(port)],
                     env={**os.environ, **settings.to_env()},
                 ))
-        self.scheduler = Scheduler(self.store, self.views)
-        self.outbox = OutboxRelay(self.js, self.views)
+        if "ingest" in self.roles:
+            self._start_workers()
+        self._stop = asyncio.Event()
+        for worker in self.workers:
+            self._tasks.append(asyncio.create_task(worker.run(self._stop), name=worker.durable))
+        if self.projector == "thread":
+            for runner in self.projections:
+                self._tasks.append(
+                    asyncio.create_task(runner.run(self._stop), name=runner.name)
+                )
+        elif self.projector_processes:
+            self._tasks.append(asyncio.create_task(self._watch_projectors(), name="projector"))
+        if "scheduler" in self.roles:
+            self.scheduler = Scheduler(self.store, self.views)
+            self.outbox = OutboxRelay(self.js, self.views)
+            self._tasks.append(
+                asyncio.create_task(self.scheduler.run(self._stop), name="scheduler"))
+            self._tasks.append(asyncio.create_task(self.outbox.run(self._stop), name="outbox"))
+        if "ingest" in self.roles:
+            self._tasks.append(asyncio.create_task(self._watch_lag(), name="lag"))
+        if settings.metrics_port:
+            self.health = start_health(settings.metrics_port, self._not_ready)
 
+    def _start_workers(self) -> None:
+        settings = self.settings
+        assert self.store is not None and self.js is not None
+        owned = (list(range(settings.partitions)) if self.owned_partitions is None
+                 else self.owned_partitions)
+        wrong = [p for p in owned if not 0 <= p < settings.partitions]
+        if wrong:
+            raise ValueError(f"partitions {wrong} do not exist: there are {settings.partitions}, "
+                             f"0 to {settings.partitions - 1}")
         identity = ContactIdentity(settings.id_key)
         checks = TenantChecks(self.store)
-        for partition in range(settings.partitions):
+        for partition in owned:
             folder = BatchFolder(
                 self.store,
                 identity,
@@ -166,26 +204,12 @@ class Runtime:
                     checks=checks,
                 )
             )
+        # Malformed subjects: any ingest process may take them (a shared pull consumer).
         self.workers.append(
             PartitionWorker(
                 js=self.js, durable=UNROUTED_CONSUMER, folder=None, batch_size=100
             )
         )
-        self._stop = asyncio.Event()
-        for worker in self.workers:
-            self._tasks.append(asyncio.create_task(worker.run(self._stop), name=worker.durable))
-        if self.projector == "thread":
-            for runner in self.projections:
-                self._tasks.append(
-                    asyncio.create_task(runner.run(self._stop), name=runner.name)
-                )
-        else:
-            self._tasks.append(asyncio.create_task(self._watch_projectors(), name="projector"))
-        self._tasks.append(asyncio.create_task(self.scheduler.run(self._stop), name="scheduler"))
-        self._tasks.append(asyncio.create_task(self.outbox.run(self._stop), name="outbox"))
-        self._tasks.append(asyncio.create_task(self._watch_lag(), name="lag"))
-        if settings.metrics_port:
-            self.health = start_health(settings.metrics_port, self._not_ready)
 
     def _not_ready(self) -> str | None:
         """For /readyz: why this process cannot do its work, or None."""
@@ -198,8 +222,9 @@ class Runtime:
     async def _watch_lag(self) -> None:
         """Each partition's undelivered messages, for /metrics, every few seconds."""
         assert self.js is not None
+        owned = self.owned_partitions or range(self.settings.partitions)
         while not self._stop.is_set():
-            for partition in range(self.settings.partitions):
+            for partition in owned:
                 with contextlib.suppress(Exception):
                     info = await self.js.consumer_info(INGEST_STREAM, consumer_name(partition))
                     metrics.PARTITION_LAG.labels(str(partition)).set(info.num_pending)

@@ -86,6 +86,7 @@ class TopologySettings:
     out_max_age_s: float = DEFAULT_OUT_MAX_AGE_S  # 0 = unlimited
     ack_wait_s: float = DEFAULT_ACK_WAIT_S
     max_ack_pending: int = DEFAULT_MAX_ACK_PENDING
+    replicas: int = 1  # 3 on a JetStream cluster: a stream survives the loss of a node
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
@@ -147,6 +148,7 @@ def ingest_stream_config(settings: TopologySettings) -> StreamConfig:
         max_age=settings.ingest_max_age_s,
         duplicate_window=settings.duplicate_window_s,
         max_msg_size=INGEST_MAX_MSG_SIZE,
+        num_replicas=settings.replicas,
         subject_transform=SubjectTransform(
             src=INGEST_TRANSFORM_SRC, dest=transform_dest(settings.partitions)
         ),
@@ -154,7 +156,7 @@ def ingest_stream_config(settings: TopologySettings) -> StreamConfig:
     )
 
 
-def dlq_stream_config() -> StreamConfig:
+def dlq_stream_config(settings: TopologySettings | None = None) -> StreamConfig:
     return StreamConfig(
         name=DLQ_STREAM,
         description="ficha dead letters: rejected inbound events, unchanged, with reasons",
@@ -164,6 +166,7 @@ def dlq_stream_config() -> StreamConfig:
         max_age=0,
         duplicate_window=OWN_IDS_DUPLICATE_WINDOW_S,
         max_msg_size=DLQ_MAX_MSG_SIZE,
+        num_replicas=1 if settings is None else settings.replicas,
     )
 
 
@@ -176,6 +179,7 @@ def out_stream_config(settings: TopologySettings) -> StreamConfig:
         storage=StorageType.FILE,
         max_age=settings.out_max_age_s,
         duplicate_window=OWN_IDS_DUPLICATE_WINDOW_S,
+        num_replicas=settings.replicas,
     )
 
 
@@ -218,6 +222,7 @@ def _differs(existing: StreamConfig, wanted: StreamConfig) -> bool:
         or existing.description != wanted.description
         or transform(existing) != transform(wanted)
         or any(existing_meta.get(k) != v for k, v in (wanted.metadata or {}).items())
+        or (existing.num_replicas or 1) != (wanted.num_replicas or 1)
     )
 
 
@@ -301,7 +306,7 @@ async def ensure_topology(js: JetStreamContext, settings: TopologySettings) -> N
         if recorded is not None and recorded != settings.partitions:
             raise PartitionCountMismatch(_mismatch_message(recorded, settings.partitions))
     await ensure_stream(js, ingest_stream_config(settings))
-    await ensure_stream(js, dlq_stream_config())
+    await ensure_stream(js, dlq_stream_config(settings))
     await ensure_stream(js, out_stream_config(settings))
     for partition in range(settings.partitions):
         await ensure_partition_consumer(

@@ -27,10 +27,12 @@ PASSWORDS = {
 }
 
 
-def test_the_configuration_is_valid() -> None:
-    done = subprocess.run([str(find_nats_server_binary()), "-t", "-c", str(CONFIG)],
-                          env={**os.environ, **PASSWORDS}, capture_output=True, text=True,
-                          timeout=30)
+@pytest.mark.parametrize("name", ["ficha.conf", "cluster.conf"])
+def test_the_configurations_are_valid(name: str) -> None:
+    env = {**os.environ, **PASSWORDS, "NATS_SERVER_NAME": "nats-1",
+           **{f"NATS_ROUTE_{i}": f"nats-route://nats-{i}:6222" for i in (1, 2, 3)}}
+    done = subprocess.run([str(find_nats_server_binary()), "-t", "-c", str(CONFIG.parent / name)],
+                          env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
