@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import nats.errors
+import nats.js.errors
 import psycopg
 from eventsourcing.persistence import IntegrityError as StoreIntegrityError
 from eventsourcing.persistence import InterfaceError as StoreInterfaceError
@@ -106,17 +107,30 @@ class PartitionWorker:
                 [],
                 stop,
             )
+        subs = [sub]
         try:
-            await self._consume(sub, stop)
+            await self._consume(subs, stop)
         finally:
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                await subs[0].unsubscribe()
 
-    async def _consume(self, sub: Any, stop: asyncio.Event) -> None:
+    async def _consume(self, subs: list[Any], stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                msgs = await self._next_batch(sub)
+                msgs = await self._next_batch(subs[0])
             except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except nats.js.errors.APIError as error:
+                # A status instead of messages: on a JetStream cluster, after a node is
+                # lost, the consumer's new leader answers the old pull with an error. Bind
+                # again and go on; nothing was delivered, so nothing is lost.
+                log.warning("partition consumer %s answered %s; binding again",
+                            self.durable, error)
+                await asyncio.sleep(0.5)
+                with contextlib.suppress(Exception):
+                    await subs[0].unsubscribe()
+                subs[0] = await self.js.pull_subscribe_bind(
+                    durable=self.durable, stream=INGEST_STREAM)
                 continue
             except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
                 if stop.is_set():

@@ -1,7 +1,7 @@
 """ficha on a three-node JetStream cluster (deploy/nats/cluster.conf), with its work spread
 over processes as in deploy/compose.yaml: two ingest runtimes owning two partitions each,
-and one for projections and the scheduler. Streams have three replicas; a node is killed
-mid-stream and nothing is lost."""
+and one for projections and the scheduler. Streams have three replicas; the node an ingest
+runtime is connected to is killed mid-stream and nothing is lost or stalled."""
 
 from __future__ import annotations
 
@@ -131,11 +131,6 @@ async def test_spread_over_processes_on_a_three_node_cluster(
         assert cur.fetchone()["n"] == 300  # type: ignore[index]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known issue: after the node an ingest runtime is connected to is killed, that runtime "
-    "stops receiving from its partitions (their consumers show pending messages and "
-    "no waiting pull requests); the events are kept, not lost, but not applied until "
-    "that runtime restarts. To be fixed; see the closing notes."))
 async def test_losing_a_node_mid_stream_stalls_no_partition(
     cluster: list[EmbeddedNatsServer], deployment: list[Runtime],
 ) -> None:
