@@ -417,10 +417,11 @@ def status(
                       str(p.get("pending", "?")), str(p.get("ack_pending", "?")))
     console.print(parts)
     proj = Table(title="projections")
-    for column in ("projection", "position", "store head", "lag (events)"):
+    for column in ("projection", "version", "position", "store head", "lag (events)"):
         proj.add_column(column, justify="right")
     for p in report["projections"]:
-        proj.add_row(p["name"], str(p["position"]), str(p["head"]), str(p["lag"]))
+        proj.add_row(p["name"], str(p.get("version") or "-"), str(p["position"]),
+                     str(p["head"]), str(p["lag"]))
     console.print(proj)
     console.print(f"dead letters: {bus.get('dead_letters', '?')}   "
                   f"received events: {report['received_events']}")
