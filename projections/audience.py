@@ -727,7 +727,8 @@ class _Page:
         )
         # Keys back at zero are removed, so that the rows depend on the counts alone, not
         # on the path (and the page sizes) that led to them.
-        cur.execute("DELETE FROM audience_counts WHERE count = 0")
+        for tenant in sorted({k[0] for k in deltas}):
+            cur.execute("DELETE FROM audience_counts WHERE tenant = ? AND count = 0", (tenant,))
         # The day's snapshot: the latest counts of that day win.
         day = self.now[:10]
         for tenant, metric in sorted({(k[0], k[1]) for k in deltas}):

@@ -14,7 +14,7 @@ from typing import Any
 from services.domain.engagement import DEFAULT_WINDOWS, EngagementWindows, engagement_status
 from services.domain.facts import DEFAULT_SOFT_BOUNCE_LIMIT, ContactFacts
 from services.domain.rfm import DEFAULT_RFM, Rfm, RfmCuts, RfmSettings, score
-from services.domain.rules import Context, FieldCondition, Node, parse_rule
+from services.domain.rules import Context, FieldCondition, Node
 from services.domain.segments import SegmentDefinition, dependency_order
 from services.domain.stamps import parse_utc_iso, utc_iso
 from services.domain.tenant import DEFAULTS
@@ -174,17 +174,3 @@ def instant_before(moment: str) -> str:
     """One microsecond earlier: the last instant before a scheduled change."""
     return utc_iso(parse_utc_iso(moment) - timedelta(microseconds=1))
 
-
-__all__ = [
-    "CAUSE_CLOCK",
-    "CAUSE_DEFINITION",
-    "CAUSE_EVENT",
-    "CompiledSegment",
-    "Evaluation",
-    "TenantRules",
-    "Transition",
-    "evaluate",
-    "instant_before",
-    "parse_rule",
-    "transitions",
-]
