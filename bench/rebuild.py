@@ -13,17 +13,15 @@ Usage:  python -m bench.rebuild --events 100000 [--backend postgres|sqlite]
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 
+from bench.common import scratch_settings
 from projections.db import ViewDatabase
 from projections.registry import all_projections
 from projections.runner import ProjectionRunner
 from services.catalog import SegmentCommands
-from services.config import load_settings
+from services.config import Settings
 from services.demo import generate_history
 from services.domain.identity import ContactIdentity
 from services.ingest.cache import ContactCache
@@ -31,7 +29,6 @@ from services.ingest.folding import BatchFolder
 from services.store.contact_store import ContactStore
 from tests.factories import decode_dict
 
-PG_DSN = os.environ.get("FICHA_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 SEGMENTS = {
     "es-vip": {"all": [{"field": "language", "op": "equals", "value": "es"},
                        {"field": "tags", "op": "has", "value": "vip"}]},
@@ -60,11 +57,11 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--backend", default="postgres", choices=["postgres", "sqlite"])
     args = parser.parse_args()
-    schema = f"bench_rb_{uuid.uuid4().hex[:8]}"
-    env = {"FICHA_DATA_DIR": tempfile.mkdtemp(prefix="ficha-rb-"), "FICHA_ID_KEY": "00" * 32}
-    if args.backend == "postgres":
-        env.update(FICHA_DATABASE_URL=PG_DSN, FICHA_DATABASE_SCHEMA=schema)
-    settings = load_settings(env)
+    with scratch_settings(args.backend, "rb") as settings:
+        run(args, settings)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> None:
     store = ContactStore(settings)
     db = ViewDatabase(settings)
     try:
@@ -97,11 +94,6 @@ def main() -> None:
     finally:
         db.close()
         store.close()
-        if args.backend == "postgres":
-            import psycopg
-
-            with psycopg.connect(PG_DSN, autocommit=True) as conn:
-                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 if __name__ == "__main__":

@@ -18,27 +18,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bench.common import scratch_settings
 from projections.audience import FACT_COLUMNS, AudienceProjection, filter_values
 from projections.audience_queries import count_members, preview
 from projections.db import ViewDatabase
 from projections.runner import ProjectionRunner
 from services.catalog import SegmentCommands
-from services.config import load_settings
+from services.config import Settings
 from services.domain.engagement import engagement_status
 from services.domain.facts import ContactFacts
 from services.domain.rfm import RfmCuts, score
 from services.domain.stamps import utc_iso
 from services.store.contact_store import ContactStore
 
-PG_DSN = os.environ.get("FICHA_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 COUNTRIES = [("ES", 40), ("MX", 12), ("US", 12), ("GB", 6), ("FR", 8), ("DE", 7),
              ("BR", 7), ("PT", 5), ("AR", 3)]
 LANGS = [("es", 45), ("en", 25), ("fr", 8), ("de", 7), ("pt", 10), ("it", 5)]
@@ -136,11 +134,11 @@ def main() -> None:
     parser.add_argument("--contacts", type=int, default=1_000_000)
     parser.add_argument("--backend", default="postgres", choices=["postgres", "sqlite"])
     args = parser.parse_args()
-    schema = f"bench_seg_{uuid.uuid4().hex[:8]}"
-    env = {"FICHA_DATA_DIR": tempfile.mkdtemp(prefix="ficha-seg-"), "FICHA_ID_KEY": "00" * 32}
-    if args.backend == "postgres":
-        env.update(FICHA_DATABASE_URL=PG_DSN, FICHA_DATABASE_SCHEMA=schema)
-    settings = load_settings(env)
+    with scratch_settings(args.backend, "seg") as settings:
+        run(args, settings)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> None:
     store = ContactStore(settings)
     db = ViewDatabase(settings)
     runner = ProjectionRunner(store, db, AudienceProjection())
@@ -169,11 +167,6 @@ def main() -> None:
     finally:
         db.close()
         store.close()
-        if args.backend == "postgres":
-            import psycopg
-
-            with psycopg.connect(PG_DSN, autocommit=True) as conn:
-                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,6 +35,17 @@ def _read_rule(path: Path) -> Any:
     if isinstance(data, dict) and "rule" in data and set(data) <= {"name", "rule"}:
         return data
     return {"rule": data}
+
+
+def _query(read: Callable[[Any], Any], what: str = "the audience model") -> Any:
+    """Run a read-model query with a view connection; an unreachable database is one line."""
+    db = views(settings_or_fail())
+    try:
+        return read(db)
+    except Exception as error:  # noqa: BLE001 - the database is unreachable or not created
+        fail(f"cannot read {what}: {db_error_text(error)}")
+    finally:
+        db.close()
 
 
 def _dump(value: Any) -> None:
@@ -160,13 +172,7 @@ def segments_list(tenant: Tenant, as_json: AsJson = False) -> None:
     """The tenant's segments with their member counts."""
     from projections.audience_queries import list_segments
 
-    db = views(settings_or_fail())
-    try:
-        rows = list_segments(db, tenant)
-    except Exception as error:  # noqa: BLE001
-        fail(f"cannot read the audience model: {db_error_text(error)}")
-    finally:
-        db.close()
+    rows = _query(lambda db: list_segments(db, tenant))
     if as_json:
         _dump(rows)
         return
@@ -494,13 +500,7 @@ def tags_counts(tenant: Tenant, as_json: AsJson = False) -> None:
     """Every tag of the tenant with its number of contacts, most used first."""
     from projections.queries import tag_counts
 
-    db = views(settings_or_fail())
-    try:
-        rows = tag_counts(db, tenant)
-    except Exception as error:  # noqa: BLE001
-        fail(f"cannot read the client list: {db_error_text(error)}")
-    finally:
-        db.close()
+    rows = _query(lambda db: tag_counts(db, tenant), "the client list")
     if as_json:
         _dump(rows)
         return

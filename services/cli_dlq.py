@@ -104,22 +104,16 @@ def dlq_redrive(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Publish dead letters again to their original subjects, after a fix."""
-    from services.dlq import read, redrive
+    from services.dlq import redrive
 
-    selection = _chosen(tenant, code, seqs, every)
-
-    async def work(js: Any) -> int:
-        letters = await read(js, selection)
-        if not letters:
-            raise CliError("no dead letters match")
-        if not yes and not typer.confirm(f"Re-drive {len(letters)} dead letters?"):
-            raise typer.Exit(1)
+    async def act(js: Any, letters: list[Any]) -> int:
         try:
             return await redrive(js, letters)
         except ValueError as error:
             raise CliError(str(error)) from error
 
-    done = run(_with_js(work))
+    done = _on_selected(_chosen(tenant, code, seqs, every), yes, "Re-drive {n} dead letters?",
+                        act)
     console.print(f"re-drove {done} dead letters; they go through ingestion again")
 
 
@@ -131,16 +125,24 @@ def dlq_purge(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete dead letters for good."""
-    from services.dlq import purge, read
+    from services.dlq import purge
 
-    selection = _chosen(tenant, code, seqs, every)
+    done = _on_selected(_chosen(tenant, code, seqs, every), yes,
+                        "Delete {n} dead letters for good?", purge)
+    console.print(f"deleted {done} dead letters")
+
+
+def _on_selected(selection: Any, yes: bool, question: str,
+                 action: Callable[[Any, list[Any]], Awaitable[int]]) -> int:
+    """Read the selected dead letters, confirm, and act on them; the count acted on."""
+    from services.dlq import read
 
     async def work(js: Any) -> int:
         letters = await read(js, selection)
         if not letters:
             raise CliError("no dead letters match")
-        if not yes and not typer.confirm(f"Delete {len(letters)} dead letters for good?"):
+        if not yes and not typer.confirm(question.format(n=len(letters))):
             raise typer.Exit(1)
-        return await purge(js, letters)
+        return await action(js, letters)
 
-    console.print(f"deleted {run(_with_js(work))} dead letters")
+    return int(run(_with_js(work)))

@@ -37,23 +37,12 @@ from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from services.domain.contact import CARD_FIELDS
 from services.domain.facts import ContactFacts, days_after, days_before
 from services.domain.rfm import GROUPS as RFM_GROUPS
 from services.domain.stamps import utc_iso
 
-TEXT_FIELDS = (
-    "email",
-    "first_name",
-    "last_name",
-    "phone",
-    "language",
-    "country",
-    "city",
-    "postal_code",
-    "contact_type",
-    "lead_status",
-    "member_status",
-)
+TEXT_FIELDS = ("email", *CARD_FIELDS, "member_status")
 DATE_FIELDS = ("first_seen_at", "last_activity_at", "last_interaction_at", "last_purchase_at")
 CONSENT_CHANNELS = ("email", "sms", "whatsapp", "phone")
 LIST_STATES = ("pending", "subscribed", "unsubscribed", "suppressed")
