@@ -28,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from contracts.outbound import OutContact, SegmentEntered, SegmentExited, TransitionCause
 from projections.db import Cursor, ViewDatabase, any_of, bulk_insert, bulk_update
 from projections.segment_sql import prefilter
 from services.domain.audience import (
@@ -51,7 +52,6 @@ from services.domain.stamps import utc_iso
 from services.domain.tenant import TenantSettings
 
 NAME = "audience"
-OUT_TYPES = ("segment_entered", "segment_exited")
 CHUNK = 2000
 
 TABLES = (
@@ -218,7 +218,7 @@ class _Writes:
 
 class AudienceProjection:
     name = NAME
-    version = 2
+    version = 3
     tables: tuple[str, ...] = TABLES
 
     def statements(self, is_postgres: bool) -> list[str]:
@@ -392,23 +392,21 @@ class _Page:
                 pending[9:14] = exit_values
             else:
                 self.writes.exits.append([*exit_values, tenant, t.segment_id, cid, entry_no])
-        kind = OUT_TYPES[0] if t.entered else OUT_TYPES[1]
+        # The outbound contract's own Structs: what is published is what is documented.
+        out_type = SegmentEntered if t.entered else SegmentExited
+        kind = "segment_entered" if t.entered else "segment_exited"
         self.seq += 1
-        event_id = f"{t.segment_id}:{cid}:{entry_no}:{'entered' if t.entered else 'exited'}"
-        payload = {
-            "event_id": event_id,
-            "type": kind,
-            "tenant": tenant,
-            "occurred_at": t.at,
-            "segment_id": t.segment_id,
-            "segment_version": t.segment_version,
-            "contact": {"contact_id": cid, "email": facts.email},
-            "cause": {"kind": t.cause, "ref": t.ref, "clauses": list(t.clauses)},
-            "entry_no": entry_no,
-        }
-        self.writes.outbox.append(
-            (self.seq, f"ficha.out.{tenant}.{kind}", event_id, _json(payload))
+        event_id = f"{t.segment_id}:{cid}:{entry_no}:{kind.split('_')[1]}"
+        event = out_type(
+            event_id=event_id, tenant=tenant, occurred_at=t.at, segment_id=t.segment_id,
+            segment_version=t.segment_version,
+            contact=OutContact(contact_id=cid, email=facts.email),
+            cause=TransitionCause(kind=t.cause, ref=t.ref,  # type: ignore[arg-type]
+                                  clauses=list(t.clauses)),
+            entry_no=entry_no,
         )
+        self.writes.outbox.append((self.seq, f"ficha.out.{tenant}.{kind}", event_id,
+                                   msgspec.json.encode(event).decode()))
 
     # ------------------------------------------------------------------ time
 

@@ -1,16 +1,19 @@
 """Narrowing a segment's backfill and preview with SQL before evaluating it in Python.
 
-``prefilter(rule)`` compiles the parts of a rule that SQL can decide on the copied columns
-of ``audience_facts`` into a condition that every matching contact satisfies (a
-*necessary* condition): groups of ``all`` keep what compiles, ``any`` compiles only when
-every branch does; counts use the all-time count columns (a count within a window is at
-most that); and everything else (sums, relative dates, engagement,
-properties, lists, RFM scores, ``not`` over anything but a tag) is left to the Python
-evaluator, which then runs only on the candidates. The result is exact because the
-evaluator decides; SQL only skips contacts that cannot match.
+``prefilter(rule, tenant, now)`` compiles the parts of a rule that SQL can decide on the
+copied columns of ``audience_facts`` into a condition that every matching contact
+satisfies (a *necessary* condition): groups of ``all`` keep what compiles, ``any``
+compiles only when every branch does; fields, tags, consent, absolute dates, RFM groups and
+segment references compile directly, counts through the all-time count columns (a count
+within a window is at most that), and, given ``now``, ``within_last`` and engagement as
+they hold at that instant. The rest (sums, ``more_than_ago``, properties, lists, RFM
+scores, ``not`` over anything but a tag) is left to the Python evaluator, which then runs
+only on the candidates. The result is exact because the evaluator decides; SQL only skips
+contacts that cannot match.
 
-Only facts that never change by time alone are compiled, so a contact the filter skips
-cannot enter the segment until an event changes it, and then it is evaluated anyway.
+A contact the filter skips cannot enter the segment before it is re-evaluated anyway: the
+compiled conditions either never change by time alone, or only become false with time
+(``within_last``), or change at instants already scheduled (engagement).
 
 Every value is a bound parameter; column names come from fixed tables, never from input.
 """

@@ -183,10 +183,6 @@ class ContactFacts(msgspec.Struct):
             return items
         return items[bisect.bisect_right(items, moment, key=_at):]
 
-    def count(self, kind: str, moment: str | None) -> int:
-        """How many ``kind`` activities happened after ``moment`` (all if None)."""
-        return len(self.since(kind, moment))
-
     # -------------------------------------------------------------------- storage
 
     def to_json(self) -> bytes:

@@ -109,13 +109,19 @@ async def caught_up(runtimes: list[Runtime], expected: int, timeout: float = 90)
     await runtimes[2].wait_until_projected(timeout)
 
 
-async def test_spread_over_processes_on_a_three_node_cluster(
-    cluster: list[EmbeddedNatsServer], deployment: list[Runtime],
-) -> None:
+async def first_wave(deployment: list[Runtime]) -> str:
+    """300 events over ten tenants, all applied; the cluster's URLs."""
     url = deployment[0].settings.nats_url
     assert url is not None
     await publish(url, 0, 300)
     await caught_up(deployment, 300)
+    return url
+
+
+async def test_spread_over_processes_on_a_three_node_cluster(
+    cluster: list[EmbeddedNatsServer], deployment: list[Runtime],
+) -> None:
+    url = await first_wave(deployment)
     # Each ingest runtime applied events of the partitions it owns, and only those.
     assert all(w.stats.applied > 0 for w in deployment[0].workers[:2] + deployment[1].workers[:2])
     assert [w.durable for w in deployment[0].workers] == [
@@ -134,10 +140,7 @@ async def test_spread_over_processes_on_a_three_node_cluster(
 async def test_losing_a_node_mid_stream_stalls_no_partition(
     cluster: list[EmbeddedNatsServer], deployment: list[Runtime],
 ) -> None:
-    url = deployment[0].settings.nats_url
-    assert url is not None
-    await publish(url, 0, 300)
-    await caught_up(deployment, 300)
+    url = await first_wave(deployment)
     # Kill the node the second ingest runtime is connected to (one of three: the streams
     # keep a quorum, and that runtime must carry on through another node).
     nc = deployment[1].nc

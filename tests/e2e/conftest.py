@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from services.config import Settings
+from services.runtime import Runtime
 from tests.backends import make_settings
 
 
@@ -33,3 +34,12 @@ def settings_for(
         )
 
     return build
+
+
+@pytest.fixture
+async def runtime(settings_for: Callable[..., Settings]) -> AsyncIterator[Runtime]:
+    """A started in-process runtime on this test's backend and NATS server."""
+    rt = Runtime(settings_for())
+    await rt.start()
+    yield rt
+    await rt.stop()

@@ -53,6 +53,17 @@ def status(data_dir: Path) -> dict[str, Any]:
     return json.loads(ficha(data_dir, "status", "--json").stdout)
 
 
+def wait_status(data_dir: Path, holds: Any, timeout: float = 60) -> dict[str, Any]:
+    """Poll `ficha status --json` until `holds(report)`; the report."""
+    deadline = time.time() + timeout
+    while True:
+        report = status(data_dir)
+        if holds(report):
+            return report
+        assert time.time() < deadline, report
+        time.sleep(0.2)
+
+
 def wait_received(data_dir: Path, n: int, timeout: float = 90) -> dict[str, Any]:
     deadline = time.time() + timeout
     while True:

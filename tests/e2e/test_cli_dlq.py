@@ -11,7 +11,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from tests.e2e.test_cli import ficha, start_up, status, stop, wait_received
+from tests.e2e.test_cli import ficha, start_up, stop, wait_received, wait_status
 from tests.factories import event_dict
 
 
@@ -24,10 +24,7 @@ async def publish_raw(url: str, items: list[tuple[str, bytes]]) -> None:
 
 
 def wait_dead(data_dir: Path, n: int) -> None:
-    deadline = time.time() + 60
-    while status(data_dir)["bus"].get("dead_letters", 0) < n:
-        assert time.time() < deadline
-        time.sleep(0.2)
+    wait_status(data_dir, lambda report: report["bus"].get("dead_letters", 0) >= n)
 
 
 @pytest.mark.slow

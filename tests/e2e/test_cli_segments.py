@@ -7,18 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cli import ficha, start_up, stop, wait_received
+from tests.e2e.test_cli import ficha, start_up, stop, wait_received, wait_status
 
 
 def wait_projected(data_dir: Path) -> None:
-    import time
-
-    from tests.e2e.test_cli import status
-
-    deadline = time.time() + 60
-    while not all(p["lag"] == 0 for p in status(data_dir)["projections"]):
-        assert time.time() < deadline
-        time.sleep(0.2)
+    wait_status(data_dir, lambda report: all(p["lag"] == 0 for p in report["projections"]))
 
 
 @pytest.mark.slow
@@ -93,6 +86,6 @@ def test_define_preview_members_why_and_statistics(tmp_path: Path) -> None:
         assert after == before
         versions = {p["name"]: p["version"] for p in
                     json.loads(ficha(data_dir, "status", "--json").stdout)["projections"]}
-        assert versions == {"contacts": 2, "audience": 2}
+        assert versions == {"contacts": 2, "audience": 3}
     finally:
         assert stop(proc) == 0

@@ -11,14 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator, Callable
 from typing import Any
-
-import pytest
 
 from contracts.decode import Rejection, decode
 from services.catalog import TenantCommands
-from services.config import Settings
 from services.runtime import Runtime, connect_nats
 from services.streams import DLQ_STREAM
 from tests.e2e.test_pipeline import drain_applied
@@ -88,14 +84,6 @@ def hostile(rnd: random.Random, i: int, kind: str) -> tuple[str, bytes]:
         body["form_name"] = "x'); DROP TABLE contacts; --"
         body["contact"]["first_name"] = "Robert'); DELETE FROM timeline; --"
     return subject, json.dumps(body).encode()
-
-
-@pytest.fixture
-async def runtime(settings_for: Callable[..., Settings]) -> AsyncIterator[Runtime]:
-    rt = Runtime(settings_for())
-    await rt.start()
-    yield rt
-    await rt.stop()
 
 
 async def test_hostile_messages_are_dead_lettered_and_good_ones_applied(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +13,6 @@ from nats.js import JetStreamContext
 from contracts.outbound import SegmentEntered, SegmentExited, decode_outbound
 from contracts.publisher import publish
 from services.catalog import SegmentCommands
-from services.config import Settings
 from services.outbox import SEQ_HEADER, OutboxRelay
 from services.runtime import Runtime, connect_nats
 from services.streams import OUT_STREAM
@@ -23,14 +21,6 @@ from tests.factories import event_dict
 
 class Crash(Exception):
     pass
-
-
-@pytest.fixture
-async def runtime(settings_for: Callable[..., Settings]) -> AsyncIterator[Runtime]:
-    rt = Runtime(settings_for())
-    await rt.start()
-    yield rt
-    await rt.stop()
 
 
 async def out_events(js: JetStreamContext, expected: int, timeout: float = 20.0

@@ -5,26 +5,14 @@ a reason, and the events around it are applied."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-
-import pytest
 
 from contracts.publisher import publish
 from projections.queries import get_card
 from services.catalog import TenantCommands
-from services.config import Settings
 from services.runtime import Runtime, connect_nats
 from services.streams import DLQ_STREAM
 from tests.e2e.test_pipeline import drain_applied, wait_for
 from tests.factories import event_dict
-
-
-@pytest.fixture
-async def runtime(settings_for: Callable[..., Settings]) -> AsyncIterator[Runtime]:
-    rt = Runtime(settings_for())
-    await rt.start()
-    yield rt
-    await rt.stop()
 
 
 async def test_definitions_are_enforced_at_ingestion(runtime: Runtime) -> None:
