@@ -97,6 +97,13 @@ def ddl(is_postgres: bool) -> list[str]:
         "ON contacts (tenant, consent_email, first_seen_at)",
         "CREATE INDEX IF NOT EXISTS contacts_last_activity "
         "ON contacts (tenant, last_activity_at)",
+        # The client list's other sort keys and its name search (projections/queries.py).
+        "CREATE INDEX IF NOT EXISTS contacts_activity_sort ON contacts "
+        "(tenant, (COALESCE(last_activity_at, first_seen_at)), contact_id)",
+        "CREATE INDEX IF NOT EXISTS contacts_name_sort ON contacts (tenant, "
+        "(LOWER(COALESCE(last_name, '') || ' ' || COALESCE(first_name, ''))), contact_id)",
+        "CREATE INDEX IF NOT EXISTS contacts_first_name ON contacts (tenant, (LOWER(first_name)))",
+        "CREATE INDEX IF NOT EXISTS contacts_last_name ON contacts (tenant, (LOWER(last_name)))",
         "CREATE TABLE IF NOT EXISTS contact_tags ("
         "tenant TEXT NOT NULL, tag TEXT NOT NULL, contact_id TEXT NOT NULL, label TEXT NOT NULL, "
         "PRIMARY KEY (tenant, tag, contact_id))",
@@ -141,7 +148,7 @@ class ContactsProjection:
     name = NAME
     # Bumped whenever the tables' layout changes: a read model of another version is
     # dropped and rebuilt from the event store at start-up.
-    version = 2
+    version = 3  # 3: indexes for sorting and name search
     tables: tuple[str, ...] = TABLES
 
     def statements(self, is_postgres: bool) -> list[str]:

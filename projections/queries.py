@@ -29,6 +29,7 @@ class ContactFilter:
     first_seen_from: datetime | None = None
     first_seen_to: datetime | None = None
     email_prefix: str | None = None
+    search: str | None = None  # a prefix of the email, the first name or the last name
 
 
 LIST_COLUMNS = (
@@ -85,53 +86,98 @@ def _where(db: ViewDatabase, f: ContactFilter) -> tuple[list[str], list[Any]]:
         clauses.append("c.email >= ? AND c.email < ?")
         prefix = f.email_prefix.strip().lower()
         params.extend([prefix, prefix + "\uffff"])
+    if f.search and f.search.strip():
+        prefix = f.search.strip().lower()
+        ranges = [f"{column} >= ? AND {column} < ?" for column in
+                  ("c.email", "LOWER(c.first_name)", "LOWER(c.last_name)")]
+        clauses.append("((" + ") OR (".join(ranges) + "))")
+        params.extend([prefix, prefix + "\uffff"] * 3)
     return clauses, params
 
 
-def encode_cursor(first_seen_at: Any, contact_id: str) -> str:
-    at = first_seen_at if isinstance(first_seen_at, str) else utc_iso(first_seen_at)
-    raw = json.dumps([at, contact_id]).encode()
+# Sort keys of the client list: never NULL, so that a (key, contact_id) cursor is total.
+# Each has an index (projections/contacts.py) that serves it with the tenant.
+SORT_KEYS = {
+    "first_seen_at": "c.first_seen_at",
+    "last_activity_at": "COALESCE(c.last_activity_at, c.first_seen_at)",
+    "email": "c.email",
+    "name": "LOWER(COALESCE(c.last_name, '') || ' ' || COALESCE(c.first_name, ''))",
+}
+TIME_SORTS = ("first_seen_at", "last_activity_at")
+
+
+def parse_sort(text: str) -> tuple[str, bool]:
+    """``first_seen_at`` (ascending) or ``-first_seen_at`` (descending) → (key, descending)."""
+    descending = text.startswith("-")
+    key = text.lstrip("-+")
+    if key not in SORT_KEYS:
+        choices = ", ".join(sorted(SORT_KEYS))
+        raise QueryError(f"cannot sort by {key!r}: sort by one of {choices}, "
+                         "with a leading - for descending")
+    return key, descending
+
+
+def encode_cursor(sort: str, value: Any, contact_id: str) -> str:
+    shown = utc_iso(value) if isinstance(value, datetime) else value
+    raw = json.dumps([sort, shown, contact_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[str, str]:
+def decode_cursor(cursor: str, sort: str) -> tuple[str, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        at, cid = json.loads(base64.urlsafe_b64decode(padded))
-        return str(at), str(cid)
+        given_sort, value, cid = json.loads(base64.urlsafe_b64decode(padded))
+        if given_sort != sort:
+            raise ValueError
+        return str(value), str(cid)
     except Exception:  # noqa: BLE001
-        raise QueryError("the cursor is not one this server gave out; start without it") from None
+        raise QueryError("the cursor is not one this server gave out for this sort; "
+                         "start without it") from None
 
 
 def list_contacts(
-    db: ViewDatabase, f: ContactFilter, *, limit: int = 50, cursor: str | None = None
+    db: ViewDatabase, f: ContactFilter, *, limit: int = 50, cursor: str | None = None,
+    sort: str = "-first_seen_at",
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Newest first (by first contact), keyset-paginated; returns rows and the next cursor."""
+    """One page of the client list, keyset-paginated; returns rows and the next cursor.
+
+    ``sort`` is a key of SORT_KEYS, descending with a leading ``-`` (default: newest
+    first contact first); ties are broken by contact id in the same direction.
+    """
     if not 1 <= limit <= 1000:
         raise QueryError("limit must be between 1 and 1000")
+    key, descending = parse_sort(sort)
+    expression = SORT_KEYS[key]
     clauses, params = _where(db, f)
     if cursor:
-        at, cid = decode_cursor(cursor)
-        at_param: Any = at
-        if db.is_postgres:
-            at_param = datetime.fromisoformat(at.replace("Z", "+00:00"))
-        clauses.append("(c.first_seen_at < ? OR (c.first_seen_at = ? AND c.contact_id < ?))")
-        params.extend([at_param, at_param, cid])
+        value, cid = decode_cursor(cursor, sort)
+        value_param: Any = value
+        if db.is_postgres and key in TIME_SORTS:
+            value_param = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        beyond = "<" if descending else ">"
+        clauses.append(f"({expression} {beyond} ? OR ({expression} = ? "
+                       f"AND c.contact_id {beyond} ?))")
+        params.extend([value_param, value_param, cid])
+    direction = "DESC" if descending else "ASC"
     statement = (
-        f"SELECT {', '.join('c.' + c.strip() for c in LIST_COLUMNS.split(','))} "
+        f"SELECT {', '.join('c.' + c.strip() for c in LIST_COLUMNS.split(','))}, "
+        f"{expression} AS sort_key "
         f"FROM contacts c WHERE {' AND '.join(clauses)} "
-        "ORDER BY c.first_seen_at DESC, c.contact_id DESC LIMIT ?"
+        f"ORDER BY {expression} {direction}, c.contact_id {direction} LIMIT ?"
     )
     params.append(limit + 1)
     with db.reading() as cur:
         cur.execute(statement, params)
-        rows = [_clean(row) for row in cur.fetchall()]
+        rows = cur.fetchall()
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
-        last = rows[-1]
-        next_cursor = encode_cursor(last["first_seen_at"], last["contact_id"])
-    return rows, next_cursor
+        next_cursor = encode_cursor(sort, rows[-1]["sort_key"], rows[-1]["contact_id"])
+    cleaned = []
+    for row in rows:
+        del row["sort_key"]
+        cleaned.append(_clean(row))
+    return cleaned, next_cursor
 
 
 def count_contacts(db: ViewDatabase, f: ContactFilter) -> int:
@@ -142,11 +188,18 @@ def count_contacts(db: ViewDatabase, f: ContactFilter) -> int:
     return int(row["n"]) if row else 0
 
 
-def get_card(db: ViewDatabase, tenant: str, email: str) -> dict[str, Any] | None:
-    """The whole card of one contact and its timeline, or None if unknown."""
+def is_contact_id(ref: str) -> bool:
+    """A contact id is 32 hex digits; anything with an @ is an email."""
+    return len(ref) == 32 and all(ch in "0123456789abcdef" for ch in ref)
+
+
+def get_card(db: ViewDatabase, tenant: str, ref: str, *, timeline_limit: int | None = None
+             ) -> dict[str, Any] | None:
+    """The whole card of one contact, by email or contact id, with its lists and
+    timeline (the newest ``timeline_limit`` entries, oldest first), or None if unknown."""
+    column, value = ("contact_id", ref) if is_contact_id(ref) else ("email", ref.strip().lower())
     with db.reading() as cur:
-        cur.execute("SELECT * FROM contacts WHERE tenant = ? AND email = ?",
-                    (tenant, email.strip().lower()))
+        cur.execute(f"SELECT * FROM contacts WHERE tenant = ? AND {column} = ?", (tenant, value))
         row = cur.fetchone()
         if row is None:
             return None
@@ -157,13 +210,44 @@ def get_card(db: ViewDatabase, tenant: str, email: str) -> dict[str, Any] | None
             (tenant, card["contact_id"]),
         )
         card["lists"] = [_clean(r) for r in cur.fetchall()]
-        cur.execute(
-            "SELECT occurred_at, event_id, type, kind, source, summary, data FROM timeline "
-            "WHERE tenant = ? AND contact_id = ? ORDER BY occurred_at, event_id",
-            (tenant, card["contact_id"]),
-        )
-        card["timeline"] = [_clean(r) for r in cur.fetchall()]
+        card["timeline"] = _timeline(cur, tenant, card["contact_id"], timeline_limit)
     return card
+
+
+def _timeline(cur: Any, tenant: str, contact_id: str, limit: int | None,
+              before: tuple[str, str] | None = None) -> list[dict[str, Any]]:
+    params: list[Any] = [tenant, contact_id]
+    page = ""
+    if before is not None:
+        page = "AND (occurred_at < ? OR (occurred_at = ? AND event_id < ?)) "
+        params += [before[0], before[0], before[1]]
+    cur.execute(
+        "SELECT occurred_at, event_id, type, kind, source, summary, data FROM timeline "
+        f"WHERE tenant = ? AND contact_id = ? {page}"
+        "ORDER BY occurred_at DESC, event_id DESC"
+        + (" LIMIT ?" if limit is not None else ""),
+        params + ([limit] if limit is not None else []),
+    )
+    return [_clean(r) for r in reversed(cur.fetchall())]
+
+
+def timeline_page(db: ViewDatabase, tenant: str, contact_id: str, *, limit: int = 100,
+                  before: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest first in pages: the entries before the cursor ``before`` (oldest first in
+    the page) and the cursor of the next, older page."""
+    if not 1 <= limit <= 1000:
+        raise QueryError("limit must be between 1 and 1000")
+    bound = decode_cursor(before, "timeline") if before else None
+    bound_param: Any = bound
+    if bound is not None and db.is_postgres:
+        bound_param = (datetime.fromisoformat(bound[0].replace("Z", "+00:00")), bound[1])
+    with db.reading() as cur:
+        entries = _timeline(cur, tenant, contact_id, limit + 1, bound_param)
+    cursor = None
+    if len(entries) > limit:
+        entries = entries[1:]
+        cursor = encode_cursor("timeline", entries[0]["occurred_at"], entries[0]["event_id"])
+    return entries, cursor
 
 
 def tenant_exists(db: ViewDatabase, tenant: str) -> bool:

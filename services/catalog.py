@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
+from services.domain.api_keys import KeyInfo, TenantApiKeys, api_keys_id
 from services.domain.clock import ClockDay, clock_day_id
 from services.domain.segments import SegmentCatalog, SegmentDefinition, catalog_id
 from services.domain.stamps import utc_iso
@@ -72,6 +73,26 @@ class TenantCommands:
 
     def remove_property(self, tenant: str, name: str) -> None:
         decide(self.store, lambda: self.settings(tenant), lambda t: t.remove_property(name))
+
+
+class ApiKeyCommands:
+    """Issue and revoke a tenant's API keys (see ``services.domain.api_keys``)."""
+
+    def __init__(self, store: ContactStore) -> None:
+        self.store = store
+
+    def keys(self, tenant: str) -> TenantApiKeys:
+        try:
+            current: TenantApiKeys = self.store.repository.get(api_keys_id(tenant))
+        except AggregateNotFoundError:
+            return TenantApiKeys.open(tenant)
+        return current
+
+    def issue(self, tenant: str, scopes: list[str], label: str = "") -> str:
+        return decide(self.store, lambda: self.keys(tenant), lambda k: k.issue(scopes, label))
+
+    def revoke(self, tenant: str, key_id: str) -> KeyInfo:
+        return decide(self.store, lambda: self.keys(tenant), lambda k: k.revoke(key_id))
 
 
 A = TypeVar("A")

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from services.cli_api import api, keys_app
 from services.cli_audience import (
     consent_app,
     engagement_app,
@@ -55,6 +56,8 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(properties_app, name="properties")
 app.add_typer(tags_app, name="tags")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(keys_app, name="keys")
+app.command()(api)
 
 # ------------------------------------------------------------------------- up
 
@@ -98,7 +101,9 @@ def up(
     _serve(Runtime(settings, projector="process"),
            f"[bold green]ficha is up[/]  backend={settings.backend}  nats={{nats}}  "
            f"partitions={settings.partitions}  data={settings.data_dir}\n"
-           "Publish to ficha.in.<tenant>.<type>; Ctrl-C stops.")
+           + (f"HTTP API: http://{settings.api_host}:{settings.api_port} "
+              f"(OpenAPI at /schema)\n" if settings.api_port else "")
+           + "Publish to ficha.in.<tenant>.<type>; Ctrl-C stops.")
 
 
 def parse_partitions(text: str, total: int) -> list[int]:

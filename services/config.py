@@ -15,6 +15,8 @@
 | FICHA_ACK_WAIT | 30 | seconds before JetStream redelivers an unacked message |
 | FICHA_STREAM_REPLICAS | 1 | replicas of ficha's streams: 3 on a three-node JetStream cluster |
 | FICHA_METRICS_PORT | 9464 | /metrics, /healthz, /readyz on 127.0.0.1 (projectors: next; 0: off) |
+| FICHA_API_HOST | 127.0.0.1 | address the HTTP API listens on (`ficha up`, `ficha api`) |
+| FICHA_API_PORT | 8080 | port of the HTTP API; 0 in `ficha up` leaves the API off |
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class Settings:
     ack_wait_s: float = 30.0
     metrics_port: int = 0
     stream_replicas: int = 1
+    api_host: str = "127.0.0.1"
+    api_port: int = 0
 
     def to_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process."""
@@ -76,6 +80,8 @@ class Settings:
             "FICHA_ACK_WAIT": str(int(self.ack_wait_s)),
             "FICHA_METRICS_PORT": str(self.metrics_port),
             "FICHA_STREAM_REPLICAS": str(self.stream_replicas),
+            "FICHA_API_HOST": self.api_host,
+            "FICHA_API_PORT": str(self.api_port),
         }
         if self.nats_url:
             env["FICHA_NATS_URL"] = self.nats_url
@@ -186,4 +192,6 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         ack_wait_s=float(_int(env, "FICHA_ACK_WAIT", 30)),
         metrics_port=_int(env, "FICHA_METRICS_PORT", 9464, minimum=0),
         stream_replicas=_int(env, "FICHA_STREAM_REPLICAS", 1),
+        api_host=env.get("FICHA_API_HOST") or "127.0.0.1",
+        api_port=_int(env, "FICHA_API_PORT", 8080, minimum=0),
     )

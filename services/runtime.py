@@ -104,7 +104,7 @@ class Runtime:
     # What this process does: "ingest" (partition workers), "projections", "scheduler"
     # (the clock and the outbox relay). `ficha up` does all three; in a deployment they
     # can be spread over processes and machines (docs/scaling.md).
-    roles: frozenset[str] = frozenset({"ingest", "projections", "scheduler"})
+    roles: frozenset[str] = frozenset({"ingest", "projections", "scheduler", "api"})
     # The partitions this process owns (None: all of them).
     owned_partitions: list[int] | None = None
     workers: list[PartitionWorker] = field(default_factory=list)
@@ -113,6 +113,7 @@ class Runtime:
     scheduler: Scheduler | None = None
     outbox: OutboxRelay | None = None
     health: HealthServer | None = None
+    api: Any = None  # the HTTP API's context, when this process serves it
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -173,8 +174,20 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self.outbox.run(self._stop), name="outbox"))
         if "ingest" in self.roles:
             self._tasks.append(asyncio.create_task(self._watch_lag(), name="lag"))
+        if "api" in self.roles and settings.api_port:
+            await self._start_api()
         if settings.metrics_port:
             self.health = start_health(settings.metrics_port, self._not_ready)
+
+    async def _start_api(self) -> None:
+        from services.api.app import bind, build_context, serve_until, server
+
+        settings = self.settings
+        sock = bind(settings.api_host, settings.api_port)
+        self.api = await asyncio.to_thread(build_context, settings)
+        srv = server(self.api, settings.api_host, settings.api_port)
+        self._tasks.append(asyncio.create_task(serve_until(srv, self._stop, [sock]),
+                                               name="api"))
 
     def _start_workers(self) -> None:
         settings = self.settings
@@ -264,6 +277,11 @@ class Runtime:
             with contextlib.suppress(Exception):
                 await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.api is not None:
+            from services.api.app import close_context
+
+            close_context(self.api)
+            self.api = None
         for process in self.projector_processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)

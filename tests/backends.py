@@ -18,7 +18,7 @@ def make_settings(
     **extra: str,
 ) -> Settings:
     env = {"FICHA_DATA_DIR": str(data_dir), "FICHA_ID_KEY": TEST_ID_KEY,
-           "FICHA_METRICS_PORT": "0", **extra}
+           "FICHA_METRICS_PORT": "0", "FICHA_API_PORT": "0", **extra}
     if postgres_dsn:
         env["FICHA_DATABASE_URL"] = postgres_dsn
         env["FICHA_DATABASE_SCHEMA"] = schema or "ficha"

@@ -1,0 +1,1 @@
+"""ficha's HTTP API (Litestar): the read models and the operator's commands, per tenant."""

@@ -1,0 +1,127 @@
+"""The composition root of the HTTP API: adapters wired once, routes mounted per tenant.
+
+Every tenant's resources live under ``/v1/tenants/{tenant}``; a key of one tenant gets
+404 for any other tenant's address (see ``deps.authenticate``). The OpenAPI document is
+at ``/schema/openapi.json``, with a browsable page at ``/schema``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+from litestar import Litestar, Router, get
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from projections.db import ViewDatabase
+from services.api import contacts, segments, stats
+from services.api.deps import ApiContext, admin, consistency, reader
+from services.api.errors import HANDLERS
+from services.api.keyring import KeyRing
+from services.catalog import SegmentCommands, TenantCommands
+from services.config import Settings
+from services.store.contact_store import ContactStore
+
+API_VERSION = "1"
+
+
+def build_context(settings: Settings) -> ApiContext:
+    store = ContactStore(settings)
+    return ApiContext(settings=settings, views=ViewDatabase(settings), store=store,
+                      keyring=KeyRing(store), segments=SegmentCommands(store),
+                      tenants=TenantCommands(store))
+
+
+@get("/healthz", summary="Liveness", include_in_schema=False, sync_to_thread=False)
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def create_app(ctx: ApiContext) -> Litestar:
+    tenant_routes = Router(
+        path="/v1/tenants/{tenant:str}",
+        route_handlers=[*contacts.ROUTES, *segments.ROUTES, *stats.ROUTES],
+        dependencies={
+            "principal": Provide(reader, sync_to_thread=True),
+            "admin": Provide(admin, sync_to_thread=True),
+            "wanted": Provide(consistency, sync_to_thread=False),
+        },
+        security=[{"apiKey": []}],
+    )
+    return Litestar(
+        route_handlers=[tenant_routes, healthz],
+        dependencies={"ctx": Provide(lambda: ctx, use_cache=True, sync_to_thread=False)},
+        exception_handlers=HANDLERS,
+        openapi_config=OpenAPIConfig(
+            title="ficha", version=API_VERSION,
+            description="The read models of ficha (client list, contact cards, segments, "
+            "engagement, lists, RFM) and the commands of a tenant's operator. Every read "
+            "says how fresh it is; see `min_position` and `wait_for_event` for "
+            "read-your-writes.",
+            components=Components(security_schemes={"apiKey": SecurityScheme(
+                type="http", scheme="bearer",
+                description="A tenant's API key: ficha.<tenant>.<key id>.<secret>")}),
+        ),
+        debug=False,
+    )
+
+
+class _QuietServer(uvicorn.Server):
+    """A uvicorn server that leaves signals to its host process (``ficha up``)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class PortTaken(OSError):
+    """The API's address is in use or not ours to bind."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The API's listening socket, bound now so that a taken port is a clear error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise PortTaken(f"the HTTP API cannot listen on {host}:{port} ({error.strerror}); "
+                        "set FICHA_API_PORT to a free port (0 turns the API off in "
+                        "`ficha up`)") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def server(ctx: ApiContext, host: str, port: int, *, own_signals: bool = False,
+           sock: socket.socket | None = None) -> uvicorn.Server:
+    config = uvicorn.Config(create_app(ctx), host=host, port=port, log_config=None,
+                            access_log=False, lifespan="off")
+    return uvicorn.Server(config) if own_signals else _QuietServer(config)
+
+
+async def serve_until(srv: uvicorn.Server, stop: asyncio.Event,
+                      sockets: list[socket.socket] | None = None) -> None:
+    """Serve until ``stop`` is set, then finish the requests under way."""
+    task = asyncio.create_task(srv.serve(sockets=sockets))
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    srv.should_exit = True
+    stopper.cancel()
+    await task
+
+
+def close_context(ctx: ApiContext) -> None:
+    ctx.views.close()
+    ctx.store.close()
+
+
+__all__: list[Any] = ["build_context", "create_app", "serve_until", "server"]

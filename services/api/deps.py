@@ -1,0 +1,137 @@
+"""What every route shares: the composition's context, the caller, freshness, envelopes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.di import NamedDependency
+from litestar.params import FromPath, Parameter
+
+from projections.db import ViewDatabase
+from services.api.errors import ApiError
+from services.api.freshness import MAX_WAIT_S, Consistency, Freshness, freshness
+from services.api.keyring import KeyRing, Principal
+from services.catalog import SegmentCommands, TenantCommands
+from services.config import Settings
+from services.store.contact_store import ContactStore
+
+
+@dataclass
+class ApiContext:
+    """The adapters the routes use, wired once by ``services.api.app.create_app``."""
+
+    settings: Settings
+    views: ViewDatabase
+    store: ContactStore
+    keyring: KeyRing
+    segments: SegmentCommands
+    tenants: TenantCommands
+
+    def fresh(self, projection: str, tenant: FromPath[str], wanted: Wanted) -> Freshness:
+        return freshness(self.views, self.store, projection, tenant, wanted)
+
+
+# Route parameters that Litestar injects by name (see services.api.app.create_app).
+Ctx = NamedDependency[ApiContext]
+Caller = NamedDependency[Principal]
+Wanted = NamedDependency[Consistency]
+
+# ------------------------------------------------------------------------------ callers
+
+_HOW = ("send an API key as `Authorization: Bearer ficha.<tenant>.<id>.<secret>` "
+        "(an operator creates one with `ficha keys create`)")
+
+
+def _presented(request: Request[Any, Any, Any]) -> str:
+    header = request.headers.get("authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return request.headers.get("x-api-key", "").strip()
+
+
+def authenticate(request: Request[Any, Any, Any], tenant: FromPath[str], ctx: Ctx) -> Principal:
+    """The caller, if its key is valid and belongs to the tenant in the path.
+
+    A key of another tenant gets 404, as if the tenant did not exist: a caller learns
+    nothing about tenants other than its own.
+    """
+    text = _presented(request)
+    if not text:
+        raise ApiError(401, "unauthorized", f"no API key: {_HOW}",
+                       headers={"WWW-Authenticate": "Bearer"})
+    principal = ctx.keyring.authenticate(text)
+    if principal is None:
+        raise ApiError(401, "unauthorized",
+                       "this API key is not valid: it is malformed, unknown or revoked",
+                       headers={"WWW-Authenticate": "Bearer"})
+    if principal.tenant != tenant:
+        raise ApiError(404, "not_found", "there is nothing at this address")
+    return principal
+
+
+def reader(request: Request[Any, Any, Any], tenant: FromPath[str], ctx: Ctx) -> Principal:
+    return authenticate(request, tenant, ctx)
+
+
+def admin(request: Request[Any, Any, Any], tenant: FromPath[str], ctx: Ctx) -> Principal:
+    principal = authenticate(request, tenant, ctx)
+    if not principal.may("admin"):
+        raise ApiError(403, "forbidden",
+                       "this key may only read; this route needs a key with the admin scope")
+    return principal
+
+
+# ---------------------------------------------------------------------------- freshness
+
+
+def consistency(
+    min_position: Annotated[int | None, Parameter(
+        ge=0, description="Wait until the read model has applied this log position "
+        "(an earlier answer's freshness.position or a write's position).")] = None,
+    wait_for_event: Annotated[str | None, Parameter(
+        max_length=128, description="Wait until this event (its event_id, as published "
+        "on the bus) has been ingested and projected.")] = None,
+    wait_timeout: Annotated[float, Parameter(
+        ge=0, le=MAX_WAIT_S, description="Seconds to wait for min_position or "
+        "wait_for_event before answering 503.")] = 5.0,
+) -> Consistency:
+    return Consistency(min_position, wait_for_event, wait_timeout)
+
+
+# ---------------------------------------------------------------------------- envelopes
+
+
+class Item(msgspec.Struct):
+    data: Any
+    freshness: Freshness
+
+
+class Page(msgspec.Struct):
+    data: list[Any]
+    freshness: Freshness
+    next_cursor: str | None = None
+    total: int | None = None
+
+
+class Written(msgspec.Struct):
+    """A command's result and the log position of the change, to read it back with
+    ``min_position``."""
+
+    data: Any
+    position: int
+
+
+def headers(fresh: Freshness) -> dict[str, str]:
+    return {"Ficha-Position": str(fresh.position), "Ficha-Lag": str(fresh.lag)}
+
+
+def item(data: Any, fresh: Freshness) -> Response[Item]:
+    return Response(Item(data, fresh), headers=headers(fresh))
+
+
+def page(data: list[Any], fresh: Freshness, next_cursor: str | None = None,
+         total: int | None = None) -> Response[Page]:
+    return Response(Page(data, fresh, next_cursor, total), headers=headers(fresh))

@@ -1,0 +1,81 @@
+"""How fresh a read is, and read-your-writes: wait until a write has been projected.
+
+Every read model follows the event store's log; its position is the last log entry it
+has applied, in the same transaction as its rows. A read answers the position it
+reflects, the log's head and the lag between them. A caller that has just written can
+ask a read to wait (up to a timeout) until the read model has reached
+
+* ``min_position``: a log position an earlier answer of this API gave it, or
+* ``wait_for_event``: the ``event_id`` of an event it published on the bus: the read
+  waits until ingestion has stored it, then until the read model has passed the log's
+  head as it was at that moment.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import msgspec
+
+from projections.db import ViewDatabase
+from services.api.errors import ApiError
+from services.store.contact_store import ContactStore
+
+MAX_WAIT_S = 30.0
+_POLL_S = 0.02
+
+
+class Freshness(msgspec.Struct):
+    projection: str
+    position: int
+    head: int
+    lag: int
+
+
+@dataclass(frozen=True)
+class Consistency:
+    """What a caller asked for: how fresh the read must be, and how long to wait."""
+
+    min_position: int | None = None
+    wait_for_event: str | None = None
+    wait_timeout: float = 5.0
+
+    @property
+    def waits(self) -> bool:
+        return self.min_position is not None or self.wait_for_event is not None
+
+
+def projection_position(views: ViewDatabase, projection: str) -> int:
+    with views.reading() as cur:
+        return views.position(cur, projection)
+
+
+def freshness(views: ViewDatabase, store: ContactStore, projection: str, tenant: str,
+              wanted: Consistency) -> Freshness:
+    """The read model's freshness, after waiting for what the caller asked for."""
+    deadline = time.monotonic() + min(max(wanted.wait_timeout, 0.0), MAX_WAIT_S)
+    target = wanted.min_position or 0
+    if wanted.wait_for_event is not None:
+        while not store.already_received(tenant, [wanted.wait_for_event]):
+            if time.monotonic() >= deadline:
+                raise ApiError(
+                    503, "not_yet_ingested",
+                    f"event {wanted.wait_for_event!r} of tenant {tenant} has not been "
+                    "ingested yet (or was dead-lettered: see the dead-letter routes); "
+                    "retry, or wait longer with wait_timeout",
+                    field="wait_for_event", headers={"Retry-After": "1"})
+            time.sleep(_POLL_S)
+        target = max(target, store.max_notification_id())
+    position = projection_position(views, projection)
+    while position < target:
+        if time.monotonic() >= deadline:
+            raise ApiError(
+                503, "not_yet_projected",
+                f"the {projection} read model is at position {position}, not yet at "
+                f"{target}; retry, or wait longer with wait_timeout",
+                headers={"Retry-After": "1"})
+        time.sleep(_POLL_S)
+        position = projection_position(views, projection)
+    head = max(store.max_notification_id(), position)
+    return Freshness(projection, position, head, head - position)

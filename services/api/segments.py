@@ -1,0 +1,181 @@
+"""Routes of segments: definitions (create, edit, delete), preview, members, and why."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Response, delete, get, post, put
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
+
+from projections.audience_queries import (
+    NotFound,
+    count_members,
+    explain,
+    get_segment,
+    list_segments,
+    preview,
+    segment_members,
+)
+from projections.queries import get_card, is_contact_id
+from services.api.deps import Caller, Ctx, Item, Page, Wanted, Written, item, page
+from services.api.errors import ApiError, not_found
+from services.domain.rules import RuleError
+from services.domain.segments import SegmentError
+
+PROJECTION = "audience"
+
+
+class SegmentBody(msgspec.Struct, forbid_unknown_fields=True):
+    """A segment's definition: its rule (see docs/segments.md and
+    contracts/schemas/segment-rule.json) and an optional display name."""
+
+    rule: Any
+    name: str | None = None
+
+
+class NewSegment(SegmentBody, forbid_unknown_fields=True):
+    id: str = ""
+
+
+class PreviewBody(msgspec.Struct, forbid_unknown_fields=True):
+    rule: Any
+    sample: int = 5
+
+
+def _write(ctx: Ctx, tenant: FromPath[str], segment_id: str, body: SegmentBody,
+           must_exist: bool) -> Written:
+    catalog = ctx.segments.catalog(tenant)
+    existing = None if catalog is None else catalog.live().get(segment_id)
+    if must_exist and existing is None:
+        raise not_found(f"segment {segment_id!r} does not exist in tenant {tenant}")
+    if not must_exist and existing is not None:
+        raise ApiError(409, "already_exists",
+                       f"segment {segment_id!r} already exists (version {existing.version}); "
+                       "change it with PUT", "id")
+    title = body.name or (existing.name if existing else segment_id)
+    try:
+        definition = ctx.segments.define(tenant, segment_id, title, body.rule)
+    except RuleError as error:
+        raise ApiError(400, "invalid_rule", f"the rule is not valid: {error}", "rule") from None
+    except SegmentError as error:
+        raise ApiError(409, "segment_conflict", str(error)) from None
+    return Written({"segment_id": definition.segment_id, "name": definition.name,
+                    "version": definition.version}, ctx.store.max_notification_id())
+
+
+@get("/segments", sync_to_thread=True, summary="The tenant's segments, with member counts")
+def list_route(tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,
+               include_deleted: FromQuery[bool] = False) -> Response[Page]:
+    fresh = ctx.fresh(PROJECTION, tenant, wanted)
+    return page(list_segments(ctx.views, tenant, include_deleted), fresh)
+
+
+@post("/segments", sync_to_thread=True, status_code=201, summary="Create a segment",
+      description="Its membership is computed as the audience read model reaches the "
+      "change: read members with `min_position` set to the answer's `position`.")
+def create_route(tenant: FromPath[str], ctx: Ctx, admin: Caller,
+                 data: JSONBody[NewSegment]) -> Written:
+    if not data.id:
+        raise ApiError(400, "invalid_request", "id: a new segment needs an id", "id")
+    return _write(ctx, tenant, data.id, data, must_exist=False)
+
+
+@get("/segments/{segment_id:str}", sync_to_thread=True, summary="One segment")
+def get_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, principal: Caller,
+              wanted: Wanted) -> Response[Item]:
+    fresh = ctx.fresh(PROJECTION, tenant, wanted)
+    try:
+        return item(get_segment(ctx.views, tenant, segment_id), fresh)
+    except NotFound as error:
+        raise not_found(str(error)) from None
+
+
+@put("/segments/{segment_id:str}", sync_to_thread=True, summary="Edit a segment",
+     description="A new version of its rule (and name). Preview it first.")
+def edit_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, admin: Caller,
+               data: JSONBody[SegmentBody]) -> Written:
+    return _write(ctx, tenant, segment_id, data, must_exist=True)
+
+
+@delete("/segments/{segment_id:str}", sync_to_thread=True, status_code=200,
+        summary="Delete a segment", description="Every member exits; its history stays.")
+def delete_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx,
+                 admin: Caller) -> Written:
+    catalog = ctx.segments.catalog(tenant)
+    if catalog is None or segment_id not in catalog.live():
+        raise not_found(f"segment {segment_id!r} does not exist in tenant {tenant}")
+    try:
+        definition = ctx.segments.delete(tenant, segment_id)
+    except SegmentError as error:
+        raise ApiError(409, "segment_conflict", str(error)) from None
+    return Written({"segment_id": segment_id, "version": definition.version, "deleted": True},
+                   ctx.store.max_notification_id())
+
+
+@post("/segments/{segment_id:str}/preview", sync_to_thread=True, status_code=200,
+      summary="What a rule would change",
+      description="How many contacts would enter, leave and stay if `segment_id` had this "
+      "rule, with samples; nothing is changed. The segment need not exist yet.")
+def preview_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, principal: Caller,
+                  wanted: Wanted, data: JSONBody[PreviewBody]) -> Response[Item]:
+    if not 0 <= data.sample <= 100:
+        raise ApiError(400, "invalid_request", "sample: between 0 and 100", "sample")
+    fresh = ctx.fresh(PROJECTION, tenant, wanted)
+    try:
+        result = preview(ctx.views, tenant, segment_id, data.rule, datetime.now(UTC),
+                         data.sample)
+    except RuleError as error:
+        raise ApiError(400, "invalid_rule", f"the rule is not valid: {error}", "rule") from None
+    return item(result.to_dict(), fresh)
+
+
+@get("/segments/{segment_id:str}/members", sync_to_thread=True,
+     summary="A segment's members, now or at a past moment",
+     description="Ordered by contact id; `next_cursor` gives the next page.")
+def members_route(
+    tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,
+    as_of: Annotated[datetime | None, Parameter(
+        description="Who was a member at this moment (RFC 3339 with offset).")] = None,
+    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    cursor: FromQuery[str | None] = None,
+    with_total: FromQuery[bool] = False,
+) -> Response[Page]:
+    if as_of is not None and as_of.tzinfo is None:
+        raise ApiError(400, "invalid_request", "as_of needs a UTC offset", "as_of")
+    fresh = ctx.fresh(PROJECTION, tenant, wanted)
+    try:
+        rows = segment_members(ctx.views, tenant, segment_id, as_of=as_of, limit=limit + 1,
+                               after=cursor or "")
+    except NotFound as error:
+        raise not_found(str(error)) from None
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = rows[-1]["contact_id"]
+    total = count_members(ctx.views, tenant, segment_id, as_of) if with_total else None
+    return page(rows, fresh, next_cursor, total)
+
+
+@get("/contacts/{ref:str}/segments", sync_to_thread=True,
+     summary="A contact's segments, and why",
+     description="For each segment: member or not, every clause of its rule with its "
+     "value for this contact, and the membership history with what caused each change.")
+def why_route(tenant: FromPath[str], ref: FromPath[str], ctx: Ctx, principal: Caller,
+              wanted: Wanted, segment: FromQuery[str | None] = None) -> Response[Item]:
+    fresh = ctx.fresh(PROJECTION, tenant, wanted)
+    email = ref
+    if is_contact_id(ref):
+        card = get_card(ctx.views, tenant, ref, timeline_limit=0)
+        if card is None:
+            raise not_found(f"tenant {tenant} has no contact {ref}")
+        email = card["email"]
+    try:
+        return item(explain(ctx.views, tenant, email, segment), fresh)
+    except NotFound as error:
+        raise not_found(str(error)) from None
+
+
+ROUTES = [list_route, create_route, get_route, edit_route, delete_route, preview_route,
+          members_route, why_route]
