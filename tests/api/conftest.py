@@ -15,8 +15,12 @@ from contracts.publisher import publish
 from services.catalog import ApiKeyCommands
 from services.config import Settings
 from services.runtime import Runtime
-from tests.e2e.conftest import backend, settings_for  # noqa: F401 - shared fixtures
+from tests.e2e import conftest as e2e
 from tests.factories import event_dict
+
+# The end-to-end tests' fixtures: this test's backend and settings on the test NATS.
+backend = e2e.backend
+settings_for = e2e.settings_for
 
 
 def free_port() -> int:
