@@ -227,9 +227,19 @@ class ViewDatabase:
 
     @contextmanager
     def reading(self) -> Iterator[Cursor]:
-        """A read-only snapshot."""
+        """A read-only snapshot. Nested in another reading of the same thread, it joins
+        that one: an API route that reads its freshness and then its rows pays for one
+        transaction, and the rows are at least as new as the position it reports."""
+        current = getattr(self._local, "reading", None)
+        if current is not None:
+            yield current
+            return
         with self._cursor(begin="BEGIN") as cur:
-            yield cur
+            self._local.reading = cur
+            try:
+                yield cur
+            finally:
+                self._local.reading = None
 
     @contextmanager
     def _cursor(self, begin: str) -> Iterator[Cursor]:

@@ -112,10 +112,13 @@ def keys_revoke(
 
 
 def api(
+    workers: Annotated[int, typer.Option(
+        min=1, max=64, help="Processes serving the API (each with its own connections).")] = 1,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve the HTTP API alone (FICHA_API_HOST, FICHA_API_PORT), for production."""
     import asyncio
+    import os
     import signal
 
     from services.api.app import PortTaken, bind, build_context, close_context, serve_until
@@ -124,6 +127,20 @@ def api(
     configure_logging(verbose)
     settings = settings_or_fail()
     port = settings.api_port or 8080
+    if workers > 1:
+        import uvicorn
+
+        try:
+            bind(settings.api_host, port).close()
+        except PortTaken as error:
+            fail(str(error))
+        os.environ.update(settings.to_env())
+        console.print(f"[bold green]ficha API[/] on http://{settings.api_host}:{port} "
+                      f"with {workers} workers (OpenAPI: /schema)")
+        uvicorn.run("services.api.app:app_from_env", factory=True, host=settings.api_host,
+                    port=port, workers=workers, log_config=None, access_log=False,
+                    lifespan="off")
+        return
 
     async def main() -> None:
         try:

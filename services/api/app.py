@@ -23,6 +23,7 @@ from projections.db import ViewDatabase
 from services.api import contacts, segments, stats
 from services.api.deps import ApiContext, admin, consistency, reader
 from services.api.errors import HANDLERS
+from services.api.freshness import FreshReads
 from services.api.keyring import KeyRing
 from services.catalog import SegmentCommands, TenantCommands
 from services.config import Settings
@@ -33,9 +34,12 @@ API_VERSION = "1"
 
 def build_context(settings: Settings) -> ApiContext:
     store = ContactStore(settings)
-    return ApiContext(settings=settings, views=ViewDatabase(settings), store=store,
+    views = ViewDatabase(settings)
+    # The API may start before any projection has: positions then read as 0.
+    views.ensure_tracking_table()
+    return ApiContext(settings=settings, views=views, store=store,
                       keyring=KeyRing(store), segments=SegmentCommands(store),
-                      tenants=TenantCommands(store))
+                      tenants=TenantCommands(store), reads=FreshReads(views, store))
 
 
 @get("/healthz", summary="Liveness", include_in_schema=False, sync_to_thread=False)
@@ -48,8 +52,9 @@ def create_app(ctx: ApiContext) -> Litestar:
         path="/v1/tenants/{tenant:str}",
         route_handlers=[*contacts.ROUTES, *segments.ROUTES, *stats.ROUTES],
         dependencies={
-            "principal": Provide(reader, sync_to_thread=True),
-            "admin": Provide(admin, sync_to_thread=True),
+            # Keys are checked from memory (read from the store every 2 s per tenant).
+            "principal": Provide(reader, sync_to_thread=False),
+            "admin": Provide(admin, sync_to_thread=False),
             "wanted": Provide(consistency, sync_to_thread=False),
         },
         security=[{"apiKey": []}],
@@ -70,6 +75,14 @@ def create_app(ctx: ApiContext) -> Litestar:
         ),
         debug=False,
     )
+
+
+def app_from_env() -> Litestar:
+    """The app for a uvicorn worker process (``ficha api --workers N``): settings from
+    the environment, adapters of its own."""
+    from services.config import load_settings
+
+    return create_app(build_context(load_settings()))
 
 
 class _QuietServer(uvicorn.Server):

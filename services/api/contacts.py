@@ -60,18 +60,18 @@ def list_route(
     with_total: Annotated[bool, Parameter(
         description="Also count every contact that matches (slower).")] = False,
 ) -> Response[Page]:
-    fresh = ctx.fresh(PROJECTION, tenant, wanted)
-    f = ContactFilter(
-        tenant=tenant, language=language, country=country, tag=tag, consent=consent,
-        no_consent=no_consent, first_seen_from=_aware(first_seen_from, "first_seen_from"),
-        first_seen_to=_aware(first_seen_to, "first_seen_to"), search=q,
-    )
-    try:
-        rows, next_cursor = list_contacts(ctx.views, f, limit=limit, cursor=cursor, sort=sort)
-        total = count_contacts(ctx.views, f) if with_total else None
-    except QueryError as error:
-        raise query_error(error) from None
-    return page(rows, fresh, next_cursor, total)
+    with ctx.read(PROJECTION, tenant, wanted) as fresh:
+        f = ContactFilter(
+            tenant=tenant, language=language, country=country, tag=tag, consent=consent,
+            no_consent=no_consent, first_seen_from=_aware(first_seen_from, "first_seen_from"),
+            first_seen_to=_aware(first_seen_to, "first_seen_to"), search=q,
+        )
+        try:
+            rows, next_cursor = list_contacts(ctx.views, f, limit=limit, cursor=cursor, sort=sort)
+            total = count_contacts(ctx.views, f) if with_total else None
+        except QueryError as error:
+            raise query_error(error) from None
+        return page(rows, fresh, next_cursor, total)
 
 
 @get("/contacts/{ref:str}", sync_to_thread=True, summary="A contact's card",
@@ -81,11 +81,11 @@ def card_route(
     tenant: FromPath[str], ref: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,
     timeline_limit: Annotated[int, Parameter(ge=0, le=1000)] = 200,
 ) -> Response[Item]:
-    fresh = ctx.fresh(PROJECTION, tenant, wanted)
-    card = get_card(ctx.views, tenant, ref, timeline_limit=timeline_limit)
-    if card is None:
-        raise not_found(f"tenant {tenant} has no contact {ref}")
-    return item(card, fresh)
+    with ctx.read(PROJECTION, tenant, wanted) as fresh:
+        card = get_card(ctx.views, tenant, ref, timeline_limit=timeline_limit)
+        if card is None:
+            raise not_found(f"tenant {tenant} has no contact {ref}")
+        return item(card, fresh)
 
 
 @get("/contacts/{ref:str}/timeline", sync_to_thread=True, summary="A contact's timeline",
@@ -96,16 +96,16 @@ def timeline_route(
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     cursor: FromQuery[str | None] = None,
 ) -> Response[Page]:
-    fresh = ctx.fresh(PROJECTION, tenant, wanted)
-    card = get_card(ctx.views, tenant, ref, timeline_limit=0)
-    if card is None:
-        raise not_found(f"tenant {tenant} has no contact {ref}")
-    try:
-        entries, older = timeline_page(ctx.views, tenant, card["contact_id"], limit=limit,
-                                       before=cursor)
-    except QueryError as error:
-        raise query_error(error, "cursor") from None
-    return page(entries, fresh, older)
+    with ctx.read(PROJECTION, tenant, wanted) as fresh:
+        card = get_card(ctx.views, tenant, ref, timeline_limit=0)
+        if card is None:
+            raise not_found(f"tenant {tenant} has no contact {ref}")
+        try:
+            entries, older = timeline_page(ctx.views, tenant, card["contact_id"], limit=limit,
+                                           before=cursor)
+        except QueryError as error:
+            raise query_error(error, "cursor") from None
+        return page(entries, fresh, older)
 
 
 ROUTES = [list_route, card_route, timeline_route]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -12,7 +13,7 @@ from litestar.params import FromPath, Parameter
 
 from projections.db import ViewDatabase
 from services.api.errors import ApiError
-from services.api.freshness import MAX_WAIT_S, Consistency, Freshness, freshness
+from services.api.freshness import MAX_WAIT_S, Consistency, Freshness, FreshReads
 from services.api.keyring import KeyRing, Principal
 from services.catalog import SegmentCommands, TenantCommands
 from services.config import Settings
@@ -29,9 +30,13 @@ class ApiContext:
     keyring: KeyRing
     segments: SegmentCommands
     tenants: TenantCommands
+    reads: FreshReads
 
-    def fresh(self, projection: str, tenant: FromPath[str], wanted: Wanted) -> Freshness:
-        return freshness(self.views, self.store, projection, tenant, wanted)
+    def read(self, projection: str, tenant: str,
+             wanted: Consistency) -> AbstractContextManager[Freshness]:
+        """``with ctx.read(...) as fresh:`` the route's queries, in one transaction that
+        reflects at least ``fresh.position`` (after waiting as the caller asked)."""
+        return self.reads.read(projection, tenant, wanted)
 
 
 # Route parameters that Litestar injects by name (see services.api.app.create_app).

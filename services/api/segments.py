@@ -68,8 +68,8 @@ def _write(ctx: Ctx, tenant: FromPath[str], segment_id: str, body: SegmentBody,
 @get("/segments", sync_to_thread=True, summary="The tenant's segments, with member counts")
 def list_route(tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,
                include_deleted: FromQuery[bool] = False) -> Response[Page]:
-    fresh = ctx.fresh(PROJECTION, tenant, wanted)
-    return page(list_segments(ctx.views, tenant, include_deleted), fresh)
+    with ctx.read(PROJECTION, tenant, wanted) as fresh:
+        return page(list_segments(ctx.views, tenant, include_deleted), fresh)
 
 
 @post("/segments", sync_to_thread=True, status_code=201, summary="Create a segment",
@@ -85,11 +85,11 @@ def create_route(tenant: FromPath[str], ctx: Ctx, admin: Caller,
 @get("/segments/{segment_id:str}", sync_to_thread=True, summary="One segment")
 def get_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, principal: Caller,
               wanted: Wanted) -> Response[Item]:
-    fresh = ctx.fresh(PROJECTION, tenant, wanted)
-    try:
-        return item(get_segment(ctx.views, tenant, segment_id), fresh)
-    except NotFound as error:
-        raise not_found(str(error)) from None
+    with ctx.read(PROJECTION, tenant, wanted) as fresh:
+        try:
+            return item(get_segment(ctx.views, tenant, segment_id), fresh)
+        except NotFound as error:
+            raise not_found(str(error)) from None
 
 
 @put("/segments/{segment_id:str}", sync_to_thread=True, summary="Edit a segment",
@@ -122,13 +122,13 @@ def preview_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, pr
                   wanted: Wanted, data: JSONBody[PreviewBody]) -> Response[Item]:
     if not 0 <= data.sample <= 100:
         raise ApiError(400, "invalid_request", "sample: between 0 and 100", "sample")
-    fresh = ctx.fresh(PROJECTION, tenant, wanted)
-    try:
-        result = preview(ctx.views, tenant, segment_id, data.rule, datetime.now(UTC),
-                         data.sample)
-    except RuleError as error:
-        raise ApiError(400, "invalid_rule", f"the rule is not valid: {error}", "rule") from None
-    return item(result.to_dict(), fresh)
+    with ctx.read(PROJECTION, tenant, wanted) as fresh:
+        try:
+            result = preview(ctx.views, tenant, segment_id, data.rule, datetime.now(UTC),
+                             data.sample)
+        except RuleError as error:
+            raise ApiError(400, "invalid_rule", f"the rule is not valid: {error}", "rule") from None
+        return item(result.to_dict(), fresh)
 
 
 @get("/segments/{segment_id:str}/members", sync_to_thread=True,
@@ -144,18 +144,18 @@ def members_route(
 ) -> Response[Page]:
     if as_of is not None and as_of.tzinfo is None:
         raise ApiError(400, "invalid_request", "as_of needs a UTC offset", "as_of")
-    fresh = ctx.fresh(PROJECTION, tenant, wanted)
-    try:
-        rows = segment_members(ctx.views, tenant, segment_id, as_of=as_of, limit=limit + 1,
-                               after=cursor or "")
-    except NotFound as error:
-        raise not_found(str(error)) from None
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_cursor = rows[-1]["contact_id"]
-    total = count_members(ctx.views, tenant, segment_id, as_of) if with_total else None
-    return page(rows, fresh, next_cursor, total)
+    with ctx.read(PROJECTION, tenant, wanted) as fresh:
+        try:
+            rows = segment_members(ctx.views, tenant, segment_id, as_of=as_of, limit=limit + 1,
+                                   after=cursor or "")
+        except NotFound as error:
+            raise not_found(str(error)) from None
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_cursor = rows[-1]["contact_id"]
+        total = count_members(ctx.views, tenant, segment_id, as_of) if with_total else None
+        return page(rows, fresh, next_cursor, total)
 
 
 @get("/contacts/{ref:str}/segments", sync_to_thread=True,
@@ -164,17 +164,17 @@ def members_route(
      "value for this contact, and the membership history with what caused each change.")
 def why_route(tenant: FromPath[str], ref: FromPath[str], ctx: Ctx, principal: Caller,
               wanted: Wanted, segment: FromQuery[str | None] = None) -> Response[Item]:
-    fresh = ctx.fresh(PROJECTION, tenant, wanted)
-    email = ref
-    if is_contact_id(ref):
-        card = get_card(ctx.views, tenant, ref, timeline_limit=0)
-        if card is None:
-            raise not_found(f"tenant {tenant} has no contact {ref}")
-        email = card["email"]
-    try:
-        return item(explain(ctx.views, tenant, email, segment), fresh)
-    except NotFound as error:
-        raise not_found(str(error)) from None
+    with ctx.read(PROJECTION, tenant, wanted) as fresh:
+        email = ref
+        if is_contact_id(ref):
+            card = get_card(ctx.views, tenant, ref, timeline_limit=0)
+            if card is None:
+                raise not_found(f"tenant {tenant} has no contact {ref}")
+            email = card["email"]
+        try:
+            return item(explain(ctx.views, tenant, email, segment), fresh)
+        except NotFound as error:
+            raise not_found(str(error)) from None
 
 
 ROUTES = [list_route, create_route, get_route, edit_route, delete_route, preview_route,

@@ -25,29 +25,29 @@ Days = Annotated[int, Parameter(ge=1, le=366, description="Length of the daily s
      "the change over the last 30 days and a daily series of `days` days.")
 def engagement_route(tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,
                      days: Days = 30) -> Response[Item]:
-    fresh = ctx.fresh("audience", tenant, wanted)
-    return item(engagement_stats(ctx.views, tenant, days), fresh)
+    with ctx.read("audience", tenant, wanted) as fresh:
+        return item(engagement_stats(ctx.views, tenant, days), fresh)
 
 
 @get("/lists", sync_to_thread=True, summary="Email lists: members by state, with series")
 def lists_route(tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,
                 days: Days = 30) -> Response[Item]:
-    fresh = ctx.fresh("audience", tenant, wanted)
-    return item(list_stats(ctx.views, tenant, days), fresh)
+    with ctx.read("audience", tenant, wanted) as fresh:
+        return item(list_stats(ctx.views, tenant, days), fresh)
 
 
 @get("/rfm", sync_to_thread=True, summary="RFM groups and score grid, with series")
 def rfm_route(tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,
               days: Days = 30) -> Response[Item]:
-    fresh = ctx.fresh("audience", tenant, wanted)
-    return item(rfm_stats(ctx.views, tenant, days), fresh)
+    with ctx.read("audience", tenant, wanted) as fresh:
+        return item(rfm_stats(ctx.views, tenant, days), fresh)
 
 
 @get("/tags", sync_to_thread=True, summary="Each tag with how many contacts have it")
 def tags_route(tenant: FromPath[str], ctx: Ctx, principal: Caller,
                wanted: Wanted) -> Response[Page]:
-    fresh = ctx.fresh("contacts", tenant, wanted)
-    return page(tag_counts(ctx.views, tenant), fresh)
+    with ctx.read("contacts", tenant, wanted) as fresh:
+        return page(tag_counts(ctx.views, tenant), fresh)
 
 
 # ---------------------------------------------------------------------- properties
@@ -98,9 +98,11 @@ def remove_property_route(tenant: FromPath[str], name: FromPath[str], ctx: Ctx,
 
 @get("/status", sync_to_thread=True, summary="How fresh every read model is")
 def status_route(tenant: FromPath[str], ctx: Ctx, principal: Caller) -> dict[str, Any]:
-    nothing = Consistency()
-    return {"backend": ctx.settings.backend,
-            "projections": [ctx.fresh(name, tenant, nothing) for name in projection_names()]}
+    projections = []
+    for name in projection_names():
+        with ctx.read(name, tenant, Consistency()) as fresh:
+            projections.append(fresh)
+    return {"backend": ctx.settings.backend, "projections": projections}
 
 
 ROUTES = [engagement_route, lists_route, rfm_route, tags_route, properties_route,
