@@ -409,3 +409,31 @@ def consent_at(db: ViewDatabase, tenant: str, email: str, channel: str,
         "decided_by": deciding, "ledger": ledger,
     }
 
+
+
+def segment_sizes(db: ViewDatabase, tenant: str, days: int = 30) -> dict[str, Any]:
+    """Each live segment's member count at the end of each of the last ``days`` days
+    (by the projection's clock) and now, from the membership intervals."""
+    now = projection_now(db)
+    segments = list_segments(db, tenant)
+    if now is None or not segments:
+        return {"as_of": now, "days": [], "segments": []}
+    ends = [days_before(now, offset)[:10] + "T23:59:59.999999Z" for offset in range(days, 0, -1)]
+    ends.append(now)
+    columns = ", ".join(
+        f"SUM(CASE WHEN entered_at <= ? AND (exited_at IS NULL OR exited_at > ?) "
+        f"THEN 1 ELSE 0 END) AS d{i}" for i in range(len(ends)))
+    # Instants are stored as fixed-width UTC text (utc_iso): compared as strings.
+    params: list[Any] = [value for end in ends for value in (end, end)]
+    with db.reading() as cur:
+        cur.execute(f"SELECT segment_id, {columns} FROM segment_history WHERE tenant = ? "
+                    "GROUP BY segment_id", [*params, tenant])
+        counts = {r["segment_id"]: [int(r[f"d{i}"] or 0) for i in range(len(ends))]
+                  for r in cur.fetchall()}
+    return {
+        "as_of": now,
+        "days": [end[:10] for end in ends[:-1]] + ["now"],
+        "segments": [{"segment_id": s["segment_id"], "name": s["name"],
+                      "sizes": counts.get(s["segment_id"], [0] * len(ends))}
+                     for s in segments],
+    }

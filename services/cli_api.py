@@ -160,6 +160,6 @@ def api(
         try:
             await serve_until(make_server(ctx, settings.api_host, port), stop, [sock])
         finally:
-            close_context(ctx)
+            await close_context(ctx)
 
     run(main())

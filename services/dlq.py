@@ -11,7 +11,7 @@ deletes it from FICHA_DLQ; if it is still wrong it comes back with a fresh reaso
 from __future__ import annotations
 
 import json
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -75,12 +75,36 @@ async def read(js: JetStreamContext, selection: Selection = Selection(),
             msg = await js.get_msg(DLQ_STREAM, seq=seq)
         except NotFoundError:
             continue
-        letter = _letter(seq, msg.subject or "", msg.headers or {}, msg.data or b"")
+        letter = letter_from(seq, msg.subject or "", msg.headers or {}, msg.data or b"")
         if selection.matches(letter):
             out.append(letter)
         if on_progress is not None:
             on_progress(done, len(sequences))
     return out
+
+
+async def read_tenant(js: JetStreamContext, tenant: str, *, recent: int = 20,
+                      scan_limit: int = 10_000) -> tuple[list[DeadLetter], Counter[str], bool]:
+    """One tenant's dead letters, read by subject (not by scanning everyone's): the
+    ``recent`` newest, the count per error code, and whether the scan stopped early."""
+    try:
+        info = await js.stream_info(DLQ_STREAM)
+    except NotFoundError:
+        return [], Counter(), False
+    newest: deque[DeadLetter] = deque(maxlen=recent)
+    codes: Counter[str] = Counter()
+    seq = info.state.first_seq
+    for _ in range(scan_limit):
+        try:
+            msg = await js.get_msg(DLQ_STREAM, seq=seq, subject=f"ficha.dlq.{tenant}.>",
+                                   next=True)
+        except NotFoundError:
+            return list(reversed(newest)), codes, False
+        letter = letter_from(msg.seq or seq, msg.subject or "", msg.headers or {}, msg.data or b"")
+        newest.append(letter)
+        codes[letter.code] += 1
+        seq = letter.seq + 1
+    return list(reversed(newest)), codes, True
 
 
 def groups(letters: list[DeadLetter]) -> list[dict[str, Any]]:
@@ -119,7 +143,7 @@ async def purge(js: JetStreamContext, letters: list[DeadLetter]) -> int:
     return len(letters)
 
 
-def _letter(seq: int, subject: str, raw_headers: dict[str, Any], body: bytes) -> DeadLetter:
+def letter_from(seq: int, subject: str, raw_headers: dict[str, Any], body: bytes) -> DeadLetter:
     # str(): a client may hand back a parsed header object for a value it found unusual.
     headers = {key: str(value) for key, value in raw_headers.items()}
     parts = subject.split(".")

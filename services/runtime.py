@@ -280,7 +280,7 @@ class Runtime:
         if self.api is not None:
             from services.api.app import close_context
 
-            close_context(self.api)
+            await close_context(self.api)
             self.api = None
         for process in self.projector_processes:
             if process.poll() is None:

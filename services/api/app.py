@@ -20,7 +20,8 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from projections.db import ViewDatabase
-from services.api import contacts, segments, stats
+from services.api import contacts, dead_letters, segments, stats
+from services.api.bus import Bus
 from services.api.deps import ApiContext, admin, consistency, reader
 from services.api.errors import HANDLERS
 from services.api.freshness import FreshReads
@@ -39,7 +40,8 @@ def build_context(settings: Settings) -> ApiContext:
     views.ensure_tracking_table()
     return ApiContext(settings=settings, views=views, store=store,
                       keyring=KeyRing(store), segments=SegmentCommands(store),
-                      tenants=TenantCommands(store), reads=FreshReads(views, store))
+                      tenants=TenantCommands(store), reads=FreshReads(views, store),
+                      bus=Bus(settings))
 
 
 @get("/healthz", summary="Liveness", include_in_schema=False, sync_to_thread=False)
@@ -50,7 +52,8 @@ def healthz() -> dict[str, str]:
 def create_app(ctx: ApiContext) -> Litestar:
     tenant_routes = Router(
         path="/v1/tenants/{tenant:str}",
-        route_handlers=[*contacts.ROUTES, *segments.ROUTES, *stats.ROUTES],
+        route_handlers=[*contacts.ROUTES, *segments.ROUTES, *stats.ROUTES,
+                        *dead_letters.ROUTES],
         dependencies={
             # Keys are checked from memory (read from the store every 2 s per tenant).
             "principal": Provide(reader, sync_to_thread=False),
@@ -132,7 +135,8 @@ async def serve_until(srv: uvicorn.Server, stop: asyncio.Event,
     await task
 
 
-def close_context(ctx: ApiContext) -> None:
+async def close_context(ctx: ApiContext) -> None:
+    await ctx.bus.close()
     ctx.views.close()
     ctx.store.close()
 

@@ -12,6 +12,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, Parameter
 
 from projections.db import ViewDatabase
+from services.api.bus import Bus
 from services.api.errors import ApiError
 from services.api.freshness import MAX_WAIT_S, Consistency, Freshness, FreshReads
 from services.api.keyring import KeyRing, Principal
@@ -31,6 +32,7 @@ class ApiContext:
     segments: SegmentCommands
     tenants: TenantCommands
     reads: FreshReads
+    bus: Bus
 
     def read(self, projection: str, tenant: str,
              wanted: Consistency) -> AbstractContextManager[Freshness]:

@@ -17,6 +17,7 @@ from projections.audience_queries import (
     list_segments,
     preview,
     segment_members,
+    segment_sizes,
 )
 from projections.queries import get_card, is_contact_id
 from services.api.deps import Caller, Ctx, Item, Page, Wanted, Written, item, page
@@ -177,5 +178,14 @@ def why_route(tenant: FromPath[str], ref: FromPath[str], ctx: Ctx, principal: Ca
             raise not_found(str(error)) from None
 
 
-ROUTES = [list_route, create_route, get_route, edit_route, delete_route, preview_route,
+@get("/segment-sizes", sync_to_thread=True, summary="Segment sizes over time",
+     description="Each live segment's member count at the end of each of the last `days` "
+     "days (ficha's clock) and now.")
+def sizes_route(tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,
+                days: Annotated[int, Parameter(ge=1, le=366)] = 30) -> Response[Item]:
+    with ctx.read(PROJECTION, tenant, wanted) as fresh:
+        return item(segment_sizes(ctx.views, tenant, days), fresh)
+
+
+ROUTES = [sizes_route, list_route, create_route, get_route, edit_route, delete_route, preview_route,
           members_route, why_route]

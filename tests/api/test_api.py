@@ -36,6 +36,9 @@ async def seed(api: Api) -> None:
     await api.publish("contact_updated", tenant="other", email=OTHER_EMAIL, event_id="o-1",
                       contact={"first_name": "Zed", "language": "es"},
                       tags_added=["secret-tag"])
+    assert api.runtime.js is not None
+    await api.runtime.js.publish("ficha.in.other.contact_updated", b'{"oops": ',
+                                 headers={"Nats-Msg-Id": "broken-1"})
     for tenant, segment_id in (("acme", "vips"), ("other", "other-only")):
         response = await api.http.post(
             f"/v1/tenants/{tenant}/segments", json={"id": segment_id, "rule": VIP},
@@ -53,7 +56,20 @@ BODIES: dict[tuple[str, str], Any] = {
     ("put", "/v1/tenants/{tenant}/segments/{segment_id}"): {"rule": SPANISH},
     ("post", "/v1/tenants/{tenant}/segments/{segment_id}/preview"): {"rule": SPANISH},
     ("put", "/v1/tenants/{tenant}/properties/{name}"): {"type": "text"},
+    ("post", "/v1/tenants/{tenant}/dead-letters/redrive"): {"code": "not_json"},
+    ("post", "/v1/tenants/{tenant}/dead-letters/purge"): {"code": "not_json",
+                                                           "confirm": True},
 }
+
+
+async def other_dead_letter(api: Api) -> str:
+    deadline = time.monotonic() + 20
+    while True:
+        body = (await api.get("/v1/tenants/other/dead-letters", "other:read")).json()
+        if body["recent"]:
+            return str(body["recent"][0]["seq"])
+        assert time.monotonic() < deadline, "the broken event never reached the DLQ"
+        await asyncio.sleep(0.1)
 
 
 async def routes(api: Api) -> list[tuple[str, str]]:
@@ -74,7 +90,7 @@ async def call(api: Api, method: str, url: str, key: str, template: str) -> Any:
 async def test_a_key_of_one_tenant_gets_404_on_every_route_of_another(api: Api) -> None:
     await seed(api)
     other_values = {"tenant": "other", "ref": OTHER_EMAIL, "segment_id": "other-only",
-                    "name": "colour"}
+                    "name": "colour", "seq": await other_dead_letter(api)}
     assert (await api.http.put("/v1/tenants/other/properties/colour", json={"type": "text"},
                                headers=api.auth("other:admin"))).status_code == 200
     checked = 0
@@ -93,6 +109,8 @@ async def test_a_key_of_one_tenant_gets_404_on_every_route_of_another(api: Api) 
     assert still.status_code == 200 and still.json()["data"]["version"] == 1
     props = await api.get("/v1/tenants/other/properties", "other:read")
     assert [p["name"] for p in props.json()] == ["colour"]
+    letters = (await api.get("/v1/tenants/other/dead-letters", "other:read")).json()
+    assert letters["total"] == 1 and letters["by_code"][0]["code"] == "not_json"
 
 
 async def test_other_tenants_resources_are_404_under_ones_own_tenant(api: Api) -> None:
@@ -101,32 +119,35 @@ async def test_other_tenants_resources_are_404_under_ones_own_tenant(api: Api) -
     await seed(api)
     card = await api.get(f"/v1/tenants/other/contacts/{OTHER_EMAIL}", "other:read")
     other_id = card.json()["data"]["contact_id"]
+    seq = await other_dead_letter(api)
     pairs = [(OTHER_EMAIL, "nobody@nowhere.example"), (other_id, "0" * 32)]
     checked = 0
     for (ref, unknown_ref), segment in zip(pairs, ("other-only", "never-made"), strict=True):
         for method, template in await routes(api):
             names = set(re.findall(r"\{(\w+)\}", template))
-            if not names & {"ref", "segment_id"} or method == "put" and "ref" not in names:
+            if not names & {"ref", "segment_id", "seq"} or method == "put" and "ref" not in names:
                 continue  # (PUT of a segment acme lacks is the same 404 for both, below)
             answers = []
             for r, s in ((ref, segment if "ref" not in names else "vips"),
                          (unknown_ref, "never-made-2" if "ref" not in names else "vips")):
-                values = {"tenant": "acme", "ref": r, "segment_id": s, "name": "colour"}
+                values = {"tenant": "acme", "ref": r, "segment_id": s, "name": "colour",
+                          "seq": seq if r == ref else "999999"}
                 response = await call(api, method, path(template, **values), "acme:admin",
                                       template)
-                answers.append((response.status_code,
-                                response.text.replace(r, "REF").replace(s, "SEGMENT")))
+                answers.append((response.status_code, response.text.replace(r, "REF")
+                                .replace(s, "SEGMENT").replace(values["seq"], "SEQ")))
             assert answers[0] == answers[1], (method, template, answers)
             if not template.endswith("/preview"):
                 assert answers[0][0] == 404, (method, template, answers)
             checked += 1
     assert checked >= 10
     # Lists and figures of acme hold nothing of other's.
-    for url in ("/contacts", "/tags", "/segments", "/engagement", "/lists", "/rfm"):
+    for url in ("/contacts", "/tags", "/segments", "/engagement", "/lists", "/rfm",
+                "/segment-sizes", "/dead-letters", "/status"):
         response = await api.get(f"/v1/tenants/acme{url}")
         assert response.status_code == 200, response.text
         assert OTHER_EMAIL not in response.text and "secret-tag" not in response.text
-        assert "other-only" not in response.text
+        assert "other-only" not in response.text and "oops" not in response.text
 
 
 async def test_keys_are_required_checked_scoped_and_revocable(api: Api) -> None:
@@ -303,6 +324,10 @@ async def test_segments_through_the_api(api: Api) -> None:
     assert entry["member"] is False and entry["history"][0]["exited_at"] is not None
     listed = (await api.get(base)).json()["data"]
     assert {s["segment_id"]: s["members"] for s in listed} == {"spanish": 2, "vips": 2}
+    sizes = (await api.get("/v1/tenants/acme/segment-sizes", days=3)).json()["data"]
+    assert sizes["days"][-1] == "now" and len(sizes["days"]) == 4
+    assert {s["segment_id"]: s["sizes"][-1] for s in sizes["segments"]} == {
+        "spanish": 2, "vips": 2}
     deleted = await api.http.delete(f"{base}/spanish", headers=admin)
     assert deleted.status_code == 200
     assert (await api.http.delete(f"{base}/spanish", headers=admin)).status_code == 404
@@ -331,3 +356,35 @@ async def test_figures_properties_and_the_openapi_document(api: Api) -> None:
     names = {p["name"] for p in contacts["parameters"]}
     assert {"q", "sort", "cursor", "min_position", "wait_for_event"} <= names
     assert "ctx" not in names and "principal" not in names
+
+
+async def test_dead_letters_through_the_api(api: Api) -> None:
+    assert api.runtime.js is not None
+    for n in range(2):
+        await api.runtime.js.publish("ficha.in.acme.contact_updated", b"not json at all",
+                                     headers={"Nats-Msg-Id": f"junk-{n}"})
+    url = "/v1/tenants/acme/dead-letters"
+    deadline = time.monotonic() + 20
+    while (listed := (await api.get(url)).json())["total"] < 2:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    assert listed["by_code"] == [{"code": "not_json", "count": 2}]
+    assert "body" not in listed["recent"][0]
+    seq = listed["recent"][0]["seq"]
+    assert (await api.get(f"{url}/{seq}")).status_code == 403
+    shown = (await api.get(f"{url}/{seq}", "acme:admin")).json()
+    assert shown["body"] == "not json at all" and shown["code"] == "not_json"
+    admin = api.auth("acme:admin")
+    redriven = await api.http.post(f"{url}/redrive", json={"seqs": [seq]}, headers=admin)
+    assert redriven.json() == {"redriven": 1}
+    unconfirmed = await api.http.post(f"{url}/purge", json={"code": "not_json"}, headers=admin)
+    assert unconfirmed.status_code == 400
+    assert unconfirmed.json()["error"]["code"] == "confirmation_required"
+    # The re-driven letter comes back (still not JSON) with a new sequence; then purge all.
+    while (await api.get(url)).json()["recent"][0]["seq"] == seq:
+        assert time.monotonic() < deadline + 20
+        await asyncio.sleep(0.1)
+    purged = await api.http.post(f"{url}/purge", json={"code": "not_json", "confirm": True},
+                                 headers=admin)
+    assert purged.json() == {"purged": 2}
+    assert (await api.get(url)).json()["total"] == 0
