@@ -11,13 +11,15 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Iterator
+from importlib.resources import files
 from typing import Any
 
 import uvicorn
-from litestar import Litestar, Router, get
+from litestar import Litestar, Response, Router, get
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.params import FromPath
 
 from projections.db import ViewDatabase
 from services.api import contacts, dead_letters, segments, stats
@@ -31,6 +33,7 @@ from services.config import Settings
 from services.store.contact_store import ContactStore
 
 API_VERSION = "1"
+DASHBOARD = (files("services.api") / "static" / "dashboard.html").read_bytes()
 
 
 def build_context(settings: Settings) -> ApiContext:
@@ -49,6 +52,18 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+@get("/dashboard/{tenant:str}", summary="A tenant's dashboard (HTML)", media_type="text/html",
+     include_in_schema=False, sync_to_thread=False)
+def dashboard(tenant: FromPath[str]) -> Response[bytes]:
+    """The page itself holds no data: it asks for the tenant's API key and reads the API
+    with it, so it needs no authentication of its own."""
+    return Response(DASHBOARD, media_type="text/html", headers={
+        "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; "
+        "script-src 'unsafe-inline'; img-src 'self' data:",
+        "Cache-Control": "no-cache",
+    })
+
+
 def create_app(ctx: ApiContext) -> Litestar:
     tenant_routes = Router(
         path="/v1/tenants/{tenant:str}",
@@ -63,7 +78,7 @@ def create_app(ctx: ApiContext) -> Litestar:
         security=[{"apiKey": []}],
     )
     return Litestar(
-        route_handlers=[tenant_routes, healthz],
+        route_handlers=[tenant_routes, healthz, dashboard],
         dependencies={"ctx": Provide(lambda: ctx, use_cache=True, sync_to_thread=False)},
         exception_handlers=HANDLERS,
         openapi_config=OpenAPIConfig(
