@@ -15,7 +15,7 @@ from importlib.resources import files
 from typing import Any
 
 import uvicorn
-from litestar import Litestar, Response, Router, get
+from litestar import Litestar, Request, Response, Router, get
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
@@ -25,7 +25,7 @@ from projections.db import ViewDatabase
 from services.api import contacts, dead_letters, segments, stats
 from services.api.bus import Bus
 from services.api.deps import ApiContext, admin, consistency, reader
-from services.api.errors import HANDLERS
+from services.api.errors import HANDLERS, ApiError
 from services.api.freshness import FreshReads
 from services.api.keyring import KeyRing
 from services.catalog import SegmentCommands, TenantCommands
@@ -64,6 +64,15 @@ def dashboard(tenant: FromPath[str]) -> Response[bytes]:
     })
 
 
+def refuse_nul(request: Request[Any, Any, Any]) -> None:
+    """No text in ficha may hold a NUL character (PostgreSQL text cannot): say so, rather
+    than fail deep in a query."""
+    raw = request.scope.get("raw_path", b"") + b"?" + request.scope.get("query_string", b"")
+    if b"%00" in raw or b"\x00" in raw:
+        raise ApiError(400, "invalid_request",
+                       "the address holds a NUL character (%00), which no value may contain")
+
+
 def create_app(ctx: ApiContext) -> Litestar:
     tenant_routes = Router(
         path="/v1/tenants/{tenant:str}",
@@ -81,6 +90,7 @@ def create_app(ctx: ApiContext) -> Litestar:
         route_handlers=[tenant_routes, healthz, dashboard],
         dependencies={"ctx": Provide(lambda: ctx, use_cache=True, sync_to_thread=False)},
         exception_handlers=HANDLERS,
+        before_request=refuse_nul,
         openapi_config=OpenAPIConfig(
             title="ficha", version=API_VERSION,
             description="The read models of ficha (client list, contact cards, segments, "
