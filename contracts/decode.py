@@ -30,6 +30,8 @@ import msgspec
 from contracts.emails import email_problem, normalise_email
 from contracts.events import (
     EVENT_TYPES,
+    LATEST_VERSIONS,
+    OLDER_VERSIONS,
     TENANT_REGEX,
     UNSETTABLE_FIELDS,
     ContactInfo,
@@ -147,11 +149,12 @@ def decode(subject: str, data: bytes) -> InboundEvent | Rejection:
             "invalid_field",
             f"schema_version must be a whole number from 1, got {_shown(version)}",
         )
-    if version > SCHEMA_VERSION:
+    latest = LATEST_VERSIONS.get(kind, SCHEMA_VERSION)
+    if version > latest:
         return reject(
             "unsupported_schema_version",
-            f"schema_version {version} is newer than this ficha understands "
-            f"(up to {SCHEMA_VERSION}): upgrade ficha or publish version {SCHEMA_VERSION}",
+            f"schema_version {version} of {kind} is newer than this ficha understands "
+            f"(up to {latest}): upgrade ficha or publish version {latest}",
         )
     null_path = _find_null(obj)
     if null_path is not None:
@@ -161,8 +164,12 @@ def decode(subject: str, data: bytes) -> InboundEvent | Rejection:
             "keep the current value, or clear it with contact_updated.unset",
         )
 
+    older = OLDER_VERSIONS.get((kind, version)) if version < latest else None
     try:
-        event = _DECODERS[kind].decode(data)
+        if older is None:
+            event = _DECODERS[kind].decode(data)
+        else:
+            event = older[1](msgspec.json.decode(data, type=older[0]))
     except msgspec.ValidationError as error:
         return _from_validation_error(str(error), reject)
 
@@ -254,9 +261,12 @@ def _normalise(event: InboundEvent, reject: Any) -> InboundEvent | Rejection:
     changes: dict[str, Any] = {}
     if updates:
         changes["contact"] = msgspec.structs.replace(person, **updates)
-    currency = getattr(event, "currency", None)
-    if currency is not None and currency not in CURRENCIES:
-        return reject("invalid_field", f"currency {_shown(currency)} is not an ISO 4217 code")
+    total = getattr(event, "total", None)
+    for name, currency in (("currency", getattr(event, "currency", None)),
+                           ("total.currency", getattr(total, "currency", None))):
+        if currency is not None and currency not in CURRENCIES:
+            return reject("invalid_field",
+                          f"{name} {_shown(currency)} is not an ISO 4217 code")
     for name in ("tags", "tags_added", "tags_removed"):
         tags = getattr(event, name, None)
         if tags is None:

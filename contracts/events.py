@@ -7,6 +7,7 @@ fields are ignored: the contract allows producers to add optional fields.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
@@ -111,12 +112,44 @@ class PurchaseItem(Struct, frozen=True, kw_only=True, omit_defaults=True):
     unit_price: Money | None = None
 
 
-class PurchaseCompleted(InboundEvent, frozen=True, kw_only=True):
+class Amount(Struct, frozen=True, kw_only=True):
+    """A sum of money: a decimal string and its ISO 4217 currency."""
+
+    amount: Money
+    currency: Currency
+
+
+class PurchaseCompletedV1(InboundEvent, frozen=True, kw_only=True):
+    """purchase_completed as contract version 1 has it: the total in two fields.
+    Still accepted (it is the version of an event without schema_version); read as
+    version 2 by ``purchase_completed_v1_to_v2``."""
+
     order_id: Ref
     total: Money
     currency: Currency
     items: list[PurchaseItem] | None = None
     tags: list[Tag] | None = None
+
+
+class PurchaseCompleted(InboundEvent, frozen=True, kw_only=True):
+    """purchase_completed, version 2 (``"schema_version": 2``): the total is one money
+    object, so that an amount never travels without its currency."""
+
+    order_id: Ref
+    total: Amount
+    items: list[PurchaseItem] | None = None
+    tags: list[Tag] | None = None
+    # Required and never omitted: without it a body is read as version 1.
+    schema_version: Annotated[int, Meta(ge=2, le=2)]
+
+
+def purchase_completed_v1_to_v2(old: InboundEvent) -> InboundEvent:
+    """The upcaster of the wire contract: a version-1 purchase as version 2."""
+    assert isinstance(old, PurchaseCompletedV1)
+    fields = {f: getattr(old, f) for f in old.__struct_fields__
+              if f not in ("total", "currency", "schema_version")}
+    return PurchaseCompleted(**fields, total=Amount(amount=old.total, currency=old.currency),
+                             schema_version=2)
 
 
 class PurchaseRefunded(InboundEvent, frozen=True, kw_only=True):
@@ -230,6 +263,14 @@ EVENT_TYPES: dict[str, type[InboundEvent]] = {
     "consent_changed": ConsentChanged,
     "contact_updated": ContactUpdated,
     "contact_erasure_requested": ContactErasureRequested,
+}
+
+# The newest contract version of each type (1 unless listed), and how older versions of
+# a type are read: their Struct and the upcaster that turns one into the newest.
+LATEST_VERSIONS: dict[str, int] = {"purchase_completed": 2}
+OLDER_VERSIONS: dict[tuple[str, int], tuple[type[InboundEvent],
+                                           Callable[[InboundEvent], InboundEvent]]] = {
+    ("purchase_completed", 1): (PurchaseCompletedV1, purchase_completed_v1_to_v2),
 }
 
 # Fields a contact_updated.unset may name besides custom properties; email never.

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from contracts.events import EVENT_TYPES, InboundEvent
+from contracts.events import EVENT_TYPES, LATEST_VERSIONS, OLDER_VERSIONS, InboundEvent
 from contracts.outbound import OUT_TYPES
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
@@ -52,16 +52,23 @@ def without_null(node: Any) -> Any:
     return out
 
 
-def schema_for(name: str, cls: type[InboundEvent]) -> dict[str, Any]:
+def schema_for(name: str, cls: type[InboundEvent], version: int = 1) -> dict[str, Any]:
     schema = without_null(msgspec.json.schema(cls))
     ref = schema.get("$ref", "")
     defs = schema.get("$defs", {})
     body = defs.get(ref.rsplit("/", 1)[-1], {})
     body.setdefault("properties", {})["type"] = {"const": name, "type": "string"}
+    file = f"{name}.json"
+    if version > 1:
+        body["properties"]["schema_version"] = {"const": version, "type": "integer"}
+        body.setdefault("required", []).append("schema_version")
+        body["required"].sort()
+        file = f"{name}.v{version}.json"
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": f"{BASE_ID}{name}.json",
-        "title": f"ficha contract v1: {name}",
+        "$id": f"{BASE_ID}{file}",
+        "title": f"ficha contract v1: {name}" + (f", schema_version {version}"
+                                                 if version > 1 else ""),
         "description": f"Publish to ficha.in.<tenant>.{name} with header Nats-Msg-Id = "
         f"event_id. {DECODER_RULES}",
         **{k: v for k, v in schema.items() if k not in ("$ref",)},
@@ -72,7 +79,13 @@ def schema_for(name: str, cls: type[InboundEvent]) -> dict[str, Any]:
 def render_all() -> dict[str, str]:
     files = {}
     for name, cls in sorted(EVENT_TYPES.items()):
-        files[f"{name}.json"] = json.dumps(schema_for(name, cls), indent=2, sort_keys=True) + "\n"
+        latest = LATEST_VERSIONS.get(name, 1)
+        # Version 1 of every type keeps its file; newer versions get name.vN.json.
+        v1 = cls if latest == 1 else OLDER_VERSIONS[(name, 1)][0]
+        files[f"{name}.json"] = json.dumps(schema_for(name, v1), indent=2, sort_keys=True) + "\n"
+        if latest > 1:
+            files[f"{name}.v{latest}.json"] = json.dumps(
+                schema_for(name, cls, latest), indent=2, sort_keys=True) + "\n"
     envelope = without_null(msgspec.json.schema(InboundEvent))
     envelope.update(
         {

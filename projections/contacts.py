@@ -148,7 +148,8 @@ class ContactsProjection:
     name = NAME
     # Bumped whenever the tables' layout changes: a read model of another version is
     # dropped and rebuilt from the event store at start-up.
-    version = 3  # 3: indexes for sorting and name search
+    # 3: indexes for sorting and name search; 4: purchases' totals as money objects
+    version = 4
     tables: tuple[str, ...] = TABLES
 
     def statements(self, is_postgres: bool) -> list[str]:

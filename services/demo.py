@@ -235,8 +235,12 @@ class _Generator:
             order_id = f"ord-{self.seed}-{next(self.counter)}"
             person.orders.append((order_id, total, person.currency))
             ev = e("purchase_completed", person, moment, "store")
-            ev.update(order_id=order_id, total=total, currency=person.currency, items=items,
-                      tags=self.tags(1))
+            ev.update(order_id=order_id, items=items, tags=self.tags(1))
+            # Two generations of the store: the newer publishes contract version 2.
+            if rnd.random() < 0.5:
+                ev.update(schema_version=2, total={"amount": total, "currency": person.currency})
+            else:
+                ev.update(total=total, currency=person.currency)
             return [ev]
         if action == "member":
             if person.member_pending:

@@ -54,7 +54,23 @@ class Contact(Aggregate):
         email: str
 
     class Recorded(Aggregate.Event):
-        """One inbound event applied to this contact, with its effective changes."""
+        """One inbound event applied to this contact, with its effective changes.
+
+        Version 2: a purchase's timeline data holds its total as one money object
+        (contract version 2 of purchase_completed); stored version-1 events are read
+        through ``upcast_v1_v2``, so the log is never rewritten.
+        """
+
+        class_version = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            if state.get("event_type") != "purchase_completed":
+                return
+            data = state.get("entry", {}).get("data", {})
+            if "currency" in data and not isinstance(data.get("total"), dict):
+                data["total"] = {"amount": data.pop("total", None),
+                                 "currency": data.pop("currency")}
 
         event_id: str
         event_type: str

@@ -132,8 +132,9 @@ class ContactFacts(msgspec.Struct):
         data = event.entry.get("data", {})
         activity = ACTIVITY_KINDS.get(kind)
         if activity is not None and not automatic:
-            amount = data.get("total") if kind == "purchase_completed" else data.get("amount")
-            self.add_activity(activity, at, amount, data.get("currency"))
+            money = data.get("total") if kind == "purchase_completed" else data
+            money = money if isinstance(money, dict) else {}
+            self.add_activity(activity, at, money.get("amount"), money.get("currency"))
         if kind == "email_bounced":
             if data.get("bounce") == "hard":
                 self.suppressed_at = _later(self.suppressed_at, at)

@@ -80,7 +80,7 @@ def _summary(kind: str, d: dict[str, Any]) -> str:
     if kind == "booking_no_show":
         return f"Did not show up for booking {d['booking_id']}"
     if kind == "purchase_completed":
-        return f"Paid order {d['order_id']}: {d['total']} {d['currency']}"
+        return f"Paid order {d['order_id']}: {d['total']['amount']} {d['total']['currency']}"
     if kind == "purchase_refunded":
         return f"Refunded {d['amount']} {d['currency']} on order {d['order_id']}"
     if kind == "member_signed_up":

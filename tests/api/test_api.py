@@ -391,8 +391,9 @@ async def test_dead_letters_through_the_api(api: Api) -> None:
     assert (await api.get(url)).json()["total"] == 0
 
 
-INJECTIONS = ["'; DROP TABLE contacts; --", "nul\x00byte", "' OR '1'='1", "acme' OR tenant <> 'acme",
-              "\\x00", "%' OR 1=1 --", "\") OR 1=1 --", "other", "*", "%", "_"]
+INJECTIONS = ["'; DROP TABLE contacts; --", "nul\x00byte", "' OR '1'='1",
+              "acme' OR tenant <> 'acme", "\\x00", "%' OR 1=1 --", "\") OR 1=1 --", "other",
+              "*", "%", "_"]
 
 
 async def test_sql_injection_through_filters_search_sort_cursor_and_rules(api: Api) -> None:

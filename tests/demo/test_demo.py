@@ -40,10 +40,14 @@ def test_mix_skew_and_causality() -> None:
         if e["type"] == "list_subscribed" and e["double_opt_in"]:
             subscribed_pending.add((who, e["list_id"]))
         if e["type"] == "purchase_completed":
-            orders[e["order_id"]] = (e["total"], e["currency"])
+            money = (e["total"] if e.get("schema_version") == 2
+                     else {"amount": e["total"], "currency": e["currency"]})
+            orders[e["order_id"]] = (money["amount"], money["currency"])
         if e["type"] == "purchase_refunded":
             total, currency = orders[e["order_id"]]
             assert float(e["amount"]) <= float(total) and e["currency"] == currency
+    versions = {e.get("schema_version", 1) for e in events if e["type"] == "purchase_completed"}
+    assert versions == {1, 2}, "the demo speaks both versions of purchase_completed"
     for e in events:
         if e["type"] in ("booking_cancelled", "booking_no_show"):
             assert e["booking_id"] in booked

@@ -86,6 +86,6 @@ def test_define_preview_members_why_and_statistics(tmp_path: Path) -> None:
         assert after == before
         versions = {p["name"]: p["version"] for p in
                     json.loads(ficha(data_dir, "status", "--json").stdout)["projections"]}
-        assert versions == {"contacts": 3, "audience": 3}
+        assert versions == {"contacts": 4, "audience": 3}
     finally:
         assert stop(proc) == 0

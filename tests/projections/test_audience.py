@@ -83,6 +83,13 @@ def audience(settings: Settings) -> Iterator[Audience]:
     store.close()
 
 
+def paid_eur(event: dict[str, Any]) -> Decimal:
+    """A purchase's total in EUR (0 in another currency), in either contract version."""
+    money = (event["total"] if event.get("schema_version") == 2
+             else {"amount": event["total"], "currency": event["currency"]})
+    return Decimal(money["amount"]) if money["currency"] == "EUR" else Decimal(0)
+
+
 def ago(days: float) -> str:
     return (datetime.now(UTC) - timedelta(days=days)).isoformat()
 
@@ -374,8 +381,7 @@ def oracle(raw: list[dict[str, Any]], now: str) -> dict[str, Any]:
                    and not e.get("machine_open")]
         last = max(touched) if touched else None
         bought = [when(e)[0] for e in evs if e["type"] == "purchase_completed"]
-        spent = sum((Decimal(e["total"]) for e in evs
-                     if e["type"] == "purchase_completed" and e["currency"] == "EUR"),
+        spent = sum((paid_eur(e) for e in evs if e["type"] == "purchase_completed"),
                     Decimal(0)) - sum((Decimal(e["amount"]) for e in evs
                                        if e["type"] == "purchase_refunded"
                                        and e["currency"] == "EUR"), Decimal(0))
@@ -407,8 +413,7 @@ def oracle(raw: list[dict[str, Any]], now: str) -> dict[str, Any]:
             values[email] = (
                 max((today - max(bought)).days, 0),
                 sum(1 for e in window if e["type"] == "purchase_completed"),
-                sum((Decimal(e["total"]) for e in window
-                     if e["type"] == "purchase_completed" and e["currency"] == "EUR"),
+                sum((paid_eur(e) for e in window if e["type"] == "purchase_completed"),
                     Decimal(0)) - sum((Decimal(e["amount"]) for e in window
                                        if e["type"] == "purchase_refunded"
                                        and e["currency"] == "EUR"), Decimal(0)),
