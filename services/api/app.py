@@ -102,6 +102,9 @@ def create_app(ctx: ApiContext) -> Litestar:
                 description="A tenant's API key: ficha.<tenant>.<key id>.<secret>")}),
         ),
         debug=False,
+        # ficha configures logging once for the process (JSON lines): keep Litestar's
+        # own default configuration out of it.
+        logging_config=None,
     )
 
 

@@ -18,7 +18,8 @@ FICHA = [sys.executable, "-m", "services"]
 
 def env_for(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FICHA_")}
-    env.update(FICHA_DATA_DIR=str(data_dir), FICHA_PARTITIONS="2", PYTHONUNBUFFERED="1")
+    env.update(FICHA_DATA_DIR=str(data_dir), FICHA_PARTITIONS="2", PYTHONUNBUFFERED="1",
+               FICHA_API_PORT="0")
     return env
 
 
