@@ -234,7 +234,7 @@ def test_nothing_is_lost_or_applied_twice_under_faults(
     env.update(FICHA_DATA_DIR=str(tmp_path / "var"), FICHA_DATABASE_URL=postgres.dsn,
                FICHA_DATABASE_SCHEMA="ficha", FICHA_NATS_URL=nats_server.url,
                FICHA_ID_KEY=TEST_ID_KEY, FICHA_PARTITIONS="4", FICHA_ACK_WAIT="5",
-               FICHA_METRICS_PORT="0", PYTHONUNBUFFERED="1")
+               FICHA_METRICS_PORT="0", FICHA_API_PORT="0", PYTHONUNBUFFERED="1")
     supervisor = Supervisor(env, tmp_path / "up.log")
     outcomes: Counter[str] = Counter()
     # A segment, so that transitions flow to ficha.out through the relay under faults too.
