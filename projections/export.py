@@ -30,7 +30,7 @@ import io
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -213,7 +213,7 @@ def _csv_text(rows: Sequence[Sequence[Any]]) -> bytes:
 
 
 def csv_chunks(db: ViewDatabase, query: ExportQuery, *, progress: Progress | None = None,
-               batch_rows: int = BATCH_ROWS) -> Iterator[bytes]:
+               batch_rows: int = BATCH_ROWS) -> Generator[bytes, None, None]:
     """The export as CSV (UTF-8, header, RFC 4180), in chunks of bytes."""
     yield _csv_text([query.names])
     if not db.is_postgres:
@@ -298,7 +298,7 @@ class _Chunks:
 
 def parquet_chunks(db: ViewDatabase, query: ExportQuery, *, progress: Progress | None = None,
                    batch_rows: int = BATCH_ROWS, row_group_rows: int = ROW_GROUP_ROWS
-                   ) -> Iterator[bytes]:
+                   ) -> Generator[bytes, None, None]:
     """The export as a Parquet file (zstd), in chunks of bytes: one per row group, then
     the footer. A row group holds up to ``row_group_rows`` rows."""
     import pyarrow as pa
@@ -338,7 +338,8 @@ def parquet_chunks(db: ViewDatabase, query: ExportQuery, *, progress: Progress |
 
 def export_chunks(db: ViewDatabase, query: ExportQuery, fmt: ExportFormat, *,
                   progress: Progress | None = None, batch_rows: int = BATCH_ROWS,
-                  row_group_rows: int = ROW_GROUP_ROWS) -> Iterator[bytes]:
+                  row_group_rows: int = ROW_GROUP_ROWS) -> Generator[bytes, None, None]:
+    """The export in ``fmt``, in chunks of bytes (see ``csv_chunks``, ``parquet_chunks``)."""
     if fmt == "csv":
         return csv_chunks(db, query, progress=progress, batch_rows=batch_rows)
     if fmt == "parquet":
