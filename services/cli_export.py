@@ -86,8 +86,8 @@ def _run_export(build: Callable[[Any], Any], what: str, fmt: str | None, out: Pa
     from projections.export import count_rows, export_to_file
     from projections.queries import QueryError
 
-    chosen = _format(fmt, out)
     _writable(out)
+    chosen = _format(fmt, out)
     db = views(settings_or_fail())
     try:
         try:

@@ -9,6 +9,7 @@ import io
 import json
 import tracemalloc
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -74,8 +75,8 @@ class ReadModels:
             runner.catch_up()
 
 
-@pytest.fixture
-def models(settings: Settings) -> Iterator[ReadModels]:
+@contextmanager
+def read_models(settings: Settings) -> Iterator[ReadModels]:
     store = ContactStore(settings)
     db = ViewDatabase(settings)
     runners = [ProjectionRunner(store, db, projection)
@@ -83,9 +84,17 @@ def models(settings: Settings) -> Iterator[ReadModels]:
     for runner in runners:
         runner.setup()
     folder = BatchFolder(store, ContactIdentity(settings.id_key), ContactCache(20_000), "p0")
-    yield ReadModels(store, db, runners, folder)
-    db.close()
-    store.close()
+    try:
+        yield ReadModels(store, db, runners, folder)
+    finally:
+        db.close()
+        store.close()
+
+
+@pytest.fixture
+def models(settings: Settings) -> Iterator[ReadModels]:
+    with read_models(settings) as built:
+        yield built
 
 
 def demo(n: int, seed: int = 3, tenant: str = "acme") -> list[InboundEvent]:
