@@ -41,7 +41,7 @@ import msgspec
 from projections.audience_queries import MEMBERS_FROM, get_segment, membership_where
 from projections.contacts import CARD_COLUMNS, COLUMNS, CONSENT_CHANNELS
 from projections.db import ViewDatabase
-from projections.queries import LIST_ORDER, ContactFilter, contact_where
+from projections.queries import ContactFilter, contact_where
 from services.domain.stamps import utc_iso
 
 if TYPE_CHECKING:
@@ -121,6 +121,9 @@ SEGMENT_COLUMNS = (
 
 
 # ------------------------------------------------------------------------------- queries
+
+# The client list's default order (``list_contacts``): newest first contact first.
+LIST_ORDER = "c.first_seen_at DESC, c.contact_id DESC"
 
 
 @dataclass(frozen=True)

@@ -42,16 +42,16 @@ def _ts(db: ViewDatabase, value: datetime) -> Any:
     return value if db.is_postgres else utc_iso(value)
 
 
-# The client list's order, newest first contact first; exports keep it.
-LIST_ORDER = "c.first_seen_at DESC, c.contact_id DESC"
-
-
 def contact_where(db: ViewDatabase, f: ContactFilter) -> tuple[list[str], list[Any]]:
     """The filter as SQL conditions on ``contacts c`` (``?`` placeholders) and their
-    parameters: what the client list, its count and the exports share.
+    parameters: the same WHERE for the client list, its count and the exports.
 
     Raises QueryError for a filter that cannot be answered (an unknown consent channel).
     """
+    return _where(db, f)
+
+
+def _where(db: ViewDatabase, f: ContactFilter) -> tuple[list[str], list[Any]]:
     clauses = ["c.tenant = ?"]
     params: list[Any] = [f.tenant]
     if f.language:
@@ -118,7 +118,7 @@ def list_contacts(
     """Newest first (by first contact), keyset-paginated; returns rows and the next cursor."""
     if not 1 <= limit <= 1000:
         raise QueryError("limit must be between 1 and 1000")
-    clauses, params = contact_where(db, f)
+    clauses, params = _where(db, f)
     if cursor:
         at, cid = decode_cursor(cursor)
         at_param: Any = at
@@ -129,7 +129,7 @@ def list_contacts(
     statement = (
         f"SELECT {', '.join('c.' + c.strip() for c in LIST_COLUMNS.split(','))} "
         f"FROM contacts c WHERE {' AND '.join(clauses)} "
-        f"ORDER BY {LIST_ORDER} LIMIT ?"
+        "ORDER BY c.first_seen_at DESC, c.contact_id DESC LIMIT ?"
     )
     params.append(limit + 1)
     with db.reading() as cur:
@@ -144,7 +144,7 @@ def list_contacts(
 
 
 def count_contacts(db: ViewDatabase, f: ContactFilter) -> int:
-    clauses, params = contact_where(db, f)
+    clauses, params = _where(db, f)
     with db.reading() as cur:
         cur.execute(f"SELECT COUNT(*) AS n FROM contacts c WHERE {' AND '.join(clauses)}", params)
         row = cur.fetchone()

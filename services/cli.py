@@ -48,6 +48,7 @@ projections_app = typer.Typer(help="Operate the read models.", no_args_is_help=T
 app.add_typer(contacts_app, name="contacts")
 app.add_typer(projections_app, name="projections")
 app.add_typer(segments_app, name="segments")
+app.add_typer(export_app, name="export")
 app.add_typer(engagement_app, name="engagement")
 app.add_typer(lists_app, name="lists")
 app.add_typer(consent_app, name="consent")
@@ -56,7 +57,6 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(properties_app, name="properties")
 app.add_typer(tags_app, name="tags")
 app.add_typer(dlq_app, name="dlq")
-app.add_typer(export_app, name="export")
 
 # ------------------------------------------------------------------------- up
 
