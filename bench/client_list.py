@@ -36,7 +36,7 @@ TAGS = [("vip", 3), ("lead", 30), ("newsletter", 25), ("returning", 12), ("no-sh
         ("wholesale", 2)]
 
 
-def rows(n: int, tenant: str, seed: int = 1) -> Any:
+def rows(n: int, tenant: str, seed: int = 1, properties: str = "{}") -> Any:
     rnd = random.Random(seed)
     start = datetime(2023, 1, 1, tzinfo=UTC)
     langs, lw = zip(*LANGS, strict=True)
@@ -54,20 +54,22 @@ def rows(n: int, tenant: str, seed: int = 1) -> Any:
             "lead_status": None, "language_base": language.split("-")[0],
             "member_id": None, "member_status": None, "consent_email": consent,
             "consent_sms": None, "consent_whatsapp": None, "consent_phone": None,
-            "properties": "{}", "tags": tags, "first_seen_at": first_seen,
+            "properties": properties, "tags": tags, "first_seen_at": first_seen,
             "last_activity_at": first_seen, "forms_count": 1, "surveys_count": 0,
             "bookings_count": 0, "purchases_count": 0, "events_count": 1, "version": 2,
         }
 
 
-def fill(db: ViewDatabase, n: int, tenant: str) -> float:
+def fill(db: ViewDatabase, n: int, tenant: str, properties: str = "{}") -> float:
+    """N synthetic contacts, all with the same ``properties`` (JSON text without
+    backslashes: COPY's text format would take them as escapes)."""
     started = time.perf_counter()
     if db.is_postgres:
         conn = db._connect()  # noqa: SLF001 - bulk load needs the raw connection for COPY
         with conn.cursor() as cur:
             contacts = io.StringIO()
             tags = io.StringIO()
-            for row in rows(n, tenant):
+            for row in rows(n, tenant, properties=properties):
                 values = []
                 for column in COLUMNS:
                     value = row[column]
@@ -96,7 +98,7 @@ def fill(db: ViewDatabase, n: int, tenant: str) -> float:
         with db.transaction() as cur:
             batch: list[list[Any]] = []
             tag_rows: list[tuple[str, str, str, str]] = []
-            for row in rows(n, tenant):
+            for row in rows(n, tenant, properties=properties):
                 values = []
                 for column in COLUMNS:
                     value = row[column]

@@ -76,12 +76,15 @@ def get_segment(db: ViewDatabase, tenant: str, segment_id: str) -> dict[str, Any
     raise NotFound(f"segment {segment_id!r} does not exist in tenant {tenant}")
 
 
-def segment_members(
-    db: ViewDatabase, tenant: str, segment_id: str, *, as_of: datetime | None = None,
-    limit: int = 100, after: str = "",
-) -> list[dict[str, Any]]:
-    """Members now, or at ``as_of``: intervals [entered_at, exited_at) containing it."""
-    get_segment(db, tenant, segment_id)
+# A segment's memberships with each member's email: what the member list and the
+# segment export read (``h`` the intervals, ``f`` the contact's facts).
+MEMBERS_FROM = "segment_history h JOIN audience_facts f ON f.contact_id = h.contact_id"
+
+
+def membership_where(tenant: str, segment_id: str, as_of: datetime | None = None
+                     ) -> tuple[str, list[Any]]:
+    """The memberships of a segment now, or at ``as_of`` (the intervals [entered_at,
+    exited_at) containing it), as a condition on ``segment_history h`` and its parameters."""
     params: list[Any] = [tenant, segment_id]
     if as_of is None:
         when = "h.exited_at IS NULL"
@@ -89,12 +92,20 @@ def segment_members(
         moment = utc_iso(as_of)
         when = "h.entered_at <= ? AND (h.exited_at IS NULL OR h.exited_at > ?)"
         params += [moment, moment]
+    return f"h.tenant = ? AND h.segment_id = ? AND {when}", params
+
+
+def segment_members(
+    db: ViewDatabase, tenant: str, segment_id: str, *, as_of: datetime | None = None,
+    limit: int = 100, after: str = "",
+) -> list[dict[str, Any]]:
+    """Members now, or at ``as_of``, in contact id order, ``limit`` after ``after``."""
+    get_segment(db, tenant, segment_id)
+    where, params = membership_where(tenant, segment_id, as_of)
     with db.reading() as cur:
         cur.execute(
             "SELECT h.contact_id, f.email, h.entered_at, h.exited_at, h.enter_cause, "
-            "h.enter_ref FROM segment_history h JOIN audience_facts f "
-            "ON f.contact_id = h.contact_id "
-            f"WHERE h.tenant = ? AND h.segment_id = ? AND {when} AND h.contact_id > ? "
+            f"h.enter_ref FROM {MEMBERS_FROM} WHERE {where} AND h.contact_id > ? "
             "ORDER BY h.contact_id LIMIT ?",
             [*params, after, limit],
         )
@@ -103,18 +114,9 @@ def segment_members(
 
 def count_members(db: ViewDatabase, tenant: str, segment_id: str,
                   as_of: datetime | None = None) -> int:
-    params: list[Any] = [tenant, segment_id]
-    when = "exited_at IS NULL"
-    if as_of is not None:
-        moment = utc_iso(as_of)
-        when = "entered_at <= ? AND (exited_at IS NULL OR exited_at > ?)"
-        params += [moment, moment]
+    where, params = membership_where(tenant, segment_id, as_of)
     with db.reading() as cur:
-        cur.execute(
-            f"SELECT COUNT(*) AS n FROM segment_history WHERE tenant = ? AND segment_id = ? "
-            f"AND {when}",
-            params,
-        )
+        cur.execute(f"SELECT COUNT(*) AS n FROM segment_history h WHERE {where}", params)
         row = cur.fetchone()
     return int(row["n"]) if row else 0
 

@@ -261,6 +261,40 @@ class ViewDatabase:
             self._drop_connection()
             raise
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Any]:
+        """A connection of the caller's own, in one read-only snapshot transaction, for a
+        read too long to hold the thread's shared connection (an export streamed to a
+        file or an HTTP client): the raw driver connection, rows as tuples.
+
+        PostgreSQL: REPEATABLE READ, READ ONLY, UTF-8, ficha's schema on the search path;
+        fit for a server-side cursor or ``COPY ... TO STDOUT``. SQLite: the views file
+        opened read-only (never created), one ``BEGIN`` so every fetchmany reads the same
+        snapshot. The connection is closed on exit, also when the reader stops half-way.
+        """
+        conn: Any
+        if self.settings.postgres is not None:
+            conn = psycopg.connect(self.settings.postgres.conninfo, connect_timeout=5,
+                                   client_encoding="utf8", autocommit=True)
+            try:
+                conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+                # The first statement opens the snapshot; closing ends it (nothing to
+                # commit), which also works half-way through a COPY.
+                conn.autocommit = False
+                conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                conn.read_only = True
+                yield conn
+            finally:
+                conn.close()
+            return
+        conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30,
+                               isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("BEGIN")
+            yield conn
+        finally:
+            conn.close()
+
     def close(self) -> None:
         with self._lock:
             for conn in self._connections:

@@ -43,6 +43,15 @@ def _ts(db: ViewDatabase, value: datetime) -> Any:
     return value if db.is_postgres else utc_iso(value)
 
 
+def contact_where(db: ViewDatabase, f: ContactFilter) -> tuple[list[str], list[Any]]:
+    """The filter as SQL conditions on ``contacts c`` (``?`` placeholders) and their
+    parameters: the same WHERE for the client list, its count and the exports.
+
+    Raises QueryError for a filter that cannot be answered (an unknown consent channel).
+    """
+    return _where(db, f)
+
+
 def _where(db: ViewDatabase, f: ContactFilter) -> tuple[list[str], list[Any]]:
     clauses = ["c.tenant = ?"]
     params: list[Any] = [f.tenant]

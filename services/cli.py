@@ -36,6 +36,7 @@ from services.cli_common import (
     views,
 )
 from services.cli_dlq import dlq_app
+from services.cli_export import export_app
 
 app = typer.Typer(
     help="ficha: an event-sourced contact backend. Events in on NATS, contact cards out.",
@@ -48,6 +49,7 @@ projections_app = typer.Typer(help="Operate the read models.", no_args_is_help=T
 app.add_typer(contacts_app, name="contacts")
 app.add_typer(projections_app, name="projections")
 app.add_typer(segments_app, name="segments")
+app.add_typer(export_app, name="export")
 app.add_typer(engagement_app, name="engagement")
 app.add_typer(lists_app, name="lists")
 app.add_typer(consent_app, name="consent")
