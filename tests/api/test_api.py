@@ -425,3 +425,32 @@ async def test_sql_injection_through_filters_search_sort_cursor_and_rules(api: A
     assert listed["total"] == len(PEOPLE)
     other = (await api.get("/v1/tenants/other/contacts", "other:read")).json()["data"]
     assert [r["email"] for r in other] == [OTHER_EMAIL]
+
+
+async def test_exports_stream_csv_and_parquet(api: Api) -> None:
+    await seed(api)
+    import csv
+    import io
+
+    import pyarrow.parquet as pq
+
+    t = "/v1/tenants/acme"
+    response = await api.get(f"{t}/exports/contacts", language="es")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/csv")
+    assert "attachment" in response.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    assert {r["email"] for r in rows} == {"ana@example.com", "carla@example.com",
+                                          "eva@example.com"}
+    parquet = await api.get(f"{t}/exports/contacts", format="parquet", tag="vip")
+    table = pq.read_table(io.BytesIO(parquet.content))
+    assert sorted(table.column("email").to_pylist()) == ["ana@example.com",
+                                                         "carla@example.com"]
+    members = await api.get(f"{t}/segments/vips/export")
+    assert {r["email"] for r in csv.DictReader(io.StringIO(members.text))} == {
+        "ana@example.com", "carla@example.com"}
+    before = await api.get(f"{t}/segments/vips/export", as_of="2000-01-01T00:00:00Z")
+    assert list(csv.DictReader(io.StringIO(before.text))) == []
+    wrong = await api.get(f"{t}/exports/contacts", format="xlsx")
+    assert wrong.status_code == 400 and wrong.json()["error"]["field"] == "format"
+    assert (await api.get(f"{t}/exports/contacts", consent="fax")).status_code == 400
