@@ -22,6 +22,10 @@ class CliError(Exception):
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
+    handling = sys.exc_info()[1]
+    if isinstance(handling, typer.Exit):
+        # A broad `except Exception` caught an earlier fail(): its sentence is printed.
+        raise handling
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
 
