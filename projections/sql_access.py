@@ -68,6 +68,14 @@ READER_TENANT = (
     "OR (NOT (SELECT s.rolsuper FROM pg_catalog.pg_roles s WHERE s.rolname = session_user) "
     "AND pg_catalog.pg_has_role(session_user, g.oid, 'MEMBER'))))"
 )
+# A superuser reads every table whole anyway; through the views it sees every row too.
+POLICY_CONDITION = (
+    "(SELECT u.rolsuper FROM pg_catalog.pg_roles u WHERE u.rolname = current_user) "
+    f"OR tenant = {READER_TENANT}"
+)
+# The policy's name carries its condition's checksum: a changed condition replaces it.
+POLICY_PREFIX = "ficha_tenant_"
+POLICY = f"{POLICY_PREFIX}{zlib.crc32(POLICY_CONDITION.encode()):08x}"
 
 
 class AccessError(Exception):
@@ -137,8 +145,13 @@ def secure(cur: Cursor, schema: str, tables: Sequence[str], views: Sequence[str]
             # Tables without a tenant get no policy: nobody but their owner reads them.
             cur.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
         if row["relname"] in tenant_tables and not row["policies"]:
+            cur.execute("SELECT polname FROM pg_catalog.pg_policy WHERE polrelid = "
+                        "CAST(? AS regclass) AND starts_with(polname, ?)",
+                        (row["relname"], POLICY_PREFIX))
+            for old in [r["polname"] for r in cur.fetchall()]:
+                cur.execute(f"DROP POLICY {_ident(old)} ON {table}")
             cur.execute(f"CREATE POLICY {POLICY} ON {table} FOR SELECT "
-                        f"USING (tenant = {READER_TENANT})")
+                        f"USING ({POLICY_CONDITION})")
     owner = views_owner(schema)
     if not _role_exists(cur, owner):
         return
@@ -272,9 +285,10 @@ def forget_reader(cur: Cursor, schema: str, role: str, views: Sequence[str],
     lock(cur)
     ensure_readers_table(cur)
     cur.execute(f"DELETE FROM {READERS_TABLE} WHERE role = ? RETURNING role", (role,))
-    known = cur.fetchone() is not None
+    if cur.fetchone() is None:
+        return False
     if not _role_exists(cur, role):
-        return known
+        return True
     quoted = _ident(role)
     cur.execute("SELECT relname FROM pg_catalog.pg_class WHERE relnamespace = "
                 "CAST(current_schema() AS regnamespace) AND relname = ANY(?)", (list(views),))
@@ -284,7 +298,7 @@ def forget_reader(cur: Cursor, schema: str, role: str, views: Sequence[str],
     cur.execute(f"REVOKE ALL ON SCHEMA {_ident(schema)} FROM {quoted}")
     if drop_role:
         cur.execute(f"DROP ROLE {quoted}")
-    return known
+    return True
 
 
 def readers(cur: Cursor) -> list[Reader]:

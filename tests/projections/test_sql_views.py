@@ -5,8 +5,11 @@ and views that follow their tables through rebuilds, replays and layout resets."
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -364,3 +367,12 @@ def test_a_read_only_sqlite_connection_reads_the_views_and_writes_nothing(
         assert count == 4
     finally:
         conn.close()
+
+
+def test_on_sqlite_grant_reader_says_what_to_do_instead(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FICHA_")}
+    env["FICHA_DATA_DIR"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "services", "sql", "grant-reader"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "SQLite has no roles" in done.stderr and "mode=ro" in done.stderr
