@@ -24,7 +24,9 @@ Three kinds of roles:
   - an **unbound** reader sees the rows of the tenant named by the session setting
     ``ficha.tenant`` (``SET ficha.tenant = 'acme'``), and nothing while it is unset.
     Any session can change that setting: an unbound role is for a trusted client (the
-    API, a connection pooler) that sets it for its end users, never for a person.
+    API, a connection pooler) that sets it for its end users, never for a person;
+  - anyone else reading the views is a reader as above: a superuser (which reads the
+    tables whole anyway) and the writer (which does not own the views) are unbound.
 
 Tenant names reach the database only as bound parameters or as values compared by the
 policy; roles as quoted identifiers.
@@ -49,30 +51,28 @@ log = logging.getLogger("ficha.sql")
 
 READERS_TABLE = "ficha_sql_readers"
 TENANT_SETTING = "ficha.tenant"
-POLICY = "ficha_reader_tenant"
-DEFAULT_READER = "ficha_analyst"
 ROLE_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _ACCESS_LOCK = zlib.crc32(b"ficha_sql_access")
 _VERIFIER = re.compile(r"^SCRAM-SHA-256\$[0-9]+:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+$")
 
 # The tenant a reader may see: the one its login or current role (or a role either is a
 # member of) is bound to; else, for an unbound reader, the session's ficha.tenant.
-# Two different bound tenants give none. A superuser session's own memberships are
-# ignored (a superuser is a member of every role), so SET ROLE from one tests a reader.
+# Two different bound tenants give none. A superuser's memberships are ignored (a
+# superuser is a member of every role): through the views it is an unbound reader, and
+# SET ROLE from one tests a reader. One equality with a value computed once per query,
+# so that the tables' tenant indexes serve it.
 READER_TENANT = (
     "(SELECT CASE WHEN count(b.tenant) = 0 "
     f"THEN NULLIF(current_setting('{TENANT_SETTING}', true), '') "
     "WHEN count(DISTINCT b.tenant) = 1 THEN min(b.tenant) END "
     f"FROM {READERS_TABLE} b JOIN pg_catalog.pg_roles g ON g.rolname = b.role "
-    "WHERE b.tenant IS NOT NULL AND (pg_catalog.pg_has_role(current_user, g.oid, 'MEMBER') "
+    "WHERE b.tenant IS NOT NULL AND ("
+    "(NOT (SELECT u.rolsuper FROM pg_catalog.pg_roles u WHERE u.rolname = current_user) "
+    "AND pg_catalog.pg_has_role(current_user, g.oid, 'MEMBER')) "
     "OR (NOT (SELECT s.rolsuper FROM pg_catalog.pg_roles s WHERE s.rolname = session_user) "
     "AND pg_catalog.pg_has_role(session_user, g.oid, 'MEMBER'))))"
 )
-# A superuser reads every table whole anyway; through the views it sees every row too.
-POLICY_CONDITION = (
-    "(SELECT u.rolsuper FROM pg_catalog.pg_roles u WHERE u.rolname = current_user) "
-    f"OR tenant = {READER_TENANT}"
-)
+POLICY_CONDITION = f"tenant = {READER_TENANT}"
 # The policy's name carries its condition's checksum: a changed condition replaces it.
 POLICY_PREFIX = "ficha_tenant_"
 POLICY = f"{POLICY_PREFIX}{zlib.crc32(POLICY_CONDITION.encode()):08x}"
