@@ -28,15 +28,16 @@ async def test_published_events_reach_the_analytics_views(runtime: Runtime) -> N
     nc = await connect_nats(runtime.nats_url)
     js = nc.jetstream()
     try:
+        # Ids unique across tenants: JetStream's 100 ms de-dup window is stream-wide.
         for tenant, people in (("acme", 3), ("globex", 2)):
             for i in range(people):
                 email = f"p{i}@example.com"
                 await publish(js, event_dict(
-                    "form_submitted", tenant=tenant, event_id=f"f{i}", email=email,
+                    "form_submitted", tenant=tenant, event_id=f"{tenant}-f{i}", email=email,
                     occurred_at="2026-11-02T10:15:00+01:00", form_id="contact",
                     properties={"size": i}, tags=[f"T{i}"]))
                 await publish(js, event_dict(
-                    "list_subscribed", tenant=tenant, event_id=f"l{i}", email=email,
+                    "list_subscribed", tenant=tenant, event_id=f"{tenant}-l{i}", email=email,
                     occurred_at="2026-11-02T10:16:00+01:00", list_id="news"))
     finally:
         await nc.close()
