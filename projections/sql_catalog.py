@@ -159,15 +159,15 @@ def _contact_properties(d: Dialect) -> str:
         return ("SELECT c.tenant, c.contact_id, p.key, p.value, jsonb_typeof(p.value), "
                 "p.value #>> '{}' FROM contacts c CROSS JOIN LATERAL jsonb_each(c.properties) "
                 "AS p")
+    # ``->`` gives an element's JSON text as written (json_each's values are SQL values:
+    # a number would come back as a double, rounded to 15 digits when printed).
     return (
-        "SELECT c.tenant, c.contact_id, p.key, "
-        "CASE p.type WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' WHEN 'null' THEN 'null' "
-        "WHEN 'object' THEN p.value WHEN 'array' THEN p.value ELSE json_quote(p.value) END, "
+        "SELECT c.tenant, c.contact_id, p.key, c.properties -> p.fullkey, "
         "CASE p.type WHEN 'integer' THEN 'number' WHEN 'real' THEN 'number' "
         "WHEN 'text' THEN 'string' WHEN 'true' THEN 'boolean' WHEN 'false' THEN 'boolean' "
         "ELSE p.type END, "
-        "CASE p.type WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' WHEN 'null' THEN NULL "
-        "ELSE CAST(p.value AS TEXT) END "
+        "CASE p.type WHEN 'text' THEN p.value WHEN 'null' THEN NULL "
+        "ELSE c.properties -> p.fullkey END "
         "FROM contacts c CROSS JOIN json_each(c.properties) AS p"
     )
 

@@ -89,9 +89,3 @@ def _literal(text: str) -> str:
         raise ValueError(f"view documentation cannot contain ? or %: {text!r}")
     return "'" + text.replace("'", "''") + "'"
 
-
-def install_all(db: ViewDatabase, projections: Sequence[tuple[str, Sequence[str]]]) -> None:
-    """``install`` for several projections (name, tables), one transaction each."""
-    for name, tables in projections:
-        with db.transaction() as cur:
-            install(cur, db, name, tables)

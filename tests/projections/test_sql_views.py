@@ -10,6 +10,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -17,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from projections.audience_queries import engagement_stats, list_stats, projection_now, rfm_stats
 from projections.registry import all_projections
@@ -36,7 +40,7 @@ from projections.sql_catalog import (
 from services.config import Settings
 from services.domain.stamps import utc_iso
 from tests.factories import make_event
-from tests.projections.analytics_data import SEGMENTS, TENANTS, Pipeline, seed
+from tests.projections.analytics_data import SEGMENTS, TENANTS, Pipeline, pipeline, seed
 
 DOCS = Path(__file__).parents[2] / "docs" / "sql.md"
 
@@ -268,6 +272,68 @@ def test_the_documented_queries_run_and_the_30_day_change_is_right(seeded: Pipel
                                                   r["change"]) for r in found} == {
                 (t, "newsletter"): (1, 0, -1) for t in TENANTS}
     assert ran >= 5
+
+
+SCALARS = st.one_of(
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+            max_size=12),
+    st.integers(-(10**12), 10**12), st.booleans(),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+PROPERTIES = st.dictionaries(st.from_regex(r"[A-Za-z0-9_.-]{1,12}", fullmatch=True),
+                             st.one_of(SCALARS, st.lists(SCALARS, max_size=3)),
+                             min_size=1, max_size=5)
+JSON_TYPES = {str: "string", bool: "boolean", int: "number", float: "number", list: "array"}
+
+
+def as_json_values(value: Any) -> Any:
+    """JSON's one kind of number: jsonb writes 7.205759403792131e16 as 72057594037921310."""
+    if isinstance(value, dict):
+        return {k: as_json_values(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [as_json_values(v) for v in value]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+@pytest.fixture
+def empty(settings: Settings) -> Iterator[Pipeline]:
+    p = pipeline(settings)
+    yield p
+    p.close()
+
+
+@hyp_settings(max_examples=20, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(properties=PROPERTIES)
+def test_property_rows_reassemble_the_contacts_properties(
+    empty: Pipeline, properties: dict[str, Any],
+) -> None:
+    """Whatever the values, one row per property, typed and written out, on both backends."""
+    p = empty
+    email = f"{uuid.uuid4().hex}@example.com"
+    p.ingest([make_event("contact_updated", event_id=uuid.uuid4().hex, email=email,
+                         occurred_at=p.ago(1), properties=properties)])
+    (contact,) = rows(p, f"{PREFIX}contacts", "acme", f"email = '{email}'")
+    assert as_json_values(contact["properties"]) == as_json_values(properties)
+    found = {r["property"]: r for r in rows(p, f"{PREFIX}contact_properties", "acme",
+                                            f"contact_id = '{contact['contact_id']}'")}
+    assert as_json_values({name: r["value"] for name, r in found.items()}) == as_json_values(
+        properties)
+    for name, value in properties.items():
+        row = found[name]
+        assert row["value_type"] == JSON_TYPES[type(value)], (name, value, row)
+        assert isinstance(row["value"], bool) == isinstance(value, bool)
+        text = row["value_text"]
+        if isinstance(value, str):
+            assert text == value
+        elif isinstance(value, bool):
+            assert text == str(value).lower()
+        elif isinstance(value, int | float):
+            assert float(text) == value
+        else:
+            assert as_json_values(json.loads(text)) == as_json_values(value)
 
 
 # --------------------------------------------------------------------------- the tables
