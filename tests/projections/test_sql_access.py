@@ -91,19 +91,20 @@ def world(postgres_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     names = {k: f"r_{tag}_{k}" for k in ("unbound", "acme", "globex", "member", "both")}
     data_dir = tmp_path_factory.mktemp("sql_access")
     database = psycopg.conninfo.conninfo_to_dict(postgres_dsn).get("dbname") or "test"
-    with superuser(postgres_dsn) as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-            sql.Identifier(writer), sql.Literal(PASSWORD)))
-        conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
-            sql.Identifier(str(database)), sql.Identifier(writer)))
-        conn.execute(sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(
-            sql.Identifier(schema), sql.Identifier(writer)))
-    writer_dsn = as_user(postgres_dsn, writer)
-    settings = make_settings(data_dir, postgres_dsn=writer_dsn, schema=schema)
-    pipeline = seed(settings)  # everything ficha writes, it writes as the writer
-    w = World(postgres_dsn, schema, writer, names["unbound"], names["acme"], names["globex"],
-              names["member"], names["both"], pipeline, data_dir)
+    pipeline: Pipeline | None = None
     try:
+        with superuser(postgres_dsn) as conn:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(writer), sql.Literal(PASSWORD)))
+            conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+                sql.Identifier(str(database)), sql.Identifier(writer)))
+            conn.execute(sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(
+                sql.Identifier(schema), sql.Identifier(writer)))
+        writer_dsn = as_user(postgres_dsn, writer)
+        settings = make_settings(data_dir, postgres_dsn=writer_dsn, schema=schema)
+        pipeline = seed(settings)  # everything ficha writes, it writes as the writer
+        w = World(postgres_dsn, schema, writer, names["unbound"], names["acme"],
+                  names["globex"], names["member"], names["both"], pipeline, data_dir)
         for args in (["--role", w.unbound, "--login-password", PASSWORD],
                      ["--role", w.acme, "--tenant", "acme", "--login-password", PASSWORD],
                      ["--role", w.globex, "--tenant", "globex"]):
@@ -119,7 +120,8 @@ def world(postgres_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                     sql.Identifier(granted), sql.Identifier(to)))
         yield w
     finally:
-        pipeline.close()
+        if pipeline is not None:
+            pipeline.close()
         with superuser(postgres_dsn) as conn:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
                 sql.Identifier(schema)))
