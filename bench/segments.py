@@ -89,7 +89,7 @@ def facts_rows(n: int, tenant: str, now: datetime, seed: int = 1) -> Any:
                        "frequency": rfm.values.frequency,
                        "monetary": str(rfm.values.monetary)})}
         yield (facts.contact_id, tenant, facts.email, facts.to_json().decode(), "{}", "{}",
-               status, moment, 0, json.dumps(rfm_doc, sort_keys=True), rfm.group, due,
+               status, moment, 0, json.dumps(rfm_doc, sort_keys=True), rfm.group, due, "{}",
                *filter_values(facts))
 
 

@@ -3,14 +3,16 @@
 One projection, because these all follow the same per-contact facts and the same clock:
 
 * ``audience_facts``: each contact's facts (``services.domain.facts``) as JSON, its open
-  segment memberships, its engagement status and its next scheduled instant (``due_at``);
+  segment memberships, its engagement status, its lists' effective states (``lists``)
+  and its next scheduled instant (``due_at``);
 * ``segment_definitions``: each tenant's live and deleted segments, with their version;
 * ``segment_history``: every membership as an interval [entered_at, exited_at), with why
   it began and ended (the triggering event id, the clock, or the definition version) and
   the clauses that flipped;
 * ``audience_counts`` / ``audience_daily``: tallies now and at the end of each day:
   contacts per engagement status (split by whether they are subscribed to a list), per
-  list and state, per RFM group and per RFM recency x frequency cell;
+  list and state, per list, state and engagement status, per RFM group and per RFM
+  recency x frequency cell;
 * ``consent_ledger``: every consent fact per channel with its source event;
 * ``ficha_outbox``: ``segment_entered`` / ``segment_exited`` events for ``ficha.out``, in
   the order they happened, numbered; ``services.outbox`` publishes them.
@@ -74,7 +76,7 @@ FILTER_COLUMNS = (
 )
 DERIVED_COLUMNS = (
     "members", "entries", "engagement", "engagement_since", "subscribed", "rfm", "rfm_group",
-    "due_at",
+    "due_at", "lists",
 )
 FACT_COLUMNS = ("contact_id", "tenant", "email", "doc", *DERIVED_COLUMNS, *FILTER_COLUMNS)
 DERIVED_TYPES = tuple(
@@ -91,7 +93,8 @@ HISTORY_COLUMNS = tuple(
 def _derived(r: _Row) -> tuple[Any, ...]:
     return (_json(r.members), _json(r.entries), r.engagement, r.engagement_since,
             int(r.subscribed), None if r.rfm is None else _json(r.rfm),
-            None if r.rfm is None else r.rfm["group"], r.due)
+            None if r.rfm is None else r.rfm["group"], r.due,
+            _json({k: list(v) for k, v in r.facts.list_states(r.soft_limit).items()}))
 
 
 def filter_values(facts: ContactFacts) -> tuple[Any, ...]:
@@ -118,7 +121,7 @@ def ddl() -> list[str]:
         "contact_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, email TEXT NOT NULL, "
         "doc TEXT NOT NULL, members TEXT NOT NULL, entries TEXT NOT NULL, "
         "engagement TEXT, engagement_since TEXT, subscribed INTEGER NOT NULL, rfm TEXT, "
-        "rfm_group TEXT, due_at TEXT, "
+        "rfm_group TEXT, due_at TEXT, lists TEXT NOT NULL, "
         # Copies of facts that never change by time alone: segment_sql narrows a backfill
         # or a preview to the contacts that can match with them.
         + ", ".join(f"{c} {'INTEGER' if c.startswith(('consent_', 'n_')) else 'TEXT'}"
@@ -146,7 +149,8 @@ def ddl() -> list[str]:
         "CREATE INDEX IF NOT EXISTS segment_history_contact "
         "ON segment_history (contact_id, entered_at)",
         # Tallies: metric "engagement" (key: status, subscribed 0/1), "list" (key: list id,
-        # state), "rfm" (key: group, "") and "rfm_grid" (key: R score, F score).
+        # state), "list_engagement" (key: list id, "state:status"), "rfm" (key: group, "")
+        # and "rfm_grid" (key: R score, F score).
         "CREATE TABLE IF NOT EXISTS audience_counts (tenant TEXT NOT NULL, "
         "metric TEXT NOT NULL, k1 TEXT NOT NULL, k2 TEXT NOT NULL, count BIGINT NOT NULL, "
         "PRIMARY KEY (tenant, metric, k1, k2))",
@@ -200,7 +204,12 @@ class _Row:
         if self.engagement is None:  # registered, not evaluated yet: not counted
             return frozenset()
         out = {("engagement", self.engagement, str(int(self.subscribed)))}
-        out.update(("list", list_id, state) for list_id, state in self.lists_now().items())
+        lists = self.lists_now()
+        out.update(("list", list_id, state) for list_id, state in lists.items())
+        # Engagement per list and state ("subscribed:engaged"): a list keeps every contact
+        # that was ever on it in some state, so the metric's snapshots are never empty.
+        out.update(("list_engagement", list_id, f"{state}:{self.engagement}")
+                   for list_id, state in lists.items())
         if self.rfm is not None:
             out.add(("rfm", self.rfm["group"], ""))
             if self.rfm.get("r") is not None:
@@ -218,7 +227,7 @@ class _Writes:
 
 class AudienceProjection:
     name = NAME
-    version = 3
+    version = 4
     tables: tuple[str, ...] = TABLES
 
     def statements(self, is_postgres: bool) -> list[str]:

@@ -10,8 +10,10 @@ current. When the copy has caught up, one transaction on the live database:
    tables against readers' schema changes (SQLite: the database write lock does both);
 2. brings the copy up to the log's head (a few pages at most);
 3. replaces the live tables with the copy (PostgreSQL moves the tables between schemas;
-   SQLite copies the rows into tables recreated from the projection's DDL) and sets the
-   projection's position and layout version to the copy's.
+   SQLite copies the rows into tables recreated from the projection's DDL), recreates the
+   projection's analytics views over them (``sql_views``: with their row-level security
+   and readers' grants on PostgreSQL) and sets the projection's position and layout
+   version to the copy's.
 
 Readers see the old rows until the commit and the new ones after it; the live runner's
 next page starts from the copy's position. Nothing is applied twice: a page the live
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
+from projections import sql_access, sql_views
 from projections.db import ViewDatabase
 from projections.runner import Projection, ProjectionRunner
 from services.store.contact_store import ContactStore
@@ -66,16 +69,20 @@ def _switch_postgres(live: ViewDatabase, staging: ViewDatabase, runner: Projecti
                      projection: Projection) -> int:
     with live.transaction() as cur:
         live.lock_projection(cur, projection.name)  # waits for the live runner's page
+        sql_access.lock(cur)  # before the tables, in the order set-up takes them
         cur.execute(f"LOCK TABLE {', '.join(projection.tables)} IN ACCESS EXCLUSIVE MODE")
         cur.execute("SELECT position FROM ficha_projection_tracking WHERE name = ? FOR UPDATE",
                     (projection.name,))
         runner.catch_up()
         position = runner.position()
+        sql_views.drop(cur, live, projection.name)
         for table in projection.tables:
             cur.execute(f"DROP TABLE {table}")
             cur.execute(sql.SQL("ALTER TABLE {}.{} SET SCHEMA {}").format(
                 sql.Identifier(staging.schema), sql.Identifier(table),
                 sql.Identifier(live.schema)).as_string(None))
+        # The views over the new tables, their row-level security and the readers' grants.
+        sql_views.install(cur, live, projection.name, projection.tables)
         _set_position(live, cur, projection, position)
     return position
 
@@ -88,12 +95,14 @@ def _switch_sqlite(live: ViewDatabase, staging: ViewDatabase, runner: Projection
         with live.transaction() as cur:  # BEGIN IMMEDIATE: the live runner waits
             runner.catch_up()
             position = runner.position()
+            sql_views.drop(cur, live, projection.name)
             for table in projection.tables:
                 cur.execute(f"DROP TABLE main.{table}")
             for statement in projection.statements(False):
                 cur.execute(statement)
             for table in projection.tables:
                 cur.execute(f"INSERT INTO main.{table} SELECT * FROM staging.{table}")
+            sql_views.install(cur, live, projection.name, projection.tables)
             _set_position(live, cur, projection, position)
     finally:
         conn.execute("DETACH DATABASE staging")

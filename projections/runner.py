@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from projections import sql_views
 from projections.db import Cursor, ViewDatabase
 from services import metrics
 from services.store.contact_store import ContactStore
@@ -87,15 +88,23 @@ class ProjectionRunner:
             self._reset()
         else:
             self.projection.create_tables(self.db)
+            self._install_views()
 
     def _reset(self) -> None:
         with self.db.transaction() as cur:
+            sql_views.drop(cur, self.db, self.name)  # PostgreSQL's views hold their tables
             for table in self.projection.tables:
                 cur.execute(f"DROP TABLE IF EXISTS {table}")
             cur.execute("DELETE FROM ficha_projection_tracking WHERE name = ?", (self.name,))
         self.projection.create_tables(self.db)
         with self.db.transaction() as cur:
             self.db.set_layout_version(cur, self.name, self.projection.version)
+        self._install_views()
+
+    def _install_views(self) -> None:
+        """The analytics views over this projection's tables (``projections.sql_views``)."""
+        with self.db.transaction() as cur:
+            sql_views.install(cur, self.db, self.name, self.projection.tables)
 
     def wake(self) -> None:
         signal = self._signal

@@ -37,6 +37,7 @@ from services.cli_common import (
 )
 from services.cli_dlq import dlq_app
 from services.cli_export import export_app
+from services.cli_sql import sql_app
 
 app = typer.Typer(
     help="ficha: an event-sourced contact backend. Events in on NATS, contact cards out.",
@@ -60,6 +61,8 @@ app.add_typer(tags_app, name="tags")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(keys_app, name="keys")
 app.command()(api)
+
+app.add_typer(sql_app, name="sql")
 
 # ------------------------------------------------------------------------- up
 

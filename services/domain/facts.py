@@ -167,6 +167,19 @@ class ContactFacts(msgspec.Struct):
             return LIST_SUPPRESSED
         return state
 
+    def list_states(self, soft_limit: int = DEFAULT_SOFT_BOUNCE_LIMIT
+                    ) -> dict[str, tuple[str, str]]:
+        """Every list's effective state with the instant it took effect: the register's
+        moment, or for a suppressed subscription the suppressing bounce or complaint."""
+        suppressed = self.suppression(soft_limit)
+        out = {}
+        for list_id, (state, since) in self.lists.items():
+            effective = self.list_state(list_id, soft_limit) or state
+            if effective != state and suppressed is not None:
+                since = suppressed
+            out[list_id] = (effective, since)
+        return out
+
     def add_activity(self, kind: str, at: str, amount: str | None, currency: str | None) -> None:
         """Keep each kind's items in time order, ties in a fixed order, so that any
         arrival order gives the same document."""
