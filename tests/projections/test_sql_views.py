@@ -163,7 +163,7 @@ def test_the_views_show_a_known_history_as_documented(seeded: Pipeline, tenant: 
         (bea, e) for e in ("f2", "l2", "b1")}
     purchase = timeline[(ana, "p1")]
     assert (purchase["type"], purchase["occurred_at"]) == ("purchase_completed", at(p, 3))
-    assert purchase["data"]["total"] == "120.50"
+    assert purchase["data"]["total"] == {"amount": "120.50", "currency": "EUR"}
 
     assert [(r["contact_id"], r["tag"], r["label"]) for r in rows(p, f"{PREFIX}tags", tenant)
             ] == [(ana, "lead", "Lead")]
