@@ -139,7 +139,7 @@ class ContactStore(Application[UUID]):
         # Filled directly: collect_events() runs runtime Protocol checks per object,
         # which cost more than the rest of the batch's bookkeeping together.
         for contact in contacts:
-            events = contact.collect_events()
+            events: list[Any] = list(contact.collect_events())
             processing.events.extend(events)
             processing.aggregates[contact.id] = contact
             batch.append((contact, events))

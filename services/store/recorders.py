@@ -295,7 +295,7 @@ class PostgresContactRecorder(PostgresProcessRecorder):
 
     def select_erasures(self, *, pending: bool = False, tenant: str | None = None,
                         contact_id: UUID | None = None) -> list[dict[str, Any]]:
-        where, params = [SQL("TRUE")], []
+        where, params = [SQL("TRUE")], list[Any]()
         if pending:
             where.append(SQL("completed_at IS NULL"))
         if tenant is not None:

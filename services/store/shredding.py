@@ -87,14 +87,16 @@ class ShreddingMapper(Mapper[UUID]):
         stored = super().to_stored_event(domain_event)
         if not is_personal(domain_event):
             return stored
-        key = self._planned.get((stored.originator_id, stored.originator_version))
+        oid = stored.originator_id
+        assert isinstance(oid, UUID)
+        key = self._planned.get((oid, stored.originator_version))
         if key is None:
             raise ProgrammingError(
                 f"{stored.topic} v{stored.originator_version} of {stored.originator_id} has "
                 "no data key planned: contact events are written through ContactStore.commit")
-        aad = associated_data(stored.originator_id, stored.originator_version, stored.topic)
+        aad = associated_data(oid, stored.originator_version, stored.topic)
         return StoredEvent(
-            originator_id=stored.originator_id,
+            originator_id=oid,
             originator_version=stored.originator_version,
             topic=stored.topic,
             state=seal(key, stored.state, aad),
