@@ -294,6 +294,9 @@ class _Page:
             elif isinstance(event, Contact.Erased):
                 self._advance(utc_iso(event.timestamp))
                 self._on_erased(event)
+            elif isinstance(event, Contact.Redacted):
+                # Erased since: nothing to apply, but the log's clock moves as it did.
+                self._advance(utc_iso(event.timestamp))
             elif isinstance(event, Contact.Reopened):
                 self._advance(utc_iso(event.timestamp))
                 self._open(event.tenant, event.originator_id.hex, event.email, event)

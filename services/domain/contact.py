@@ -97,7 +97,8 @@ class Contact(Aggregate):
 
     class Redacted(Aggregate.Event):
         """What the store reads back for a personal event whose key was erased: which kind
-        of event it was (its topic), and nothing else. Not written: only read."""
+        of event it was (its topic) and when it was recorded, nothing else. Not written:
+        only read."""
 
         redacted_topic: str
 

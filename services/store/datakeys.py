@@ -5,11 +5,14 @@ own database (``ficha_contact_keys``), created in the same transaction as the co
 first personal event and deleted in the same transaction as its erasure. A sealed event
 state is::
 
-    0x01 | key id (8 bytes) | nonce (12 bytes) | AES-GCM ciphertext and tag
+    0x01 | key id (8 bytes) | recorded at (8 bytes) | nonce (12 bytes) | ciphertext + tag
 
-with the event's originator id, version and topic as associated data, so a sealed state
-cannot be moved to another event or contact. The first byte tells a sealed state from a
-plain one (msgspec JSON starts with ``{``): events that hold no personal data stay plain.
+with the event's originator id, version, topic and the header as associated data, so a
+sealed state cannot be moved to another event or contact. "Recorded at" is when ficha
+recorded the event (microseconds since 1970, UTC): it stays readable after an erasure so
+that read models replay the log's clock exactly as before (it says when, not what). The
+first byte tells a sealed state from a plain one (msgspec JSON starts with ``{``): events
+that hold no personal data stay plain.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from cryptography.exceptions import InvalidTag
@@ -25,8 +29,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 SEALED = 1
 KEY_ID_SIZE = 8
+MOMENT_SIZE = 8
 NONCE_SIZE = 12
-HEADER_SIZE = 1 + KEY_ID_SIZE + NONCE_SIZE
+HEADER_SIZE = 1 + KEY_ID_SIZE + MOMENT_SIZE + NONCE_SIZE
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class WrongKey(Exception):
@@ -58,17 +64,27 @@ def sealed_key_id(state: bytes) -> bytes:
     return bytes(state[1 : 1 + KEY_ID_SIZE])
 
 
-def seal(key: DataKey, plain: bytes, aad: bytes) -> bytes:
+def sealed_moment(state: bytes) -> datetime:
+    """When the sealed event was recorded (readable without its key)."""
+    start = 1 + KEY_ID_SIZE
+    micros = int.from_bytes(state[start : start + MOMENT_SIZE], "big", signed=True)
+    return EPOCH + timedelta(microseconds=micros)
+
+
+def seal(key: DataKey, plain: bytes, aad: bytes, moment: datetime | None = None) -> bytes:
+    micros = 0 if moment is None else (moment - EPOCH) // timedelta(microseconds=1)
+    header = bytes([SEALED]) + key.key_id + micros.to_bytes(MOMENT_SIZE, "big", signed=True)
     nonce = os.urandom(NONCE_SIZE)
-    return bytes([SEALED]) + key.key_id + nonce + AESGCM(key.secret).encrypt(nonce, plain, aad)
+    return header + nonce + AESGCM(key.secret).encrypt(nonce, plain, aad + header)
 
 
 def unseal(key: DataKey, state: bytes, aad: bytes) -> bytes:
     if sealed_key_id(state) != key.key_id:
         raise WrongKey(f"sealed with key {sealed_key_id(state).hex()}, not {key.key_id.hex()}")
-    nonce = state[1 + KEY_ID_SIZE : HEADER_SIZE]
+    header = state[: 1 + KEY_ID_SIZE + MOMENT_SIZE]
+    nonce = state[len(header) : HEADER_SIZE]
     try:
-        return AESGCM(key.secret).decrypt(nonce, state[HEADER_SIZE:], aad)
+        return AESGCM(key.secret).decrypt(nonce, state[HEADER_SIZE:], aad + header)
     except InvalidTag as error:
         raise WrongKey("the sealed state does not open with its key (tampered or corrupt)") \
             from error

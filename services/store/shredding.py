@@ -11,7 +11,8 @@ seals the state of every personal contact event with that contact's data key
   deletes keys in the same transaction); a personal event written any other way is a bug.
 * Reading: a sealed state whose key is gone (the contact was erased, or it belongs to the
   contact's life before an erasure) becomes ``Contact.Redacted``: the topic of what it
-  was, nothing else. A key that is there but does not open the state is an error.
+  was and when it was recorded, nothing else. A key that is there but does not open the
+  state is an error.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from services.store.datakeys import (
     is_sealed,
     seal,
     sealed_key_id,
+    sealed_moment,
     unseal,
 )
 
@@ -50,12 +52,12 @@ def is_personal(event: Any) -> bool:
 
 
 def redacted(stored: StoredEvent) -> Contact.Redacted:
-    """The stand-in for a personal event that can no longer be read."""
+    """The stand-in for a personal event that can no longer be read: when, not what."""
     event = object.__new__(Contact.Redacted)
     object.__setattr__(event, "__dict__", {
         "originator_id": stored.originator_id,
         "originator_version": stored.originator_version,
-        "timestamp": None,
+        "timestamp": sealed_moment(stored.state),
         "redacted_topic": stored.topic,
     })
     return event
@@ -99,7 +101,7 @@ class ShreddingMapper(Mapper[UUID]):
             originator_id=oid,
             originator_version=stored.originator_version,
             topic=stored.topic,
-            state=seal(key, stored.state, aad),
+            state=seal(key, stored.state, aad, domain_event.timestamp),
         )
 
     def to_domain_event(self, stored_event: StoredEvent) -> Any:

@@ -22,7 +22,14 @@ from services.domain.identity import ContactIdentity
 from services.ingest.cache import ContactCache
 from services.ingest.folding import BatchFolder
 from services.store.contact_store import ContactStore
-from services.store.datakeys import DataKey, WrongKey, is_sealed, seal, unseal
+from services.store.datakeys import (
+    DataKey,
+    WrongKey,
+    is_sealed,
+    seal,
+    sealed_moment,
+    unseal,
+)
 from services.store.transcoder import ContactEventTranscoder
 from tests.factories import make_event
 
@@ -61,16 +68,18 @@ def keys_table(store: ContactStore) -> dict[UUID, DataKey]:
 
 
 @given(plain=st.binary(max_size=2000), version=st.integers(1, 2**40),
-       topic=st.text(max_size=60))
+       topic=st.text(max_size=60), moment=st.datetimes(timezones=st.just(UTC)))
 def test_a_sealed_state_opens_with_its_key_and_only_for_its_event(
-    plain: bytes, version: int, topic: str,
+    plain: bytes, version: int, topic: str, moment: datetime,
 ) -> None:
     key = DataKey.new()
     oid = uuid4()
     aad = oid.bytes + version.to_bytes(8, "big") + topic.encode()
-    state = seal(key, plain, aad)
+    state = seal(key, plain, aad, moment)
     assert is_sealed(state)
     assert unseal(key, state, aad) == plain
+    assert sealed_moment(state) == moment  # readable without the key: when, not what
+    assert plain not in state or len(plain) < 4
     other_event = oid.bytes + (version + 1).to_bytes(8, "big") + topic.encode()
     with pytest.raises(WrongKey):
         unseal(key, state, other_event)  # moved to another event: refused
@@ -138,12 +147,16 @@ def test_a_deleted_key_yields_redacted_events_and_an_erased_contact(settings: Se
         make_event("form_submitted", event_id="f2", email="other@example.com", form_id="c"),
     ], 1)
     cid = ContactIdentity(settings.id_key).contact_id("acme", EMAIL)
+    before = [e for e in store.decode(store.notifications_after(0, 10))
+              if e.originator_id == cid]
+    assert [type(e).__name__ for e in before] == ["Registered", "Recorded"]
     folder.fold_and_commit([make_event("contact_erasure_requested", event_id="erase-1",
                                        email=EMAIL, occurred_at="2026-11-02T10:00:00Z")], 2)
     assert cid not in keys_table(store)
     events = ContactStore(settings).select_events(cid)
     assert [type(e).__name__ for e in events] == ["Redacted", "Redacted", "Erased"]
     assert events[0].redacted_topic.endswith("Contact.Registered")
+    assert [e.timestamp for e in events[:2]] == [e.timestamp for e in before]
     erased_stored = stored_states(store, cid)[-1]
     assert not is_sealed(erased_stored.state) and b"example.com" not in erased_stored.state
     contact = ContactStore(settings).load_many([cid])[cid]
