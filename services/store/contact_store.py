@@ -149,7 +149,7 @@ class ContactStore(Application[UUID]):
                     and any(is_personal(e) for e in events)):
                 lookup.append(contact.id)
         live = self._select_keys(lookup)
-        plan: dict[tuple[UUID, int], DataKey] = {}
+        plan: dict[int, DataKey] = {}  # id(event) -> the key that seals it
         new_keys: dict[UUID, DataKey] = {}
         erased: list[UUID] = []
         erasures: list[ErasureRow] = []
@@ -167,7 +167,7 @@ class ContactStore(Application[UUID]):
                 elif is_personal(event):
                     if key is None:
                         key = new_keys[cid] = DataKey.new()
-                    plan[(cid, event.originator_version)] = key
+                    plan[id(event)] = key
         processing.saved_kwargs.update(
             received=received,
             erased_keys=erased,

@@ -21,6 +21,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
@@ -47,6 +48,11 @@ class DataKey:
     @classmethod
     def new(cls) -> DataKey:
         return cls(os.urandom(KEY_ID_SIZE), AESGCM.generate_key(bit_length=256))
+
+    @cached_property
+    def cipher(self) -> AESGCM:
+        """Made once per key: the writer's cache reuses it batch after batch."""
+        return AESGCM(self.secret)
 
     def __repr__(self) -> str:  # never print the secret
         return f"DataKey({self.key_id.hex()})"
@@ -75,7 +81,7 @@ def seal(key: DataKey, plain: bytes, aad: bytes, moment: datetime | None = None)
     micros = 0 if moment is None else (moment - EPOCH) // timedelta(microseconds=1)
     header = bytes([SEALED]) + key.key_id + micros.to_bytes(MOMENT_SIZE, "big", signed=True)
     nonce = os.urandom(NONCE_SIZE)
-    return header + nonce + AESGCM(key.secret).encrypt(nonce, plain, aad + header)
+    return header + nonce + key.cipher.encrypt(nonce, plain, aad + header)
 
 
 def unseal(key: DataKey, state: bytes, aad: bytes) -> bytes:
@@ -84,7 +90,7 @@ def unseal(key: DataKey, state: bytes, aad: bytes) -> bytes:
     header = state[: 1 + KEY_ID_SIZE + MOMENT_SIZE]
     nonce = state[len(header) : HEADER_SIZE]
     try:
-        return AESGCM(key.secret).decrypt(nonce, state[HEADER_SIZE:], aad + header)
+        return key.cipher.decrypt(nonce, state[HEADER_SIZE:], aad + header)
     except InvalidTag as error:
         raise WrongKey("the sealed state does not open with its key (tampered or corrupt)") \
             from error

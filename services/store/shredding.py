@@ -67,12 +67,14 @@ class ShreddingMapper(Mapper[UUID]):
     def __init__(self, transcoder: Transcoder, lookup: KeyLookup) -> None:
         super().__init__(transcoder)
         self.lookup = lookup  # the live keys of contacts, from the database
-        self._planned: dict[tuple[UUID, int], DataKey] = {}
+        # Keyed by id() of the event objects of the commit in progress (alive until it
+        # ends): cheaper than hashing UUIDs, which Python does in Python.
+        self._planned: dict[int, DataKey] = {}
         self._lock = threading.Lock()
 
     @contextmanager
-    def planned(self, keys: Mapping[tuple[UUID, int], DataKey]) -> Iterator[None]:
-        """The key of each (contact, version) about to be written, for one commit.
+    def planned(self, keys: Mapping[int, DataKey]) -> Iterator[None]:
+        """The key of each event (by ``id(event)``) about to be written, for one commit.
 
         Partition workers commit in threads at once; their contacts never overlap, so
         the plans share one dict without clashing."""
@@ -91,7 +93,7 @@ class ShreddingMapper(Mapper[UUID]):
             return stored
         oid = stored.originator_id
         assert isinstance(oid, UUID)
-        key = self._planned.get((oid, stored.originator_version))
+        key = self._planned.get(id(domain_event))
         if key is None:
             raise ProgrammingError(
                 f"{stored.topic} v{stored.originator_version} of {stored.originator_id} has "
