@@ -150,7 +150,8 @@ def ingest(
 
 @app.command()
 def scheduler(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    """Run the clock scheduler and the outbox relay only (one of them per deployment)."""
+    """Run the clock scheduler, the outbox relay and the erasure completer only (one of
+    them per deployment)."""
     from services.runtime import Runtime
 
     configure_logging(verbose)
