@@ -21,8 +21,8 @@ import os
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from uuid import UUID
 
 from cryptography.exceptions import InvalidTag
