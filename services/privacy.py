@@ -26,7 +26,6 @@ from contracts.emails import email_problem
 from contracts.publisher import publish
 from projections.db import ViewDatabase
 from projections.registry import all_projections
-from services.domain.contact import Contact
 from services.domain.identity import ContactIdentity, normalise_email
 from services.store.contact_store import ContactStore
 
@@ -161,14 +160,7 @@ async def subject_access(store: ContactStore, views: ViewDatabase, identity: Con
         segments = await asyncio.to_thread(explain, views, tenant, address)
     except NotFound:
         segments = None
-    with views.reading() as cur:
-        cur.execute("SELECT channel, occurred_at, event_id, granted, source, recorded_at "
-                    "FROM consent_ledger WHERE contact_id = ? ORDER BY channel, occurred_at, "
-                    "event_id", (contact_id.hex,))
-        ledger = [{**r, "granted": bool(r["granted"])} for r in cur.fetchall()]
-        cur.execute("SELECT engagement, engagement_since, rfm, doc FROM audience_facts "
-                    "WHERE contact_id = ?", (contact_id.hex,))
-        facts = cur.fetchone()
+    ledger, facts = await asyncio.to_thread(_audience_rows, views, contact_id)
     letters = [] if js is None else await dead_letters_of(js, identity, tenant, contact_id)
     return {
         "tenant": tenant,
@@ -185,8 +177,22 @@ async def subject_access(store: ContactStore, views: ViewDatabase, identity: Con
             "facts": json.loads(facts["doc"])},
         "events": [_event(e) for e in events],
         "dead_letters": letters,
-        "erasures": erasure_receipts(store, views, contact_id=contact_id),
+        "erasures": await asyncio.to_thread(erasure_receipts, store, views,
+                                            contact_id=contact_id),
     }
+
+
+def _audience_rows(views: ViewDatabase, contact_id: UUID
+                   ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The contact's consent ledger and audience facts row."""
+    with views.reading() as cur:
+        cur.execute("SELECT channel, occurred_at, event_id, granted, source, recorded_at "
+                    "FROM consent_ledger WHERE contact_id = ? ORDER BY channel, occurred_at, "
+                    "event_id", (contact_id.hex,))
+        ledger = [{**r, "granted": bool(r["granted"])} for r in cur.fetchall()]
+        cur.execute("SELECT engagement, engagement_since, rfm, doc FROM audience_facts "
+                    "WHERE contact_id = ?", (contact_id.hex,))
+        return ledger, cur.fetchone()
 
 
 def _event(event: Any) -> dict[str, Any]:
@@ -199,5 +205,5 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-__all__ = ["Contact", "NotHeld", "erasure_receipt", "erasure_receipts", "request_erasure",
+__all__ = ["NotHeld", "erasure_receipt", "erasure_receipts", "request_erasure",
            "subject_access"]
