@@ -47,10 +47,25 @@ class SegmentExited(SegmentTransition, tag_field="type", tag="segment_exited"):
     """The contact no longer matches the segment (or the segment was deleted)."""
 
 
-OutboundEvent = SegmentEntered | SegmentExited
-OUT_TYPES: dict[str, type[SegmentTransition]] = {
+class ContactErased(msgspec.Struct, forbid_unknown_fields=True, tag_field="type",
+                    tag="contact_erased"):
+    """ficha erased this contact's personal data at their request: forget them too.
+
+    Carries the contact id only (the email is gone). The contact leaves every segment
+    with it; no ``segment_exited`` follows."""
+
+    event_id: str  # "<contact_id>:erased:<n>", stable across rebuilds
+    tenant: str
+    occurred_at: str  # when ficha erased the data (its keys), UTC, RFC 3339
+    requested_at: str  # the erasure request's occurred_at, UTC
+    contact_id: str
+
+
+OutboundEvent = SegmentEntered | SegmentExited | ContactErased
+OUT_TYPES: dict[str, type[msgspec.Struct]] = {
     "segment_entered": SegmentEntered,
     "segment_exited": SegmentExited,
+    "contact_erased": ContactErased,
 }
 
 

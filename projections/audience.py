@@ -14,8 +14,16 @@ One projection, because these all follow the same per-contact facts and the same
   list and state, per list, state and engagement status, per RFM group and per RFM
   recency x frequency cell;
 * ``consent_ledger``: every consent fact per channel with its source event;
-* ``ficha_outbox``: ``segment_entered`` / ``segment_exited`` events for ``ficha.out``, in
-  the order they happened, numbered; ``services.outbox`` publishes them.
+* ``ficha_outbox``: ``segment_entered`` / ``segment_exited`` / ``contact_erased`` events for
+  ``ficha.out``, in the order they happened, numbered; ``services.outbox`` publishes them;
+* ``audience_erasures``: this projection's confirmation of each erasure it applied.
+
+Erasure (decision 0006): the contact's facts, segment history and consent ledger rows are
+deleted; its tallies are taken out of ``audience_counts`` (the day's series follows; past
+days keep their counts, which hold nothing personal); its outbox rows become tombstones
+(no payload: the relay publishes none of them, and their numbers stay taken); a
+``contact_erased`` event is added to the outbox. Segment memberships end without a
+``segment_exited``: ``contact_erased`` tells automation the contact is gone everywhere.
 
 Time comes from the log only: an event's recorded timestamp, or a clock tick
 (``services.domain.clock``). The projection's "now" is the latest of these, so a rebuild
@@ -30,7 +38,14 @@ from typing import Any
 
 import msgspec
 
-from contracts.outbound import OutContact, SegmentEntered, SegmentExited, TransitionCause
+from contracts.outbound import (
+    ContactErased,
+    OutContact,
+    SegmentEntered,
+    SegmentExited,
+    TransitionCause,
+)
+from projections.contacts import ERASURES_DDL, erase_rows
 from projections.db import Cursor, ViewDatabase, any_of, bulk_insert, bulk_update
 from projections.segment_sql import prefilter
 from services.domain.audience import (
@@ -65,7 +80,14 @@ TABLES = (
     "consent_ledger",
     "ficha_outbox",
     "audience_state",
+    "audience_erasures",
 )
+ERASURES_TABLE = "audience_erasures"
+PERSONAL_TABLES = ("audience_facts", "segment_history", "consent_ledger")
+# An outbox row of an erased contact: its number and id stay, its payload goes.
+TOMBSTONE = ""
+OUTBOX_COLUMNS = (("seq", "bigint"), ("subject", "text"), ("event_id", "text"),
+                  ("payload", "text"), ("contact_id", "text"))
 
 
 FILTER_COLUMNS = (
@@ -162,8 +184,11 @@ def ddl() -> list[str]:
         "event_id TEXT NOT NULL, granted INTEGER NOT NULL, source TEXT NOT NULL, "
         "recorded_at TEXT NOT NULL, PRIMARY KEY (contact_id, channel, occurred_at, event_id))",
         "CREATE TABLE IF NOT EXISTS ficha_outbox (seq BIGINT PRIMARY KEY, "
-        "subject TEXT NOT NULL, event_id TEXT NOT NULL, payload TEXT NOT NULL)",
+        "subject TEXT NOT NULL, event_id TEXT NOT NULL, payload TEXT NOT NULL, contact_id TEXT)",
+        "CREATE INDEX IF NOT EXISTS ficha_outbox_contact ON ficha_outbox (contact_id)",
+        "CREATE INDEX IF NOT EXISTS ficha_outbox_event ON ficha_outbox (event_id)",
         "CREATE TABLE IF NOT EXISTS audience_state (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        ERASURES_DDL.format(table=ERASURES_TABLE),
     ]
 
 
@@ -221,14 +246,17 @@ class _Row:
 class _Writes:
     history: dict[tuple[str, str, str, int], list[Any]] = field(default_factory=dict)
     exits: list[list[Any]] = field(default_factory=list)
-    outbox: list[tuple[int, str, str, str]] = field(default_factory=list)
+    outbox: list[tuple[int, str, str, str, str]] = field(default_factory=list)
     ledger: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 class AudienceProjection:
     name = NAME
-    version = 4
+    # 4: list states and the list x engagement tally (SQL views) or erasure confirmations;
+    # 5: both
+    version = 5
     tables: tuple[str, ...] = TABLES
+    erasures_table = ERASURES_TABLE
 
     def statements(self, is_postgres: bool) -> list[str]:
         """The DDL of this projection's tables and indexes."""
@@ -274,6 +302,15 @@ class _Page:
             elif isinstance(event, Contact.Registered):
                 self._advance(utc_iso(event.timestamp))
                 self._on_registered(event)
+            elif isinstance(event, Contact.Erased):
+                self._advance(utc_iso(event.timestamp))
+                self._on_erased(event)
+            elif isinstance(event, Contact.Redacted):
+                # Erased since: nothing to apply, but the log's clock moves as it did.
+                self._advance(utc_iso(event.timestamp))
+            elif isinstance(event, Contact.Reopened):
+                self._advance(utc_iso(event.timestamp))
+                self._open(event.tenant, event.originator_id.hex, event.email, event)
             elif isinstance(event, ClockDay.Ticked):
                 self._on_tick(event.at)
             elif isinstance(event, ClockDay.RescoreRequested):
@@ -305,11 +342,40 @@ class _Page:
         cid = event.originator_id.hex
         if cid in self.rows:
             return
-        facts = ContactFacts(tenant=event.tenant, contact_id=cid, email=event.email)
+        self._open(event.tenant, cid, event.email, event)
+
+    def _open(self, tenant: str, cid: str, email: str, event: Any) -> None:
+        facts = ContactFacts(tenant=tenant, contact_id=cid, email=email)
         facts.apply(event)
         self.rows[cid] = _Row(facts, {}, {}, None, None, False, None, dirty=True,
                               facts_changed=True,
-                              soft_limit=self._rules(event.tenant).soft_bounce_limit)
+                              soft_limit=self._rules(tenant).soft_bounce_limit)
+
+    def _on_erased(self, event: Contact.Erased) -> None:
+        """Take the contact out of every row, tally and pending outbound event."""
+        cid, tenant = event.originator_id.hex, event.tenant
+        self._flush(keep_rows=True)  # what this page decided so far, the contact's too
+        if cid not in self.rows:
+            self._load([cid])
+        row = self.rows.pop(cid, None)
+        if row is not None:
+            self._apply_deltas({(tenant, *tally): -1 for tally in row.counted})
+            if row.facts.last_purchase_at is not None:
+                self.rescore_wanted = True  # the quintiles counted this buyer
+        erase_rows(self.cur, PERSONAL_TABLES, ERASURES_TABLE,
+                   [(tenant, cid, event.originator_version, event.event_id)], self.is_postgres)
+        self.cur.execute(
+            "UPDATE ficha_outbox SET payload = ? WHERE contact_id = ? AND subject <> ?",
+            (TOMBSTONE, cid, f"ficha.out.{tenant}.contact_erased"),
+        )
+        out = ContactErased(
+            event_id=f"{cid}:erased:{event.originator_version}", tenant=tenant,
+            occurred_at=utc_iso(event.timestamp), requested_at=event.requested_at,
+            contact_id=cid,
+        )
+        self.seq += 1
+        self.writes.outbox.append((self.seq, f"ficha.out.{tenant}.contact_erased",
+                                   out.event_id, msgspec.json.encode(out).decode(), cid))
 
     def _row(self, cid: str) -> _Row:
         row = self.rows.get(cid)
@@ -415,7 +481,7 @@ class _Page:
             entry_no=entry_no,
         )
         self.writes.outbox.append((self.seq, f"ficha.out.{tenant}.{kind}", event_id,
-                                   msgspec.json.encode(event).decode()))
+                                   msgspec.json.encode(event).decode(), cid))
 
     # ------------------------------------------------------------------ time
 
@@ -690,9 +756,7 @@ class _Page:
                 w.exits,
             )
         if w.outbox:
-            bulk_insert(cur, "ficha_outbox", (("seq", "bigint"), ("subject", "text"),
-                                              ("event_id", "text"), ("payload", "text")),
-                        w.outbox, self.is_postgres)
+            bulk_insert(cur, "ficha_outbox", OUTBOX_COLUMNS, w.outbox, self.is_postgres)
         if w.ledger:
             cur.executemany(
                 "INSERT INTO consent_ledger (tenant, contact_id, channel, occurred_at, event_id, "
@@ -722,6 +786,10 @@ class _Page:
                 deltas[(tenant, *tally)] = deltas.get((tenant, *tally), 0) - 1
             for tally in now - row.counted:
                 deltas[(tenant, *tally)] = deltas.get((tenant, *tally), 0) + 1
+        self._apply_deltas(deltas)
+
+    def _apply_deltas(self, deltas: dict[tuple[str, str, str, str], int]) -> None:
+        """Add to the tallies, drop the keys back at zero, and refresh the day's series."""
         deltas = {k: v for k, v in deltas.items() if v}
         if not deltas:
             return

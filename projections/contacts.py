@@ -6,7 +6,9 @@ Tables (same names and columns on both backends):
   properties and tags (JSON), first_seen_at, last_activity_at, and interaction counts;
 * ``contact_tags``: one row per (contact, tag), for fast tag filters and counts;
 * ``contact_lists``: one row per (contact, list) with its effective state;
-* ``timeline``: every inbound event of a contact, ordered by occurred_at then event_id.
+* ``timeline``: every inbound event of a contact, ordered by occurred_at then event_id;
+* ``contacts_erasures``: this projection's confirmation of each erasure it applied (the
+  contact's rows in the four tables above deleted), without personal data.
 
 The fold applies the aggregate's recorded *effective* changes in stream order, so it
 needs no stamps; it is a pure function of the events, and a rebuild gives the same rows.
@@ -15,6 +17,7 @@ needs no stamps; it is a pure function of the events, and a rebuild gives the sa
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -119,10 +122,19 @@ def ddl(is_postgres: bool) -> list[str]:
         "type TEXT NOT NULL, kind TEXT NOT NULL, source TEXT NOT NULL, summary TEXT NOT NULL, "
         f"data {json_type} NOT NULL, "
         "PRIMARY KEY (tenant, contact_id, occurred_at, event_id))",
+        ERASURES_DDL.format(table=ERASURES_TABLE),
     ]
 
 
-TABLES = ("timeline", "contact_lists", "contact_tags", "contacts")
+ERASURES_TABLE = "contacts_erasures"
+# The same shape for every projection that holds personal data: its confirmations.
+ERASURES_DDL = (
+    "CREATE TABLE IF NOT EXISTS {table} (tenant TEXT NOT NULL, contact_id TEXT NOT NULL, "
+    "version INTEGER NOT NULL, event_id TEXT NOT NULL, confirmed_at TEXT NOT NULL, "
+    "PRIMARY KEY (contact_id, version))"
+)
+PERSONAL_TABLES = ("timeline", "contact_lists", "contact_tags", "contacts")
+TABLES = (*PERSONAL_TABLES, ERASURES_TABLE)
 
 
 def _pg_type(column: str) -> str:
@@ -148,9 +160,11 @@ class ContactsProjection:
     name = NAME
     # Bumped whenever the tables' layout changes: a read model of another version is
     # dropped and rebuilt from the event store at start-up.
-    # 3: indexes for sorting and name search; 4: purchases' totals as money objects
-    version = 4
+    # 3: indexes for sorting and name search; 4: purchases' totals as money objects;
+    # 5: erasure confirmations (decision 0006)
+    version = 5
     tables: tuple[str, ...] = TABLES
+    erasures_table = ERASURES_TABLE
 
     def statements(self, is_postgres: bool) -> list[str]:
         """The DDL of this projection's tables and indexes."""
@@ -167,14 +181,24 @@ class ContactsProjection:
         tag_changes: dict[tuple[str, str, str], str | None] = {}
         list_changes: dict[tuple[str, str, str], tuple[str, str]] = {}
         timeline: list[tuple[Any, ...]] = []
+        erased: list[tuple[str, str, int, str]] = []
         for event in events:
             cid = event.originator_id.hex
-            if isinstance(event, Contact.Registered):
+            if isinstance(event, Contact.Registered | Contact.Reopened):
                 rows[cid] = _new_row(event.tenant, cid, event.email)
                 rows[cid]["version"] = event.originator_version
                 continue
-            if not isinstance(event, Contact.Recorded):
+            if isinstance(event, Contact.Erased):
+                # Forget what this page holds of the contact; its stored rows go below.
+                rows.pop(cid, None)
+                timeline = [t for t in timeline if t[1] != cid]
+                for changes in (tag_changes, list_changes):
+                    for key in [k for k in changes if k[1] == cid]:
+                        del changes[key]
+                erased.append((event.tenant, cid, event.originator_version, event.event_id))
                 continue
+            if not isinstance(event, Contact.Recorded):
+                continue  # Redacted (erased before this was read) and other streams' events
             row = rows[cid]
             _apply_recorded(row, event, tag_changes, list_changes)
             entry = event.entry
@@ -191,6 +215,8 @@ class ContactsProjection:
                     _json_text(entry.get("data", {})),
                 )
             )
+        if erased:
+            erase_rows(cur, PERSONAL_TABLES, ERASURES_TABLE, erased, is_postgres)
         self._write_rows(cur, rows, is_postgres)
         removed = [(t, key, c) for (t, c, key), label in sorted(tag_changes.items())
                    if label is None]
@@ -249,6 +275,25 @@ class ContactsProjection:
             params.append(values)
         bulk_insert(cur, "contacts", CONTACT_TYPES, params, is_postgres,
                     conflict=f"ON CONFLICT (contact_id) DO UPDATE SET {updates}")
+
+
+def erase_rows(cur: Cursor, tables: Sequence[str], confirmations: str,
+               erased: Sequence[tuple[str, str, int, str]], is_postgres: bool) -> None:
+    """Delete erased contacts' rows from ``tables`` and confirm each erasure.
+
+    ``erased`` holds (tenant, contact_id, version of the Erased event, request event id);
+    the confirmation keeps those and when this projection applied it, nothing personal.
+    """
+    ids = sorted({cid for _, cid, _, _ in erased})
+    for table in tables:
+        for condition, params in any_of("contact_id", ids, is_postgres):
+            cur.execute(f"DELETE FROM {table} WHERE {condition}", params)
+    now = utc_iso(datetime.now(UTC))
+    cur.executemany(
+        f"INSERT INTO {confirmations} (tenant, contact_id, version, event_id, confirmed_at) "
+        "VALUES (?,?,?,?,?) ON CONFLICT (contact_id, version) DO NOTHING",
+        [(t, cid, v, eid, now) for t, cid, v, eid in erased],
+    )
 
 
 def _new_row(tenant: str, contact_id: str, email: str) -> dict[str, Any]:

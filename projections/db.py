@@ -190,6 +190,9 @@ class ViewDatabase:
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            # Deleted and rewritten rows are overwritten in the file, not left in free
+            # space: an erased person's rows must not be readable from the bytes.
+            conn.execute("PRAGMA secure_delete=ON")
         self._local.conn = conn
         self._local.used_at = time.monotonic()
         with self._lock:
@@ -294,6 +297,14 @@ class ViewDatabase:
             yield conn
         finally:
             conn.close()
+    def checkpoint(self) -> bool:
+        """SQLite: copy the write-ahead log into the file and empty it, so that rows an
+        erasure overwrote leave no older copy in the log; False if readers held it back.
+        PostgreSQL: nothing to do here (decision 0006)."""
+        if self.is_postgres:
+            return True
+        row = self._connect().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return row is None or row[0] == 0
 
     def close(self) -> None:
         with self._lock:

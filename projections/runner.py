@@ -124,8 +124,7 @@ class ProjectionRunner:
             metrics.PROJECTION_LAG.labels(self.name).set(0)
             return 0
         started = time.perf_counter()
-        mapper = self.store.mapper
-        events = [mapper.to_domain_event(n) for n in notifications]
+        events = self.store.decode(notifications)
         top = notifications[-1].id
         with self.db.transaction() as cur:
             self.db.lock_projection(cur, self.name)

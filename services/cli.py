@@ -37,6 +37,7 @@ from services.cli_common import (
 )
 from services.cli_dlq import dlq_app
 from services.cli_export import export_app
+from services.cli_privacy import contacts_access, erase, erasures_app
 from services.cli_sql import sql_app
 
 app = typer.Typer(
@@ -63,6 +64,9 @@ app.add_typer(keys_app, name="keys")
 app.command()(api)
 
 app.add_typer(sql_app, name="sql")
+app.add_typer(erasures_app, name="erasures")
+app.command("erase")(erase)
+contacts_app.command("access")(contacts_access)
 
 # ------------------------------------------------------------------------- up
 
@@ -156,7 +160,8 @@ def ingest(
 
 @app.command()
 def scheduler(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    """Run the clock scheduler and the outbox relay only (one of them per deployment)."""
+    """Run the clock scheduler, the outbox relay and the erasure completer only (one of
+    them per deployment)."""
     from services.runtime import Runtime
 
     configure_logging(verbose)

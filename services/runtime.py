@@ -27,6 +27,7 @@ from projections.runner import ProjectionRunner
 from services import metrics
 from services.config import Settings
 from services.domain.identity import ContactIdentity
+from services.erasures import ErasureCompleter
 from services.health import HealthServer, start_health
 from services.ingest.cache import ContactCache
 from services.ingest.folding import BatchFolder
@@ -112,6 +113,7 @@ class Runtime:
     projector_processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     scheduler: Scheduler | None = None
     outbox: OutboxRelay | None = None
+    erasures: ErasureCompleter | None = None
     health: HealthServer | None = None
     api: Any = None  # the HTTP API's context, when this process serves it
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -172,6 +174,10 @@ class Runtime:
             self._tasks.append(
                 asyncio.create_task(self.scheduler.run(self._stop), name="scheduler"))
             self._tasks.append(asyncio.create_task(self.outbox.run(self._stop), name="outbox"))
+            self.erasures = ErasureCompleter(self.js, self.store, self.views,
+                                             ContactIdentity(settings.id_key))
+            self._tasks.append(
+                asyncio.create_task(self.erasures.run(self._stop), name="erasures"))
         if "ingest" in self.roles:
             self._tasks.append(asyncio.create_task(self._watch_lag(), name="lag"))
         if "api" in self.roles and settings.api_port:

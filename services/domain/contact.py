@@ -7,6 +7,14 @@ winning value is kept with its stamp, so a late, older fact never overwrites a n
 and replaying the stored events in version order rebuilds the same state. Read models
 then apply the recorded changes in order without needing stamps of their own.
 
+Erasure (GDPR): ``contact_erasure_requested`` turns into ``Erased``, which carries no
+personal data and empties the contact. The store keeps each contact's personal events
+encrypted with a key of its own and deletes that key in the same transaction as
+``Erased`` (docs/decisions/0006): read back, those events are ``Redacted``, and the
+contact loads as erased. Facts stamped at or before the erasure that arrive later are
+refused (they are part of what the person asked to forget); a later fact about the same
+email starts the contact afresh (``Reopened``), under a new key.
+
 No I/O here: the aggregate is pure and fast, and the ingest worker owns persistence.
 """
 
@@ -82,10 +90,55 @@ class Contact(Aggregate):
         def apply(self, aggregate: Any) -> None:
             aggregate.apply_recorded(self)
 
+    class Erased(Aggregate.Event):
+        """The person's data was erased at their request. Holds no personal data: the
+        request's event id and time, so that older facts arriving later are refused."""
 
-    def __init__(self, tenant: str, email: str) -> None:
+        tenant: str
+        event_id: str
+        requested_at: str
+        source: str
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.apply_erased(self)
+
+    class Reopened(Aggregate.Event):
+        """A fact newer than the erasure arrived for the same email: a fresh start."""
+
+        tenant: str
+        email: str
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.apply_reopened(self)
+
+    class Redacted(Aggregate.Event):
+        """What the store reads back for a personal event whose key was erased: which kind
+        of event it was (its topic) and when it was recorded, nothing else. Not written:
+        only read."""
+
+        redacted_topic: str
+
+        def mutate(self, aggregate: Any) -> Any:
+            if aggregate is None:  # the stream's first event: a shell of an erased contact
+                aggregate = Contact.__new__(Contact)
+                aggregate.__base_init__(self.originator_id, self.originator_version,
+                                        self.timestamp)
+                aggregate.__init__("", None)
+                return aggregate
+            return super().mutate(aggregate)
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.redacted_events += 1
+
+    def __init__(self, tenant: str, email: str | None) -> None:
         self.tenant = tenant
         self.email = email
+        # The stamp of the latest erasure: facts at or before it are refused.
+        self.erased: Stamp | None = None
+        self.redacted_events = 0
+        self._blank()
+
+    def _blank(self) -> None:
         self.fields: dict[str, tuple[Any, Stamp]] = {}
         self.properties: dict[str, tuple[Any, Stamp]] = {}
         self.tags: dict[str, tuple[str, bool, Stamp]] = {}
@@ -97,16 +150,28 @@ class Contact(Aggregate):
         self.last_activity_at: str | None = None
         self.event_count = 0
 
+    @property
+    def is_erased(self) -> bool:
+        """Erased and not started afresh since: the contact holds no personal data."""
+        return self.email is None
+
     @classmethod
     def register(cls, contact_id: UUID, tenant: str, email: str) -> Contact:
         return cls._create(cls.Registered, id=contact_id, tenant=tenant, email=email)
 
     # ----------------------------------------------------------------- commands
 
-    def record(self, event: InboundEvent) -> None:
-        """Fold one inbound event into this contact."""
+    def record(self, event: InboundEvent) -> bool:
+        """Fold one inbound event into this contact; False if it was refused because the
+        contact was erased after it happened (or the erasure changes nothing)."""
         occurred_at = utc_iso(event.occurred_at)
         stamp: Stamp = (occurred_at, event.event_id)
+        if self.erased is not None and stamp <= self.erased:
+            return False
+        if event.type == "contact_erasure_requested":
+            return self.erase(event, stamp)
+        if self.is_erased:
+            self.trigger_event(self.Reopened, tenant=event.tenant, email=event.contact.email)
         self.trigger_event(
             self.Recorded,
             event_id=event.event_id,
@@ -116,6 +181,20 @@ class Contact(Aggregate):
             changes=decide_changes(self, event, stamp),
             entry=timeline_entry(event),
         )
+        return True
+
+    def erase(self, event: InboundEvent, stamp: Stamp) -> bool:
+        """Erase everything this contact holds, whatever its stamps; remember the request's
+        stamp. A second request for a contact already erased (holding nothing since) only
+        moves that stamp forward."""
+        self.trigger_event(
+            self.Erased,
+            tenant=event.tenant,
+            event_id=event.event_id,
+            requested_at=stamp[0],
+            source=event.source,
+        )
+        return True
 
     # ------------------------------------------------------------------ queries
 
@@ -153,6 +232,17 @@ class Contact(Aggregate):
         return state
 
     # ------------------------------------------------------------------ mutation
+
+    def apply_erased(self, event: Contact.Erased) -> None:
+        self.tenant = event.tenant
+        self.email = None
+        self.erased = (event.requested_at, event.event_id)
+        self._blank()
+
+    def apply_reopened(self, event: Contact.Reopened) -> None:
+        self.tenant = event.tenant
+        self.email = event.email
+        self._blank()
 
     def apply_recorded(self, event: Contact.Recorded) -> None:
         stamp: Stamp = (event.occurred_at, event.event_id)

@@ -17,6 +17,7 @@ from services.domain.contact import Contact
 from services.domain.identity import ContactIdentity
 from services.ingest.cache import ContactCache
 from services.store.contact_store import ContactStore
+from services.store.datakeys import KeyCache
 
 
 class FoldError(Exception):
@@ -32,6 +33,8 @@ class FoldError(Exception):
 class BatchOutcome:
     applied: int = 0
     duplicates: int = 0
+    # Facts about an erased contact stamped at or before its erasure: received, not kept.
+    refused_erased: int = 0
     contacts_created: int = 0
     contacts_touched: list[UUID] = field(default_factory=list)
 
@@ -45,10 +48,13 @@ class BatchFolder:
         identity: ContactIdentity,
         cache: ContactCache,
         tracking_name: str,
+        keys: KeyCache | None = None,
     ) -> None:
         self.store = store
         self.identity = identity
         self.cache = cache
+        # The data keys of hot contacts: this folder's partition owns them (decision 0006).
+        self.keys = keys if keys is not None else KeyCache(cache.maxsize)
         self.tracking_name = tracking_name
         # Fault injection for tests: called with each event before it is folded;
         # raising there is what a bug in the fold looks like to the worker.
@@ -81,10 +87,13 @@ class BatchFolder:
                 try:
                     if self.fault is not None:
                         self.fault(event)
-                    contact.record(event)
+                    kept = contact.record(event)
                 except Exception as cause:  # a bug or an unforeseen input: set it aside
                     raise FoldError(events.index(event), cause) from cause
-                touched[contact_id] = contact
+                if kept:
+                    touched[contact_id] = contact
+                else:
+                    outcome.refused_erased += 1
             received = [
                 (e.tenant, e.event_id, cid.hex) for e, cid in zip(fresh, ids, strict=True)
             ]
@@ -92,9 +101,11 @@ class BatchFolder:
                 touched.values(),
                 tracking=None if position is None else Tracking(self.tracking_name, position),
                 received=received,
+                key_cache=self.keys,
             )
         except BaseException:
             self.cache.evict(touched)
+            self.keys.evict(touched)
             raise
         for contact in touched.values():
             self.cache.put(contact)
@@ -120,7 +131,12 @@ class BatchFolder:
         outcome.duplicates += len(seen)
         return [event for key, event in unique.items() if key not in seen]
 
+    def forget(self) -> None:
+        """Drop every contact and key held in memory (another writer may have written)."""
+        self.cache.clear()
+        self.keys.clear()
+
     def _load(self, contact_ids: list[UUID]) -> dict[UUID, Contact]:
         """Contacts not in the cache, read from the store in one query."""
         missing = list({cid for cid in contact_ids if cid not in self.cache})
-        return self.store.load_many(missing) if missing else {}
+        return self.store.load_many(missing, self.keys) if missing else {}

@@ -232,7 +232,7 @@ class PartitionWorker:
                 # Another writer got there first (a second owner, or this position was
                 # committed before a restart): reload and fold again; the received ids
                 # then drop what was applied, and the position is only moved forward.
-                folder.cache.clear()
+                folder.forget()
                 committed = await asyncio.to_thread(
                     folder.store.tracked_position, folder.tracking_name
                 )

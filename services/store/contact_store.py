@@ -3,6 +3,12 @@
 Only the ingest worker writes. A batch of inbound events becomes one transaction holding
 the contacts' new domain events, the partition's tracking position and the received
 event ids (see ``recorders``). The same class reads the notification log for projections.
+
+Personal contact events are sealed with their contact's own data key
+(``services.store.shredding``): ``commit`` plans which key seals each event, creating a
+contact's key with its first personal event and deleting it with its erasure, in the same
+transaction. Readers (``load_many``, ``decode``) look up the live keys of a whole batch
+or page in one query; only the ingest worker keeps keys between batches (``KeyCache``).
 """
 
 from __future__ import annotations
@@ -13,12 +19,20 @@ from uuid import UUID
 
 import psycopg
 from eventsourcing.application import Application, ProcessingEvent
-from eventsourcing.persistence import Notification, Tracking, Transcoder
+from eventsourcing.persistence import Mapper, Notification, StoredEvent, Tracking, Transcoder
 from psycopg import sql
 
 from services.config import Settings
 from services.domain.contact import Contact
-from services.store.recorders import PostgresContactRecorder, Received, SQLiteContactRecorder
+from services.domain.stamps import utc_iso
+from services.store.datakeys import DataKey, KeyCache, is_sealed
+from services.store.recorders import (
+    ErasureRow,
+    PostgresContactRecorder,
+    Received,
+    SQLiteContactRecorder,
+)
+from services.store.shredding import ShreddingMapper, is_personal
 from services.store.signals import ListeningNewEvents, NewEvents, PollingNewEvents
 from services.store.transcoder import ContactEventTranscoder
 
@@ -86,6 +100,18 @@ class ContactStore(Application[UUID]):
     def construct_transcoder(self) -> Transcoder:
         return ContactEventTranscoder()
 
+    def construct_mapper(self) -> Mapper[UUID]:
+        return ShreddingMapper(self.construct_transcoder(), self._select_keys)
+
+    def _select_keys(self, contact_ids: Sequence[UUID]) -> dict[UUID, DataKey]:
+        return self.contact_recorder.select_keys(contact_ids) if contact_ids else {}
+
+    @property
+    def shredder(self) -> ShreddingMapper:
+        mapper = self.mapper
+        assert isinstance(mapper, ShreddingMapper)
+        return mapper
+
     @property
     def contact_recorder(self) -> SQLiteContactRecorder | PostgresContactRecorder:
         recorder = self.recorder
@@ -100,31 +126,119 @@ class ContactStore(Application[UUID]):
         *,
         tracking: Tracking | None,
         received: Sequence[Received],
+        key_cache: KeyCache | None = None,
     ) -> None:
-        """Store the contacts' pending events, the tracking and the received ids at once."""
+        """Store the contacts' pending events, the tracking and the received ids at once,
+        with the data keys created and deleted by these events.
+
+        ``key_cache`` is the partition owner's: its keys are used without a lookup, and
+        it is updated once the transaction has committed."""
         processing = ProcessingEvent[UUID](tracking=tracking)
+        batch: list[tuple[Contact, list[Any]]] = []
+        lookup: list[UUID] = []
         # Filled directly: collect_events() runs runtime Protocol checks per object,
         # which cost more than the rest of the batch's bookkeeping together.
         for contact in contacts:
-            processing.events.extend(contact.collect_events())
+            events: list[Any] = list(contact.collect_events())
+            processing.events.extend(events)
             processing.aggregates[contact.id] = contact
-        processing.saved_kwargs["received"] = received
-        self._record(processing)
+            batch.append((contact, events))
+            # A contact created in this batch has no key yet; others may have one.
+            if (events and events[0].originator_version > 1
+                    and (key_cache is None or key_cache.get(contact.id) is None)
+                    and any(is_personal(e) for e in events)):
+                lookup.append(contact.id)
+        live = self._select_keys(lookup)
+        plan: dict[int, DataKey] = {}  # id(event) -> the key that seals it
+        new_keys: dict[UUID, DataKey] = {}
+        erased: list[UUID] = []
+        erasures: list[ErasureRow] = []
+        for contact, events in batch:
+            cid = contact.id
+            key = live.get(cid) or (None if key_cache is None else key_cache.get(cid))
+            for event in events:
+                if isinstance(event, Contact.Erased):
+                    erased.append(cid)
+                    new_keys.pop(cid, None)  # created in this batch: never stored
+                    key = None
+                    erasures.append((event.tenant, cid, event.originator_version,
+                                     event.event_id, event.requested_at,
+                                     utc_iso(event.timestamp)))
+                elif is_personal(event):
+                    if key is None:
+                        key = new_keys[cid] = DataKey.new()
+                    plan[id(event)] = key
+        processing.saved_kwargs.update(
+            received=received,
+            erased_keys=erased,
+            new_keys=[(cid, key.key_id, key.secret) for cid, key in new_keys.items()],
+            erasures=erasures,
+        )
+        with self.shredder.planned(plan):
+            self._record(processing)
+        if key_cache is not None:
+            key_cache.evict(erased)
+            for cid, key in live.items():
+                if cid not in new_keys and cid not in erased:
+                    key_cache.put(cid, key)
+            for cid, key in new_keys.items():
+                key_cache.put(cid, key)
 
     # ------------------------------------------------------------------ reading
 
-    def load_many(self, contact_ids: Sequence[UUID]) -> dict[UUID, Contact]:
-        """Rebuild many contacts with one query."""
+    def load_many(self, contact_ids: Sequence[UUID],
+                  key_cache: KeyCache | None = None) -> dict[UUID, Contact]:
+        """Rebuild many contacts with one query for their events and one for their keys.
+
+        A contact whose key was erased loads as erased: its sealed events are Redacted."""
         stored = self.contact_recorder.select_events_many(contact_ids)
+        keys = self._keys_for(stored, key_cache)
+        mapper = self.shredder
         contacts: dict[UUID, Contact] = {}
         for contact_id, events in stored.items():
             aggregate: Any = None
             for stored_event in events:
-                event: Any = self.mapper.to_domain_event(stored_event)
+                event: Any = mapper.decode(stored_event, keys)
                 aggregate = event.mutate(aggregate)
             if aggregate is not None:
                 contacts[contact_id] = aggregate
         return contacts
+
+    def _keys_for(self, stored: dict[UUID, list[StoredEvent]],
+                  key_cache: KeyCache | None) -> dict[UUID, DataKey]:
+        keys: dict[UUID, DataKey] = {}
+        missing = []
+        for contact_id, events in stored.items():
+            cached = None if key_cache is None else key_cache.get(contact_id)
+            if cached is not None:
+                keys[contact_id] = cached
+            elif any(is_sealed(e.state) for e in events):
+                missing.append(contact_id)
+        found = self._select_keys(missing)
+        keys.update(found)
+        if key_cache is not None:
+            for contact_id, key in found.items():
+                key_cache.put(contact_id, key)
+        return keys
+
+    def decode(self, notifications: Sequence[StoredEvent]) -> list[Any]:
+        """Domain events of a page of the log, with one lookup of the keys it needs."""
+        sealed = {n.originator_id for n in notifications if is_sealed(n.state)}
+        keys = self._select_keys(list(sealed))  # type: ignore[arg-type]
+        mapper = self.shredder
+        return [mapper.decode(n, keys) for n in notifications]
+
+    def select_events(self, contact_id: UUID) -> list[Any]:
+        """One contact's stream as domain events (erased ones Redacted)."""
+        stored = self.contact_recorder.select_events_many([contact_id])
+        keys = self._keys_for(stored, None)
+        return [self.shredder.decode(e, keys) for e in stored.get(contact_id, [])]
+
+    def erasures(self, *, pending: bool = False, tenant: str | None = None,
+                 contact_id: UUID | None = None) -> list[dict[str, Any]]:
+        """Erasure receipts as the store keeps them (see recorders.ERASURE_COLUMNS)."""
+        return self.contact_recorder.select_erasures(
+            pending=pending, tenant=tenant, contact_id=contact_id)
 
     def already_received(self, tenant: str, event_ids: Sequence[str]) -> set[str]:
         if not event_ids:

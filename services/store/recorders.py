@@ -5,8 +5,18 @@ position in one transaction. ficha adds two things, in that same transaction:
 
 * ``ficha_received``: every accepted inbound ``(tenant, event_id)``, kept for ever, so
   that a producer's retry long after JetStream's de-dup window is still applied once;
-* batch reads: the events of many contacts in one query (``select_events_many``) and
-  which of a batch's event ids were already received (``select_received``).
+* ``ficha_contact_keys``: each contact's live data key (crypto-shredding, decision
+  0006): created with the contact's first personal event, deleted with its erasure;
+* ``ficha_erasures``: one receipt per erasure (tenant, contact id, the request's event id
+  and time, when the key was deleted; later: when the streams were purged and what), no
+  personal data;
+* batch reads: the events of many contacts in one query (``select_events_many``),
+  which of a batch's event ids were already received (``select_received``), and the live
+  keys of many contacts (``select_keys``).
+
+Keys are deleted before new ones are inserted, so a contact erased and started afresh in
+one batch ends with only its new key. SQLite connections that delete keys turn on
+``secure_delete``, so that a deleted key's bytes are overwritten in the file.
 """
 
 from __future__ import annotations
@@ -23,7 +33,15 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
+from services.store.datakeys import DataKey
+
 Received = tuple[str, str, str]  # (tenant, event_id, contact_id hex)
+NewKey = tuple[UUID, bytes, bytes]  # (contact_id, key id, secret)
+# (tenant, contact_id, version of the Erased event, request event_id, requested_at, erased_at)
+ErasureRow = tuple[str, UUID, int, str, str, str]
+
+ERASURE_COLUMNS = ("tenant", "contact_id", "version", "event_id", "requested_at",
+                   "erased_at", "completed_at", "purged")
 
 _CHUNK = 500
 
@@ -41,6 +59,16 @@ class SQLiteContactRecorder(SQLiteProcessRecorder):
             "tenant TEXT NOT NULL, event_id TEXT NOT NULL, contact_id TEXT NOT NULL, "
             "PRIMARY KEY (tenant, event_id)) WITHOUT ROWID"
         )
+        statements.append(
+            "CREATE TABLE IF NOT EXISTS ficha_contact_keys ("
+            "contact_id TEXT PRIMARY KEY, key_id BLOB NOT NULL, secret BLOB NOT NULL)"
+        )
+        statements.append(
+            "CREATE TABLE IF NOT EXISTS ficha_erasures ("
+            "tenant TEXT NOT NULL, contact_id TEXT NOT NULL, version INTEGER NOT NULL, "
+            "event_id TEXT NOT NULL, requested_at TEXT NOT NULL, erased_at TEXT NOT NULL, "
+            "completed_at TEXT, purged TEXT, PRIMARY KEY (contact_id, version))"
+        )
         return statements
 
     def _insert_events(
@@ -50,7 +78,69 @@ class SQLiteContactRecorder(SQLiteProcessRecorder):
         received: Sequence[Received] = kwargs.get("received") or ()
         if received:
             c.executemany("INSERT INTO ficha_received VALUES (?,?,?)", list(received))
+        erased: Sequence[UUID] = kwargs.get("erased_keys") or ()
+        if erased:
+            c.execute("PRAGMA secure_delete = ON")
+            c.executemany("DELETE FROM ficha_contact_keys WHERE contact_id = ?",
+                          [(cid.hex,) for cid in erased])
+        new_keys: Sequence[NewKey] = kwargs.get("new_keys") or ()
+        if new_keys:
+            c.executemany("INSERT INTO ficha_contact_keys VALUES (?,?,?)",
+                          [(cid.hex, kid, secret) for cid, kid, secret in new_keys])
+        erasures: Sequence[ErasureRow] = kwargs.get("erasures") or ()
+        if erasures:
+            c.executemany(
+                "INSERT INTO ficha_erasures (tenant, contact_id, version, event_id, "
+                "requested_at, erased_at) VALUES (?,?,?,?,?,?)",
+                [(t, cid.hex, v, eid, req, at) for t, cid, v, eid, req, at in erasures])
         return returning
+
+    def select_keys(self, contact_ids: Sequence[UUID]) -> dict[UUID, DataKey]:
+        found: dict[UUID, DataKey] = {}
+        with self.datastore.transaction(commit=False) as c:
+            for chunk in _chunks(list(contact_ids)):
+                marks = ",".join("?" * len(chunk))
+                c.execute(
+                    "SELECT contact_id, key_id, secret FROM ficha_contact_keys "
+                    f"WHERE contact_id IN ({marks})",
+                    [i.hex for i in chunk],
+                )
+                for row in c.fetchall():
+                    found[UUID(row[0])] = DataKey(bytes(row[1]), bytes(row[2]))
+        return found
+
+    def select_erasures(self, *, pending: bool = False, tenant: str | None = None,
+                        contact_id: UUID | None = None) -> list[dict[str, Any]]:
+        where, params = ["1 = 1"], []
+        if pending:
+            where.append("completed_at IS NULL")
+        if tenant is not None:
+            where.append("tenant = ?")
+            params.append(tenant)
+        if contact_id is not None:
+            where.append("contact_id = ?")
+            params.append(contact_id.hex)
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT {', '.join(ERASURE_COLUMNS)} FROM ficha_erasures "
+                      f"WHERE {' AND '.join(where)} ORDER BY erased_at, contact_id", params)
+            return [{**dict(zip(ERASURE_COLUMNS, row, strict=True)),
+                     "contact_id": UUID(row[1]).hex} for row in c.fetchall()]
+
+    def complete_erasure(self, contact_id: UUID, version: int, completed_at: str,
+                         purged: str) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute("UPDATE ficha_erasures SET completed_at = ?, purged = ? "
+                      "WHERE contact_id = ? AND version = ?",
+                      (completed_at, purged, contact_id.hex, version))
+
+    def checkpoint(self) -> bool:
+        """Copy the write-ahead log into the file and empty it, so that what erasure
+        overwrote leaves no older copy behind; False if readers held it back."""
+        with self.datastore.get_connection(commit=True) as conn:
+            cursor = conn.cursor()
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            row = cursor.fetchone()
+        return row is None or row[0] == 0
 
     def select_received(self, tenant: str, event_ids: Sequence[str]) -> set[str]:
         found: set[str] = set()
@@ -128,6 +218,36 @@ class PostgresContactRecorder(PostgresProcessRecorder):
         self._count_received = SQL("SELECT COUNT(*) AS n FROM {schema}.ficha_received").format(
             schema=schema
         )
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.ficha_contact_keys ("
+                "contact_id uuid PRIMARY KEY, key_id bytea NOT NULL, secret bytea NOT NULL)"
+            ).format(schema=schema)
+        )
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.ficha_erasures ("
+                "tenant text NOT NULL, contact_id uuid NOT NULL, version bigint NOT NULL, "
+                "event_id text NOT NULL, requested_at text NOT NULL, erased_at text NOT NULL, "
+                "completed_at text, purged text, PRIMARY KEY (contact_id, version))"
+            ).format(schema=schema)
+        )
+        self._delete_keys = SQL(
+            "DELETE FROM {schema}.ficha_contact_keys WHERE contact_id = ANY(%s)"
+        ).format(schema=schema)
+        self._insert_keys = SQL(
+            "INSERT INTO {schema}.ficha_contact_keys (contact_id, key_id, secret) "
+            "SELECT * FROM unnest(%b::uuid[], %b::bytea[], %b::bytea[])"
+        ).format(schema=schema)
+        self._select_keys = SQL(
+            "SELECT contact_id, key_id, secret FROM {schema}.ficha_contact_keys "
+            "WHERE contact_id = ANY(%s)"
+        ).format(schema=schema)
+        self._insert_erasures = SQL(
+            "INSERT INTO {schema}.ficha_erasures (tenant, contact_id, version, event_id, "
+            "requested_at, erased_at) VALUES (%s, %s, %s, %s, %s, %s)"
+        ).format(schema=schema)
+        self._erasures_table = SQL("{schema}.ficha_erasures").format(schema=schema)
 
     def _insert_stored_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -156,6 +276,54 @@ class PostgresContactRecorder(PostgresProcessRecorder):
             # One statement for the whole batch (not one per row, even pipelined).
             curs.execute(self._insert_received, (list(tenants), list(event_ids),
                                                  list(contact_ids)))
+        erased: Sequence[UUID] = kwargs.get("erased_keys") or ()
+        if erased:
+            curs.execute(self._delete_keys, (list(erased),))
+        new_keys: Sequence[NewKey] = kwargs.get("new_keys") or ()
+        if new_keys:
+            ids, key_ids, secrets = zip(*new_keys, strict=True)
+            curs.execute(self._insert_keys, (list(ids), list(key_ids), list(secrets)))
+        erasures: Sequence[ErasureRow] = kwargs.get("erasures") or ()
+        if erasures:
+            curs.executemany(self._insert_erasures, list(erasures))
+
+    def select_keys(self, contact_ids: Sequence[UUID]) -> dict[UUID, DataKey]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._select_keys, (list(contact_ids),))
+            return {row["contact_id"]: DataKey(bytes(row["key_id"]), bytes(row["secret"]))
+                    for row in curs.fetchall()}
+
+    def select_erasures(self, *, pending: bool = False, tenant: str | None = None,
+                        contact_id: UUID | None = None) -> list[dict[str, Any]]:
+        where, params = [SQL("TRUE")], list[Any]()
+        if pending:
+            where.append(SQL("completed_at IS NULL"))
+        if tenant is not None:
+            where.append(SQL("tenant = %s"))
+            params.append(tenant)
+        if contact_id is not None:
+            where.append(SQL("contact_id = %s"))
+            params.append(contact_id)
+        statement = SQL("SELECT {columns} FROM {table} WHERE {where} "
+                        "ORDER BY erased_at, contact_id").format(
+            columns=SQL(", ").join(Identifier(c) for c in ERASURE_COLUMNS),
+            table=self._erasures_table, where=SQL(" AND ").join(where))
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(statement, params)
+            return [{**row, "contact_id": row["contact_id"].hex} for row in curs.fetchall()]
+
+    def complete_erasure(self, contact_id: UUID, version: int, completed_at: str,
+                         purged: str) -> None:
+        statement = SQL("UPDATE {table} SET completed_at = %s, purged = %s "
+                        "WHERE contact_id = %s AND version = %s").format(
+            table=self._erasures_table)
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(statement, (completed_at, purged, contact_id, version))
+
+    def checkpoint(self) -> bool:
+        """Nothing to do: PostgreSQL keeps no file of ours to overwrite (decision 0006
+        on dead tuples and VACUUM)."""
+        return True
 
     def select_received(self, tenant: str, event_ids: Sequence[str]) -> set[str]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
