@@ -58,6 +58,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("post", "/v1/tenants/{tenant}/segments/{segment_id}/preview"): {"rule": SPANISH},
     ("put", "/v1/tenants/{tenant}/properties/{name}"): {"type": "text"},
     ("post", "/v1/tenants/{tenant}/dead-letters/redrive"): {"code": "not_json"},
+    ("post", "/v1/tenants/{tenant}/contacts/{ref}/erasure"): {},
     ("post", "/v1/tenants/{tenant}/dead-letters/purge"): {"code": "not_json",
                                                            "confirm": True},
 }
@@ -91,7 +92,8 @@ async def call(api: Api, method: str, url: str, key: str, template: str) -> Any:
 async def test_a_key_of_one_tenant_gets_404_on_every_route_of_another(api: Api) -> None:
     await seed(api)
     other_values = {"tenant": "other", "ref": OTHER_EMAIL, "segment_id": "other-only",
-                    "name": "colour", "seq": await other_dead_letter(api)}
+                    "name": "colour", "seq": await other_dead_letter(api),
+                    "reference": OTHER_EMAIL}
     assert (await api.http.put("/v1/tenants/other/properties/colour", json={"type": "text"},
                                headers=api.auth("other:admin"))).status_code == 200
     checked = 0
@@ -126,13 +128,14 @@ async def test_other_tenants_resources_are_404_under_ones_own_tenant(api: Api) -
     for (ref, unknown_ref), segment in zip(pairs, ("other-only", "never-made"), strict=True):
         for method, template in await routes(api):
             names = set(re.findall(r"\{(\w+)\}", template))
-            if not names & {"ref", "segment_id", "seq"} or method == "put" and "ref" not in names:
+            if not names & {"ref", "segment_id", "seq", "reference"} or (
+                    method == "put" and "ref" not in names):
                 continue  # (PUT of a segment acme lacks is the same 404 for both, below)
             answers = []
             for r, s in ((ref, segment if "ref" not in names else "vips"),
                          (unknown_ref, "never-made-2" if "ref" not in names else "vips")):
                 values = {"tenant": "acme", "ref": r, "segment_id": s, "name": "colour",
-                          "seq": seq if r == ref else "999999"}
+                          "seq": seq if r == ref else "999999", "reference": r}
                 response = await call(api, method, path(template, **values), "acme:admin",
                                       template)
                 answers.append((response.status_code, response.text.replace(r, "REF")
@@ -454,3 +457,35 @@ async def test_exports_stream_csv_and_parquet(api: Api) -> None:
     wrong = await api.get(f"{t}/exports/contacts", format="xlsx")
     assert wrong.status_code == 400 and wrong.json()["error"]["field"] == "format"
     assert (await api.get(f"{t}/exports/contacts", consent="fax")).status_code == 400
+
+
+async def test_erasure_and_subject_access_through_the_api(api: Api) -> None:
+    await seed(api)
+    t = "/v1/tenants/acme"
+    admin = api.auth("acme:admin")
+    assert (await api.get(f"{t}/contacts/eva@example.com/access")).status_code == 403
+    held = (await api.get(f"{t}/contacts/eva@example.com/access", "acme:admin")).json()
+    assert held["card"]["first_name"] == "Eva" and held["events"]
+    requested = await api.http.post(f"{t}/contacts/eva@example.com/erasure", headers=admin)
+    assert requested.status_code == 202, requested.text
+    receipt_url = requested.json()["receipt"]
+    deadline = time.monotonic() + 60
+    while True:
+        receipt = await api.get(receipt_url, "acme:admin")
+        if receipt.status_code == 200 and receipt.json()["complete"]:
+            break
+        assert time.monotonic() < deadline, receipt.text
+        await asyncio.sleep(0.2)
+    body = receipt.json()
+    assert body["tenant"] == "acme" and "eva" not in receipt.text.lower()
+    assert all(body["projections"].values())
+    assert (await api.get(f"{t}/contacts/eva@example.com")).status_code == 404
+    gone = await api.get(f"{t}/contacts/eva@example.com/access", "acme:admin")
+    assert gone.status_code == 404
+    again = await api.http.post(f"{t}/contacts/eva@example.com/erasure", headers=admin)
+    assert again.status_code == 404
+    listed = (await api.get(f"{t}/erasures", "acme:admin")).json()
+    assert [r["event_id"] for r in listed] == [requested.json()["event_id"]]
+    assert (await api.get(f"{t}/erasures", "acme:read")).status_code == 403
+    others = (await api.get("/v1/tenants/other/erasures", "other:admin")).json()
+    assert others == []
