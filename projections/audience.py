@@ -258,6 +258,15 @@ class AudienceProjection:
     tables: tuple[str, ...] = TABLES
     erasures_table = ERASURES_TABLE
 
+    @staticmethod
+    def tenant_scope(table: str, tenant: str) -> tuple[str, list[Any]] | None:
+        """A tenant's rows of each table, for ``ficha projections replay --tenant``."""
+        if table == "ficha_outbox":
+            return None  # published already; a tenant replay announces nothing
+        if table == "audience_state":
+            return "name IN (?, ?)", [f"settings:{tenant}", f"rfm_cuts:{tenant}"]
+        return "tenant = ?", [tenant]
+
     def statements(self, is_postgres: bool) -> list[str]:
         """The DDL of this projection's tables and indexes."""
         return ddl()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from psycopg import sql
 
@@ -46,14 +47,24 @@ def replay(
     live: ViewDatabase,
     make: Callable[[], Projection],
     on_page: Callable[[int], None] | None = None,
+    tenant: str | None = None,
 ) -> ReplayResult:
+    """Replay a projection side by side and switch readers over; with ``tenant``, only
+    that tenant's rows are replaced (see ``_switch_tenant``)."""
     projection = make()
     name = projection.name
     staging = ViewDatabase(live.settings, namespace=f"next_{name}")
     try:
         runner = ProjectionRunner(store, staging, make(), page_size=2000)
-        runner.rebuild(on_page)
         live.ensure_tracking_table()
+        if tenant is not None:
+            # Never past the live model: the copy must stop where the live one is.
+            with live.reading() as cur:
+                start = live.position(cur, name)
+            runner.rebuild(on_page, until=start)
+            position = _switch_tenant(live, staging, runner, projection, tenant)
+            return ReplayResult(name, runner.stats.applied, position)
+        runner.rebuild(on_page)
         projection.create_tables(live)  # if missing, so that there is something to replace
         if live.is_postgres:
             position = _switch_postgres(live, staging, runner, projection)
@@ -63,6 +74,48 @@ def replay(
     finally:
         staging.close()
         _drop_staging(live, staging)
+
+
+def tenant_scope(projection: Projection, table: str, tenant: str
+                 ) -> tuple[str, list[Any]] | None:
+    """Which rows of ``table`` are ``tenant``'s: a WHERE clause and its parameters, or
+    None for a table a tenant replay leaves alone (the outbox: what it held was
+    published; global state such as the clock)."""
+    scope = getattr(projection, "tenant_scope", None)
+    if scope is not None:
+        found: tuple[str, list[Any]] | None = scope(table, tenant)
+        return found
+    return "tenant = ?", [tenant]
+
+
+def _switch_tenant(live: ViewDatabase, staging: ViewDatabase, runner: ProjectionRunner,
+                   projection: Projection, tenant: str) -> int:
+    """Replace one tenant's rows of the live tables with the copy's, in one transaction
+    holding the projection's writer lock, with the copy brought to exactly the live
+    model's position: the other tenants' rows, the position and the outbox stay."""
+    conn = None
+    source = sql.Identifier(staging.schema).as_string(None) if live.is_postgres else "staging"
+    if not live.is_postgres:
+        conn = live._connect()  # noqa: SLF001 - ATTACH needs the raw connection
+        conn.execute("ATTACH DATABASE ? AS staging", (str(staging.path),))
+    try:
+        with live.transaction() as cur:
+            live.lock_projection(cur, projection.name)  # waits for the live runner's page
+            position = live.position(cur, projection.name)
+            runner.catch_up(until=position)
+            assert runner.position() == position or runner.stats.applied == 0
+            for table in projection.tables:
+                scope = tenant_scope(projection, table, tenant)
+                if scope is None:
+                    continue
+                where, params = scope
+                cur.execute(f"DELETE FROM {table} WHERE {where}", params)
+                cur.execute(f"INSERT INTO {table} SELECT * FROM {source}.{table} "
+                            f"WHERE {where}", params)
+    finally:
+        if conn is not None:
+            conn.execute("DETACH DATABASE staging")
+    return position
 
 
 def _switch_postgres(live: ViewDatabase, staging: ViewDatabase, runner: ProjectionRunner,

@@ -115,11 +115,14 @@ class ProjectionRunner:
         with self.db.reading() as cur:
             return self.db.position(cur, self.name)
 
-    def run_once(self) -> int:
-        """Apply one page; returns how many notifications it applied (0 = caught up)."""
+    def run_once(self, until: int | None = None) -> int:
+        """Apply one page; returns how many notifications it applied (0 = caught up).
+        ``until`` stops at that log position (a tenant replay matches the live one)."""
         with self.db.reading() as cur:
             position = self.db.position(cur, self.name)
         notifications = self.store.notifications_after(position, self.page_size)
+        if until is not None:
+            notifications = [n for n in notifications if n.id <= until]
         if not notifications:
             metrics.PROJECTION_LAG.labels(self.name).set(0)
             return 0
@@ -142,25 +145,25 @@ class ProjectionRunner:
         self.stats.last_commit_at = time.time()
         return len(events)
 
-    def catch_up(self, on_page: Callable[[int], None] | None = None) -> int:
-        """Apply pages until the projection reaches the log's end; returns the count.
-
-        `on_page` is called with the new position after each page (for progress bars).
-        """
+    def catch_up(self, on_page: Callable[[int], None] | None = None,
+                 until: int | None = None) -> int:
+        """Apply pages until the projection reaches the log's end (or ``until``); returns
+        the count. `on_page` is called with the new position after each page."""
         total = 0
         while True:
-            applied = self.run_once()
+            applied = self.run_once(until)
             if applied == 0:
                 return total
             total += applied
             if on_page is not None:
                 on_page(self.position())
 
-    def rebuild(self, on_page: Callable[[int], None] | None = None) -> int:
+    def rebuild(self, on_page: Callable[[int], None] | None = None,
+                until: int | None = None) -> int:
         """Drop the view tables and replay every event from the start."""
         self.db.ensure_tracking_table()
         self._reset()
-        return self.catch_up(on_page)
+        return self.catch_up(on_page, until)
 
     def run_forever(self, stop: threading.Event) -> None:
         """Blocking loop for a worker thread."""

@@ -469,10 +469,15 @@ def _chosen_projections(names: list[str] | None) -> list[Any]:
 def projections_replay(
     names: Annotated[list[str] | None, typer.Argument(
         help="Projections to replay (default: all).")] = None,
+    tenant: Annotated[str | None, typer.Option(
+        help="Replace only this tenant's rows (the others, and ficha.out, are untouched).",
+    )] = None,
 ) -> None:
     """Rebuild side by side from the event log, then switch readers over atomically.
 
     The live tables keep serving (and keep being updated) until the copy has caught up.
+    With --tenant, the copy stops at the live model's position and only that tenant's
+    rows are replaced; nothing is published on ficha.out.
     """
     from rich.progress import Progress
 
@@ -483,20 +488,21 @@ def projections_replay(
     chosen = _chosen_projections(names)
     store = ContactStore(settings)
     db = views(settings)
+    what = f" for tenant {tenant}" if tenant else ""
     try:
         for projection in chosen:
             head = store.max_notification_id() or 1
             with Progress(console=err) as progress:
-                task = progress.add_task(f"replaying {projection.name}", total=head)
-                result = replay(store, db, type(projection), _advancing(progress, task))
+                task = progress.add_task(f"replaying {projection.name}{what}", total=head)
+                result = replay(store, db, type(projection), _advancing(progress, task),
+                                tenant=tenant)
                 progress.update(task, completed=head)
-            console.print(f"{result.name}: {result.events} events replayed; readers switched "
-                          f"at position {result.position}")
+            console.print(f"{result.name}: {result.events} events replayed; readers switched"
+                          f"{what} at position {result.position}")
     except Exception as error:  # noqa: BLE001 - the database is unreachable
         fail(f"replay failed, the live tables are unchanged: {db_error_text(error)}")
     finally:
         db.close()
-        store.close()
 
 
 @projections_app.command("rebuild")
@@ -531,6 +537,10 @@ def projections_rebuild(
             progress.update(task, completed=head or 1)
         console.print(f"rebuilt {projection.name}: {runner.stats.applied} events replayed")
     db.close()
+
+
+# `ficha replay PROJECTION [--tenant T]`, as operators ask for it: the same command.
+app.command("replay", help="Same as `ficha projections replay`.")(projections_replay)
 
 
 def main() -> None:
