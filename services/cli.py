@@ -35,6 +35,7 @@ from services.cli_common import (
     views,
 )
 from services.cli_dlq import dlq_app
+from services.cli_import import import_file
 
 app = typer.Typer(
     help="ficha: an event-sourced contact backend. Events in on NATS, contact cards out.",
@@ -55,6 +56,7 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(properties_app, name="properties")
 app.add_typer(tags_app, name="tags")
 app.add_typer(dlq_app, name="dlq")
+app.command("import")(import_file)
 
 # ------------------------------------------------------------------------- up
 
