@@ -153,7 +153,8 @@ def decode(subject: str, data: bytes) -> InboundEvent | Rejection:
             f"schema_version {version} is newer than this ficha understands "
             f"(up to {SCHEMA_VERSION}): upgrade ficha or publish version {SCHEMA_VERSION}",
         )
-    null_path = _find_null(obj)
+    # A JSON null is spelt `null` in the bytes: without them there is nothing to look for.
+    null_path = _find_null(obj) if b"null" in data else None
     if null_path is not None:
         return reject(
             "invalid_field",

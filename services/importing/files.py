@@ -197,9 +197,7 @@ def load_mapping(path: Path) -> MappingSpec:
         raise MappingError([f"cannot read the mapping file {path}: {error}"]) from error
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data: Any = yaml.safe_load(text)
+            data: Any = _yaml(text)
         else:
             data = json.loads(text)
     except Exception as error:  # noqa: BLE001 - either parser's syntax error
@@ -208,6 +206,20 @@ def load_mapping(path: Path) -> MappingSpec:
                             f"{'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'JSON'}"
                             f": {first}"]) from error
     return mapping_from(data, f"the mapping file {path}")
+
+
+def _yaml(text: str) -> Any:
+    """YAML without its implicit booleans: in a mapping, `yes`, `no` and `on` are values
+    of cells (truthy: [sí, yes]), not true and false; `true`/`false` still convert."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader
 
 
 # --------------------------------------------------------------------------- rejects

@@ -16,11 +16,12 @@ running the same import again is safe, because the event ids derive from the fil
 from __future__ import annotations
 
 import asyncio
-import csv
+import contextlib
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from nats.js import JetStreamContext
@@ -30,10 +31,14 @@ from contracts.decode import TENANT_PATTERN
 from contracts.publisher import PublishFailed, WindowedPublisher, connection_of
 from services.domain.tenant import TenantSettings
 from services.importing.files import CsvFile, RejectsWriter, Source, open_csv
-from services.importing.mapping import MappingSpec, plan_columns
-from services.importing.rows import DEFAULT_SOURCE, RowMapper, instant_text
+from services.importing.mapping import ColumnPlan, MappingSpec, plan_columns
+from services.importing.rows import DEFAULT_SOURCE, instant_text
+from services.importing.worker import chunks_in_process, chunks_inline
 
-PROGRESS_EVERY = 2000
+CHUNK_ROWS = 1000
+# Files longer than this are mapped in a child process (worker.py), shorter ones in this
+# one: starting the child costs about half a second.
+IN_PROCESS_FROM_LINES = 20_000
 
 
 class ImportRefused(ValueError):
@@ -55,6 +60,8 @@ class ImportOptions(msgspec.Struct, frozen=True, kw_only=True):
     ack_timeout: float = 10.0
     # How many rejections the report object keeps (the rejects file has them all).
     keep_rejections: int = 100
+    # Map rows in a child process (True), in this one (False), or by the file's size.
+    map_in_process: bool | None = None
 
 
 class RejectedRow(msgspec.Struct, frozen=True):
@@ -137,9 +144,9 @@ async def import_csv(
         plan = plan_columns(csvfile.header, spec, ignore_unknown=options.ignore_unknown_columns,
                             tag_separator=options.tag_separator)
 
-        def mapper() -> RowMapper:
-            return RowMapper(plan, tenant=tenant, file_sha256=csvfile.sha256,
-                             occurred_at=moment, source=chosen_source, definitions=definitions)
+        mapper_args: dict[str, Any] = dict(
+            tenant=tenant, file_sha256=csvfile.sha256, occurred_at=moment,
+            source=chosen_source, definitions=definitions)
 
         def new_report(dry_run: bool) -> ImportReport:
             return ImportReport(
@@ -153,27 +160,27 @@ async def import_csv(
         started = time.monotonic()
         if options.dry_run or js is None:
             report = new_report(True)
-            await _run(csvfile, mapper(), report, None, options, rejects_path, on_progress,
-                       stop)
+            await _run(csvfile, plan, mapper_args, report, None, options, rejects_path,
+                       on_progress, stop)
         else:
             await _check_stream(js, tenant)
             if options.all_or_nothing:
                 report = new_report(True)
-                await _run(csvfile, mapper(), report, None, options, rejects_path,
+                await _run(csvfile, plan, mapper_args, report, None, options, rejects_path,
                            on_progress, stop)
                 if report.rows_rejected or not report.completed:
-                    report.dry_run = False
-                    report.completed = False
-                    report.stopped = report.stopped or (
-                        f"{report.rows_rejected} rows were rejected and all-or-nothing was "
-                        "asked: nothing was published")
+                    # The check was all that ran: the report is a dry run's.
+                    if report.rows_rejected:
+                        report.warnings.append(
+                            f"{report.rows_rejected:,} rows were rejected and all-or-nothing "
+                            "was asked: nothing was published")
                     report.elapsed_s = time.monotonic() - started
                     return report
             report = new_report(False)
             publisher = WindowedPublisher(connection_of(js), window=options.window,
                                           ack_timeout=options.ack_timeout)
             async with publisher:
-                await _run(csvfile, mapper(), report, publisher, options, rejects_path,
+                await _run(csvfile, plan, mapper_args, report, publisher, options, rejects_path,
                            on_progress, stop)
         report.elapsed_s = time.monotonic() - started
         return report
@@ -196,7 +203,8 @@ async def _check_stream(js: JetStreamContext, tenant: str) -> None:
 
 async def _run(
     csvfile: CsvFile,
-    mapper: RowMapper,
+    plan: ColumnPlan,
+    mapper_args: dict[str, Any],
     report: ImportReport,
     publisher: WindowedPublisher | None,
     options: ImportOptions,
@@ -219,42 +227,37 @@ async def _run(
         publisher.on_ack = acked
     by_type = report.events_by_type
     keep = options.keep_rejections
+    in_process = options.map_in_process
+    if in_process is None:
+        in_process = csvfile.lines > IN_PROCESS_FROM_LINES
+    produce = chunks_in_process if in_process else chunks_inline
     with RejectsWriter(rejects_path) as rejects:
-
-        def reject(line: int, column: str, reason: str, code: str) -> None:
-            rejects.write(line, column, reason)
-            if len(report.rejections) < keep:
-                report.rejections.append(RejectedRow(line, column, reason, code))
-
         try:
-            for line, cells in csvfile.records():
-                if stop is not None and stop.is_set():
-                    report.stopped = "interrupted"
-                    break
-                report.rows_read += 1
-                if report.rows_read % PROGRESS_EVERY == 0:
+            async with contextlib.aclosing(
+                    produce(csvfile, plan, mapper_args, CHUNK_ROWS)) as chunks:
+                async for chunk in chunks:
+                    if stop is not None and stop.is_set():
+                        report.stopped = "interrupted"
+                        break
+                    report.rows_read += chunk.rows_read
+                    report.rows_empty += chunk.rows_empty
+                    report.rows_rejected += len(chunk.rejected)
+                    for problems in chunk.rejected:
+                        for problem in problems:
+                            rejects.write(problem.line, problem.column, problem.reason)
+                            if len(report.rejections) < keep:
+                                report.rejections.append(RejectedRow(
+                                    problem.line, problem.column, problem.reason, problem.code))
+                    report.rows_accepted += len(chunk.accepted)
+                    for line, events in chunk.accepted:
+                        for event in events:
+                            by_type[event.type] = by_type.get(event.type, 0) + 1
+                        if publisher is not None:
+                            unacked[line] = len(events)
+                            for event in events:
+                                await publisher.publish(event.subject, event.body,
+                                                        event.event_id, key=line)
                     _progress(report, publisher, on_progress)
-                if isinstance(cells, csv.Error):
-                    report.rows_rejected += 1
-                    reject(line, "", f"the CSV is malformed here: {cells}", "malformed_csv")
-                    continue
-                if not any(cells) or not any(cell.strip() for cell in cells):
-                    report.rows_empty += 1
-                    continue
-                events, problems = mapper.map_row(line, cells)
-                if problems:
-                    report.rows_rejected += 1
-                    for problem in problems:
-                        reject(problem.line, problem.column, problem.reason, problem.code)
-                    continue
-                report.rows_accepted += 1
-                for event in events:
-                    by_type[event.type] = by_type.get(event.type, 0) + 1
-                if publisher is not None:
-                    unacked[line] = len(events)
-                    for event in events:
-                        await publisher.publish(event.subject, event.body, event.event_id,
-                                                key=line)
             if publisher is not None:
                 # After the last row or an interruption: wait for what was sent to be
                 # acknowledged, so that the count of published rows is exact.

@@ -94,7 +94,8 @@ def mapping_from(data: Any, origin: str = "the mapping") -> MappingSpec:
         raise MappingError([f"{origin} must be an object with a `columns` entry, "
                             f"got {type(data).__name__}"])
     try:
-        return msgspec.convert(data, MappingSpec)
+        # Lax: a YAML file's `true` arrives as text (see files.load_mapping).
+        return msgspec.convert(data, MappingSpec, strict=False)
     except msgspec.ValidationError as error:
         raise MappingError([f"{origin}: {error}"]) from error
 

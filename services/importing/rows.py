@@ -17,12 +17,14 @@ the decoder's sentence. Pure: no I/O.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import math
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID, uuid5
 
 import msgspec
@@ -53,12 +55,50 @@ class RowProblem:
     code: str = "invalid_field"
 
 
-@dataclass(frozen=True)
-class PreparedEvent:
+class PreparedEvent(NamedTuple):
+    """An event ready to publish: its bytes are the ones the decoder accepted."""
+
     type: str
     subject: str
     body: bytes
     event_id: str
+
+
+@dataclass
+class Chunk:
+    """Consecutive records of a file, mapped: what the publisher needs, in file order."""
+
+    rows_read: int = 0
+    rows_empty: int = 0
+    accepted: list[tuple[int, list[PreparedEvent]]] = field(default_factory=list)
+    rejected: list[list[RowProblem]] = field(default_factory=list)
+
+
+Record = tuple[int, "list[str] | csv.Error"]
+
+
+def map_chunks(records: Iterable[Record], mapper: RowMapper, size: int) -> Iterator[Chunk]:
+    """Map records ``size`` at a time; blank rows are counted and skipped, a record the
+    csv module could not read is rejected as a whole."""
+    chunk = Chunk()
+    for line, cells in records:
+        chunk.rows_read += 1
+        if isinstance(cells, csv.Error):
+            chunk.rejected.append([RowProblem(line, "", f"the CSV is malformed here: {cells}",
+                                              "malformed_csv")])
+        elif not any(cell.strip() for cell in cells):
+            chunk.rows_empty += 1
+        else:
+            events, problems = mapper.map_row(line, cells)
+            if problems:
+                chunk.rejected.append(problems)
+            else:
+                chunk.accepted.append((line, events))
+        if chunk.rows_read >= size:
+            yield chunk
+            chunk = Chunk()
+    if chunk.rows_read:
+        yield chunk
 
 
 def import_key(tenant: str, file_sha256: str, plan: ColumnPlan) -> str:
@@ -197,20 +237,20 @@ class RowMapper:
         return events, []
 
     def _checked_update(
-        self, line: int, cells: list[str], properties: dict[int, Any], occurred_at: str,
-        problems: list[RowProblem],
+        self, line: int, cells: list[str], properties: dict[int, tuple[str, Any]],
+        occurred_at: str, problems: list[RowProblem],
     ) -> tuple[PreparedEvent | None, InboundEvent | None]:
         """The row's contact_updated and its decoded form, or (None, None) with every
         problem the decoder finds appended: each time it names a column, that column is
         left out and the event checked again, so one pass reports all bad cells."""
         dropped: set[int] = set()
         while True:
-            fields, owners = self._contact_update(cells, properties, dropped)
+            fields = self._contact_update(cells, properties, dropped)
             event = self._event(line, "contact_updated", "", occurred_at, fields)
             result = self._validated(event)
             if isinstance(result, InboundEvent):
                 return (event, result) if not dropped else (None, None)
-            column = self._column_named_by(result.detail, owners)
+            column = self._column_named_by(result.detail, self._tag_owners(cells, dropped))
             problems.append(RowProblem(line, column.header if column else "", result.detail,
                                        result.code))
             if column is None or column.index in dropped or column is self.email:
@@ -236,10 +276,9 @@ class RowMapper:
 
     # ----------------------------------------------------------------- the contact
 
-    def _contact_update(
-        self, cells: list[str], properties: dict[int, Any], dropped: set[int]
-    ) -> tuple[dict[str, Any], dict[str, list[Column]]]:
-        """The contact_updated fields, and for each tag list the column of every label."""
+    def _contact_update(self, cells: list[str], properties: dict[int, tuple[str, Any]],
+                        dropped: set[int]) -> dict[str, Any]:
+        """The contact_updated fields of a row, leaving out the ``dropped`` columns."""
         contact: dict[str, Any] = {"email": cells[self.email.index]}
         update: dict[str, Any] = {"contact": contact}
         for index, name in self.fields:
@@ -254,31 +293,31 @@ class RowMapper:
                 update[name] = value
             else:
                 contact[name] = value
-        owners: dict[str, list[Column]] = {}
         for kind, columns in self.tags.items():
-            labels: list[str] = []
-            owners[kind] = []
-            for column in columns:
-                if column.index not in dropped:
-                    found = self._split(cells[column.index])
-                    labels += found
-                    owners[kind] += [column] * len(found)
+            labels = [label for column in columns if column.index not in dropped
+                      for label in self._split(cells[column.index])]
             if labels:
                 update[kind] = labels
-        chosen = {self._column(index).target.name: value for index, value in properties.items()
+        chosen = {name: value for index, (name, value) in properties.items()
                   if index not in dropped}
         if chosen:
             update["properties"] = chosen
-        return update, owners
+        return update
 
-    def _column(self, index: int) -> Column:
-        return next(c for c in self.plan.columns if c.index == index)
+    def _tag_owners(self, cells: list[str], dropped: set[int]) -> dict[str, list[Column]]:
+        """For tags_added and tags_removed, the column each label of the event came from."""
+        return {kind: [column for column in columns if column.index not in dropped
+                       for _ in self._split(cells[column.index])]
+                for kind, columns in self.tags.items()}
 
     def _split(self, text: str) -> list[str]:
         return [part.strip() for part in text.split(self.plan.tag_separator) if part.strip()]
 
-    def _properties(self, line: int, cells: list[str]) -> tuple[dict[int, Any], list[RowProblem]]:
-        values: dict[int, Any] = {}
+    def _properties(
+        self, line: int, cells: list[str]
+    ) -> tuple[dict[int, tuple[str, Any]], list[RowProblem]]:
+        """Column index → (property name, converted value), and the cells that convert not."""
+        values: dict[int, tuple[str, Any]] = {}
         problems: list[RowProblem] = []
         for column, kind in self.properties:
             text = cells[column.index].strip()
@@ -288,7 +327,7 @@ class RowMapper:
             if isinstance(value, _Wrong):
                 problems.append(RowProblem(line, column.header, value.reason))
             else:
-                values[column.index] = value
+                values[column.index] = (column.target.name, value)
         return values, problems
 
     def _convert(self, text: str, kind: str) -> Any:
