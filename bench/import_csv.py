@@ -4,7 +4,7 @@ JetStream publishing of as many messages of similar size, measured in the same r
 Prints one table:
   * raw baseline 1: the importer's own transport alone (``WindowedPublisher``: plain
     publishes with a reply inbox, PubAck checked), the same number of messages as the
-    import publishes, bodies of the same size, the same in-flight window;
+    import publishes, bodies of the import's mean size, the same in-flight window;
   * raw baseline 2: nats-py's ``js.publish_async`` with the same window (the library path);
   * the import: read and hash the file, map and validate every row through the decoder,
     publish every event and wait for every acknowledgement (what `ficha import` does).
@@ -22,19 +22,24 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import itertools
 import os
 import platform
 import random
 import shutil
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nats
 from nats.js import JetStreamContext
 
 from contracts.publisher import WindowedPublisher, connection_of
+from services.importing.files import open_csv
 from services.importing.importer import ImportOptions, ImportReport, import_csv
+from services.importing.mapping import plan_columns
+from services.importing.rows import RowMapper
 from services.natsserver import EmbeddedNatsServer
 from services.streams import INGEST_STREAM, TopologySettings, ensure_topology
 
@@ -77,16 +82,22 @@ def generate(path: Path, rows: int, seed: int = 11) -> dict[str, int]:
     return expected
 
 
-def sample_body(i: int) -> bytes:
-    """A body of the size of an import's contact_updated (the baselines' messages)."""
-    return (
-        f'{{"event_id":"import-{i:08x}-0000-5000-8000-000000000000","type":"contact_updated",'
-        f'"tenant":"raw","occurred_at":"2026-11-23T10:00:00.000+00:00","source":"import",'
-        f'"contact":{{"email":"person{i}@example{i % 97}.com","first_name":"Carla",'
-        f'"last_name":"Sánchez","phone":"+346{i:08d}","language":"es","country":"ES",'
-        f'"city":"Madrid"}},"lead_status":"qualified","tags_added":["vip","b2b"],'
-        f'"properties":{{"plan":"pro","score":"42"}}}}'
-    ).encode()
+def mean_event_size(path: Path, rows: int = 20_000) -> int:
+    """The mean body size of the events the import makes of the file's first rows."""
+    csvfile = open_csv(path)
+    mapper = RowMapper(plan_columns(csvfile.header), tenant="bench",
+                       file_sha256=csvfile.sha256, occurred_at=datetime.now(UTC))
+    sizes = [len(event.body) for _, cells in itertools.islice(csvfile.records(), rows)
+             if isinstance(cells, list) for event in mapper.map_row(0, cells)[0]]
+    return round(sum(sizes) / len(sizes))
+
+
+def sample_body(i: int, size: int) -> bytes:
+    """A contact_updated-like body of ``size`` bytes (the baselines' messages)."""
+    head = (f'{{"event_id":"raw-{i:08x}","type":"contact_updated","tenant":"raw",'
+            f'"occurred_at":"2026-11-23T10:00:00.000+00:00","source":"import",'
+            f'"contact":{{"email":"person{i}@example{i % 97}.com"}},"pad":"')
+    return (head + "x" * max(0, size - len(head) - 2) + '"}').encode()
 
 
 async def fresh_stream(js: JetStreamContext) -> None:
@@ -95,23 +106,25 @@ async def fresh_stream(js: JetStreamContext) -> None:
     await ensure_topology(js, TOPOLOGY)
 
 
-async def baseline_windowed(js: JetStreamContext, n: int, window: int) -> float:
+async def baseline_windowed(js: JetStreamContext, n: int, window: int, size: int) -> float:
     await fresh_stream(js)
     start = time.perf_counter()
     async with WindowedPublisher(connection_of(js), window=window) as publisher:
         for i in range(n):
-            await publisher.publish("ficha.in.raw.contact_updated", sample_body(i), f"raw-{i}")
+            await publisher.publish("ficha.in.raw.contact_updated", sample_body(i, size),
+                                    f"raw-{i}")
         await publisher.flush()
     assert publisher.acked == n
     return time.perf_counter() - start
 
 
-async def baseline_library(js: JetStreamContext, n: int, window: int) -> float:
+async def baseline_library(js: JetStreamContext, n: int, window: int, size: int) -> float:
     await fresh_stream(js)
     start = time.perf_counter()
     pending = []
     for i in range(n):
-        pending.append(await js.publish_async("ficha.in.raw.contact_updated", sample_body(i),
+        pending.append(await js.publish_async("ficha.in.raw.contact_updated",
+                                              sample_body(i, size),
                                               headers={"Nats-Msg-Id": f"lib-{i}"}))
         if len(pending) >= window:
             await asyncio.gather(*pending)
@@ -140,17 +153,18 @@ async def main() -> None:
     expected = generate(csv_path, args.rows)
     generated_s = time.perf_counter() - started
     events = sum(expected.values())
+    size = mean_event_size(csv_path)
     server = EmbeddedNatsServer(store_dir=root / "nats")
     server.start()
     lines: list[tuple[str, str]] = []
     try:
         nc = await nats.connect(server.url)
         js = nc.jetstream()
-        raw = await baseline_windowed(js, events, args.window)
+        raw = await baseline_windowed(js, events, args.window, size)
         lines.append(("raw: WindowedPublisher alone",
                       f"{events:,} msgs in {raw:.1f} s = {events / raw:,.0f} msgs/s"))
         if not args.no_library_baseline:
-            lib = await baseline_library(js, events, args.window)
+            lib = await baseline_library(js, events, args.window, size)
             lines.append(("raw: nats-py js.publish_async",
                           f"{events:,} msgs in {lib:.1f} s = {events / lib:,.0f} msgs/s"))
         report = await run_import(js, csv_path, args.window)
@@ -167,14 +181,15 @@ async def main() -> None:
         await nc.close()
     finally:
         server.stop()
-        size = csv_path.stat().st_size if csv_path.exists() else 0
+        file_size = csv_path.stat().st_size if csv_path.exists() else 0
         shutil.rmtree(root, ignore_errors=True)
     print(f"\nmachine: {platform.platform()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}; load average before {load_before[0]:.2f}, "
           f"after {os.getloadavg()[0]:.2f}")
-    print(f"file: {args.rows:,} rows, {size / 1e6:,.0f} MB (generated in {generated_s:.0f} s); "
+    print(f"file: {args.rows:,} rows, {file_size / 1e6:,.0f} MB "
+          f"(generated in {generated_s:.0f} s); "
           f"events: {', '.join(f'{k} {v:,}' for k, v in expected.items())}; "
-          f"window {args.window}\n")
+          f"mean body {size} bytes; window {args.window}\n")
     width = max(len(name) for name, _ in lines)
     for name, result in lines:
         print(f"{name.ljust(width)}  {result}")

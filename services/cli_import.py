@@ -241,13 +241,16 @@ def _show(report: Any, as_json: bool) -> None:
         console.print(_summary(report))
     if not report.completed:
         waiting = report.rows_accepted - report.rows_published
+        unread = max(report.lines - 1 - report.rows_read, 0)
+        err.print(f"[bold red]stopped:[/] {report.stopped}", highlight=False)
         err.print(
-            f"[bold red]stopped:[/] {report.stopped}. {report.rows_published:,} of "
-            f"{report.rows_accepted:,} accepted rows were published "
-            f"({report.events_published:,} events acknowledged"
-            + (f"; {waiting:,} rows were not, or not wholly" if waiting > 0 else "")
-            + "). Re-running the same command is safe: the event ids derive from the file "
-            "and its rows, so ficha stores each event once.", highlight=False)
+            f"{report.rows_published:,} of {report.rows_accepted:,} accepted rows were "
+            f"published ({report.events_published:,} events acknowledged)"
+            + (f"; {waiting:,} were not, or not wholly" if waiting > 0 else "")
+            + (f"; about {unread:,} rows were not read" if unread else "") + ".",
+            highlight=False)
+        err.print("Re-running the same command is safe: the event ids derive from the file "
+                  "and its rows, so ficha stores each event once.", highlight=False)
         raise typer.Exit(EXIT_STOPPED)
     if report.rows_rejected:
         where = f": see {report.rejects_file} (line, column, reason)" if report.rejects_file \

@@ -237,7 +237,7 @@ async def _run(
                     produce(csvfile, plan, mapper_args, CHUNK_ROWS)) as chunks:
                 async for chunk in chunks:
                     if stop is not None and stop.is_set():
-                        report.stopped = "interrupted"
+                        report.stopped = "interrupted before the end of the file"
                         break
                     report.rows_read += chunk.rows_read
                     report.rows_empty += chunk.rows_empty
@@ -270,6 +270,8 @@ async def _run(
                 report.events_published = publisher.acked
                 report.duplicates = publisher.duplicates
     report.completed = report.stopped is None
+    if report.completed and not report.rows_read:
+        report.warnings.append("the file has no rows after its header: nothing to import")
     if rejects_path is not None and not rejects.count:
         report.rejects_file = None
     _progress(report, publisher, on_progress)

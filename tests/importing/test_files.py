@@ -141,3 +141,10 @@ async def test_problems_before_the_rows_stop_the_import(tmp_path: Path) -> None:
                          options=ImportOptions(dry_run=True))
     with pytest.raises(ValueError, match="publishing needs a JetStream context"):
         await import_csv(write(tmp_path, "email\n"), tenant="acme")
+
+
+async def test_a_header_only_file_imports_nothing_and_says_so(tmp_path: Path) -> None:
+    report = await import_csv(write(tmp_path, "email,first_name\r\n"), tenant="acme",
+                              options=ImportOptions(dry_run=True))
+    assert report.completed and (report.rows_read, report.rows_accepted) == (0, 0)
+    assert report.warnings == ["the file has no rows after its header: nothing to import"]
