@@ -14,8 +14,15 @@ from contracts.decode import decode
 from contracts.emails import normalise_email
 from contracts.events import InboundEvent
 from services.domain.tenant import TenantSettings
-from services.importing.mapping import plan_columns
-from services.importing.rows import PreparedEvent, RowMapper, RowProblem, map_chunks
+from services.importing.mapping import ColumnSpec, MappingSpec, plan_columns
+from services.importing.rows import (
+    EventIds,
+    PreparedEvent,
+    RowMapper,
+    RowProblem,
+    import_event_id,
+    map_chunks,
+)
 
 HEADERS = ["Email", "first_name", "country", "phone", "tags", "property:size",
            "Prop:vip", "list:news", "consent:sms", "occurred_at", "lead_status"]
@@ -126,8 +133,6 @@ def test_property_types_from_the_mapping_or_the_tenants_definitions() -> None:
                    spec=None)
     events, _ = typed.map_row(2, ["a@example.com", "38", "yes", "es,fr"])
     assert bodies(events)[0]["properties"] == {"size": "38", "vip": "yes", "langs": "es,fr"}
-
-    from services.importing.mapping import ColumnSpec, MappingSpec
 
     spec = MappingSpec(columns={
         "size": ColumnSpec(to="property:size", type="number"),
@@ -274,3 +279,10 @@ def test_the_same_file_maps_to_the_same_events_and_another_file_to_other_ids(
                              occurred_at=WHEN).map_row(line, cells)
                    for line, cells in enumerate(rows, 2)] for e in events}
     assert not first_ids & tenant_ids
+
+
+@given(st.text(max_size=40), st.integers(0, 10**7), st.sampled_from(
+    ["contact_updated", "list_subscribed", "consent_changed"]), st.text(max_size=20))
+def test_event_ids_are_uuid5_of_the_key_line_type_and_target(key: str, line: int, kind: str,
+                                                            target: str) -> None:
+    assert EventIds(key)(line, kind, target) == import_event_id(key, line, kind, target)
