@@ -32,13 +32,14 @@ from contracts.publisher import PublishFailed, WindowedPublisher, connection_of
 from services.domain.tenant import TenantSettings
 from services.importing.files import CsvFile, RejectsWriter, Source, open_csv
 from services.importing.mapping import ColumnPlan, MappingSpec, plan_columns
-from services.importing.rows import DEFAULT_SOURCE, instant_text
-from services.importing.worker import chunks_in_process, chunks_inline
+from services.importing.rows import DEFAULT_SOURCE, FirstRowPerEmail, instant_text
+from services.importing.worker import chunks_in_processes, chunks_inline
 
 CHUNK_ROWS = 1000
-# Files longer than this are mapped in a child process (worker.py), shorter ones in this
-# one: starting the child costs about half a second.
+# Files longer than this are mapped in child processes (worker.py), shorter ones in this
+# one: starting a child costs about half a second.
 IN_PROCESS_FROM_LINES = 20_000
+DEFAULT_PROCESSES = 2
 
 
 class ImportRefused(ValueError):
@@ -60,8 +61,8 @@ class ImportOptions(msgspec.Struct, frozen=True, kw_only=True):
     ack_timeout: float = 10.0
     # How many rejections the report object keeps (the rejects file has them all).
     keep_rejections: int = 100
-    # Map rows in a child process (True), in this one (False), or by the file's size.
-    map_in_process: bool | None = None
+    # Child processes mapping rows (0: in this process); None: by the file's size.
+    mapping_processes: int | None = None
 
 
 class RejectedRow(msgspec.Struct, frozen=True):
@@ -227,29 +228,33 @@ async def _run(
         publisher.on_ack = acked
     by_type = report.events_by_type
     keep = options.keep_rejections
-    in_process = options.map_in_process
-    if in_process is None:
-        in_process = csvfile.lines > IN_PROCESS_FROM_LINES
-    produce = chunks_in_process if in_process else chunks_inline
+    processes = options.mapping_processes
+    if processes is None:
+        processes = 0 if csvfile.lines <= IN_PROCESS_FROM_LINES else DEFAULT_PROCESSES
+    chunks = (chunks_in_processes(csvfile, plan, mapper_args, CHUNK_ROWS, processes)
+              if processes else chunks_inline(csvfile, plan, mapper_args, CHUNK_ROWS))
+    first_rows = FirstRowPerEmail(plan.email.header)
     with RejectsWriter(rejects_path) as rejects:
         try:
-            async with contextlib.aclosing(
-                    produce(csvfile, plan, mapper_args, CHUNK_ROWS)) as chunks:
+            async with contextlib.aclosing(chunks):
                 async for chunk in chunks:
                     if stop is not None and stop.is_set():
                         report.stopped = "interrupted before the end of the file"
                         break
                     report.rows_read += chunk.rows_read
                     report.rows_empty += chunk.rows_empty
-                    report.rows_rejected += len(chunk.rejected)
-                    for problems in chunk.rejected:
-                        for problem in problems:
-                            rejects.write(problem.line, problem.column, problem.reason)
-                            if len(report.rejections) < keep:
-                                report.rejections.append(RejectedRow(
-                                    problem.line, problem.column, problem.reason, problem.code))
-                    report.rows_accepted += len(chunk.accepted)
-                    for line, events in chunk.accepted:
+                    for row in chunk.rows:
+                        line, _, events, problems = first_rows.check(row)
+                        if problems:
+                            report.rows_rejected += 1
+                            for problem in problems:
+                                rejects.write(problem.line, problem.column, problem.reason)
+                                if len(report.rejections) < keep:
+                                    report.rejections.append(RejectedRow(
+                                        problem.line, problem.column, problem.reason,
+                                        problem.code))
+                            continue
+                        report.rows_accepted += 1
                         for event in events:
                             by_type[event.type] = by_type.get(event.type, 0) + 1
                         if publisher is not None:

@@ -12,7 +12,8 @@ fingerprint, the row's line number, the event type and its list or channel: the 
 imported again with the same mapping publishes the same ids, and ficha stores each once.
 
 A rejected row publishes nothing; every cell at fault is reported with the CSV column and
-the decoder's sentence. Pure: no I/O.
+the decoder's sentence. A second row for the same email is refused (``FirstRowPerEmail``).
+Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -64,41 +65,73 @@ class PreparedEvent(NamedTuple):
     event_id: str
 
 
+class MappedRow(NamedTuple):
+    """A row's events (accepted) or its problems (rejected); ``email`` normalised."""
+
+    line: int
+    email: str
+    events: list[PreparedEvent]
+    problems: list[RowProblem]
+
+
 @dataclass
 class Chunk:
-    """Consecutive records of a file, mapped: what the publisher needs, in file order."""
+    """Consecutive records of a file, mapped, in file order (blank rows only counted)."""
 
     rows_read: int = 0
     rows_empty: int = 0
-    accepted: list[tuple[int, list[PreparedEvent]]] = field(default_factory=list)
-    rejected: list[list[RowProblem]] = field(default_factory=list)
+    rows: list[MappedRow] = field(default_factory=list)
 
 
 Record = tuple[int, "list[str] | csv.Error"]
 
 
-def map_chunks(records: Iterable[Record], mapper: RowMapper, size: int) -> Iterator[Chunk]:
+def map_chunks(records: Iterable[Record], mapper: RowMapper, size: int,
+               share: tuple[int, int] = (0, 1)) -> Iterator[Chunk]:
     """Map records ``size`` at a time; blank rows are counted and skipped, a record the
-    csv module could not read is rejected as a whole."""
+    csv module could not read is rejected as a whole. With ``share`` = (k, n) only every
+    n-th chunk from the k-th is mapped and yielded (n processes share a file)."""
+    mine, sharing = share
+    number = 0
     chunk = Chunk()
     for line, cells in records:
         chunk.rows_read += 1
-        if isinstance(cells, csv.Error):
-            chunk.rejected.append([RowProblem(line, "", f"the CSV is malformed here: {cells}",
-                                              "malformed_csv")])
+        if number % sharing != mine:
+            pass
+        elif isinstance(cells, csv.Error):
+            chunk.rows.append(MappedRow(line, "", [], [RowProblem(
+                line, "", f"the CSV is malformed here: {cells}", "malformed_csv")]))
         elif not any(cell.strip() for cell in cells):
             chunk.rows_empty += 1
         else:
-            events, problems = mapper.map_row(line, cells)
-            if problems:
-                chunk.rejected.append(problems)
-            else:
-                chunk.accepted.append((line, events))
+            chunk.rows.append(mapper.map_row(line, cells))
         if chunk.rows_read >= size:
-            yield chunk
+            if number % sharing == mine:
+                yield chunk
+            number += 1
             chunk = Chunk()
-    if chunk.rows_read:
+    if chunk.rows_read and number % sharing == mine:
         yield chunk
+
+
+class FirstRowPerEmail:
+    """A file holds each contact once: the first accepted row of an email is kept, a later
+    one is refused, naming the line of the first (nothing is merged silently)."""
+
+    def __init__(self, column: str) -> None:
+        self.column = column
+        self.lines: dict[str, int] = {}
+
+    def check(self, row: MappedRow) -> MappedRow:
+        if row.problems:
+            return row
+        first = self.lines.setdefault(row.email, row.line)
+        if first == row.line:
+            return row
+        return MappedRow(row.line, row.email, [], [RowProblem(
+            row.line, self.column, f"{row.email} is already on line {first}: a file holds "
+            "each contact once; merge the two rows, or import the second from another file",
+            "duplicate_email")])
 
 
 def import_key(tenant: str, file_sha256: str, plan: ColumnPlan) -> str:
@@ -145,7 +178,8 @@ def parse_instant(text: str) -> datetime | str:
 
 
 class RowMapper:
-    """Maps the rows of one file; remembers each accepted email to refuse a second row."""
+    """Maps the rows of one file, each on its own (``FirstRowPerEmail`` then refuses a
+    second row for an email, in file order)."""
 
     def __init__(
         self,
@@ -176,7 +210,6 @@ class RowMapper:
         self.moment = moments[0] if moments else None
         self.subjects = {kind: f"ficha.in.{tenant}.{kind}" for kind in (
             "contact_updated", "list_subscribed", "list_unsubscribed", "consent_changed")}
-        self.accepted_emails: dict[str, int] = {}
 
     def _property_type(self, column: Column) -> str:
         if column.target.type:
@@ -188,13 +221,18 @@ class RowMapper:
 
     # ------------------------------------------------------------------------- a row
 
-    def map_row(self, line: int, cells: list[str]) -> tuple[list[PreparedEvent], list[RowProblem]]:
+    def map_row(self, line: int, cells: list[str]) -> MappedRow:
         """The row's events, or (no events and) every problem found in it."""
+        events, problems, email = self._map(line, cells)
+        return MappedRow(line, email, events, problems)
+
+    def _map(self, line: int, cells: list[str]
+             ) -> tuple[list[PreparedEvent], list[RowProblem], str]:
         if len(cells) != self.width:
             return [], [RowProblem(
                 line, "", f"the row has {len(cells)} cells but the header has {self.width} "
                 "columns: quote cells that contain the delimiter or a line break",
-                "row_width")]
+                "row_width")], ""
         problems: list[RowProblem] = []
         occurred_at = self.occurred_at
         if self.moment is not None and (text := cells[self.moment.index].strip()):
@@ -213,28 +251,20 @@ class RowMapper:
         others, other_problems = self._list_and_consent(line, cells)
         problems += other_problems
         if problems and not email_cell.strip():
-            return [], problems
+            return [], problems, ""
         update, decoded = self._checked_update(line, cells, properties, occurred_at, problems)
         if problems or update is None or decoded is None:
-            return [], problems
-
+            return [], problems, ""
         email = decoded.contact.email
-        first = self.accepted_emails.get(email)
-        if first is not None:
-            return [], [RowProblem(
-                line, self.email.header, f"{email} is already on line {first}: a file holds "
-                "each contact once; merge the two rows, or import the second from another file",
-                "duplicate_email")]
         events = [update]
         for kind, target, fields in others:
             event = self._event(line, kind, target, occurred_at,
                                 {"contact": {"email": email_cell}, **fields})
             other = decode(event.subject, event.body)
             if isinstance(other, Rejection):  # the same email and instant passed above
-                return [], [RowProblem(line, "", other.detail, other.code)]
+                return [], [RowProblem(line, "", other.detail, other.code)], email
             events.append(event)
-        self.accepted_emails[email] = line
-        return events, []
+        return events, [], email
 
     def _checked_update(
         self, line: int, cells: list[str], properties: dict[int, tuple[str, Any]],

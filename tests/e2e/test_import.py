@@ -167,7 +167,7 @@ async def test_a_mapping_file_and_the_tenants_definitions(
     report = await import_csv(
         path, tenant="acme", js=runtime.js, mapping=load_mapping(mapping),
         rejects_path=rejects_path_for(path), definitions=settings,
-        options=ImportOptions(occurred_at=WHEN, map_in_process=True))
+        options=ImportOptions(occurred_at=WHEN, mapping_processes=2))
     assert report.completed and report.delimiter == ";"
     assert (report.rows_accepted, report.rows_rejected) == (1, 2)
     assert [(r.line, r.column, r.code, r.reason) for r in report.rejections] == [
@@ -213,7 +213,7 @@ async def test_an_import_cut_by_nats_going_away_says_so_and_a_rerun_completes_it
         first = await import_csv(
             path, tenant="acme", js=js, on_progress=stop_nats_after_the_first_chunk,
             options=ImportOptions(window=100, ack_timeout=1.0, occurred_at=WHEN,
-                                  map_in_process=False))
+                                  mapping_processes=0))
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.close(), 2)
         assert not first.completed

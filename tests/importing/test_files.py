@@ -110,9 +110,9 @@ def test_the_rejects_report_replaces_an_old_one_or_goes_away(tmp_path: Path) -> 
     assert [p.name for p in tmp_path.iterdir()] == []
 
 
-@pytest.mark.parametrize("in_process", [False, True])
+@pytest.mark.parametrize("processes", [0, 1, 2])
 async def test_a_dry_run_validates_every_row_without_nats(tmp_path: Path,
-                                                          in_process: bool) -> None:
+                                                          processes: int) -> None:
     path = write(tmp_path, (
         "email,first_name,country,list:news\n"
         "ana@example.com,Ana,ES,yes\n"
@@ -121,7 +121,7 @@ async def test_a_dry_run_validates_every_row_without_nats(tmp_path: Path,
         "ana@example.com,Ana,,\n"
         "carla@example.com,Carla,MX,no\n"))
     report = await import_csv(path, tenant="acme", rejects_path=rejects_path_for(path),
-                              options=ImportOptions(dry_run=True, map_in_process=in_process))
+                              options=ImportOptions(dry_run=True, mapping_processes=processes))
     assert (report.rows_read, report.rows_empty, report.rows_accepted, report.rows_rejected) \
         == (5, 1, 2, 2)
     assert report.events_by_type == {"contact_updated": 2, "list_subscribed": 1,

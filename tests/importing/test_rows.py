@@ -17,6 +17,7 @@ from services.domain.tenant import TenantSettings
 from services.importing.mapping import ColumnSpec, MappingSpec, plan_columns
 from services.importing.rows import (
     EventIds,
+    FirstRowPerEmail,
     PreparedEvent,
     RowMapper,
     RowProblem,
@@ -30,10 +31,23 @@ WHEN = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
 SHA = "ab" * 32
 
 
+class Rows:
+    """A file's rows through the mapper and then the one-row-per-email rule, in order, as
+    the importer applies them."""
+
+    def __init__(self, rows: RowMapper) -> None:
+        self.rows = rows
+        self.first = FirstRowPerEmail(rows.email.header)
+
+    def map(self, line: int, cells: list[str]) -> tuple[list[PreparedEvent], list[RowProblem]]:
+        _, _, events, problems = self.first.check(self.rows.map_row(line, cells))
+        return events, problems
+
+
 def mapper(headers: list[str] = HEADERS, sha: str = SHA, tenant: str = "acme",
-           definitions: TenantSettings | None = None, **plan: Any) -> RowMapper:
-    return RowMapper(plan_columns(headers, **plan), tenant=tenant, file_sha256=sha,
-                     occurred_at=WHEN, definitions=definitions)
+           definitions: TenantSettings | None = None, **plan: Any) -> Rows:
+    return Rows(RowMapper(plan_columns(headers, **plan), tenant=tenant, file_sha256=sha,
+                          occurred_at=WHEN, definitions=definitions))
 
 
 def row(**cells: str) -> list[str]:
@@ -50,7 +64,7 @@ def bodies(events: list[PreparedEvent]) -> list[dict[str, Any]]:
 
 
 def test_a_full_row_becomes_its_events() -> None:
-    events, problems = mapper().map_row(2, row(
+    events, problems = mapper().map(2, row(
         email=" Ana@Example.com", first_name="Ana", country="es", phone="+34 600-111 222",
         tags="VIP, lead,,", size="38", vip="yes", news="pending", sms="no",
         lead_status="new"))
@@ -71,14 +85,14 @@ def test_a_full_row_becomes_its_events() -> None:
 
 
 def test_a_falsy_list_cell_unsubscribes_and_an_empty_one_does_nothing() -> None:
-    events, _ = mapper().map_row(2, row(email="a@example.com", news="No"))
+    events, _ = mapper().map(2, row(email="a@example.com", news="No"))
     assert [e.type for e in events] == ["contact_updated", "list_unsubscribed"]
-    events, _ = mapper().map_row(2, row(email="a@example.com"))
+    events, _ = mapper().map(2, row(email="a@example.com"))
     assert [e.type for e in events] == ["contact_updated"]
 
 
 def test_every_bad_cell_of_a_row_is_named_with_the_decoders_sentence() -> None:
-    events, problems = mapper().map_row(7, row(
+    events, problems = mapper().map(7, row(
         email="bo@example.com", country="XX", phone="12345", tags="ok," + "t" * 70,
         size="", news="maybe", sms="perhaps", occurred_at="2026-13-01"))
     assert events == []
@@ -95,35 +109,35 @@ def test_every_bad_cell_of_a_row_is_named_with_the_decoders_sentence() -> None:
 
 def test_email_problems_and_duplicates_within_the_file() -> None:
     rows = mapper()
-    assert rows.map_row(2, row(email="ana@example.com"))[1] == []
-    _, empty = rows.map_row(3, row(email="  ", first_name="Nobody"))
+    assert rows.map(2, row(email="ana@example.com"))[1] == []
+    _, empty = rows.map(3, row(email="  ", first_name="Nobody"))
     assert empty == [RowProblem(3, "Email", "the email is empty: every row needs the "
                                 "contact's email address", "missing_field")]
-    _, bad = rows.map_row(4, row(email="ana@example"))
+    _, bad = rows.map(4, row(email="ana@example"))
     assert bad[0].column == "Email" and "needs a domain with a dot" in bad[0].reason
-    _, again = rows.map_row(5, row(email="ANA@example.com "))
+    _, again = rows.map(5, row(email="ANA@example.com "))
     assert again[0].code == "duplicate_email"
     assert again[0].reason.startswith("ana@example.com is already on line 2")
-    _, short = rows.map_row(6, ["x@example.com", "too few"])
+    _, short = rows.map(6, ["x@example.com", "too few"])
     assert short[0].code == "row_width" and "the row has 2 cells but the header has 11" in (
         short[0].reason)
 
 
 def test_a_rejected_row_does_not_claim_its_email() -> None:
     rows = mapper()
-    assert rows.map_row(2, row(email="ana@example.com", country="XX"))[1]
-    assert rows.map_row(3, row(email="ana@example.com", country="ES"))[1] == []
+    assert rows.map(2, row(email="ana@example.com", country="XX"))[1]
+    assert rows.map(3, row(email="ana@example.com", country="ES"))[1] == []
 
 
 def test_instants_from_a_column_and_their_range() -> None:
-    events, _ = mapper().map_row(2, row(email="a@example.com", occurred_at="2025-01-31"))
+    events, _ = mapper().map(2, row(email="a@example.com", occurred_at="2025-01-31"))
     assert bodies(events)[0]["occurred_at"] == "2025-01-31T00:00:00+00:00"
-    events, _ = mapper().map_row(2, row(email="a@example.com",
+    events, _ = mapper().map(2, row(email="a@example.com",
                                         occurred_at="2025-01-31T10:00:00+01:00"))
     assert bodies(events)[0]["occurred_at"] == "2025-01-31T10:00:00+01:00"
-    _, naive = mapper().map_row(2, row(email="a@example.com", occurred_at="2025-01-31 10:00"))
+    _, naive = mapper().map(2, row(email="a@example.com", occurred_at="2025-01-31 10:00"))
     assert "has no timezone offset" in naive[0].reason
-    _, far = mapper().map_row(2, row(email="a@example.com", occurred_at="9999-12-31"))
+    _, far = mapper().map(2, row(email="a@example.com", occurred_at="9999-12-31"))
     assert far[0].column == "occurred_at" and "outside the instants ficha accepts" in (
         far[0].reason)
 
@@ -131,7 +145,7 @@ def test_instants_from_a_column_and_their_range() -> None:
 def test_property_types_from_the_mapping_or_the_tenants_definitions() -> None:
     typed = mapper(["email", "property:size", "property:vip", "property:langs"],
                    spec=None)
-    events, _ = typed.map_row(2, ["a@example.com", "38", "yes", "es,fr"])
+    events, _ = typed.map(2, ["a@example.com", "38", "yes", "es,fr"])
     assert bodies(events)[0]["properties"] == {"size": "38", "vip": "yes", "langs": "es,fr"}
 
     spec = MappingSpec(columns={
@@ -139,10 +153,10 @@ def test_property_types_from_the_mapping_or_the_tenants_definitions() -> None:
         "vip": ColumnSpec(to="property:vip", type="boolean"),
         "langs": ColumnSpec(to="property:langs", type="list")})
     explicit = mapper(["email", "size", "vip", "langs"], spec=spec)
-    events, _ = explicit.map_row(2, ["a@example.com", "38.5", "No", "es, fr"])
+    events, _ = explicit.map(2, ["a@example.com", "38.5", "No", "es, fr"])
     assert bodies(events)[0]["properties"] == {"size": 38.5, "vip": False,
                                                "langs": ["es", "fr"]}
-    _, wrong = explicit.map_row(3, ["b@example.com", "3,5", "maybe", ""])
+    _, wrong = explicit.map(3, ["b@example.com", "3,5", "maybe", ""])
     assert [p.column for p in wrong] == ["size", "vip"]
     assert "'3,5' is not a number (use a dot for decimals)" in wrong[0].reason
 
@@ -152,9 +166,9 @@ def test_property_types_from_the_mapping_or_the_tenants_definitions() -> None:
     tenant.change(contact_types=["client", "supplier"])
     defined = mapper(["email", "property:size", "property:vip", "contact_type"],
                      definitions=tenant)
-    events, _ = defined.map_row(2, ["a@example.com", "41", "x", "client"])
+    events, _ = defined.map(2, ["a@example.com", "41", "x", "client"])
     assert bodies(events)[0]["properties"] == {"size": 41, "vip": True}
-    _, refused = defined.map_row(3, ["b@example.com", "big", "maybe", "alien"])
+    _, refused = defined.map(3, ["b@example.com", "big", "maybe", "alien"])
     assert {(p.column, p.code, p.reason) for p in refused} == {
         ("property:size", "property_type_mismatch",
          "property size is defined as a number; got 'big'; fix the value or the definition"),
@@ -171,13 +185,18 @@ def test_blank_rows_are_skipped_and_malformed_records_rejected() -> None:
     records: list[tuple[int, list[str] | csv.Error]] = [
         (2, row(email="a@example.com")), (3, []), (4, ["", " "] + [""] * 9),
         (5, csv.Error("unexpected end of data")), (6, row(email="b@example.com"))]
-    chunks = list(map_chunks(records, mapper(), size=2))
+    chunks = list(map_chunks(records, mapper().rows, size=2))
     assert [c.rows_read for c in chunks] == [2, 2, 1]
     assert sum(c.rows_empty for c in chunks) == 2
-    assert [line for c in chunks for line, _ in c.accepted] == [2, 6]
-    assert [p for c in chunks for ps in c.rejected for p in ps] == [
+    assert [row.line for c in chunks for row in c.rows if row.events] == [2, 6]
+    assert [p for c in chunks for row in c.rows for p in row.problems] == [
         RowProblem(5, "", "the CSV is malformed here: unexpected end of data",
                    "malformed_csv")]
+    # Shared by two processes: each maps every other chunk, all lines are still counted.
+    shares = [list(map_chunks(records, mapper().rows, 2, (k, 2))) for k in (0, 1)]
+    assert [[c.rows_read for c in share] for share in shares] == [[2, 1], [2]]
+    assert [[row.line for c in share for row in c.rows] for share in shares] == [
+        [2, 6], [5]]
 
 
 # ------------------------------------------------------------------------ properties
@@ -229,7 +248,7 @@ ROWS = st.lists(csv_row(), max_size=25)
 def mapped(rows: list[list[str]], sha: str = SHA) -> list[tuple[list[PreparedEvent],
                                                                  list[RowProblem]]]:
     rows_mapper = mapper(sha=sha)
-    return [rows_mapper.map_row(line, cells) for line, cells in enumerate(rows, 2)]
+    return [rows_mapper.map(line, cells) for line, cells in enumerate(rows, 2)]
 
 
 @settings(max_examples=150, deadline=None)
@@ -274,10 +293,10 @@ def test_the_same_file_maps_to_the_same_events_and_another_file_to_other_ids(
     first_ids = {e.event_id for events, _ in first for e in events}
     other_ids = {e.event_id for events, _ in other for e in events}
     assert not first_ids & other_ids
-    tenant_ids = {e.event_id for events, _ in
-                  [RowMapper(plan_columns(HEADERS), tenant="globex", file_sha256=SHA,
-                             occurred_at=WHEN).map_row(line, cells)
-                   for line, cells in enumerate(rows, 2)] for e in events}
+    globex = RowMapper(plan_columns(HEADERS), tenant="globex", file_sha256=SHA,
+                       occurred_at=WHEN)
+    tenant_ids = {e.event_id for line, cells in enumerate(rows, 2)
+                  for e in globex.map_row(line, cells).events}
     assert not first_ids & tenant_ids
 
 
