@@ -88,7 +88,7 @@ def mean_event_size(path: Path, rows: int = 20_000) -> int:
     mapper = RowMapper(plan_columns(csvfile.header), tenant="bench",
                        file_sha256=csvfile.sha256, occurred_at=datetime.now(UTC))
     sizes = [len(event.body) for _, cells in itertools.islice(csvfile.records(), rows)
-             if isinstance(cells, list) for event in mapper.map_row(0, cells)[0]]
+             if isinstance(cells, list) for event in mapper.map_row(0, cells).events]
     return round(sum(sizes) / len(sizes))
 
 
