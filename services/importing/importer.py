@@ -5,12 +5,14 @@
     report = await import_csv(path_or_stream, tenant="acme", js=js, mapping=spec)
 
 Before anything is published the file is read whole (hash, encoding) and its columns are
-mapped (``MappingError``/``CsvFileError`` otherwise, both ValueErrors); then rows are
-mapped and validated one by one and their events published through JetStream with a
-bounded window of unacknowledged publishes. A row counts as published once JetStream has
-acknowledged every one of its events. If publishing stops half-way (NATS gone, ``stop``
-set by Ctrl-C), the report says how many rows were published and ``completed`` is False;
-running the same import again is safe, because the event ids derive from the file.
+mapped (``MappingError``/``CsvFileError``/``ImportRefused`` otherwise, all ValueErrors);
+then rows are mapped and validated in chunks (by child processes for large files), a
+second row for an email is refused, and the accepted rows' events are published through
+JetStream in file order with a bounded window of unacknowledged publishes. A row counts
+as published once JetStream has acknowledged every one of its events. If publishing stops
+half-way (NATS gone, ``stop`` set by Ctrl-C), the report says how many rows were published
+and ``completed`` is False; running the same import again is safe, because the event ids
+derive from the file.
 """
 
 from __future__ import annotations
