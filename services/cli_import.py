@@ -42,15 +42,18 @@ def import_file(
     mapping: Annotated[Path | None, typer.Option(
         help="JSON or YAML file mapping headers to fields (docs/import.md).")] = None,
     ignore_unknown_columns: Annotated[bool, typer.Option(
+        "--ignore-unknown-columns",
         help="Leave out columns that map to nothing instead of refusing the file.")] = False,
     dry_run: Annotated[bool, typer.Option(
+        "--dry-run",
         help="Validate every row and write the rejects report; publish nothing.")] = False,
     all_or_nothing: Annotated[bool, typer.Option(
+        "--all-or-nothing",
         help="Validate the whole file first; publish nothing if any row is rejected.")] = False,
     tag_separator: Annotated[str | None, typer.Option(
         help="Splits the tags column (default ,).")] = None,
     delimiter: Annotated[str | None, typer.Option(
-        help="Cell delimiter (default: detected from the header: , ; tab or |).")] = None,
+        help="Cell delimiter: , ; | or tab (default: the header's commonest).")] = None,
     encoding: Annotated[str, typer.Option(help="The file's encoding.")] = "utf-8",
     source: Annotated[str, typer.Option(help="The events' source field.")] = "import",
     occurred_at: Annotated[str | None, typer.Option(
@@ -85,6 +88,8 @@ def import_file(
         moment = parsed
     if window < 1:
         fail("--window must be at least 1", EXIT_BAD_INPUT)
+    if delimiter is not None and delimiter.lower() == "tab":
+        delimiter = "\t"
     options = ImportOptions(
         source=source, occurred_at=moment, encoding=encoding, delimiter=delimiter,
         tag_separator=tag_separator, ignore_unknown_columns=ignore_unknown_columns,
@@ -255,7 +260,8 @@ def _show(report: Any, as_json: bool) -> None:
     if report.rows_rejected:
         where = f": see {report.rejects_file} (line, column, reason)" if report.rejects_file \
             else ""
-        err.print(f"[yellow]{report.rows_rejected:,} rows rejected[/]{where}", highlight=False)
+        rows = "1 row" if report.rows_rejected == 1 else f"{report.rows_rejected:,} rows"
+        err.print(f"[yellow]{rows} rejected[/]{where}", highlight=False)
         raise typer.Exit(EXIT_REJECTED)
 
 

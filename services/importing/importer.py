@@ -174,9 +174,10 @@ async def import_csv(
                 if report.rows_rejected or not report.completed:
                     # The check was all that ran: the report is a dry run's.
                     if report.rows_rejected:
-                        report.warnings.append(
-                            f"{report.rows_rejected:,} rows were rejected and all-or-nothing "
-                            "was asked: nothing was published")
+                        rejected = ("1 row was" if report.rows_rejected == 1 else
+                                    f"{report.rows_rejected:,} rows were")
+                        report.warnings.append(f"{rejected} rejected and all-or-nothing was "
+                                               "asked: nothing was published")
                     report.elapsed_s = time.monotonic() - started
                     return report
             report = new_report(False)
