@@ -156,7 +156,8 @@ def decode(subject: str, data: bytes) -> InboundEvent | Rejection:
             f"schema_version {version} of {kind} is newer than this ficha understands "
             f"(up to {latest}): upgrade ficha or publish version {latest}",
         )
-    null_path = _find_null(obj)
+    # A JSON null is spelt `null` in the bytes: without them there is nothing to look for.
+    null_path = _find_null(obj) if b"null" in data else None
     if null_path is not None:
         return reject(
             "invalid_field",

@@ -37,6 +37,7 @@ from services.cli_common import (
 )
 from services.cli_dlq import dlq_app
 from services.cli_export import export_app
+from services.cli_import import import_file
 from services.cli_privacy import contacts_access, erase, erasures_app
 from services.cli_sql import sql_app
 
@@ -67,6 +68,7 @@ app.add_typer(sql_app, name="sql")
 app.add_typer(erasures_app, name="erasures")
 app.command("erase")(erase)
 contacts_app.command("access")(contacts_access)
+app.command("import")(import_file)
 
 # ------------------------------------------------------------------------- up
 

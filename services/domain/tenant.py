@@ -19,12 +19,20 @@ from datetime import date, datetime
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
+import msgspec
 from eventsourcing.domain import Aggregate
+
+from contracts.events import InboundEvent
 
 PROPERTY_TYPES = ("text", "number", "date", "boolean", "choice")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9 _.-]{0,63}$")
+
+# Codes of the events that break a tenant's definitions (dead-lettered at ingestion).
+PROPERTY_TYPE_MISMATCH = "property_type_mismatch"
+UNKNOWN_CONTACT_TYPE = "unknown_contact_type"
+UNKNOWN_LEAD_STATUS = "unknown_lead_status"
 
 DEFAULTS: dict[str, Any] = {
     "engaged_days": 90,
@@ -185,6 +193,25 @@ class TenantSettings(Aggregate):
             self.trigger_event(self.PropertyDefined, tenant=self.tenant, name=name,
                                type=type_, options=opts, label=label.strip())
         return self.properties[name]
+
+    def event_problem(self, event: InboundEvent) -> tuple[str, str] | None:
+        """(code, sentence) if the event breaks these definitions, else None."""
+        properties: dict[str, Any] = getattr(event, "properties", None) or {}
+        for name, value in sorted(properties.items()):
+            definition = self.properties.get(name)
+            if definition is None:
+                continue
+            wrong = definition.check(msgspec.to_builtins(value))
+            if wrong is not None:
+                return PROPERTY_TYPE_MISMATCH, f"{wrong}; fix the value or the definition"
+        for field, code, key in (("contact_type", UNKNOWN_CONTACT_TYPE, "contact_types"),
+                                 ("lead_status", UNKNOWN_LEAD_STATUS, "lead_statuses")):
+            value = getattr(event, field, None)
+            allowed = self.values.get(key) or []
+            if value is not None and allowed and value not in allowed:
+                return code, (f"{field} {value!r} is not one of tenant {event.tenant}'s "
+                              f"{key.replace('_', ' ')}: {', '.join(allowed)}")
+        return None
 
     def remove_property(self, name: str) -> None:
         if name not in self.properties:

@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from eventsourcing.application import AggregateNotFoundError
 
 from contracts.events import InboundEvent
 from services.domain.tenant import TenantSettings, tenant_settings_id
 from services.store.contact_store import ContactStore
-
-PROPERTY_TYPE_MISMATCH = "property_type_mismatch"
-UNKNOWN_CONTACT_TYPE = "unknown_contact_type"
-UNKNOWN_LEAD_STATUS = "unknown_lead_status"
 
 
 class TenantChecks:
@@ -54,25 +49,4 @@ class TenantChecks:
         settings = None if cached is None else cached[1]
         if settings is None:
             return None
-        properties: dict[str, Any] = getattr(event, "properties", None) or {}
-        for name, value in sorted(properties.items()):
-            definition = settings.properties.get(name)
-            if definition is None:
-                continue
-            wrong = definition.check(_plain(value))
-            if wrong is not None:
-                return PROPERTY_TYPE_MISMATCH, f"{wrong}; fix the value or the definition"
-        for field, code, key in (("contact_type", UNKNOWN_CONTACT_TYPE, "contact_types"),
-                                 ("lead_status", UNKNOWN_LEAD_STATUS, "lead_statuses")):
-            value = getattr(event, field, None)
-            allowed = settings.values.get(key) or []
-            if value is not None and allowed and value not in allowed:
-                return code, (f"{field} {value!r} is not one of tenant {event.tenant}'s "
-                              f"{key.replace('_', ' ')}: {', '.join(allowed)}")
-        return None
-
-
-def _plain(value: Any) -> Any:
-    import msgspec
-
-    return msgspec.to_builtins(value)
+        return settings.event_problem(event)

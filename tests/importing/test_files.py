@@ -1,0 +1,150 @@
+"""Reading CSV inputs: BOM, delimiters, encodings, line numbers, empty files, streams;
+the rejects report next to the input; a dry run through the whole core without NATS."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from services.importing.files import (
+    CsvFileError,
+    RejectsWriter,
+    open_csv,
+    read_rejects,
+    rejects_path_for,
+    sniff_delimiter,
+)
+from services.importing.importer import ImportOptions, import_csv
+from services.importing.mapping import MappingError
+
+
+def write(tmp_path: Path, text: str | bytes, name: str = "in.csv") -> Path:
+    path = tmp_path / name
+    if isinstance(text, str):
+        path.write_text(text, encoding="utf-8", newline="")
+    else:
+        path.write_bytes(text)
+    return path
+
+
+def records(path: Path, **kwargs: str) -> list[tuple[int, object]]:
+    return list(open_csv(path, **kwargs).records())
+
+
+def test_a_bom_and_semicolons_are_handled(tmp_path: Path) -> None:
+    path = write(tmp_path, "\ufeffemail;first_name;tags\r\nana@example.com;Ana;\"vip, lead\"\r\n")
+    csvfile = open_csv(path)
+    assert csvfile.header == ["email", "first_name", "tags"]
+    assert csvfile.delimiter == ";"
+    assert list(csvfile.records()) == [(2, ["ana@example.com", "Ana", "vip, lead"])]
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("email,name,tags", ","), ("email;name;tags", ";"), ("email\tname", "\t"),
+    ("email|name", "|"), ("email", ","), ('"a;b",c', ","), ('"e,mail";name;x', ";"),
+])
+def test_the_delimiter_is_the_headers_commonest(line: str, expected: str) -> None:
+    assert sniff_delimiter(line) == expected
+
+
+def test_records_start_on_their_physical_line(tmp_path: Path) -> None:
+    path = write(tmp_path, 'email,note\na@example.com,"two\nlines"\n\nb@example.com,x\n'
+                           'c@example.com,"unclosed\n')
+    assert records(path) == [
+        (2, ["a@example.com", "two\nlines"]), (4, []), (5, ["b@example.com", "x"]),
+        (6, ["c@example.com", "unclosed\n"])]
+
+
+def test_a_wrongly_encoded_file_is_refused_with_its_line(tmp_path: Path) -> None:
+    text = "email,first_name\nana@example.com,Ana\nfelix@example.com,Félix\n"
+    path = write(tmp_path, text.encode("cp1252"))
+    with pytest.raises(CsvFileError) as caught:
+        open_csv(path)
+    assert str(caught.value) == (
+        "line 3 is not valid utf-8 (byte 0xe9 at character 20): save the file as utf-8 (CSV "
+        "UTF-8 in Excel), or give its encoding with --encoding, e.g. --encoding cp1252")
+    assert list(open_csv(path, encoding="cp1252").records())[1] == (
+        3, ["felix@example.com", "Félix"])
+
+
+def test_empty_and_header_only_files(tmp_path: Path) -> None:
+    with pytest.raises(CsvFileError, match="is empty: its first line must name the columns"):
+        open_csv(write(tmp_path, ""))
+    with pytest.raises(CsvFileError, match="is empty"):
+        open_csv(write(tmp_path, "\ufeff\n"))
+    header_only = open_csv(write(tmp_path, "email,first_name\n"))
+    assert header_only.header == ["email", "first_name"] and list(header_only.records()) == []
+    with pytest.raises(CsvFileError, match="is not a file"):
+        open_csv(tmp_path / "missing.csv")
+    with pytest.raises(CsvFileError, match="unknown encoding 'klingon'"):
+        open_csv(write(tmp_path, "email\n"), encoding="klingon")
+
+
+def test_streams_and_bytes_are_spooled_and_hashed_like_the_file(tmp_path: Path) -> None:
+    text = "email,first_name\nana@example.com,Ana\n"
+    from_path = open_csv(write(tmp_path, text))
+    for source in (text.encode(), io.BytesIO(text.encode()), io.StringIO(text)):
+        spooled = open_csv(source)
+        assert spooled.sha256 == from_path.sha256
+        assert list(spooled.records()) == list(from_path.records())
+        spooled.discard()
+        assert not spooled.path.exists()
+    assert from_path.path.exists()
+
+
+def test_the_rejects_report_replaces_an_old_one_or_goes_away(tmp_path: Path) -> None:
+    target = rejects_path_for(tmp_path / "in.csv")
+    assert target.name == "in.csv.rejects.csv"
+    target.write_text("stale\n")
+    with RejectsWriter(target) as rejects:
+        rejects.write(3, "phone", "contact.phone: expected text")
+        rejects.write(5, "", "the row has 2 cells, the header 3")
+    assert read_rejects(target) == [
+        {"line": "3", "column": "phone", "reason": "contact.phone: expected text"},
+        {"line": "5", "column": "", "reason": "the row has 2 cells, the header 3"}]
+    with RejectsWriter(target):
+        pass
+    assert not target.exists()
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+@pytest.mark.parametrize("processes", [0, 1, 2])
+async def test_a_dry_run_validates_every_row_without_nats(tmp_path: Path,
+                                                          processes: int) -> None:
+    path = write(tmp_path, (
+        "email,first_name,country,list:news\n"
+        "ana@example.com,Ana,ES,yes\n"
+        "bo@example.com,Bo,XX,\n"
+        ",,,\n"
+        "ana@example.com,Ana,,\n"
+        "carla@example.com,Carla,MX,no\n"))
+    report = await import_csv(path, tenant="acme", rejects_path=rejects_path_for(path),
+                              options=ImportOptions(dry_run=True, mapping_processes=processes))
+    assert (report.rows_read, report.rows_empty, report.rows_accepted, report.rows_rejected) \
+        == (5, 1, 2, 2)
+    assert report.events_by_type == {"contact_updated": 2, "list_subscribed": 1,
+                                     "list_unsubscribed": 1}
+    assert report.completed and report.dry_run and report.events_published == 0
+    assert [(r["line"], r["column"]) for r in read_rejects(rejects_path_for(path))] == [
+        ("3", "country"), ("5", "email")]
+    assert report.rejects_file == str(rejects_path_for(path))
+
+
+async def test_problems_before_the_rows_stop_the_import(tmp_path: Path) -> None:
+    with pytest.raises(MappingError, match="no mapping for the column 'shoe'"):
+        await import_csv(write(tmp_path, "email,shoe\na@example.com,38\n"), tenant="acme",
+                         options=ImportOptions(dry_run=True))
+    with pytest.raises(ValueError, match="tenant 'Acme Inc' is not valid"):
+        await import_csv(write(tmp_path, "email\n"), tenant="Acme Inc",
+                         options=ImportOptions(dry_run=True))
+    with pytest.raises(ValueError, match="publishing needs a JetStream context"):
+        await import_csv(write(tmp_path, "email\n"), tenant="acme")
+
+
+async def test_a_header_only_file_imports_nothing_and_says_so(tmp_path: Path) -> None:
+    report = await import_csv(write(tmp_path, "email,first_name\r\n"), tenant="acme",
+                              options=ImportOptions(dry_run=True))
+    assert report.completed and (report.rows_read, report.rows_accepted) == (0, 0)
+    assert report.warnings == ["the file has no rows after its header: nothing to import"]
