@@ -22,7 +22,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import FromPath
 
 from projections.db import ViewDatabase
-from services.api import contacts, dead_letters, exports, privacy, segments, stats
+from services.api import contacts, dead_letters, exports, imports, privacy, segments, stats
 from services.api.bus import Bus
 from services.api.deps import ApiContext, admin, consistency, reader
 from services.api.errors import HANDLERS, ApiError
@@ -77,7 +77,8 @@ def create_app(ctx: ApiContext) -> Litestar:
     tenant_routes = Router(
         path="/v1/tenants/{tenant:str}",
         route_handlers=[*contacts.ROUTES, *segments.ROUTES, *stats.ROUTES,
-                        *dead_letters.ROUTES, *exports.ROUTES, *privacy.ROUTES],
+                        *dead_letters.ROUTES, *exports.ROUTES, *privacy.ROUTES,
+                        *imports.ROUTES],
         dependencies={
             # Keys are checked from memory (read from the store every 2 s per tenant).
             "principal": Provide(reader, sync_to_thread=False),

@@ -83,6 +83,9 @@ async def routes(api: Api) -> list[tuple[str, str]]:
 
 
 async def call(api: Api, method: str, url: str, key: str, template: str) -> Any:
+    if template.endswith("/imports"):
+        return await api.http.post(url, headers=api.auth(key), files={
+            "file": ("people.csv", b"email,first_name\nzed@other.example,Zed\n")})
     body = BODIES.get((method, template))
     if method in ("post", "put"):
         assert body is not None, f"add a request body for {method.upper()} {template}"
@@ -489,3 +492,72 @@ async def test_erasure_and_subject_access_through_the_api(api: Api) -> None:
     assert (await api.get(f"{t}/erasures", "acme:read")).status_code == 403
     others = (await api.get("/v1/tenants/other/erasures", "other:admin")).json()
     assert others == []
+
+
+async def test_import_through_the_api(api: Api) -> None:
+    await seed(api)
+    t = "/v1/tenants/acme"
+    csv_text = ("email,first_name,language,tags,list:newsletter\n"
+                "nia@example.com,Nia,es,vip|new,yes\n"
+                "not-an-email,Bad,es,,\n"
+                "omar@example.com,Omar,en,,no\n")
+    mapping = b'{"columns": {"tags": "tags"}, "tag_separator": "|"}'
+    files = {"file": ("people.csv", csv_text.encode()),
+             "mapping": ("mapping.json", mapping)}
+    assert (await api.http.post(f"{t}/imports", files=files,
+                                headers=api.auth("acme:read"))).status_code == 403
+    first = await api.http.post(f"{t}/imports", files=files, headers=api.auth("acme:admin"))
+    assert first.status_code == 200, first.text
+    report = first.json()
+    assert (report["rows_accepted"], report["rows_rejected"]) == (2, 1)
+    [rejected] = report["rejections"]
+    assert rejected["line"] == 3 and rejected["column"] == "email"
+    card = await api.get(f"{t}/contacts/nia@example.com", wait_timeout="20",
+                         wait_for_event=await _an_event_of(api, "nia@example.com"))
+    assert card.status_code == 200, card.text
+    assert sorted(card.json()["data"]["tags"]) == ["new", "vip"]
+    assert api.runtime.store is not None
+    await _ingested(api)
+    received = api.runtime.store.received_count()
+    again = (await api.http.post(f"{t}/imports", files=files,
+                                 headers=api.auth("acme:admin"))).json()
+    assert again["events_published"] == report["events_published"] > 0
+    await _ingested(api)
+    assert api.runtime.store.received_count() == received  # the same ids: nothing new
+    bad = await api.http.post(f"{t}/imports", headers=api.auth("acme:admin"), files={
+        "file": ("x.csv", b"name\nAna\n")})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] in (
+        "invalid_mapping", "invalid_file")
+    assert "email" in bad.json()["error"]["message"]
+
+
+async def _an_event_of(api: Api, email: str) -> str:
+    """The id of an event the import published for this email (from the log of the bus:
+    the API's read-your-writes needs one event id)."""
+    assert api.runtime.js is not None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        info = await api.runtime.js.stream_info("FICHA_IN")
+        for seq in range(info.state.last_seq, max(0, info.state.last_seq - 20), -1):
+            msg = await api.runtime.js.get_msg("FICHA_IN", seq)
+            if email.encode() in (msg.data or b""):
+                return str((msg.headers or {})["Nats-Msg-Id"])
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no event for {email}")
+
+
+async def _ingested(api: Api) -> None:
+    """Until every message in FICHA_IN has been processed by its partition's worker."""
+    from services.streams import consumer_name
+
+    assert api.runtime.js is not None
+    deadline = time.monotonic() + 30
+    while True:
+        waiting = 0
+        for k in range(api.runtime.settings.partitions):
+            info = await api.runtime.js.consumer_info("FICHA_IN", consumer_name(k))
+            waiting += info.num_pending + info.num_ack_pending
+        if waiting == 0:
+            return
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
