@@ -441,7 +441,8 @@ def status(
                      str(p["head"]), str(p["lag"]))
     console.print(proj)
     console.print(f"dead letters: {bus.get('dead_letters', '?')}   "
-                  f"received events: {report['received_events']}")
+                  f"received events: {report['received_events']}   "
+                  f"erasures under way: {report['pending_erasures']}")
 
 
 # ---------------------------------------------------------------- projections

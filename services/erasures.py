@@ -29,6 +29,7 @@ from uuid import UUID
 from nats.js import JetStreamContext
 
 from projections.db import ViewDatabase
+from services import metrics
 from services.domain.identity import ContactIdentity
 from services.privacy import confirmations, outbound_state
 from services.store.contact_store import ContactStore
@@ -50,7 +51,9 @@ class ErasureCompleter:
     def _ready(self) -> list[dict[str, Any]]:
         """Open receipts whose projections all confirmed and whose contact_erased is out."""
         ready = []
-        for row in self.store.erasures(pending=True):
+        pending = self.store.erasures(pending=True)
+        metrics.ERASURES_PENDING.set(len(pending))
+        for row in pending:
             confirmed = confirmations(self.views, row["contact_id"], int(row["version"]))
             if not confirmed or any(at is None for at in confirmed.values()):
                 continue
@@ -82,6 +85,7 @@ class ErasureCompleter:
             log.info("erasure complete", extra={"tenant": target.tenant,
                                                 "event_id": row["event_id"]})
         self.completed += len(targets)
+        metrics.ERASURES_COMPLETED.inc(len(targets))
         return len(targets)
 
     def _checkpoint(self) -> bool:

@@ -55,3 +55,10 @@ PROJECTION_FAILURES = Counter(
 OUT_PUBLISHED = Counter(
     "ficha_out_published_total", "Outbound events published to ficha.out.",
 )
+ERASURES_COMPLETED = Counter(
+    "ficha_erasures_completed_total",
+    "Erasures completed: every read model confirmed, contact_erased out, streams purged.",
+)
+ERASURES_PENDING = Gauge(
+    "ficha_erasures_pending", "Erasure requests applied by ingestion and not yet complete.",
+)

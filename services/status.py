@@ -18,6 +18,7 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
     store = await asyncio.to_thread(ContactStore, settings)
     head = await asyncio.to_thread(store.max_notification_id)
     received = await asyncio.to_thread(store.received_count)
+    pending_erasures = len(await asyncio.to_thread(store.erasures, pending=True))
     partitions: list[dict[str, Any]] = []
     for k in range(settings.partitions):
         position = await asyncio.to_thread(store.tracked_position, tracking_name(k))
@@ -70,4 +71,5 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
         "partitions": partitions,
         "projections": projections,
         "received_events": received,
+        "pending_erasures": pending_erasures,
     }
