@@ -24,7 +24,7 @@ from litestar.params import FromPath
 from projections.db import ViewDatabase
 from services.api import contacts, dead_letters, exports, imports, privacy, segments, stats
 from services.api.bus import Bus
-from services.api.deps import ApiContext, admin, consistency, reader
+from services.api.deps import ApiContext, admin, client_filter, consistency, reader
 from services.api.errors import HANDLERS, ApiError
 from services.api.freshness import FreshReads
 from services.api.keyring import KeyRing
@@ -84,6 +84,7 @@ def create_app(ctx: ApiContext) -> Litestar:
             "principal": Provide(reader, sync_to_thread=False),
             "admin": Provide(admin, sync_to_thread=False),
             "wanted": Provide(consistency, sync_to_thread=False),
+            "client_filter": Provide(client_filter, sync_to_thread=False),
         },
         security=[{"apiKey": []}],
     )

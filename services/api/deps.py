@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response
 from litestar.di import NamedDependency
-from litestar.params import FromPath, Parameter
+from litestar.params import FromPath, FromQuery, Parameter
 
+from projections.contacts import CONSENT_CHANNELS
 from projections.db import ViewDatabase
+from projections.queries import ContactFilter
 from services.api.bus import Bus
 from services.api.errors import ApiError
 from services.api.freshness import MAX_WAIT_S, Consistency, Freshness, FreshReads
@@ -107,6 +110,42 @@ def consistency(
 ) -> Consistency:
     return Consistency(min_position, wait_for_event, wait_timeout)
 
+
+# ---------------------------------------------------------------------- query values
+
+
+def aware(value: datetime | None, field: str) -> datetime | None:
+    """An instant given with its UTC offset, or 400 naming the field."""
+    if value is not None and value.tzinfo is None:
+        raise ApiError(400, "invalid_request",
+                       f"{field} needs a UTC offset, e.g. 2026-11-01T00:00:00Z", field)
+    return value
+
+
+Channel = Annotated[str | None, Parameter(
+    description=f"A consent channel: {', '.join(CONSENT_CHANNELS)}.")]
+
+
+def client_filter(
+    tenant: FromPath[str],
+    language: Annotated[str | None, Parameter(description="e.g. es, or es-MX")] = None,
+    country: Annotated[str | None, Parameter(description="ISO 3166-1 alpha-2")] = None,
+    tag: FromQuery[str | None] = None,
+    consent: Channel = None,
+    no_consent: Channel = None,
+    first_seen_from: FromQuery[datetime | None] = None,
+    first_seen_to: FromQuery[datetime | None] = None,
+    q: Annotated[str | None, Parameter(
+        max_length=200, description="Prefix of the email, first name or last name.")] = None,
+) -> ContactFilter:
+    """The client list's filters, as the list and the export routes take them."""
+    return ContactFilter(
+        tenant=tenant, language=language, country=country, tag=tag, consent=consent,
+        no_consent=no_consent, first_seen_from=aware(first_seen_from, "first_seen_from"),
+        first_seen_to=aware(first_seen_to, "first_seen_to"), search=q)
+
+
+Filter = NamedDependency[ContactFilter]
 
 # ---------------------------------------------------------------------------- envelopes
 

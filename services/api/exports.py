@@ -12,7 +12,6 @@ from litestar.params import FromPath, FromQuery, Parameter
 from litestar.response import Stream
 
 from projections.audience_queries import NotFound
-from projections.contacts import CONSENT_CHANNELS
 from projections.export import (
     MEDIA_TYPES,
     ExportFormat,
@@ -21,13 +20,11 @@ from projections.export import (
     export_chunks,
     segment_query,
 )
-from projections.queries import ContactFilter, QueryError
-from services.api.deps import Caller, Ctx
+from projections.queries import QueryError
+from services.api.deps import Caller, Ctx, Filter, aware
 from services.api.errors import ApiError, not_found
 
 Format = Annotated[Literal["csv", "parquet"], Parameter(description="csv or parquet")]
-Channel = Annotated[str | None, Parameter(
-    description=f"A consent channel: {', '.join(CONSENT_CHANNELS)}.")]
 
 
 def _stream(ctx: Ctx, query: ExportQuery, fmt: ExportFormat, name: str) -> Stream:
@@ -36,29 +33,15 @@ def _stream(ctx: Ctx, query: ExportQuery, fmt: ExportFormat, name: str) -> Strea
                   headers={"Content-Disposition": f'attachment; filename="{name}.{fmt}"'})
 
 
-def _aware(value: datetime | None, field: str) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        raise ApiError(400, "invalid_request", f"{field} needs a UTC offset", field)
-    return value
-
-
 @get("/exports/contacts", sync_to_thread=True, summary="Export the client list",
      description="Every card field, tags, properties (JSON), consent and counts of the "
      "contacts the filters select, streamed as CSV or Parquet (see docs/export.md).")
 def contacts_route(
-    tenant: FromPath[str], ctx: Ctx, principal: Caller, format: Format = "csv",
-    language: FromQuery[str | None] = None, country: FromQuery[str | None] = None,
-    tag: FromQuery[str | None] = None, consent: Channel = None, no_consent: Channel = None,
-    first_seen_from: FromQuery[datetime | None] = None,
-    first_seen_to: FromQuery[datetime | None] = None,
-    q: Annotated[str | None, Parameter(max_length=200)] = None,
+    tenant: FromPath[str], ctx: Ctx, principal: Caller, client_filter: Filter,
+    format: Format = "csv",
 ) -> Stream:
-    f = ContactFilter(tenant=tenant, language=language, country=country, tag=tag,
-                      consent=consent, no_consent=no_consent,
-                      first_seen_from=_aware(first_seen_from, "first_seen_from"),
-                      first_seen_to=_aware(first_seen_to, "first_seen_to"), search=q)
     try:
-        query = contacts_query(ctx.views, f)
+        query = contacts_query(ctx.views, client_filter)
     except QueryError as error:
         raise ApiError(400, "invalid_request", str(error)) from None
     return _stream(ctx, query, format, f"{tenant}-contacts")
@@ -72,7 +55,7 @@ def segment_route(
     format: Format = "csv", as_of: FromQuery[datetime | None] = None,
 ) -> Stream:
     try:
-        query = segment_query(ctx.views, tenant, segment_id, as_of=_aware(as_of, "as_of"))
+        query = segment_query(ctx.views, tenant, segment_id, as_of=aware(as_of, "as_of"))
     except NotFound as error:
         raise not_found(str(error)) from None
     return _stream(ctx, query, format, f"{tenant}-{segment_id}")

@@ -16,7 +16,7 @@ from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath, FromQuery
 
-from services.api.deps import Caller, Ctx
+from services.api.deps import Caller, Ctx, aware
 from services.api.errors import ApiError
 from services.importing.files import CsvFileError, load_mapping
 from services.importing.importer import ImportOptions, ImportRefused, import_csv
@@ -57,8 +57,7 @@ async def import_route(
     ignore_unknown_columns: FromQuery[bool] = False,
     occurred_at: FromQuery[datetime | None] = None,
 ) -> Any:
-    if occurred_at is not None and occurred_at.tzinfo is None:
-        raise ApiError(400, "invalid_request", "occurred_at needs a UTC offset", "occurred_at")
+    aware(occurred_at, "occurred_at")
     folder = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="ficha-import-"))
     try:
         csv_path = await asyncio.to_thread(_keep, data.file, folder, "upload.csv")

@@ -20,7 +20,7 @@ from projections.audience_queries import (
     segment_sizes,
 )
 from projections.queries import get_card, is_contact_id
-from services.api.deps import Caller, Ctx, Item, Page, Wanted, Written, item, page
+from services.api.deps import Caller, Ctx, Item, Page, Wanted, Written, aware, item, page
 from services.api.errors import ApiError, not_found
 from services.domain.rules import RuleError
 from services.domain.segments import SegmentError
@@ -143,8 +143,7 @@ def members_route(
     cursor: FromQuery[str | None] = None,
     with_total: FromQuery[bool] = False,
 ) -> Response[Page]:
-    if as_of is not None and as_of.tzinfo is None:
-        raise ApiError(400, "invalid_request", "as_of needs a UTC offset", "as_of")
+    aware(as_of, "as_of")
     with ctx.read(PROJECTION, tenant, wanted) as fresh:
         try:
             rows = segment_members(ctx.views, tenant, segment_id, as_of=as_of, limit=limit + 1,
