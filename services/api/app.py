@@ -171,4 +171,5 @@ async def close_context(ctx: ApiContext) -> None:
     ctx.store.close()
 
 
-__all__: list[Any] = ["build_context", "create_app", "serve_until", "server"]
+__all__ = ["app_from_env", "bind", "build_context", "close_context", "create_app", "serve_until",
+           "server"]
