@@ -26,12 +26,12 @@ def commands() -> list[list[str]]:
 
 def test_every_deployed_process_is_a_ficha_command() -> None:
     found = commands()
-    assert len(found) == 10  # five processes, in compose and in Kubernetes
+    assert len(found) == 12  # six processes, in compose and in Kubernetes
     runner = CliRunner()
     for args in found:
         done = runner.invoke(app, [*args, "--help"])
         assert done.exit_code == 0, (args, done.output)
-    assert {args[0] for args in found} == {"ingest", "project", "scheduler"}
+    assert {args[0] for args in found} == {"ingest", "project", "scheduler", "api"}
     partitions = sorted(args[2] for args in found if args[0] == "ingest")
     assert partitions == ["0-3", "0-3", "4-7", "4-7"]  # each partition has one owner
 
