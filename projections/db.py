@@ -172,9 +172,11 @@ class ViewDatabase:
             pg = self.settings.postgres
             conn = psycopg.connect(pg.conninfo, row_factory=dict_row, connect_timeout=5)
             conn.autocommit = True
-            conn.execute(
-                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
-            )
+            # Another process may create it at the same instant: then it exists.
+            with contextlib.suppress(psycopg.errors.UniqueViolation):
+                conn.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
+                )
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
             # Read models are derived and rebuildable, and each page commits its tracking
             # position with its rows: a commit lost in a database crash is replayed from

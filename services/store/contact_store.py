@@ -13,13 +13,22 @@ or page in one query; only the ingest worker keeps keys between batches (``KeyCa
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
 import psycopg
 from eventsourcing.application import Application, ProcessingEvent
-from eventsourcing.persistence import Mapper, Notification, StoredEvent, Tracking, Transcoder
+from eventsourcing.persistence import (
+    IntegrityError,
+    InternalError,
+    Mapper,
+    Notification,
+    StoredEvent,
+    Tracking,
+    Transcoder,
+)
 from psycopg import sql
 
 from services.config import Settings
@@ -78,15 +87,31 @@ def ensure_postgres_schema(settings: Settings) -> None:
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
 
 
+def _concurrent_ddl(error: Exception) -> bool:
+    text = str(error)
+    return "concurrently" in text or ("duplicate key" in text and "pg_" in text)
+
+
 class ContactStore(Application[UUID]):
     """Contacts as event streams, with tracking of the upstream position."""
 
     name = "ficha"
 
     def __init__(self, settings: Settings) -> None:
-        ensure_postgres_schema(settings)
         # The environment is passed whole: ficha's configuration decides, not os.environ.
-        super().__init__(store_environment(settings))
+        for attempt in range(10):
+            try:
+                ensure_postgres_schema(settings)
+                super().__init__(store_environment(settings))
+                break
+            except (InternalError, IntegrityError, psycopg.Error) as error:
+                # Processes starting together (ingest, projectors, the API) each create
+                # the tables if missing; PostgreSQL may refuse one of two concurrent
+                # CREATE ... IF NOT EXISTS ("tuple concurrently updated", a duplicate
+                # pg_type row). The other made the table: just try again.
+                if attempt == 9 or not _concurrent_ddl(error):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
         self.settings = settings
 
     def construct_env(self, name: str, env: Any = None) -> Any:

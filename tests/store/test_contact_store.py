@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from eventsourcing.persistence import IntegrityError, Tracking
 
@@ -95,3 +97,46 @@ def test_tracking_names_are_independent(settings: Settings) -> None:
     assert store.tracked_position("ingest-p0") == 10
     assert store.tracked_position("ingest-p1") == 3
     assert store.tracked_position("ingest-p2") == 0
+
+
+def open_store(settings: Settings, gate: Any, stores: list[ContactStore],
+               errors: list[BaseException]) -> None:
+    gate.wait()
+    try:
+        stores.append(ContactStore(settings))
+    except BaseException as error:  # noqa: BLE001 - collected for the assert
+        errors.append(error)
+
+
+def test_processes_starting_together_on_a_fresh_schema_all_open_the_store(
+        postgres_dsn: str, tmp_path: Any) -> None:
+    """`ficha up` starts ingest, two projectors and the API at once; each creates the
+    store's tables if missing. Concurrent CREATE ... IF NOT EXISTS can fail in PostgreSQL
+    ("tuple concurrently updated"): every opener must still succeed."""
+    import threading
+    import uuid
+
+    import psycopg
+
+    from tests.backends import make_settings
+
+    for round_ in range(3):
+        schema = f"t_race_{uuid.uuid4().hex[:8]}"
+        settings = make_settings(tmp_path / str(round_), postgres_dsn=postgres_dsn,
+                                 schema=schema)
+        errors: list[BaseException] = []
+        stores: list[ContactStore] = []
+        gate = threading.Barrier(4)
+        threads = [threading.Thread(target=open_store, args=(settings, gate, stores, errors))
+                   for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        try:
+            assert errors == [] and len(stores) == 4
+        finally:
+            for store in stores:
+                store.close()
+            with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
