@@ -39,8 +39,8 @@ class ApiContext:
 
     def read(self, projection: str, tenant: str,
              wanted: Consistency) -> AbstractContextManager[Freshness]:
-        """``with ctx.read(...) as fresh:`` the route's queries, in one transaction that
-        reflects at least ``fresh.position`` (after waiting as the caller asked)."""
+        """``with ctx.read(...) as fresh:`` the route's queries, in one read whose rows are
+        at least as new as ``fresh.position`` (after waiting as the caller asked)."""
         return self.reads.read(projection, tenant, wanted)
 
 

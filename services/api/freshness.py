@@ -2,7 +2,7 @@
 
 Every read model follows the event store's log; its position is the last log entry it
 has applied, in the same transaction as its rows. A read answers the position it
-reflects (read in the same transaction as its rows, so the rows are at least that new),
+reflects (read just before its rows, in the same read, so the rows are at least that new),
 the log's head and the lag between them. A caller that has just written can ask a read
 to wait (up to a timeout) until the read model has reached
 
@@ -104,8 +104,8 @@ class FreshReads:
 
     @contextmanager
     def read(self, projection: str, tenant: str, wanted: Consistency) -> Iterator[Freshness]:
-        """Wait as asked, then open one read transaction for the route's queries and
-        give the freshness it reflects."""
+        """Wait as asked, then open one read for the route's queries (see
+        ``ViewDatabase.reading``) and give the freshness it reflects."""
         self.wait(projection, tenant, wanted)
         with self.views.reading() as cur:
             position, head = self._position_and_head(cur, projection)
