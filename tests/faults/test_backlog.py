@@ -25,6 +25,7 @@ import pytest
 from contracts.publisher import publish_many
 from projections.db import ViewDatabase
 from services.demo import generate_history
+from services.natsserver import EmbeddedNatsServer
 from services.store.contact_store import ContactStore
 from services.streams import INGEST_STREAM, consumer_name
 from tests.backends import make_settings
@@ -67,7 +68,18 @@ async def backlog(js: Any) -> int:
 
 
 async def test_a_backlog_grows_and_drains_with_flat_memory(
-        tmp_path: Path, nats_server: Any, fresh_topology: Any) -> None:
+        tmp_path: Path) -> None:
+    # A server of its own: its streams grow to hundreds of MB, which the shared test
+    # server would still be deleting when the next tests create their streams.
+    nats_server = EmbeddedNatsServer(store_dir=tmp_path / "nats")
+    nats_server.start()
+    try:
+        await _run(tmp_path, nats_server)
+    finally:
+        nats_server.stop()
+
+
+async def _run(tmp_path: Path, nats_server: EmbeddedNatsServer) -> None:
     seconds = float(os.environ.get("FICHA_BACKLOG_SECONDS", "120"))
     burst = 24_000
     settings = make_settings(tmp_path / "data", nats_url=nats_server.url,
