@@ -25,6 +25,7 @@ from eventsourcing.persistence import (
     InternalError,
     Mapper,
     Notification,
+    ProgrammingError,
     StoredEvent,
     Tracking,
     Transcoder,
@@ -89,7 +90,8 @@ def ensure_postgres_schema(settings: Settings) -> None:
 
 def _concurrent_ddl(error: Exception) -> bool:
     text = str(error)
-    return "concurrently" in text or ("duplicate key" in text and "pg_" in text)
+    return ("concurrently" in text or "already exists" in text
+            or ("duplicate key" in text and "pg_" in text))
 
 
 class ContactStore(Application[UUID]):
@@ -104,11 +106,12 @@ class ContactStore(Application[UUID]):
                 ensure_postgres_schema(settings)
                 super().__init__(store_environment(settings))
                 break
-            except (InternalError, IntegrityError, psycopg.Error) as error:
+            except (InternalError, IntegrityError, ProgrammingError, psycopg.Error) as error:
                 # Processes starting together (ingest, projectors, the API) each create
                 # the tables if missing; PostgreSQL may refuse one of two concurrent
                 # CREATE ... IF NOT EXISTS ("tuple concurrently updated", a duplicate
-                # pg_type row). The other made the table: just try again.
+                # pg_type row, "relation ... already exists"). The other made the table:
+                # just try again.
                 if attempt == 9 or not _concurrent_ddl(error):
                     raise
                 time.sleep(0.05 * (attempt + 1))
