@@ -35,6 +35,7 @@ from services.ingest.folding import BatchFolder
 from services.store.contact_store import ContactStore
 from tests.factories import decode_dict, make_event
 from tests.projections.test_audience import ORACLE_SEGMENTS, members, oracle
+from tests.projections.test_export import ReadModels
 
 CONTACT_TABLES = {
     "contacts": "tenant, contact_id",
@@ -52,22 +53,13 @@ AUDIENCE_TABLES = {
 
 
 @dataclasses.dataclass
-class Built:
-    store: ContactStore
-    db: ViewDatabase
-    runners: list[ProjectionRunner]
-    folder: BatchFolder
-    position: int = 0
+class Built(ReadModels):
+    """The export tests' read models, projected after every batch (so that the clock
+    and the erasures interleave as live), with dumps."""
 
-    def ingest(self, events: list[InboundEvent], batch: int = 150) -> None:
-        for start in range(0, len(events), batch):
-            self.position += 1
-            self.folder.fold_and_commit(events[start : start + batch], self.position)
-            self.catch_up()
-
-    def catch_up(self) -> None:
-        for runner in self.runners:
-            runner.catch_up()
+    def ingest(self, events: list[InboundEvent], batch: int = 150,
+               project_each_batch: bool = True) -> None:
+        super().ingest(events, batch, project_each_batch)
 
     def dump(self, tables: dict[str, str]) -> dict[str, list[str]]:
         out = {}

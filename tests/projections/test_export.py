@@ -64,10 +64,13 @@ class ReadModels:
     folder: BatchFolder
     position: int = 0
 
-    def ingest(self, events: list[InboundEvent], batch: int = 250) -> None:
+    def ingest(self, events: list[InboundEvent], batch: int = 250,
+               project_each_batch: bool = False) -> None:
         for start in range(0, len(events), batch):
             self.position += 1
             self.folder.fold_and_commit(events[start : start + batch], self.position)
+            if project_each_batch:
+                self.catch_up()
         self.catch_up()
 
     def catch_up(self) -> None:
