@@ -547,6 +547,9 @@ app.command("replay", help="Same as `ficha projections replay`.")(projections_re
 
 
 def main() -> None:
+    from services.collector import tune_for_throughput
+
+    tune_for_throughput()
     try:
         app()
     except KeyboardInterrupt:

@@ -113,8 +113,10 @@ def create_app(ctx: ApiContext) -> Litestar:
 def app_from_env() -> Litestar:
     """The app for a uvicorn worker process (``ficha api --workers N``): settings from
     the environment, adapters of its own."""
+    from services.collector import tune_for_throughput
     from services.config import load_settings
 
+    tune_for_throughput()
     return create_app(build_context(load_settings()))
 
 
