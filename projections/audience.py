@@ -101,6 +101,16 @@ DERIVED_COLUMNS = (
     "due_at", "lists",
 )
 FACT_COLUMNS = ("contact_id", "tenant", "email", "doc", *DERIVED_COLUMNS, *FILTER_COLUMNS)
+# Each column's PostgreSQL type, for the array-based bulk writes (projections.db).
+FACT_TYPES = tuple(
+    (c, "integer" if c == "subscribed" or c.startswith(("consent_", "n_")) else "text")
+    for c in FACT_COLUMNS
+)
+LEDGER_TYPES = (("tenant", "text"), ("contact_id", "text"), ("channel", "text"),
+                ("occurred_at", "text"), ("event_id", "text"), ("granted", "integer"),
+                ("source", "text"), ("recorded_at", "text"))
+COUNT_TYPES = (("tenant", "text"), ("metric", "text"), ("k1", "text"), ("k2", "text"),
+               ("count", "bigint"))
 DERIVED_TYPES = tuple(
     (c, "integer" if c == "subscribed" else "text") for c in DERIVED_COLUMNS
 )
@@ -742,14 +752,12 @@ class _Page:
         derived = sorted(cid for cid, r in dirty.items() if not r.facts_changed)
         if changed:
             updates = ", ".join(f"{c} = excluded.{c}" for c in FACT_COLUMNS[3:])
-            cur.executemany(
-                f"INSERT INTO audience_facts ({', '.join(FACT_COLUMNS)}) "
-                f"VALUES ({','.join('?' * len(FACT_COLUMNS))}) "
-                f"ON CONFLICT (contact_id) DO UPDATE SET {updates}",
-                [(cid, dirty[cid].facts.tenant, dirty[cid].facts.email,
-                  dirty[cid].facts.to_json().decode(), *_derived(dirty[cid]),
-                  *filter_values(dirty[cid].facts)) for cid in changed],
-            )
+            bulk_insert(cur, "audience_facts", FACT_TYPES,
+                        [(cid, dirty[cid].facts.tenant, dirty[cid].facts.email,
+                          dirty[cid].facts.to_json().decode(), *_derived(dirty[cid]),
+                          *filter_values(dirty[cid].facts)) for cid in changed],
+                        self.is_postgres,
+                        conflict=f"ON CONFLICT (contact_id) DO UPDATE SET {updates}")
         if derived:
             # Only memberships, statuses and schedules moved: the facts are as stored.
             bulk_update(cur, "audience_facts", ("contact_id", "text"), DERIVED_TYPES,
@@ -767,12 +775,9 @@ class _Page:
         if w.outbox:
             bulk_insert(cur, "ficha_outbox", OUTBOX_COLUMNS, w.outbox, self.is_postgres)
         if w.ledger:
-            cur.executemany(
-                "INSERT INTO consent_ledger (tenant, contact_id, channel, occurred_at, event_id, "
-                "granted, source, recorded_at) VALUES (?,?,?,?,?,?,?,?) "
-                "ON CONFLICT (contact_id, channel, occurred_at, event_id) DO NOTHING",
-                w.ledger,
-            )
+            bulk_insert(cur, "consent_ledger", LEDGER_TYPES, w.ledger, self.is_postgres,
+                        conflict="ON CONFLICT (contact_id, channel, occurred_at, event_id) "
+                        "DO NOTHING")
         self._flush_counts()
         self.writes = _Writes()
         if keep_rows:
@@ -803,12 +808,10 @@ class _Page:
         if not deltas:
             return
         cur = self.cur
-        cur.executemany(
-            "INSERT INTO audience_counts (tenant, metric, k1, k2, count) VALUES (?,?,?,?,?) "
-            "ON CONFLICT (tenant, metric, k1, k2) "
-            "DO UPDATE SET count = audience_counts.count + excluded.count",
-            [(*k, v) for k, v in sorted(deltas.items())],
-        )
+        bulk_insert(cur, "audience_counts", COUNT_TYPES,
+                    [(*k, v) for k, v in sorted(deltas.items())], self.is_postgres,
+                    conflict="ON CONFLICT (tenant, metric, k1, k2) "
+                    "DO UPDATE SET count = audience_counts.count + excluded.count")
         # Keys back at zero are removed, so that the rows depend on the counts alone, not
         # on the path (and the page sizes) that led to them.
         for tenant in sorted({k[0] for k in deltas}):

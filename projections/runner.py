@@ -135,7 +135,11 @@ class ProjectionRunner:
             self.db.set_position(cur, self.name, position, top)
         self.stats.applied += len(events)
         self.stats.pages += 1
-        metrics.PROJECTION_PAGE_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        metrics.PROJECTION_PAGE_SECONDS.labels(self.name).observe(elapsed)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("projection %s: %d events applied in %.1f ms, position %d",
+                      self.name, len(events), 1000 * elapsed, top)
         metrics.PROJECTION_EVENTS.labels(self.name).inc(len(events))
         if len(notifications) == self.page_size:  # more behind: how much is cheap to ask
             metrics.PROJECTION_LAG.labels(self.name).set(

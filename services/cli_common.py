@@ -85,4 +85,7 @@ def configure_logging(verbose: bool = False) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if verbose:
+        os.environ["FICHA_LOG_LEVEL"] = "debug"  # the projector processes log pages too
+    debug = os.environ.get("FICHA_LOG_LEVEL", "").lower() == "debug"
+    root.setLevel(logging.DEBUG if debug else logging.INFO)

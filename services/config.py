@@ -47,6 +47,10 @@ class PostgresSettings:
         parts.append(f"user={self.user}")
         if self.password:
             parts.append(f"password={self.password}")
+        # Plan each statement for its parameters. ficha looks rows up by arrays of keys
+        # (`= ANY(%s)`); a cached generic plan cannot see the array and was seen to scan
+        # whole tables for every projection page (bench/RESULTS.md, session 5).
+        parts.append("options='-c plan_cache_mode=force_custom_plan'")
         return " ".join(parts)
 
 

@@ -157,6 +157,7 @@ class PartitionWorker:
     async def process(self, msgs: list[Msg], stop: asyncio.Event) -> None:
         if not msgs:
             return
+        started = time.perf_counter()
         accepted: list[tuple[Msg, InboundEvent]] = []
         rejected: list[Msg] = []
         top = max(msg.metadata.sequence.stream for msg in msgs)
@@ -176,10 +177,12 @@ class PartitionWorker:
             accepted = await self._check_tenant_rules(accepted, rejected, msgs, stop)
         if self.fault is not None:
             self.fault("before_commit")
+        decoded = time.perf_counter()
         if self.folder is not None:
             position = top if top > self.position else None
             with metrics.FOLD_SECONDS.time():
                 await self._fold(accepted, position, stop)
+        committed = time.perf_counter()
         metrics.BATCH_SIZE.observe(len(msgs))
         for _, event in accepted:
             metrics.INGESTED.labels(event.type, "accepted").inc()
@@ -193,6 +196,14 @@ class PartitionWorker:
         self.stats.batches += 1
         if self.on_commit is not None:
             self.on_commit()
+        if log.isEnabledFor(logging.DEBUG):
+            done = time.perf_counter()
+            log.debug("batch of %d: %d accepted, decoded in %.1f ms, committed in %.1f ms, "
+                      "acked in %.1f ms", len(msgs), len(accepted),
+                      1000 * (decoded - started), 1000 * (committed - decoded),
+                      1000 * (done - committed), extra={
+                          "partition": self.durable, "messages": len(msgs),
+                          "position": self.position})
 
     async def _fold(
         self,

@@ -207,6 +207,10 @@ class PostgresContactRecorder(PostgresProcessRecorder):
             "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[]) "
             "RETURNING notification_id"
         ).format(schema=schema, table=Identifier(self.events_table_name))
+        # Lookups by an array of keys are planned for each batch (prepare=False where they
+        # run): a prepared statement's generic plan cannot see the array, and PostgreSQL
+        # chose one that scanned all of a tenant's received ids (or a whole table whose
+        # statistics were taken while it was small) for every batch.
         self._select_received = SQL(
             "SELECT event_id FROM {schema}.ficha_received "
             "WHERE tenant = %s AND event_id = ANY(%s)"
@@ -289,7 +293,7 @@ class PostgresContactRecorder(PostgresProcessRecorder):
 
     def select_keys(self, contact_ids: Sequence[UUID]) -> dict[UUID, DataKey]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self._select_keys, (list(contact_ids),))
+            curs.execute(self._select_keys, (list(contact_ids),), prepare=False)
             return {row["contact_id"]: DataKey(bytes(row["key_id"]), bytes(row["secret"]))
                     for row in curs.fetchall()}
 
@@ -327,13 +331,13 @@ class PostgresContactRecorder(PostgresProcessRecorder):
 
     def select_received(self, tenant: str, event_ids: Sequence[str]) -> set[str]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self._select_received, (tenant, list(event_ids)))
+            curs.execute(self._select_received, (tenant, list(event_ids)), prepare=False)
             return {row["event_id"] for row in curs.fetchall()}
 
     def select_events_many(self, originator_ids: Sequence[UUID]) -> dict[UUID, list[StoredEvent]]:
         result: dict[UUID, list[StoredEvent]] = defaultdict(list)
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self._select_many, (list(originator_ids),))
+            curs.execute(self._select_many, (list(originator_ids),), prepare=False)
             for row in curs.fetchall():
                 oid = row["originator_id"]
                 result[oid].append(
