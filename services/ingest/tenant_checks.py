@@ -27,6 +27,15 @@ class TenantChecks:
         self.clock = clock
         self._cache: dict[str, tuple[float, TenantSettings | None]] = {}
 
+    def stale(self, tenants: Iterable[str]) -> bool:
+        """Whether any of these tenants' definitions is older than ``ttl`` (or unread)."""
+        now = self.clock()
+        for tenant in tenants:
+            cached = self._cache.get(tenant)
+            if cached is None or now - cached[0] >= self.ttl:
+                return True
+        return False
+
     def refresh(self, tenants: Iterable[str]) -> None:
         """Load the definitions of these tenants if not read in the last ``ttl`` seconds."""
         now = self.clock()

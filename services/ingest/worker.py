@@ -21,6 +21,7 @@ import json
 import logging
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -184,8 +185,8 @@ class PartitionWorker:
                 await self._fold(accepted, position, stop)
         committed = time.perf_counter()
         metrics.BATCH_SIZE.observe(len(msgs))
-        for _, event in accepted:
-            metrics.INGESTED.labels(event.type, "accepted").inc()
+        for kind, count in Counter(event.type for _, event in accepted).items():
+            metrics.INGESTED.labels(kind, "accepted").inc(count)
         self.position = max(self.position, top)
         if self.fault is not None:
             self.fault("after_commit")
@@ -267,9 +268,10 @@ class PartitionWorker:
         checks = self.checks
         assert checks is not None
         tenants = {event.tenant for _, event in accepted}
-        await self._retry_transient(
-            lambda: asyncio.to_thread(checks.refresh, tenants), msgs, stop
-        )
+        if checks.stale(tenants):  # read at most every couple of seconds per tenant
+            await self._retry_transient(
+                lambda: asyncio.to_thread(checks.refresh, tenants), msgs, stop
+            )
         kept = []
         for msg, event in accepted:
             problem = checks.problem(event)
