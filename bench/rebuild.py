@@ -21,6 +21,7 @@ from projections.db import ViewDatabase
 from projections.registry import all_projections
 from projections.runner import ProjectionRunner
 from services.catalog import SegmentCommands
+from services.collector import tune_for_throughput
 from services.config import Settings
 from services.demo import generate_history
 from services.domain.identity import ContactIdentity
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--backend", default="postgres", choices=["postgres", "sqlite"])
     args = parser.parse_args()
+    tune_for_throughput()  # as every `ficha` command does (`ficha projections rebuild`)
     with scratch_settings(args.backend, "rb") as settings:
         run(args, settings)
 
