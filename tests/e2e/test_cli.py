@@ -31,10 +31,10 @@ def ficha(data_dir: Path, *args: str, check: bool = True) -> subprocess.Complete
     return done
 
 
-def start_up(data_dir: Path, log: Path) -> subprocess.Popen[str]:
+def start_up(data_dir: Path, log: Path, *args: str) -> subprocess.Popen[str]:
     starts_before = log.read_text().count("ficha is up") if log.exists() else 0
     handle = log.open("a")
-    proc = subprocess.Popen([*FICHA, "up"], env=env_for(data_dir), stdout=handle,
+    proc = subprocess.Popen([*FICHA, "up", *args], env=env_for(data_dir), stdout=handle,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 60
     while log.read_text().count("ficha is up") == starts_before:
@@ -100,11 +100,18 @@ def test_up_demo_list_get_restart(tmp_path: Path) -> None:
         assert stop(proc) == 0
     assert "stopped cleanly" in log.read_text()
 
-    proc = start_up(data_dir, log)
+    assert "batch of" not in log.read_text()  # batches are logged at debug level only
+    proc = start_up(data_dir, log, "--verbose")
     try:
         ficha(data_dir, "demo", "--tenant", "acme", "--events", "200", "--seed", "2")
         report = wait_received(data_dir, 600)
         assert report["received_events"] == 600, "a restart resumes: nothing lost or doubled"
+        # --verbose logs every ingest batch and every projection page, with its timings,
+        # from the projector processes too.
+        logged = log.read_text()
+        assert "committed in" in logged
+        for name in ("contacts", "audience"):
+            assert f"projection {name}: " in logged
         total = json.loads(ficha(data_dir, "contacts", "list", "--tenant", "acme", "--json",
                                  "--count").stdout)["total"]
         assert total >= listed["total"]
