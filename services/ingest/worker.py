@@ -1,5 +1,8 @@
 """One owner per ingest partition: fetch a batch, decode, fold, commit, then ack.
 
+Messages come from the partition's durable pull consumer through a PullFeed (``feed``),
+which keeps a pull request outstanding so that the next batch arrives while one commits.
+
 Exactly-once: the contacts' new events, the received (tenant, event_id) pairs and the
 partition's stream position are committed in one transaction (BatchFolder), and messages
 are acked only after that commit. A message redelivered after a crash between commit and
@@ -24,7 +27,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -40,6 +42,7 @@ from contracts.decode import Rejection, decode, subject_tokens
 from contracts.events import InboundEvent
 from services import metrics
 from services.ingest.deadletter import PROCESSING_FAILED, dead_letter
+from services.ingest.feed import PullFeed
 from services.ingest.folding import BatchFolder, FoldError
 from services.ingest.tenant_checks import TenantChecks
 from services.streams import INGEST_STREAM, original_subject
@@ -98,7 +101,7 @@ class PartitionWorker:
         self.checks = checks
 
     async def run(self, stop: asyncio.Event) -> None:
-        sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=INGEST_STREAM)
+        feed = await self._bind()
         if self.folder is not None:
             self.position = await self._retry_transient(
                 lambda: asyncio.to_thread(
@@ -108,50 +111,42 @@ class PartitionWorker:
                 [],
                 stop,
             )
-        subs = [sub]
+        feeds = [feed]
         try:
-            await self._consume(subs, stop)
+            await self._consume(feeds, stop)
         finally:
             with contextlib.suppress(Exception):
-                await subs[0].unsubscribe()
+                await feeds[0].stop()
 
-    async def _consume(self, subs: list[Any], stop: asyncio.Event) -> None:
+    async def _bind(self) -> PullFeed:
+        """A feed of this worker's durable consumer (which must exist: NotFoundError)."""
+        await self.js.consumer_info(INGEST_STREAM, self.durable)
+        connection = self.js._nc  # the JetStream context's own NATS connection
+        feed = PullFeed(connection, INGEST_STREAM, self.durable, self.batch_size)
+        await feed.start()
+        return feed
+
+    async def _consume(self, feeds: list[PullFeed], stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                msgs = await self._next_batch(subs[0])
+                msgs = await feeds[0].next_batch(self.fetch_timeout)
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except nats.js.errors.APIError as error:
-                # A status instead of messages: on a JetStream cluster, after a node is
-                # lost, the consumer's new leader answers the old pull with an error. Bind
-                # again and go on; nothing was delivered, so nothing is lost.
+                # The consumer was deleted or replaced: bind again (it is re-created by
+                # whoever manages the topology) and go on; nothing unacked is lost.
                 log.warning("partition consumer %s answered %s; binding again",
                             self.durable, error)
                 await asyncio.sleep(0.5)
                 with contextlib.suppress(Exception):
-                    await subs[0].unsubscribe()
-                subs[0] = await self.js.pull_subscribe_bind(
-                    durable=self.durable, stream=INGEST_STREAM)
+                    await feeds[0].stop()
+                feeds[0] = await self._bind()
                 continue
             except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
                 if stop.is_set():
                     return
                 raise
             await self.process(msgs, stop)
-
-    async def _next_batch(self, sub: Any) -> list[Msg]:
-        """Wait for the first message, then take what else is already there.
-
-        nats-py's fetch(n) long-polls until n messages or its timeout when the stream is
-        quiet, which would hold a lone event for up to a second. Asking for one message
-        returns as soon as it arrives; the second fetch is answered at once with what is
-        pending (up to the batch size), so a busy partition still commits big batches.
-        """
-        msgs: list[Msg] = await sub.fetch(1, timeout=self.fetch_timeout)
-        if self.batch_size > 1:
-            with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):
-                msgs += await sub.fetch(self.batch_size - 1, timeout=0.002)
-        return msgs
 
     # ------------------------------------------------------------------ one batch
 
