@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -33,6 +32,7 @@ from services.ingest.cache import ContactCache
 from services.ingest.folding import BatchFolder
 from services.ingest.tenant_checks import TenantChecks
 from services.ingest.worker import TRANSIENT_ERRORS, PartitionWorker
+from services.nats_client import FichaNatsClient
 from services.natsserver import EmbeddedNatsServer
 from services.outbox import OutboxRelay
 from services.scheduler import Scheduler
@@ -69,7 +69,8 @@ async def connect_nats(url: str, *, name: str = "ficha") -> NATS:
         metrics.NATS_RECONNECTS.inc()
         log.warning("reconnected to NATS")
 
-    return await nats.connect(
+    client = FichaNatsClient()
+    await client.connect(
         # A cluster is given as several URLs separated by commas: any one will do.
         [part.strip() for part in url.split(",") if part.strip()],
         name=name,
@@ -79,6 +80,7 @@ async def connect_nats(url: str, *, name: str = "ficha") -> NATS:
         allow_reconnect=True,
         reconnected_cb=reconnected,
     )
+    return client
 
 
 def topology_settings(settings: Settings) -> TopologySettings:
