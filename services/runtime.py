@@ -69,16 +69,15 @@ async def connect_nats(url: str, *, name: str = "ficha") -> NATS:
         metrics.NATS_RECONNECTS.inc()
         log.warning("reconnected to NATS")
 
+    options: dict[str, Any] = {"connect_timeout": 3, "max_reconnect_attempts": -1,
+                               "reconnect_time_wait": 0.5, "allow_reconnect": True}
     client = FichaNatsClient()
     await client.connect(
         # A cluster is given as several URLs separated by commas: any one will do.
         [part.strip() for part in url.split(",") if part.strip()],
         name=name,
-        connect_timeout=3,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        allow_reconnect=True,
         reconnected_cb=reconnected,
+        **options,
     )
     return client
 

@@ -27,21 +27,20 @@ class TenantChecks:
         self.clock = clock
         self._cache: dict[str, tuple[float, TenantSettings | None]] = {}
 
+    def _is_stale(self, tenant: str, now: float) -> bool:
+        cached = self._cache.get(tenant)
+        return cached is None or now - cached[0] >= self.ttl
+
     def stale(self, tenants: Iterable[str]) -> bool:
         """Whether any of these tenants' definitions is older than ``ttl`` (or unread)."""
         now = self.clock()
-        for tenant in tenants:
-            cached = self._cache.get(tenant)
-            if cached is None or now - cached[0] >= self.ttl:
-                return True
-        return False
+        return any(self._is_stale(tenant, now) for tenant in tenants)
 
     def refresh(self, tenants: Iterable[str]) -> None:
         """Load the definitions of these tenants if not read in the last ``ttl`` seconds."""
         now = self.clock()
         for tenant in tenants:
-            cached = self._cache.get(tenant)
-            if cached is not None and now - cached[0] < self.ttl:
+            if not self._is_stale(tenant, now):
                 continue
             try:
                 settings: TenantSettings | None = self.store.repository.get(

@@ -82,8 +82,11 @@ async def test_a_backlog_grows_and_drains_with_flat_memory(
 async def _run(tmp_path: Path, nats_server: EmbeddedNatsServer) -> None:
     seconds = float(os.environ.get("FICHA_BACKLOG_SECONDS", "120"))
     burst = 24_000
+    # Small batches slow ficha's ingest down (a commit per 50 messages), so that this one
+    # test process, which builds every event as it publishes it, can outrun it on the
+    # two cores it shares with it: the test is about a backlog, not about speed.
     settings = make_settings(tmp_path / "data", nats_url=nats_server.url,
-                             FICHA_PARTITIONS=str(PARTITIONS))
+                             FICHA_PARTITIONS=str(PARTITIONS), FICHA_BATCH_SIZE="50")
     up = subprocess.Popen([sys.executable, "-m", "services", "up"],
                           env={**os.environ, **settings.to_env()},
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
