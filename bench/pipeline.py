@@ -186,8 +186,9 @@ async def caught_up(settings: Any, expected: int, timeout: float = 900) -> None:
         while True:
             # The head of the log is an index lookup; counting the received ids scans a
             # table, which polled every 20 ms would load the database being measured. Every
-            # accepted event stores at least one domain event, so the count is only asked
-            # once the log is at least that long.
+            # accepted demo event stores at least one domain event (only a fact about an
+            # erased contact stores none, and the demo erases no one), so the count is only
+            # asked once the log is at least that long.
             if (store.max_notification_id() >= expected
                     and store.received_count() >= expected):
                 with views.reading() as cur:

@@ -6,6 +6,7 @@ deleted consumer is reported."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 from nats.aio.client import Client as NATS
@@ -16,7 +17,7 @@ from services.ingest.feed import ConsumerGone, PullFeed
 
 
 @pytest.fixture
-async def stream(js: JetStreamContext) -> str:
+async def stream(js: JetStreamContext) -> AsyncIterator[str]:
     name = f"FEED_{uuid.uuid4().hex[:8].upper()}"
     await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"]))
     await js.add_consumer(name, ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT))
