@@ -14,7 +14,9 @@ or page in one query; only the ingest worker keeps keys between batches (``KeyCa
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
@@ -88,6 +90,27 @@ def ensure_postgres_schema(settings: Settings) -> None:
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
 
 
+@contextmanager
+def store_openers_serialised(settings: Settings) -> Iterator[None]:
+    """Let one process at a time create the store's tables in a PostgreSQL schema.
+
+    eventsourcing's tracking recorder inserts its ``__migration__`` row when it finds no
+    tracking table; two openers that both found none both insert it, and the second fails
+    ("Failed to record tracking for __migration__ 1"). A session advisory lock, keyed by
+    the schema and held on its own connection, makes the second opener find the table.
+    """
+    if settings.postgres is None:
+        yield
+        return
+    key = zlib.crc32(f"ficha-store:{settings.postgres.schema}".encode())
+    with psycopg.connect(settings.postgres.conninfo, autocommit=True, connect_timeout=5) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
 def _concurrent_ddl(error: Exception) -> bool:
     text = str(error)
     return ("concurrently" in text or "already exists" in text
@@ -103,15 +126,16 @@ class ContactStore(Application[UUID]):
         # The environment is passed whole: ficha's configuration decides, not os.environ.
         for attempt in range(10):
             try:
-                ensure_postgres_schema(settings)
-                super().__init__(store_environment(settings))
+                with store_openers_serialised(settings):
+                    ensure_postgres_schema(settings)
+                    super().__init__(store_environment(settings))
                 break
             except (InternalError, IntegrityError, ProgrammingError, psycopg.Error) as error:
-                # Processes starting together (ingest, projectors, the API) each create
-                # the tables if missing; PostgreSQL may refuse one of two concurrent
+                # Store openers are serialised, but the projectors' view database
+                # creates the same schema; PostgreSQL may refuse one of two concurrent
                 # CREATE ... IF NOT EXISTS ("tuple concurrently updated", a duplicate
-                # pg_type row, "relation ... already exists"). The other made the table:
-                # just try again.
+                # pg_type row, "relation ... already exists"). The other made it: just
+                # try again.
                 if attempt == 9 or not _concurrent_ddl(error):
                     raise
                 time.sleep(0.05 * (attempt + 1))

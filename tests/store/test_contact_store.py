@@ -120,7 +120,7 @@ def test_processes_starting_together_on_a_fresh_schema_all_open_the_store(
 
     from tests.backends import make_settings
 
-    for round_ in range(3):
+    for round_ in range(10):
         schema = f"t_race_{uuid.uuid4().hex[:8]}"
         settings = make_settings(tmp_path / str(round_), postgres_dsn=postgres_dsn,
                                  schema=schema)
