@@ -32,6 +32,7 @@ reproduces every row, the outbox included.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -505,26 +506,34 @@ class _Page:
     # ------------------------------------------------------------------ time
 
     def _on_tick(self, at: str) -> None:
-        """Fire every contact's changes due by ``at``, in due order, in chunks."""
+        """Fire every contact's changes due by ``at``, one instant at a time in due order
+        across contacts, the clock moved to each: a change is never recorded before the
+        clock reaches it, and a midnight's rescoring sees every change due before it."""
         self._flush()
         while True:
             self.cur.execute(
-                "SELECT contact_id FROM audience_facts WHERE due_at IS NOT NULL AND due_at <= ? "
-                "ORDER BY due_at, contact_id LIMIT ?",
+                "SELECT contact_id, due_at FROM audience_facts WHERE due_at IS NOT NULL "
+                "AND due_at <= ? ORDER BY due_at, contact_id LIMIT ?",
                 (at, CHUNK),
             )
-            ids = [r["contact_id"] for r in self.cur.fetchall()]
-            if not ids:
+            found = [(r["due_at"], r["contact_id"]) for r in self.cur.fetchall()]
+            if not found:
                 break
-            self._load(ids)
-            for cid in ids:
-                due = self._row(cid).due
-                if due is not None and due > self.now:
-                    # The clock passes each instant in turn (a midnight on the way rescores
-                    # RFM and flushes, so the row is fetched again after it).
+            # Rows beyond this chunk are due at or after its last instant: a contact's
+            # next change past that waits for the next chunk, in order with theirs.
+            horizon = found[-1][0] if len(found) == CHUNK else at
+            self._load([cid for _, cid in found])
+            queue = list(found)  # sorted: a heap already
+            while queue and queue[0][0] <= horizon:
+                due, cid = heapq.heappop(queue)
+                if due > self.now:
+                    # A midnight on the way rescores RFM and flushes: rows are fetched
+                    # again (``_row``) after it.
                     self._advance(due)
                 row = self._row(cid)
-                self._catch_up(row, self._rules(row.facts.tenant), at)
+                self._catch_up(row, self._rules(row.facts.tenant), self.now)
+                if row.due is not None and row.due <= at:
+                    heapq.heappush(queue, (row.due, cid))
             self._flush()
         self._advance(at)
 

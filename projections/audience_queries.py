@@ -4,6 +4,7 @@ preview, engagement and list statistics, and the consent ledger (plain SQL, both
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -224,43 +225,61 @@ def preview(db: ViewDatabase, tenant: str, segment_id: str, rule: Any, now: date
     """What applying ``rule`` to ``segment_id`` would change, without changing anything.
 
     Only the contacts the rule's SQL prefilter lets through, and the current members, are
-    evaluated (see ``segment_sql``). Raises RuleError if the rule does not validate.
+    evaluated (see ``segment_sql``), streamed from one snapshot so that memory stays flat;
+    the samples are the first contacts of each kind in contact id order. Raises RuleError
+    if the rule does not validate.
     """
     node: Node = parse_rule(rule)
     moment = utc_iso(now)
-    result = Preview()
     rules = tenant_rules(db, tenant, [])
     where, params = prefilter(node, tenant, moment, rules.windows) or ("1 = 1", [])
-    with db.reading() as cur:
-        cur.execute(
-            f"SELECT {FACT_COLUMNS} FROM audience_facts f WHERE f.tenant = ? AND "
-            f"(({where}) OR f.contact_id IN (SELECT contact_id FROM segment_history "
-            "WHERE tenant = ? AND segment_id = ? AND exited_at IS NULL)) "
-            "ORDER BY f.contact_id",
-            [tenant, *params, tenant, segment_id],
-        )
-        rows = cur.fetchall()
-    for row in rows:
-        members = load_json(row["members"])
-        facts = _facts(row)
-        ctx = Context(now=moment, segments=set(members) - {segment_id},
-                      engagement=engagement_status(facts, moment, rules.windows)[0],
-                      soft_bounce_limit=rules.soft_bounce_limit)
-        rfm = load_json(row["rfm"]) if row["rfm"] else None
-        if rfm is not None:
-            ctx.rfm_group = rfm["group"]
-            if rfm.get("r") is not None:
-                ctx.rfm_scores = {"rfm.recency": rfm["r"], "rfm.frequency": rfm["f"],
-                                  "rfm.monetary": rfm["m"]}
-        matches = node.evaluate(facts, ctx, None)
-        was = segment_id in members
-        key = ("staying" if was else "entering") if matches else ("leaving" if was else "")
-        if not key:
-            continue
-        setattr(result, key, getattr(result, key) + 1)
-        if len(result.samples[key]) < sample:
-            result.samples[key].append(row["email"])
-    return result
+    counts = {"entering": 0, "leaving": 0, "staying": 0}
+    firsts: dict[str, list[tuple[str, str]]] = {key: [] for key in counts}
+    # What the rule reads decides what each contact costs to load.
+    leaves = list(node.walk())
+    wants_segments = bool(node.references())
+    wants_engagement = any(getattr(n, "field_name", "") == "engagement" for n in leaves)
+    wants_rfm = any(getattr(n, "field_name", "").startswith("rfm.") for n in leaves)
+    statement = (
+        "SELECT f.contact_id, f.email, f.doc, f.members, f.rfm, f.contact_id IN ("
+        "SELECT contact_id FROM segment_history WHERE tenant = ? AND segment_id = ? "
+        f"AND exited_at IS NULL) AS was FROM audience_facts f WHERE f.tenant = ? AND "
+        f"(({where}) OR f.contact_id IN (SELECT contact_id FROM segment_history "
+        "WHERE tenant = ? AND segment_id = ? AND exited_at IS NULL))"
+    )
+    params = [tenant, segment_id, tenant, *params, tenant, segment_id]
+    for batch in db.stream(statement, params, name="ficha_preview"):
+        for contact_id, email, doc, members_json, rfm_json, was in batch:
+            facts = ContactFacts.from_json(doc)
+            ctx = Context(now=moment, soft_bounce_limit=rules.soft_bounce_limit)
+            if wants_segments:
+                ctx.segments = set(load_json(members_json)) - {segment_id}
+            if wants_engagement:
+                ctx.engagement = engagement_status(facts, moment, rules.windows)[0]
+            if wants_rfm and rfm_json:
+                rfm = load_json(rfm_json)
+                ctx.rfm_group = rfm["group"]
+                if rfm.get("r") is not None:
+                    ctx.rfm_scores = {"rfm.recency": rfm["r"], "rfm.frequency": rfm["f"],
+                                      "rfm.monetary": rfm["m"]}
+            matches = node.evaluate(facts, ctx, None)
+            key = ("staying" if was else "entering") if matches else ("leaving" if was else "")
+            if key:
+                counts[key] += 1
+                _keep_first(firsts[key], (contact_id, email), sample)
+    return Preview(counts["entering"], counts["leaving"], counts["staying"],
+                   {key: [email for _, email in sorted(kept)] for key, kept in firsts.items()})
+
+
+def _keep_first(kept: list[tuple[str, str]], item: tuple[str, str], size: int) -> None:
+    """Keep the ``size`` smallest items seen, in order."""
+    if size <= 0:
+        return
+    if len(kept) < size:
+        bisect.insort(kept, item)
+    elif item < kept[-1]:
+        bisect.insort(kept, item)
+        kept.pop()
 
 
 # ---------------------------------------------------------------------------- tallies

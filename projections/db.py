@@ -310,6 +310,23 @@ class ViewDatabase:
             yield conn
         finally:
             conn.close()
+    def stream(self, statement: str, params: Sequence[Any], batch_rows: int = 5000,
+               name: str = "ficha_stream") -> Iterator[list[tuple[Any, ...]]]:
+        """A query's rows as tuples, ``batch_rows`` at a time, from one snapshot
+        (``snapshot``): memory is bounded by the batch whatever the row count. PostgreSQL
+        reads a server-side cursor; ``statement`` holds no ``?`` but its placeholders."""
+        with self.snapshot() as conn:
+            if self.is_postgres:
+                with conn.cursor(name=name) as cur:  # server-side: one FETCH per batch
+                    cur.itersize = batch_rows
+                    cur.execute(statement.replace("?", "%s"), params)
+                    while rows := cur.fetchmany(batch_rows):
+                        yield rows
+            else:
+                cur = conn.execute(statement, params)
+                while rows := cur.fetchmany(batch_rows):
+                    yield rows
+
     def checkpoint(self) -> bool:
         """SQLite: copy the write-ahead log into the file and empty it, so that rows an
         erasure overwrote leave no older copy in the log; False if readers held it back.

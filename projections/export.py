@@ -191,17 +191,8 @@ def _postgres(statement: str) -> str:
 def stream_rows(db: ViewDatabase, query: ExportQuery, batch_rows: int = BATCH_ROWS
                 ) -> Iterator[list[tuple[Any, ...]]]:
     """The rows, rendered, ``batch_rows`` at a time, from one snapshot."""
-    with db.snapshot() as conn:
-        if db.is_postgres:
-            with conn.cursor(name="ficha_export") as cur:  # server-side: FETCH per batch
-                cur.itersize = batch_rows
-                cur.execute(_postgres(query.select(True)), query.params)
-                while rows := cur.fetchmany(batch_rows):
-                    yield rows
-        else:
-            cur = conn.execute(query.select(False), query.params)
-            while rows := cur.fetchmany(batch_rows):
-                yield rows
+    yield from db.stream(query.select(db.is_postgres), query.params, batch_rows,
+                         name="ficha_export")
 
 
 # ----------------------------------------------------------------------------------- CSV

@@ -24,8 +24,11 @@ membership provenance records as the clause that flipped.
 
 Time: rules are evaluated at an instant ``now`` given by the caller (the projection's
 clock, itself driven by the event log), never the wall clock. ``next_change`` tells the
-earliest later instant at which a relative condition may change its value, so that the
-projection can schedule the contact's re-evaluation at exactly that instant.
+earliest later instant at which a rule may change its value by time alone, so that the
+projection can schedule the contact's re-evaluation at exactly that instant; a group
+that one item holds (a false ``all``, a true ``any``) waits for that item, so that a
+contact who cannot enter is not woken for nothing. Engagement, RFM and other segments
+change at instants the projection schedules itself, which re-evaluate every rule.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from typing import Any
 
 from services.domain.contact import CARD_FIELDS
@@ -147,6 +151,12 @@ class Group(Node):
     items: tuple[Node, ...]
 
     def evaluate(self, facts: ContactFacts, ctx: Context, trace: dict[str, bool] | None) -> bool:
+        if trace is None:  # only the answer is wanted: stop at the first decisive item
+            if self.kind == "all":
+                return all(item.evaluate(facts, ctx, None) for item in self.items)
+            if self.kind == "any":
+                return any(item.evaluate(facts, ctx, None) for item in self.items)
+            return not self.items[0].evaluate(facts, ctx, None)
         # No short-circuit: the trace records every leaf's value, which provenance compares.
         values = [item.evaluate(facts, ctx, trace) for item in self.items]
         if self.kind == "all":
@@ -158,6 +168,17 @@ class Group(Node):
         return result
 
     def next_change(self, facts: ContactFacts, ctx: Context) -> str | None:
+        if self.kind == "not":
+            return self.items[0].next_change(facts, ctx)
+        values = [item.evaluate(facts, ctx, None) for item in self.items]
+        value = all(values) if self.kind == "all" else any(values)
+        if value == (self.kind == "any"):
+            # A true "any" stays true while one true item does, a false "all" false while
+            # one false item does: the group holds until the last of those changes (never
+            # by time alone, if one of them never does).
+            changes = [item.next_change(facts, ctx)
+                       for item, v in zip(self.items, values, strict=True) if v == value]
+            return None if None in changes else max(changes)  # type: ignore[type-var]
         return _earliest(item.next_change(facts, ctx) for item in self.items)
 
     def children(self) -> tuple[Node, ...]:
@@ -215,8 +236,24 @@ class FieldCondition(Leaf):
             return facts.list_state(key, ctx.soft_bounce_limit)
         raise AssertionError(name)
 
+    @cached_property
+    def _choices(self) -> frozenset[str] | None:
+        """For "equals" / "in" with text values on a field compared as lowercase text:
+        the values, so that a text value is tested by one set lookup."""
+        values = [self.value] if self.op == "equals" else self.value if self.op == "in" else None
+        if (values is None or self.field_name in ("tags", "language")
+                or self.field_name in DATE_FIELDS or self.field_name in RFM_SCORES
+                or not all(isinstance(v, str) for v in values)):
+            return None
+        return frozenset(values)
+
     def test(self, facts: ContactFacts, ctx: Context) -> bool:
         op, expected = self.op, self.value
+        choices = self._choices
+        if choices is not None:
+            actual = self.actual(facts, ctx)
+            if isinstance(actual, str):
+                return actual.lower() in choices
         if self.field_name == "tags":
             present = expected in facts.tags
             return present if op == "has" else not present
@@ -265,27 +302,47 @@ class Aggregate(Leaf):
 
     def measure(self, facts: ContactFacts, now: str) -> Decimal:
         since = None if self.within_days is None else days_before(now, self.within_days)
+        if self.currency is None:
+            return Decimal(sum(len(facts.since(kind, since)) for kind, _ in self.kinds))
         total = Decimal(0)
         for kind, sign in self.kinds:
-            items = facts.since(kind, since)
-            if self.currency is None:
-                total += len(items)
-                continue
-            for _, amount, currency in items:
-                if currency == self.currency and amount is not None:
-                    total += sign * Decimal(amount)
+            for item in facts.since(kind, since):
+                total += self._worth(item, sign)
         return total
+
+    def _worth(self, item: list[Any], sign: int) -> Decimal:
+        """What one activity item adds to the total."""
+        if self.currency is None:
+            return Decimal(1)
+        _, amount, currency = item
+        if currency != self.currency or amount is None:
+            return Decimal(0)
+        return sign * Decimal(amount)
 
     def test(self, facts: ContactFacts, ctx: Context) -> bool:
         return _compare_number(self.op, self.measure(facts, ctx.now), self.value)
 
+    def needs_activity(self) -> bool:
+        """True when a contact without any item of the counted kinds cannot match."""
+        return not _compare_number(self.op, Decimal(0), self.value)
+
     def next_change(self, facts: ContactFacts, ctx: Context) -> str | None:
+        """The instant the comparison flips as the window's items leave it, oldest first
+        (items of one instant leave together); None if it holds whatever leaves."""
         if self.within_days is None:
             return None
         since = days_before(ctx.now, self.within_days)
-        # The window's oldest counted item leaves it first.
-        oldest = [items[0][0] for kind, _ in self.kinds if (items := facts.since(kind, since))]
-        return days_after(min(oldest), self.within_days) if oldest else None
+        items = sorted(((item[0], self._worth(item, sign))
+                        for kind, sign in self.kinds for item in facts.since(kind, since)),
+                       key=lambda pair: pair[0])
+        total = sum((worth for _, worth in items), Decimal(0))
+        holds = _compare_number(self.op, total, self.value)
+        for i, (at, worth) in enumerate(items):
+            total -= worth
+            last_of_instant = i + 1 == len(items) or items[i + 1][0] != at
+            if last_of_instant and _compare_number(self.op, total, self.value) != holds:
+                return days_after(at, self.within_days)
+        return None
 
     def describe(self) -> str:
         what = self.name if self.currency is None else f"{self.name} in {self.currency}"

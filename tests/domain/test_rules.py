@@ -179,11 +179,13 @@ def leaves(draw: st.DrawFn) -> dict[str, Any]:
                 "value": {"days": days}}
     if kind == "count":
         return {"count": draw(st.sampled_from(["purchases", "bookings", "forms"])),
-                "within_days": days, "op": draw(st.sampled_from(["gte", "lt", "equals"])),
+                "within_days": days,
+                "op": draw(st.sampled_from(["gte", "gt", "lt", "lte", "equals", "not_equals"])),
                 "value": draw(st.integers(0, 3))}
     if kind == "sum":
         return {"sum": "spent", "currency": "EUR", "within_days": days,
-                "op": draw(st.sampled_from(["gt", "lte"])), "value": draw(st.integers(0, 200))}
+                "op": draw(st.sampled_from(["gt", "gte", "lt", "lte", "equals"])),
+                "value": draw(st.integers(-50, 200))}
     if kind == "tag":
         return {"field": "tags", "op": draw(st.sampled_from(["has", "has_not"])),
                 "value": draw(st.sampled_from(["vip", "lead"]))}
@@ -218,6 +220,34 @@ def contact_facts(draw: st.DrawFn) -> ContactFacts:
     )
 
 
+def test_a_group_that_one_item_holds_waits_for_that_item() -> None:
+    """A contact who cannot enter by time alone is not woken for nothing; one who can is
+    woken when the last item holding the group back changes."""
+    f = facts(last_interaction_at=at(29), activity=[
+        ["purchase", at(300), "10.00", "EUR"], ["purchase", at(100), "15.00", "EUR"]])
+    recent = {"field": "last_interaction_at", "op": "within_last", "value": {"days": 30}}
+    one_purchase = {"count": "purchases", "within_days": 365, "op": "lte", "value": 1}
+    big_spender = {"sum": "spent", "currency": "EUR", "op": "gt", "value": 100}
+    ctx = Context(now=NOW)
+    # Held false by a sum that time cannot change: nothing to schedule.
+    stuck = parse_rule({"all": [big_spender, one_purchase, recent]})
+    assert not stuck.evaluate(f, ctx, None)
+    assert stuck.next_change(f, ctx) is None
+    # Held false by the window count alone: woken when the older purchase leaves it.
+    waiting = parse_rule({"all": [one_purchase, recent]})
+    assert not waiting.evaluate(f, ctx, None)
+    assert waiting.next_change(f, ctx) == utc_iso(
+        datetime(2026, 11, 23, 12, tzinfo=UTC) + timedelta(days=65))
+    # A true "any" held by an item that never changes by itself.
+    held = parse_rule({"any": [{"field": "country", "op": "is_not_set"}, recent]})
+    assert held.evaluate(f, ctx, None)
+    assert held.next_change(f, ctx) is None
+    # A true "all" changes as soon as any item does: the recent interaction ages first.
+    both = parse_rule({"all": [recent, {"count": "purchases", "op": "gte", "value": 2}]})
+    assert both.next_change(f, ctx) == utc_iso(
+        datetime(2026, 11, 23, 12, tzinfo=UTC) + timedelta(days=1))
+
+
 @settings(max_examples=300, deadline=None)
 @given(rules, contact_facts(), st.floats(min_value=0.0, max_value=0.999999))
 def test_a_rule_keeps_its_value_until_its_next_change(
@@ -238,6 +268,18 @@ def test_a_rule_keeps_its_value_until_its_next_change(
     probe = utc_iso(start + (end - start) * fraction)
     if probe < change:
         assert rule.evaluate(f, Context(now=probe), None) == value
+
+
+@settings(max_examples=300, deadline=None)
+@given(leaves().filter(lambda raw: "within_days" in raw), contact_facts())
+def test_a_count_or_sum_flips_exactly_at_its_next_change(
+        raw: dict[str, Any], f: ContactFacts) -> None:
+    """Not only sound but exact: at the scheduled instant the value does change."""
+    rule = parse_rule(raw)
+    value = rule.evaluate(f, Context(now=NOW), None)
+    change = rule.next_change(f, Context(now=NOW))
+    if change is not None:
+        assert rule.evaluate(f, Context(now=change), None) != value
 
 
 @settings(max_examples=200, deadline=None)

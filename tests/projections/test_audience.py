@@ -153,6 +153,35 @@ def test_a_relative_condition_expires_at_its_exact_instant(audience: Audience) -
                          as_of=parse_utc_iso(exited.occurred_at)) == 0
 
 
+def test_a_tick_fires_changes_in_time_order_across_contacts(audience: Audience) -> None:
+    """A long tick passes many scheduled instants: each is fired with the clock at it, in
+    order across contacts, so that no exit is announced before its time and a midnight's
+    rescoring between two of them sees the contact as it then is (once, a contact's later
+    exit was fired early and that rescoring made it enter a second time)."""
+    a = audience
+    a.define("buyers-30d", {"count": "purchases", "within_days": 30, "op": "gte", "value": 1})
+    a.define("talked-3d", {"field": "last_interaction_at", "op": "within_last",
+                           "value": {"days": 3}})
+    now = datetime.now(UTC)
+    a.ingest([
+        make_event("purchase_completed", event_id="p-ana", email="ana@example.com",
+                   occurred_at=(now - timedelta(days=1)).isoformat(), order_id="o1",
+                   total="20.00", currency="EUR"),
+        # Bea's change falls on a later day than Ana's first one: a midnight in between.
+        make_event("form_submitted", event_id="f-bea", email="bea@example.com",
+                   occurred_at=(now - timedelta(hours=1)).isoformat(), form_id="contact"),
+    ])
+    a.tick(now + timedelta(days=45))
+    with a.db.reading() as cur:
+        cur.execute("SELECT contact_id, entry_no, exited_at FROM segment_history "
+                    "WHERE segment_id = 'buyers-30d'")
+        (interval,) = cur.fetchall()
+    assert interval["exited_at"] == utc_iso(now - timedelta(days=1) + timedelta(days=30))
+    out = [decode_outbound(r["payload"].encode()) for r in a.outbox()]
+    assert [e.occurred_at for e in out] == sorted(e.occurred_at for e in out)
+    assert len(out) == 6  # each contact enters and leaves each segment it was in, once
+
+
 def test_segments_can_use_segments_and_cycles_or_dangling_uses_are_refused(
     audience: Audience,
 ) -> None:
@@ -295,6 +324,16 @@ def test_rebuild_equals_incremental_and_matches_a_brute_force_oracle(
 
     incremental = dump(a.db)
     assert len(incremental["segment_history"]) > 100
+    # A contact's stays in a segment follow one another: none opens before the last closed.
+    with a.db.reading() as cur:
+        cur.execute("SELECT segment_id, contact_id, entered_at, exited_at FROM segment_history "
+                    "ORDER BY segment_id, contact_id, entry_no")
+        stays = cur.fetchall()
+    for previous, stay in zip(stays, stays[1:], strict=False):
+        if (previous["segment_id"], previous["contact_id"]) == (stay["segment_id"],
+                                                                stay["contact_id"]):
+            assert previous["exited_at"] is not None, stay
+            assert previous["exited_at"] <= stay["entered_at"], (previous, stay)
     a.runner.rebuild()
     assert dump(a.db) == incremental
 

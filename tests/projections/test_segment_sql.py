@@ -69,10 +69,32 @@ def leaves(draw: st.DrawFn) -> dict[str, Any]:
         return {"field": "engagement", "op": "equals",
                 "value": draw(st.sampled_from(["engaged", "not_engaged", "inactive"]))}
     if kind == 5:
-        return {"count": "purchases", "op": "gte", "value": draw(st.integers(0, 2))}
+        return draw(aggregates())
     if kind == 6:
         return {"field": "rfm.group", "op": "in", "value": ["champions", "never_bought"]}
     return {"field": "list.newsletter", "op": "equals", "value": "subscribed"}
+
+
+NUMBER_OPS = ["gt", "gte", "lt", "lte", "equals", "not_equals", "between"]
+
+
+@st.composite
+def aggregates(draw: st.DrawFn) -> dict[str, Any]:
+    """Counts and sums, with and without a window, every op."""
+    op = draw(st.sampled_from(NUMBER_OPS))
+    if draw(st.booleans()):
+        leaf: dict[str, Any] = {"count": draw(st.sampled_from(["purchases", "forms",
+                                                               "email_opens", "refunds"]))}
+        numbers = st.sampled_from([0, 1, 2, 2.5, 4])
+    else:
+        leaf = {"sum": "spent", "currency": draw(st.sampled_from(["EUR", "USD"]))}
+        numbers = st.sampled_from([-10, 0, 19.99, 50, 100.5, 250])
+    low, high = sorted([draw(numbers), draw(numbers)])
+    leaf |= {"op": op, "value": [low, high] if op == "between" else draw(numbers)}
+    window = draw(st.sampled_from([None, 30, 200]))
+    if window is not None:
+        leaf["within_days"] = window
+    return leaf
 
 
 rules = st.recursive(leaves(), lambda inner: st.one_of(
@@ -100,25 +122,41 @@ def test_the_prefilter_keeps_every_match(settings: Settings) -> None:
         cur.execute("SELECT f.contact_id, f.tenant, f.email, f.doc, f.members, f.rfm "
                     "FROM audience_facts f WHERE tenant = 'acme'")
         rows = cur.fetchall()
-    now = utc_iso(datetime.now(UTC))
+    moment = datetime.now(UTC)
+    now = utc_iso(moment)
+    later = [utc_iso(moment + timedelta(days=d)) for d in (20, 150, 400)]
 
-    def check_rule(raw: dict[str, Any]) -> int:
-        """Asserts the prefilter keeps every match; returns how many contacts match."""
-        node = parse_rule(raw)
-        matching = set()
+    def matching_at(node: Any, instant: str) -> set[str]:
+        found = set()
         for row in rows:
             facts = _facts(row)
             rfm = json.loads(row["rfm"]) if row["rfm"] else {}
-            ctx = Context(now=now, engagement=engagement_status(facts, now)[0],
+            ctx = Context(now=instant, engagement=engagement_status(facts, instant)[0],
                           rfm_group=rfm.get("group"))
             if node.evaluate(facts, ctx, None):
-                matching.add(row["contact_id"])
+                found.add(row["contact_id"])
+        return found
+
+    def candidates(node: Any) -> set[str]:
         where, params = prefilter(node, "acme", now) or ("1 = 1", [])
         with db.reading() as cur:
             cur.execute(f"SELECT f.contact_id FROM audience_facts f WHERE f.tenant = ? "
                         f"AND ({where})", ["acme", *params])
-            candidates = {r["contact_id"] for r in cur.fetchall()}
-        assert matching <= candidates, raw
+            return {r["contact_id"] for r in cur.fetchall()}
+
+    def check_rule(raw: dict[str, Any]) -> int:
+        """Asserts the prefilter keeps every match, now and later, as long as no event and
+        no scheduled instant intervenes (rules without engagement, whose changes are
+        scheduled); returns the match count."""
+        node = parse_rule(raw)
+        matching = matching_at(node, now)
+        kept = candidates(node)
+        assert matching <= kept, raw
+        if "count" in raw and "within_days" not in raw:
+            assert matching == kept, raw  # a lone count of all time compiles exactly
+        if "engagement" not in json.dumps(raw):
+            for instant in later:
+                assert matching_at(node, instant) <= kept, (raw, instant)
         return len(matching)
 
     @hypothesis_settings(max_examples=150, deadline=None,
@@ -151,8 +189,15 @@ def test_the_prefilter_keeps_every_match(settings: Settings) -> None:
     grid += [{"field": f, "op": "within_last", "value": {"days": d}}
              for f in ("last_interaction_at", "first_seen_at", "last_purchase_at")
              for d in (30, 120, 365)]
+    for op in NUMBER_OPS:
+        for value in (0, 1, 20, 99.99, 100):
+            for window in (None, 30, 365):
+                sums = {"sum": "spent", "currency": "EUR", "op": op,
+                        "value": [value, value + 150] if op == "between" else value}
+                grid.append(sums if window is None else sums | {"within_days": window})
     for count in ("purchases", "forms", "bookings", "email_opens"):
-        for op, value in (("gte", 1), ("gte", 2.5), ("gt", 1), ("equals", 2), ("between", [1, 3])):
+        for op, value in (("gte", 1), ("gte", 2.5), ("gt", 1), ("equals", 2), ("between", [1, 3]),
+                          ("lt", 2), ("lte", 1), ("not_equals", 0)):
             grid.append({"count": count, "op": op, "value": value})
             grid.append({"count": count, "within_days": 200, "op": op, "value": value})
     grid += [{"field": "rfm.group", "op": "equals", "value": "never_bought"},
