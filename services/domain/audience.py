@@ -137,7 +137,7 @@ def evaluate(facts: ContactFacts, rules: TenantRules, now: str,
         if segment.rule.evaluate(facts, ctx, trace):
             ctx.segments.add(segment.segment_id)
         traces[segment.segment_id] = trace
-        change = segment.rule.next_change(facts, ctx)
+        change = segment.rule.next_change(facts, ctx, trace)
         if change is not None and (due is None or change < due):
             due = change
     return Evaluation(now, ctx.segments, traces, status, rfm, due)

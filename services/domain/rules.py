@@ -126,8 +126,16 @@ class Node:
     def evaluate(self, facts: ContactFacts, ctx: Context, trace: dict[str, bool] | None) -> bool:
         raise NotImplementedError
 
-    def next_change(self, facts: ContactFacts, ctx: Context) -> str | None:
+    def next_change(self, facts: ContactFacts, ctx: Context,
+                    trace: dict[str, bool] | None = None) -> str | None:
+        """The earliest later instant at which the value may change by time alone; with
+        ``trace`` (filled by ``evaluate`` at the same instant) groups read their items'
+        values there instead of evaluating them again."""
         return None
+
+    def value_in(self, trace: dict[str, bool]) -> bool:
+        """The value that an ``evaluate`` filling ``trace`` returned."""
+        raise NotImplementedError
 
     def children(self) -> tuple[Node, ...]:
         return ()
@@ -167,19 +175,28 @@ class Group(Node):
             result = not values[0]
         return result
 
-    def next_change(self, facts: ContactFacts, ctx: Context) -> str | None:
+    def value_in(self, trace: dict[str, bool]) -> bool:
+        if self.kind == "all":
+            return all(item.value_in(trace) for item in self.items)
+        if self.kind == "any":
+            return any(item.value_in(trace) for item in self.items)
+        return not self.items[0].value_in(trace)
+
+    def next_change(self, facts: ContactFacts, ctx: Context,
+                    trace: dict[str, bool] | None = None) -> str | None:
         if self.kind == "not":
-            return self.items[0].next_change(facts, ctx)
-        values = [item.evaluate(facts, ctx, None) for item in self.items]
+            return self.items[0].next_change(facts, ctx, trace)
+        values = ([item.value_in(trace) for item in self.items] if trace is not None
+                  else [item.evaluate(facts, ctx, None) for item in self.items])
         value = all(values) if self.kind == "all" else any(values)
         if value == (self.kind == "any"):
             # A true "any" stays true while one true item does, a false "all" false while
             # one false item does: the group holds until the last of those changes (never
             # by time alone, if one of them never does).
-            changes = [item.next_change(facts, ctx)
+            changes = [item.next_change(facts, ctx, trace)
                        for item, v in zip(self.items, values, strict=True) if v == value]
             return None if None in changes else max(changes)  # type: ignore[type-var]
-        return _earliest(item.next_change(facts, ctx) for item in self.items)
+        return _earliest(item.next_change(facts, ctx, trace) for item in self.items)
 
     def children(self) -> tuple[Node, ...]:
         return self.items
@@ -203,6 +220,9 @@ class Leaf(Node):
 
     def test(self, facts: ContactFacts, ctx: Context) -> bool:
         raise NotImplementedError
+
+    def value_in(self, trace: dict[str, bool]) -> bool:
+        return trace[self.path]
 
 
 @dataclass
@@ -272,7 +292,8 @@ class FieldCondition(Leaf):
             return not _matches(self.field_name, actual, "in", expected)
         return _matches(self.field_name, actual, op, expected)
 
-    def next_change(self, facts: ContactFacts, ctx: Context) -> str | None:
+    def next_change(self, facts: ContactFacts, ctx: Context,
+                    trace: dict[str, bool] | None = None) -> str | None:
         if self.field_name in DATE_FIELDS and self.op in ("within_last", "more_than_ago"):
             moment = getattr(facts, self.field_name)
             # Both flip at moment + N days; if that is already past, nothing is scheduled.
@@ -326,7 +347,8 @@ class Aggregate(Leaf):
         """True when a contact without any item of the counted kinds cannot match."""
         return not _compare_number(self.op, Decimal(0), self.value)
 
-    def next_change(self, facts: ContactFacts, ctx: Context) -> str | None:
+    def next_change(self, facts: ContactFacts, ctx: Context,
+                    trace: dict[str, bool] | None = None) -> str | None:
         """The instant the comparison flips as the window's items leave it, oldest first
         (items of one instant leave together); None if it holds whatever leaves."""
         if self.within_days is None:

@@ -256,8 +256,10 @@ def test_a_rule_keeps_its_value_until_its_next_change(
     """Scheduling is sound: between now and next_change nothing flips by itself."""
     rule = parse_rule(raw)
     now = NOW
-    value = rule.evaluate(f, Context(now=now), None)
+    trace: dict[str, bool] = {}
+    value = rule.evaluate(f, Context(now=now), trace)
     change = rule.next_change(f, Context(now=now))
+    assert rule.next_change(f, Context(now=now), trace) == change  # read from the trace
     if change is None:
         later = utc_iso(datetime(2036, 1, 1, tzinfo=UTC))
         assert rule.evaluate(f, Context(now=later), None) == value
