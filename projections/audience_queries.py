@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from projections.audience import load_json
-from projections.db import ViewDatabase
+from projections.db import ViewDatabase, any_of
 from projections.segment_sql import prefilter
 from services.domain.audience import TenantRules, evaluate
 from services.domain.engagement import STATUSES, engagement_status
@@ -234,22 +234,23 @@ def preview(db: ViewDatabase, tenant: str, segment_id: str, rule: Any, now: date
     rules = tenant_rules(db, tenant, [])
     where, params = prefilter(node, tenant, moment, rules.windows) or ("1 = 1", [])
     counts = {"entering": 0, "leaving": 0, "staying": 0}
-    firsts: dict[str, list[tuple[str, str]]] = {key: [] for key in counts}
+    firsts: dict[str, list[str]] = {key: [] for key in counts}  # contact ids, in order
     # What the rule reads decides what each contact costs to load.
     leaves = list(node.walk())
     wants_segments = bool(node.references())
     wants_engagement = any(getattr(n, "field_name", "") == "engagement" for n in leaves)
     wants_rfm = any(getattr(n, "field_name", "").startswith("rfm.") for n in leaves)
     statement = (
-        "SELECT f.contact_id, f.email, f.doc, f.members, f.rfm, f.contact_id IN ("
+        "SELECT f.contact_id, f.doc, f.contact_id IN (SELECT contact_id FROM segment_history "
+        "WHERE tenant = ? AND segment_id = ? AND exited_at IS NULL) AS was"
+        + (", f.members" if wants_segments else ", NULL") + (", f.rfm" if wants_rfm else ", NULL")
+        + f" FROM audience_facts f WHERE f.tenant = ? AND (({where}) OR f.contact_id IN ("
         "SELECT contact_id FROM segment_history WHERE tenant = ? AND segment_id = ? "
-        f"AND exited_at IS NULL) AS was FROM audience_facts f WHERE f.tenant = ? AND "
-        f"(({where}) OR f.contact_id IN (SELECT contact_id FROM segment_history "
-        "WHERE tenant = ? AND segment_id = ? AND exited_at IS NULL))"
+        "AND exited_at IS NULL))"
     )
     params = [tenant, segment_id, tenant, *params, tenant, segment_id]
     for batch in db.stream(statement, params, name="ficha_preview"):
-        for contact_id, email, doc, members_json, rfm_json, was in batch:
+        for contact_id, doc, was, members_json, rfm_json in batch:
             facts = ContactFacts.from_json(doc)
             ctx = Context(now=moment, soft_bounce_limit=rules.soft_bounce_limit)
             if wants_segments:
@@ -266,12 +267,23 @@ def preview(db: ViewDatabase, tenant: str, segment_id: str, rule: Any, now: date
             key = ("staying" if was else "entering") if matches else ("leaving" if was else "")
             if key:
                 counts[key] += 1
-                _keep_first(firsts[key], (contact_id, email), sample)
+                _keep_first(firsts[key], contact_id, sample)
+    emails = _emails(db, [cid for kept in firsts.values() for cid in kept])
     return Preview(counts["entering"], counts["leaving"], counts["staying"],
-                   {key: [email for _, email in sorted(kept)] for key, kept in firsts.items()})
+                   {key: [emails[cid] for cid in kept] for key, kept in firsts.items()})
 
 
-def _keep_first(kept: list[tuple[str, str]], item: tuple[str, str], size: int) -> None:
+def _emails(db: ViewDatabase, contact_ids: list[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    with db.reading() as cur:
+        for condition, params in any_of("contact_id", contact_ids, db.is_postgres):
+            cur.execute(f"SELECT contact_id, email FROM audience_facts WHERE {condition}",
+                        params)
+            found.update((r["contact_id"], r["email"]) for r in cur.fetchall())
+    return found
+
+
+def _keep_first(kept: list[str], item: str, size: int) -> None:
     """Keep the ``size`` smallest items seen, in order."""
     if size <= 0:
         return

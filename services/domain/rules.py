@@ -137,6 +137,10 @@ class Node:
         """The value that an ``evaluate`` filling ``trace`` returned."""
         raise NotImplementedError
 
+    def cost(self) -> int:
+        """A rough relative cost of evaluating the node (a group tries cheap items first)."""
+        return 1
+
     def children(self) -> tuple[Node, ...]:
         return ()
 
@@ -159,11 +163,12 @@ class Group(Node):
     items: tuple[Node, ...]
 
     def evaluate(self, facts: ContactFacts, ctx: Context, trace: dict[str, bool] | None) -> bool:
-        if trace is None:  # only the answer is wanted: stop at the first decisive item
+        if trace is None:  # only the answer is wanted: stop at the first decisive item,
+            # trying the cheap items first
             if self.kind == "all":
-                return all(item.evaluate(facts, ctx, None) for item in self.items)
+                return all(item.evaluate(facts, ctx, None) for item in self._cheap_first)
             if self.kind == "any":
-                return any(item.evaluate(facts, ctx, None) for item in self.items)
+                return any(item.evaluate(facts, ctx, None) for item in self._cheap_first)
             return not self.items[0].evaluate(facts, ctx, None)
         # No short-circuit: the trace records every leaf's value, which provenance compares.
         values = [item.evaluate(facts, ctx, trace) for item in self.items]
@@ -174,6 +179,13 @@ class Group(Node):
         else:
             result = not values[0]
         return result
+
+    @cached_property
+    def _cheap_first(self) -> tuple[Node, ...]:
+        return tuple(sorted(self.items, key=lambda item: item.cost()))
+
+    def cost(self) -> int:
+        return sum(item.cost() for item in self.items)
 
     def value_in(self, trace: dict[str, bool]) -> bool:
         if self.kind == "all":
@@ -321,14 +333,16 @@ class Aggregate(Leaf):
     op: str
     value: Any  # Decimal or (Decimal, Decimal)
 
-    def measure(self, facts: ContactFacts, now: str) -> Decimal:
+    def measure(self, facts: ContactFacts, now: str) -> Decimal | int:
         since = None if self.within_days is None else days_before(now, self.within_days)
         if self.currency is None:
-            return Decimal(sum(len(facts.since(kind, since)) for kind, _ in self.kinds))
+            return sum(len(facts.since(kind, since)) for kind, _ in self.kinds)
         total = Decimal(0)
+        currency = self.currency
         for kind, sign in self.kinds:
-            for item in facts.since(kind, since):
-                total += self._worth(item, sign)
+            part = sum(Decimal(amount) for _, amount, paid_in in facts.since(kind, since)
+                       if paid_in == currency and amount is not None)
+            total += part if sign > 0 else -part
         return total
 
     def _worth(self, item: list[Any], sign: int) -> Decimal:
@@ -339,6 +353,9 @@ class Aggregate(Leaf):
         if currency != self.currency or amount is None:
             return Decimal(0)
         return sign * Decimal(amount)
+
+    def cost(self) -> int:
+        return 2 if self.currency is None else 3
 
     def test(self, facts: ContactFacts, ctx: Context) -> bool:
         return _compare_number(self.op, self.measure(facts, ctx.now), self.value)
