@@ -13,7 +13,7 @@ from projections.audience import load_json
 from projections.db import ViewDatabase, any_of
 from projections.segment_sql import prefilter
 from services.domain.audience import TenantRules, evaluate
-from services.domain.engagement import STATUSES, engagement_status
+from services.domain.engagement import STATUSES, engagement_at
 from services.domain.facts import ContactFacts, days_before
 from services.domain.identity import normalise_email
 from services.domain.rfm import GROUPS as RFM_GROUPS
@@ -249,20 +249,21 @@ def preview(db: ViewDatabase, tenant: str, segment_id: str, rule: Any, now: date
         "AND exited_at IS NULL))"
     )
     params = [tenant, segment_id, tenant, *params, tenant, segment_id]
-    for batch in db.stream(statement, params, name="ficha_preview"):
-        for contact_id, doc, was, members_json, rfm_json in batch:
+    ctx = Context(now=moment, soft_bounce_limit=rules.soft_bounce_limit)  # reset per row
+    for batch in db.stream_text(statement, params):
+        for contact_id, doc, was_member, members_json, rfm_json in batch:
+            was = was_member in (True, 1, "t")
             facts = ContactFacts.from_json(doc)
-            ctx = Context(now=moment, soft_bounce_limit=rules.soft_bounce_limit)
             if wants_segments:
                 ctx.segments = set(load_json(members_json)) - {segment_id}
             if wants_engagement:
-                ctx.engagement = engagement_status(facts, moment, rules.windows)[0]
-            if wants_rfm and rfm_json:
-                rfm = load_json(rfm_json)
-                ctx.rfm_group = rfm["group"]
-                if rfm.get("r") is not None:
-                    ctx.rfm_scores = {"rfm.recency": rfm["r"], "rfm.frequency": rfm["f"],
-                                      "rfm.monetary": rfm["m"]}
+                ctx.engagement = engagement_at(facts, moment, rules.windows)
+            if wants_rfm:
+                rfm = load_json(rfm_json) if rfm_json else {}
+                ctx.rfm_group = rfm.get("group")
+                ctx.rfm_scores = ({"rfm.recency": rfm["r"], "rfm.frequency": rfm["f"],
+                                   "rfm.monetary": rfm["m"]} if rfm.get("r") is not None
+                                  else {})
             matches = node.evaluate(facts, ctx, None)
             key = ("staying" if was else "entering") if matches else ("leaving" if was else "")
             if key:

@@ -327,6 +327,26 @@ class ViewDatabase:
                 while rows := cur.fetchmany(batch_rows):
                     yield rows
 
+    def stream_text(self, statement: str, params: Sequence[Any], batch_rows: int = 5000
+                    ) -> Iterator[list[tuple[Any, ...]]]:
+        """Like ``stream``, faster on PostgreSQL, where the rows come out of ``COPY (...)
+        TO STDOUT`` with every value as text (a boolean is ``t`` or ``f``); SQLite's
+        values are as stored."""
+        if not self.is_postgres:
+            yield from self.stream(statement, params, batch_rows)
+            return
+        with self.snapshot() as conn, conn.cursor() as cur:
+            copy_statement = f"COPY ({statement.replace('?', '%s')}) TO STDOUT"
+            with cur.copy(copy_statement, params) as copy:
+                batch: list[tuple[Any, ...]] = []
+                for row in copy.rows():
+                    batch.append(row)
+                    if len(batch) >= batch_rows:
+                        yield batch
+                        batch = []
+                if batch:
+                    yield batch
+
     def checkpoint(self) -> bool:
         """SQLite: copy the write-ahead log into the file and empty it, so that rows an
         erasure overwrote leave no older copy in the log; False if readers held it back.

@@ -33,14 +33,27 @@ class EngagementWindows:
 DEFAULT_WINDOWS = EngagementWindows()
 
 
+def engagement_at(
+    facts: ContactFacts, now: str, windows: EngagementWindows = DEFAULT_WINDOWS
+) -> str:
+    """The status at ``now``."""
+    last = facts.last_interaction_at
+    if last is not None and last > days_before(now, windows.engaged_days):
+        return ENGAGED
+    basis = last or facts.first_seen_at
+    if basis is None or basis <= days_before(now, windows.inactive_days):
+        return INACTIVE
+    return NOT_ENGAGED
+
+
 def engagement_status(
     facts: ContactFacts, now: str, windows: EngagementWindows = DEFAULT_WINDOWS
 ) -> tuple[str, str | None]:
     """The status at ``now`` and the instant it next changes (None: never by itself)."""
-    last = facts.last_interaction_at
-    if last is not None and last > days_before(now, windows.engaged_days):
-        return ENGAGED, days_after(last, windows.engaged_days)
-    basis = last or facts.first_seen_at
-    if basis is None or basis <= days_before(now, windows.inactive_days):
-        return INACTIVE, None
-    return NOT_ENGAGED, days_after(basis, windows.inactive_days)
+    status = engagement_at(facts, now, windows)
+    if status == ENGAGED:
+        return status, days_after(facts.last_interaction_at or "", windows.engaged_days)
+    if status == INACTIVE:
+        return status, None
+    basis = facts.last_interaction_at or facts.first_seen_at or ""
+    return status, days_after(basis, windows.inactive_days)

@@ -222,6 +222,22 @@ def test_preview_tells_what_an_edit_does_and_the_edit_does_it(audience: Audience
         assert cur.fetchall() == [{"exit_cause": "definition", "exit_ref": "spenders@v2"}]
     with pytest.raises(RuleError, match=r"rule\.all\[0\]"):
         preview(a.db, "acme", "spenders", {"all": [{"count": "hugs"}]}, datetime.now(UTC))
+    # A rule that reads what preview takes from beside the facts: other segments, RFM,
+    # engagement (one context serves every contact in turn, reset each time).
+    mixed = {"any": [
+        {"all": [{"segment": "spenders"}, {"field": "engagement", "op": "equals",
+                                            "value": "engaged"}]},
+        {"field": "rfm.group", "op": "in", "value": ["champions", "loyal"]},
+        {"field": "rfm.recency", "op": "gte", "value": 4}]}
+    seen = preview(a.db, "acme", "mixed", mixed, datetime.now(UTC), sample=4)
+    a.define("mixed", mixed)
+    inside = members(a, "mixed")
+    with a.db.reading() as cur:
+        cur.execute("SELECT COUNT(*) AS n FROM audience_facts")
+        everyone = int(cur.fetchone()["n"])  # type: ignore[index]
+    assert 0 < len(inside) < everyone  # the rule tells contacts apart
+    assert (seen.entering, seen.leaving, seen.staying) == (len(inside), 0, 0)
+    assert len(seen.samples["entering"]) == 4 and set(seen.samples["entering"]) <= inside
 
 
 def test_deleting_a_segment_closes_every_membership(audience: Audience) -> None:
