@@ -236,10 +236,10 @@ def preview(db: ViewDatabase, tenant: str, segment_id: str, rule: Any, now: date
     counts = {"entering": 0, "leaving": 0, "staying": 0}
     firsts: dict[str, list[str]] = {key: [] for key in counts}  # contact ids, in order
     # What the rule reads decides what each contact costs to load.
-    leaves = list(node.walk())
+    nodes = list(node.walk())
     wants_segments = bool(node.references())
-    wants_engagement = any(getattr(n, "field_name", "") == "engagement" for n in leaves)
-    wants_rfm = any(getattr(n, "field_name", "").startswith("rfm.") for n in leaves)
+    wants_engagement = any(getattr(n, "field_name", "") == "engagement" for n in nodes)
+    wants_rfm = any(getattr(n, "field_name", "").startswith("rfm.") for n in nodes)
     statement = (
         "SELECT f.contact_id, f.doc, f.contact_id IN (SELECT contact_id FROM segment_history "
         "WHERE tenant = ? AND segment_id = ? AND exited_at IS NULL) AS was"

@@ -310,6 +310,7 @@ class ViewDatabase:
             yield conn
         finally:
             conn.close()
+
     def stream(self, statement: str, params: Sequence[Any], batch_rows: int = 5000,
                name: str = "ficha_stream") -> Iterator[list[tuple[Any, ...]]]:
         """A query's rows as tuples, ``batch_rows`` at a time, from one snapshot
