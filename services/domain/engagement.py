@@ -51,9 +51,12 @@ def engagement_status(
 ) -> tuple[str, str | None]:
     """The status at ``now`` and the instant it next changes (None: never by itself)."""
     status = engagement_at(facts, now, windows)
-    if status == ENGAGED:
-        return status, days_after(facts.last_interaction_at or "", windows.engaged_days)
     if status == INACTIVE:
         return status, None
-    basis = facts.last_interaction_at or facts.first_seen_at or ""
-    return status, days_after(basis, windows.inactive_days)
+    # Engaged until the last interaction leaves the engaged window; not engaged until it
+    # (or, without one, the first contact) leaves the inactive window.
+    engaged = status == ENGAGED
+    basis = facts.last_interaction_at if engaged else (
+        facts.last_interaction_at or facts.first_seen_at)
+    assert basis is not None  # engagement_at found one, or the status would be inactive
+    return status, days_after(basis, windows.engaged_days if engaged else windows.inactive_days)

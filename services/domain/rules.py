@@ -337,6 +337,8 @@ class Aggregate(Leaf):
         since = None if self.within_days is None else days_before(now, self.within_days)
         if self.currency is None:
             return sum(len(facts.since(kind, since)) for kind, _ in self.kinds)
+        # The sum of ``_worth`` over the window's items, written out without a call per
+        # item: a preview evaluates this for every candidate contact.
         total = Decimal(0)
         currency = self.currency
         for kind, sign in self.kinds:
