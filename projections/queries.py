@@ -6,10 +6,12 @@ import base64
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from projections.contacts import CONSENT_CHANNELS
+from projections.contacts import CONSENT_CHANNELS, CONTACT_TYPES, TIMELINE_TYPES
 from projections.db import ViewDatabase
+from projections.json_rows import AnswerColumns, plain
 from services.domain.contact import tag_key
 from services.domain.stamps import utc_iso
 
@@ -37,6 +39,16 @@ LIST_COLUMNS = (
     "contact_type, lead_status, member_status, consent_email, tags, first_seen_at, "
     "last_activity_at, forms_count, bookings_count, purchases_count"
 )
+_TYPES = dict(CONTACT_TYPES)
+LIST_TYPES_OF_CONTACT = tuple((c.strip(), _TYPES[c.strip()]) for c in LIST_COLUMNS.split(","))
+LIST_TYPES = (("list_id", "text"), ("state", "text"), ("changed_at", "timestamptz"))
+TIMELINE_ENTRY_TYPES = tuple((c, t) for c, t in TIMELINE_TYPES
+                             if c not in ("tenant", "contact_id"))
+
+
+@cache
+def _columns(pg: bool, alias: str, columns: tuple[tuple[str, str], ...]) -> AnswerColumns:
+    return AnswerColumns(pg, alias, columns)
 
 
 def _ts(db: ViewDatabase, value: datetime) -> Any:
@@ -144,11 +156,12 @@ def decode_cursor(cursor: str, sort: str) -> tuple[str, str]:
                          "start without it") from None
 
 
-def list_contacts(
+def list_page(
     db: ViewDatabase, f: ContactFilter, *, limit: int = 50, cursor: str | None = None,
     sort: str = "-first_seen_at",
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """One page of the client list, keyset-paginated; returns rows and the next cursor.
+    """One page of the client list, keyset-paginated: rows ready to encode (their JSON
+    columns embedded as selected: ``projections.json_rows``) and the next page's cursor.
 
     ``sort`` is a key of SORT_KEYS, descending with a leading ``-`` (default: newest
     first contact first); ties are broken by contact id in the same direction.
@@ -168,9 +181,9 @@ def list_contacts(
                        f"AND c.contact_id {beyond} ?))")
         params.extend([value_param, value_param, cid])
     direction = "DESC" if descending else "ASC"
+    columns = _columns(db.is_postgres, "c", LIST_TYPES_OF_CONTACT)
     statement = (
-        f"SELECT {', '.join('c.' + c.strip() for c in LIST_COLUMNS.split(','))}, "
-        f"{expression} AS sort_key "
+        f"SELECT {columns.sql}, {expression} AS sort_key "
         f"FROM contacts c WHERE {' AND '.join(clauses)} "
         f"ORDER BY {expression} {direction}, c.contact_id {direction} LIMIT ?"
     )
@@ -182,11 +195,19 @@ def list_contacts(
     if len(rows) > limit:
         rows = rows[:limit]
         next_cursor = encode_cursor(sort, rows[-1]["sort_key"], rows[-1]["contact_id"])
-    cleaned = []
     for row in rows:
         del row["sort_key"]
-        cleaned.append(_clean(row))
-    return cleaned, next_cursor
+        columns.finish(row)
+    return rows, next_cursor
+
+
+def list_contacts(
+    db: ViewDatabase, f: ContactFilter, *, limit: int = 50, cursor: str | None = None,
+    sort: str = "-first_seen_at",
+) -> tuple[list[dict[str, Any]], str | None]:
+    """``list_page`` with its embedded JSON read."""
+    rows, next_cursor = list_page(db, f, limit=limit, cursor=cursor, sort=sort)
+    return plain(rows), next_cursor
 
 
 def count_contacts(db: ViewDatabase, f: ContactFilter) -> int:
@@ -202,48 +223,63 @@ def is_contact_id(ref: str) -> bool:
     return len(ref) == 32 and all(ch in "0123456789abcdef" for ch in ref)
 
 
-def get_card(db: ViewDatabase, tenant: str, ref: str, *, timeline_limit: int | None = None
-             ) -> dict[str, Any] | None:
+def card(db: ViewDatabase, tenant: str, ref: str, *, timeline_limit: int | None = None
+         ) -> dict[str, Any] | None:
     """The whole card of one contact, by email or contact id, with its lists and
-    timeline (the newest ``timeline_limit`` entries, oldest first), or None if unknown."""
+    timeline (the newest ``timeline_limit`` entries, oldest first), ready to encode (see
+    ``list_page``); None if unknown."""
     column, value = ("contact_id", ref) if is_contact_id(ref) else ("email", ref.strip().lower())
+    pg = db.is_postgres
+    columns = _columns(pg, "c", CONTACT_TYPES)
+    lists = _columns(pg, "l", LIST_TYPES)
     with db.reading() as cur:
-        cur.execute(f"SELECT * FROM contacts WHERE tenant = ? AND {column} = ?", (tenant, value))
+        cur.execute(f"SELECT {columns.sql} FROM contacts c "
+                    f"WHERE tenant = ? AND {column} = ?", (tenant, value))
         row = cur.fetchone()
         if row is None:
             return None
-        card = _clean(row)
+        found = columns.finish(row)
         cur.execute(
-            "SELECT list_id, state, changed_at FROM contact_lists "
+            f"SELECT {lists.sql} FROM contact_lists l "
             "WHERE tenant = ? AND contact_id = ? ORDER BY list_id",
-            (tenant, card["contact_id"]),
+            (tenant, found["contact_id"]),
         )
-        card["lists"] = [_clean(r) for r in cur.fetchall()]
-        card["timeline"] = _timeline(cur, tenant, card["contact_id"], timeline_limit)
-    return card
+        found["lists"] = cur.fetchall()
+        found["timeline"] = _timeline(cur, pg, tenant, found["contact_id"], timeline_limit)
+    return found
 
 
-def _timeline(cur: Any, tenant: str, contact_id: str, limit: int | None,
-              before: tuple[str, str] | None = None) -> list[dict[str, Any]]:
+def get_card(db: ViewDatabase, tenant: str, ref: str, *, timeline_limit: int | None = None
+             ) -> dict[str, Any] | None:
+    """``card`` with its embedded JSON read."""
+    found = card(db, tenant, ref, timeline_limit=timeline_limit)
+    return None if found is None else dict(plain(found))
+
+
+def _timeline(cur: Any, pg: bool, tenant: str, contact_id: str, limit: int | None,
+              before: tuple[Any, str] | None = None) -> list[dict[str, Any]]:
+    """Timeline entries oldest first, ready to encode."""
     params: list[Any] = [tenant, contact_id]
     page = ""
     if before is not None:
         page = "AND (occurred_at < ? OR (occurred_at = ? AND event_id < ?)) "
         params += [before[0], before[0], before[1]]
+    columns = _columns(pg, "t", TIMELINE_ENTRY_TYPES)
     cur.execute(
-        "SELECT occurred_at, event_id, type, kind, source, summary, data FROM timeline "
-        f"WHERE tenant = ? AND contact_id = ? {page}"
-        "ORDER BY occurred_at DESC, event_id DESC"
+        f"SELECT {columns.sql} FROM timeline t WHERE tenant = ? AND contact_id = ? {page}"
+        "ORDER BY t.occurred_at DESC, t.event_id DESC"
         + (" LIMIT ?" if limit is not None else ""),
         params + ([limit] if limit is not None else []),
     )
-    return [_clean(r) for r in reversed(cur.fetchall())]
+    rows: list[dict[str, Any]] = cur.fetchall()
+    rows.reverse()
+    return [columns.finish(row) for row in rows]
 
 
 def timeline_page(db: ViewDatabase, tenant: str, contact_id: str, *, limit: int = 100,
                   before: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
     """Newest first in pages: the entries before the cursor ``before`` (oldest first in
-    the page) and the cursor of the next, older page."""
+    the page, ready to encode) and the cursor of the next, older page."""
     if not 1 <= limit <= 1000:
         raise QueryError("limit must be between 1 and 1000")
     bound = decode_cursor(before, "timeline") if before else None
@@ -251,7 +287,7 @@ def timeline_page(db: ViewDatabase, tenant: str, contact_id: str, *, limit: int 
     if bound is not None and db.is_postgres:
         bound_param = (datetime.fromisoformat(bound[0].replace("Z", "+00:00")), bound[1])
     with db.reading() as cur:
-        entries = _timeline(cur, tenant, contact_id, limit + 1, bound_param)
+        entries = _timeline(cur, db.is_postgres, tenant, contact_id, limit + 1, bound_param)
     cursor = None
     if len(entries) > limit:
         entries = entries[1:]
@@ -263,19 +299,6 @@ def tenant_exists(db: ViewDatabase, tenant: str) -> bool:
     with db.reading() as cur:
         cur.execute("SELECT 1 AS one FROM contacts WHERE tenant = ? LIMIT 1", (tenant,))
         return cur.fetchone() is not None
-
-
-def _clean(row: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in row.items():
-        if key in ("tags", "properties", "data") and isinstance(value, str | bytes):
-            value = json.loads(value)
-        elif isinstance(value, datetime):
-            value = utc_iso(value)
-        elif key.startswith("consent_") and isinstance(value, int) and not isinstance(value, bool):
-            value = bool(value)
-        out[key] = value
-    return out
 
 
 def tag_counts(db: ViewDatabase, tenant: str) -> list[dict[str, Any]]:

@@ -10,9 +10,9 @@ from litestar.params import FromPath, FromQuery, Parameter
 from projections.queries import (
     SORT_KEYS,
     QueryError,
+    card,
     count_contacts,
-    get_card,
-    list_contacts,
+    list_page,
     timeline_page,
 )
 from services.api.deps import Caller, Ctx, Filter, Item, Page, Wanted, item, page
@@ -43,7 +43,7 @@ def list_route(
     with ctx.read(PROJECTION, tenant, wanted) as fresh:
         f = client_filter
         try:
-            rows, next_cursor = list_contacts(ctx.views, f, limit=limit, cursor=cursor, sort=sort)
+            rows, next_cursor = list_page(ctx.views, f, limit=limit, cursor=cursor, sort=sort)
             total = count_contacts(ctx.views, f) if with_total else None
         except QueryError as error:
             raise query_error(error) from None
@@ -58,10 +58,10 @@ def card_route(
     timeline_limit: Annotated[int, Parameter(ge=0, le=1000)] = 200,
 ) -> Response[Item]:
     with ctx.read(PROJECTION, tenant, wanted) as fresh:
-        card = get_card(ctx.views, tenant, ref, timeline_limit=timeline_limit)
-        if card is None:
+        found = card(ctx.views, tenant, ref, timeline_limit=timeline_limit)
+        if found is None:
             raise not_found(f"tenant {tenant} has no contact {ref}")
-        return item(card, fresh)
+        return item(found, fresh)
 
 
 @get("/contacts/{ref:str}/timeline", sync_to_thread=True, summary="A contact's timeline",
@@ -73,11 +73,11 @@ def timeline_route(
     cursor: FromQuery[str | None] = None,
 ) -> Response[Page]:
     with ctx.read(PROJECTION, tenant, wanted) as fresh:
-        card = get_card(ctx.views, tenant, ref, timeline_limit=0)
-        if card is None:
+        found = card(ctx.views, tenant, ref, timeline_limit=0)
+        if found is None:
             raise not_found(f"tenant {tenant} has no contact {ref}")
         try:
-            entries, older = timeline_page(ctx.views, tenant, card["contact_id"], limit=limit,
+            entries, older = timeline_page(ctx.views, tenant, found["contact_id"], limit=limit,
                                            before=cursor)
         except QueryError as error:
             raise query_error(error, "cursor") from None

@@ -95,9 +95,15 @@ def admin(request: Request[Any, Any, Any], tenant: FromPath[str], ctx: Ctx) -> P
 
 
 # ---------------------------------------------------------------------------- freshness
+#
+# Litestar resolves dependencies level by level, and the dependencies of one level
+# together in a task group: on a route that reads, that costs more than the route's
+# query. The dependencies form a chain instead (ctx → principal → wanted → client_filter),
+# which also means the caller is authenticated before anything else is parsed.
 
 
 def consistency(
+    principal: Caller,
     min_position: Annotated[int | None, Parameter(
         ge=0, description="Wait until the read model has applied this log position "
         "(an earlier answer's freshness.position or a write's position).")] = None,
@@ -128,6 +134,7 @@ Channel = Annotated[str | None, Parameter(
 
 def client_filter(
     tenant: FromPath[str],
+    wanted: Wanted,
     language: Annotated[str | None, Parameter(description="e.g. es, or es-MX")] = None,
     country: Annotated[str | None, Parameter(description="ISO 3166-1 alpha-2")] = None,
     tag: FromQuery[str | None] = None,
@@ -138,7 +145,8 @@ def client_filter(
     q: Annotated[str | None, Parameter(
         max_length=200, description="Prefix of the email, first name or last name.")] = None,
 ) -> ContactFilter:
-    """The client list's filters, as the list and the export routes take them."""
+    """The client list's filters, as the list and the export routes take them (which
+    take ``wanted`` with them: an export too can wait for a write to be projected)."""
     return ContactFilter(
         tenant=tenant, language=language, country=country, tag=tag, consent=consent,
         no_consent=no_consent, first_seen_from=aware(first_seen_from, "first_seen_from"),

@@ -21,7 +21,7 @@ from projections.export import (
     segment_query,
 )
 from projections.queries import QueryError
-from services.api.deps import Caller, Ctx, Filter, aware
+from services.api.deps import Caller, Ctx, Filter, Wanted, aware
 from services.api.errors import ApiError, not_found
 
 Format = Annotated[Literal["csv", "parquet"], Parameter(description="csv or parquet")]
@@ -35,11 +35,14 @@ def _stream(ctx: Ctx, query: ExportQuery, fmt: ExportFormat, name: str) -> Strea
 
 @get("/exports/contacts", sync_to_thread=True, summary="Export the client list",
      description="Every card field, tags, properties (JSON), consent and counts of the "
-     "contacts the filters select, streamed as CSV or Parquet (see docs/export.md).")
+     "contacts the filters select, streamed as CSV or Parquet (see docs/export.md). "
+     "With `min_position` or `wait_for_event`, the export starts once that write is in "
+     "the client list.")
 def contacts_route(
-    tenant: FromPath[str], ctx: Ctx, principal: Caller, client_filter: Filter,
+    tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted, client_filter: Filter,
     format: Format = "csv",
 ) -> Stream:
+    ctx.reads.wait("contacts", tenant, wanted)
     try:
         query = contacts_query(ctx.views, client_filter)
     except QueryError as error:
