@@ -85,7 +85,8 @@ def db(settings: Settings) -> ViewDatabase:
     return views
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_cards_lists_and_timelines_read_back_what_was_stored(db: ViewDatabase,
                                                              data: st.DataObject) -> None:
