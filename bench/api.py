@@ -6,6 +6,8 @@ gives one contact a 200-entry timeline, starts `ficha api` as its own process(es
 drives it with wrk (Debian's package: ``apt-get install wrk``). Raw baselines in the
 same run: the same queries called in-process without HTTP (one at a time), and wrk
 against the API's trivial ``/healthz`` (the HTTP stack's floor at this concurrency).
+Each wrk case also prints the CPU milliseconds per request spent by the API's processes
+and by PostgreSQL (from /proc), which tells which of the two a change should target.
 
 Usage:  python -m bench.api --contacts 1000000 [--workers 2] [--duration 20]
 """
@@ -67,8 +69,35 @@ def give_timeline(db: ViewDatabase, entries: int) -> str:
     return str(row["email"])
 
 
-def wrk(url: str, key: str, seconds: int, script: str | None = None) -> dict[str, float]:
-    """Run wrk with 50 connections; its latency percentiles (ms) and requests/s."""
+def cpu_seconds(api_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by the API's process tree and by PostgreSQL's processes
+    (Linux: read from /proc), to tell where a request's time goes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    used: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry.name)] = int(fields[1])
+        used[int(entry.name)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    tree = {api_pid}
+    for _ in range(3):  # the server, its workers, their helpers
+        tree |= {pid for pid, parent in parents.items() if parent in tree}
+    return {"api": sum(used[p][1] for p in tree if p in used),
+            "postgres": sum(seconds for name, seconds in used.values() if name == "postgres")}
+
+
+def wrk(url: str, key: str, seconds: int, script: str | None = None,
+        api_pid: int | None = None) -> dict[str, float]:
+    """Run wrk with 50 connections; its latency percentiles (ms), requests/s and, given
+    the API's pid, the CPU milliseconds per request of the API and of PostgreSQL."""
+    before = cpu_seconds(api_pid) if api_pid else {}
     command = ["wrk", "-t2", "-c50", f"-d{seconds}s", "--latency",
                "-H", f"Authorization: Bearer {key}"]
     if script:
@@ -85,6 +114,11 @@ def wrk(url: str, key: str, seconds: int, script: str | None = None) -> dict[str
     figures["req/s"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     figures["errors"] = float(non2xx[1]) if non2xx else 0.0
+    if api_pid:
+        after = cpu_seconds(api_pid)
+        requests = figures["req/s"] * seconds
+        for part in ("api", "postgres"):
+            figures[f"{part} ms"] = (after[part] - before[part]) * 1000 / requests
     return figures
 
 
@@ -147,16 +181,17 @@ def main() -> None:
             answer = httpx.get(card_url, headers={"Authorization": f"Bearer {key}"}).json()
             if len(answer.get("data", {}).get("timeline", [])) != 200:
                 sys.exit(f"the card is not as set up: {str(answer)[:300]}")
-            floor = wrk(f"{url}/healthz", key, args.duration)
+            floor = wrk(f"{url}/healthz", key, args.duration, api_pid=server.pid)
             script = LIST_SCRIPT % (", ".join(f'"{x}"' for x in LANGS),
                                     ", ".join(f'"{c}"' for c, _ in COUNTRIES))
-            listed = wrk(url, key, args.duration, script)
-            card = wrk(card_url, key, args.duration)
+            listed = wrk(url, key, args.duration, script, api_pid=server.pid)
+            card = wrk(card_url, key, args.duration, api_pid=server.pid)
         finally:
             server.terminate()
             server.wait(30)
         db.close()
-    print(f"{'case':52} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'req/s':>8}")
+    print(f"{'case':52} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'req/s':>8}"
+          f" {'CPU ms/request: API':>20} {'PostgreSQL':>10}")
     for name, values in (("raw: list page, in-process, one at a time", direct["list"]),
                          ("raw: card + 200 timeline, in-process", direct["card"])):
         print(f"{name:52} {pct(values, 50):8.2f} {pct(values, 90):8.2f} "
@@ -165,7 +200,8 @@ def main() -> None:
                     ("API: list page, two filters, 50 conns (target p99<50)", listed),
                     ("API: card + 200 timeline, 50 conns (target p99<30)", card)):
         print(f"{name:52} {f['50%']:8.2f} {f['90%']:8.2f} {f['99%']:8.2f} "
-              f"{f['req/s']:8.0f}" + (f"  ({f['errors']:.0f} errors)" if f["errors"] else ""))
+              f"{f['req/s']:8.0f} {f['api ms']:20.2f} {f['postgres ms']:10.2f}"
+              + (f"  ({f['errors']:.0f} errors)" if f["errors"] else ""))
 
 
 if __name__ == "__main__":
