@@ -460,6 +460,16 @@ async def test_exports_stream_csv_and_parquet(api: Api) -> None:
     wrong = await api.get(f"{t}/exports/contacts", format="xlsx")
     assert wrong.status_code == 400 and wrong.json()["error"]["field"] == "format"
     assert (await api.get(f"{t}/exports/contacts", consent="fax")).status_code == 400
+    # An export can wait for a write: the event just published is in the file.
+    await api.publish("contact_updated", email="zoe@example.com", event_id="zoe-joins",
+                      occurred_at="2026-11-21T10:00:00Z", contact={"language": "es"})
+    waited = await api.get(f"{t}/exports/contacts", language="es", wait_for_event="zoe-joins",
+                           wait_timeout="20")
+    assert waited.status_code == 200, waited.text
+    assert "zoe@example.com" in {r["email"] for r in csv.DictReader(io.StringIO(waited.text))}
+    never = await api.get(f"{t}/exports/contacts", wait_for_event="never-sent",
+                          wait_timeout="0.3")
+    assert never.status_code == 503 and never.json()["error"]["code"] == "not_yet_ingested"
 
 
 async def test_erasure_and_subject_access_through_the_api(api: Api) -> None:
