@@ -67,6 +67,14 @@ class _PostgresCursor:
         return self._c.fetchone()
 
 
+def utc_text(expression: str, is_postgres: bool) -> str:
+    """A timestamp column as the fixed-width UTC text of ``services.domain.stamps.utc_iso``
+    (2026-11-01T09:30:00.000000Z), in SQL. SQLite stores timestamps as that text."""
+    if not is_postgres:
+        return expression
+    return f"""to_char({expression} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+
+
 def any_of(
     column: str, values: Sequence[Any], is_postgres: bool, chunk: int = 500
 ) -> Iterator[tuple[str, list[Any]]]:

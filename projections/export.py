@@ -40,7 +40,7 @@ import msgspec
 
 from projections.audience_queries import MEMBERS_FROM, get_segment, membership_where
 from projections.contacts import CARD_COLUMNS, COLUMNS, CONSENT_CHANNELS
-from projections.db import ViewDatabase
+from projections.db import ViewDatabase, utc_text
 from projections.queries import ContactFilter, contact_where
 from services.domain.stamps import utc_iso
 
@@ -86,8 +86,8 @@ class Column:
             return f"NULLIF({e}, '')"
         if self.kind == "bool":  # `true`/`false` are 1/0 in SQLite
             return f"CASE {e} WHEN true THEN 'true' WHEN false THEN 'false' END"
-        if self.kind == "instant" and is_postgres:
-            return f"""to_char({e} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+        if self.kind == "instant":
+            return utc_text(e, is_postgres)
         if self.kind in ("json", "tags") and is_postgres:
             return f"{e}::text"
         return e

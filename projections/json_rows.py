@@ -23,8 +23,7 @@ from typing import Any
 
 import msgspec
 
-# utc_iso's format: 2026-11-01T09:30:00.000000Z
-_PG_UTC_ISO = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'"
+from projections.db import utc_text
 
 
 class AnswerColumns:
@@ -38,8 +37,8 @@ class AnswerColumns:
         self.booleans: list[str] = []
         for name, pg_type in columns:
             expression = f"{alias}.{name}"
-            if pg_type == "timestamptz" and is_postgres:
-                expression = f"to_char({expression} AT TIME ZONE 'UTC', {_PG_UTC_ISO})"
+            if pg_type == "timestamptz":
+                expression = utc_text(expression, is_postgres)
             elif pg_type == "jsonb":
                 self.json.append(name)
                 if is_postgres:
