@@ -7,14 +7,16 @@ bus), defines a few segments, then measures in the same run:
   (what any projection has to do at least);
 * each projection rebuilt from the start (``ProjectionRunner.rebuild``), alone.
 
-Usage:  python -m bench.rebuild --events 100000 [--backend postgres|sqlite]
+Usage:  python -m bench.rebuild --events 100000 [--backend postgres|sqlite] [--segments 30]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from bench.common import scratch_settings
 from projections.db import ViewDatabase
@@ -30,12 +32,35 @@ from services.ingest.folding import BatchFolder
 from services.store.contact_store import ContactStore
 from tests.factories import decode_dict
 
-SEGMENTS = {
+SEGMENTS: dict[str, dict[str, Any]] = {
     "es-vip": {"all": [{"field": "language", "op": "equals", "value": "es"},
                        {"field": "tags", "op": "has", "value": "vip"}]},
     "active-30d": {"field": "last_interaction_at", "op": "within_last", "value": {"days": 30}},
     "buyers": {"count": "purchases", "op": "gte", "value": 1},
 }
+
+
+def more_segments(count: int) -> dict[str, dict[str, Any]]:
+    """``SEGMENTS`` and as many more as make ``count``: countries, languages with consent,
+    tags, booking counts, sums spent and recent interactions, in turn (a tenant with many
+    segments: each event should cost the segments it can change, not all of them)."""
+    countries = ["ES", "PT", "FR", "DE", "IT", "GB", "US", "MX", "AR", "BR"]
+    languages = ["es", "pt", "fr", "de", "en", "it"]
+    kinds: list[Callable[[int], dict[str, Any]]] = [
+        lambda i: {"field": "country", "op": "equals", "value": countries[i % 10]},
+        lambda i: {"all": [{"field": "language", "op": "equals", "value": languages[i % 6]},
+                           {"field": "consent.email", "op": "equals", "value": True}]},
+        lambda i: {"field": "tags", "op": "has",
+                   "value": ["vip", "lead", "newsletter", "returning"][i % 4]},
+        lambda i: {"count": "bookings", "op": "gte", "value": 1 + i % 3},
+        lambda i: {"sum": "spent", "currency": "EUR", "op": "gt", "value": 50 * (1 + i % 4)},
+        lambda i: {"field": "last_interaction_at", "op": "within_last",
+                   "value": {"days": 15 * (1 + i % 6)}},
+    ]
+    out = dict(SEGMENTS)
+    for i in range(max(0, count - len(SEGMENTS))):
+        out[f"extra-{i}"] = kinds[i % len(kinds)](i)
+    return out
 
 
 def read_and_decode(store: ContactStore, page: int = 2000) -> tuple[int, float]:
@@ -55,6 +80,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--backend", default="postgres", choices=["postgres", "sqlite"])
+    parser.add_argument("--segments", type=int, default=len(SEGMENTS),
+                        help=f"segments defined (the first {len(SEGMENTS)} fixed, more varied)")
     args = parser.parse_args()
     tune_for_throughput()  # as every `ficha` command does (`ficha projections rebuild`)
     with scratch_settings(args.backend, "rb") as settings:
@@ -65,7 +92,7 @@ def run(args: argparse.Namespace, settings: Settings) -> None:
     store = ContactStore(settings)
     db = ViewDatabase(settings)
     try:
-        for sid, rule in SEGMENTS.items():
+        for sid, rule in more_segments(args.segments).items():
             SegmentCommands(store).define("bench", sid, sid, rule)
         start = datetime.now(UTC) - timedelta(days=330)
         folder = BatchFolder(store, ContactIdentity(settings.id_key), ContactCache(200_000), "p0")
@@ -81,7 +108,8 @@ def run(args: argparse.Namespace, settings: Settings) -> None:
             folder.fold_and_commit(batch, position + 1)
         count, seconds = read_and_decode(store)
         baseline = count / seconds
-        print(f"\n{args.backend}: {args.events:,} inbound events, {count:,} stored events\n")
+        print(f"\n{args.backend}: {args.events:,} inbound events, {count:,} stored events, "
+              f"{args.segments} segments\n")
         print(f"{'measure':44} {'events/s':>10} {'vs baseline':>12}")
         print(f"{'read + decode the log alone (raw baseline)':44} {baseline:10,.0f}")
         for projection in all_projections():

@@ -58,6 +58,7 @@ from services.domain.audience import (
     Transition,
     evaluate,
     instant_before,
+    reevaluate,
     transitions,
 )
 from services.domain.clock import ClockDay
@@ -226,7 +227,6 @@ class _Row:
     facts_changed: bool = False  # an event changed the facts (else only derived columns)
     # The tallies this contact adds to audience_counts as stored (what a flush diffs).
     counted: frozenset[tuple[str, str, str]] = frozenset()
-    last: Evaluation | None = None
 
     def lists_now(self) -> dict[str, str]:
         out = {}
@@ -409,11 +409,15 @@ class _Page:
         row.dirty = row.facts_changed = True
         rules = self._rules(row.facts.tenant)
         self._catch_up(row, rules, self.now)
-        # The last evaluation still holds: every change due since was fired just above,
-        # and definitions never change under a cached row (their change evicts it).
-        before = row.last if row.last is not None else evaluate(row.facts, rules, self.now)
+        # Only the segments the event can change (``TenantRules.to_evaluate``), or all of
+        # them for a contact never evaluated yet (just registered); the facts before the
+        # event are evaluated only if a membership flips, for its clauses.
+        touched = row.facts.touched_by(event)
+        wanted = None if row.engagement is None else rules.to_evaluate(touched)
+        earlier = row.facts.copy_before(touched)
         row.facts.apply(event)
-        after = evaluate(row.facts, rules, self.now)
+        before, after = reevaluate(rules, set(row.members), wanted, row.facts, self.now,
+                                   earlier, self.now)
         self._settle(row, rules, before, after, CAUSE_EVENT, event.event_id)
         if event.event_type == "consent_changed":
             data = event.entry.get("data", {})
@@ -426,8 +430,8 @@ class _Page:
         """Fire the contact's scheduled changes due at or before ``until``, each at its instant."""
         while row.due is not None and row.due <= until:
             due = row.due
-            before = evaluate(row.facts, rules, instant_before(due))
-            after = evaluate(row.facts, rules, due)
+            before, after = reevaluate(rules, set(row.members), rules.to_evaluate(),
+                                       row.facts, due, row.facts, instant_before(due))
             self._settle(row, rules, before, after, CAUSE_CLOCK, "clock")
             if row.due is not None and row.due <= due:
                 row.due = None  # nothing later is scheduled: stop
@@ -445,8 +449,6 @@ class _Page:
         if after.rfm is not None:
             self._set_rfm(row, rules, after.rfm)
         row.due = after.due
-        # A partial evaluation (a backfill's) cannot serve as the next event's "before".
-        row.last = after if len(after.traces) == len(rules.segments) else None
         if (row.engagement, row.subscribed, row.rfm, row.due) != was:
             row.dirty = True
 
@@ -585,7 +587,8 @@ class _Page:
                     self._close_deleted(row, sid, event.segment_version, ref)
                 after = evaluate(row.facts, rules, self.now, affected, set(row.members))
                 # The other segments were not evaluated: keep the earlier of the two dues
-                # (a spurious wake-up re-evaluates everything and reschedules exactly).
+                # (a spurious wake-up re-evaluates what time can change and reschedules
+                # exactly).
                 if row.due is not None and (after.due is None or row.due < after.due):
                     after.due = row.due
                 self._settle(row, rules, None, after, CAUSE_DEFINITION, ref)

@@ -7,8 +7,10 @@ changes, and turns the differences into membership transitions with their cause.
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import cached_property
 from typing import Any
 
 from services.domain.engagement import DEFAULT_WINDOWS, EngagementWindows, engagement_status
@@ -29,9 +31,21 @@ class CompiledSegment:
     definition: SegmentDefinition
     rule: Node
 
-    @property
+    @cached_property
     def segment_id(self) -> str:
         return self.definition.segment_id
+
+    @cached_property
+    def reads(self) -> frozenset[str]:
+        return self.rule.reads()
+
+    @cached_property
+    def volatile(self) -> bool:
+        return self.rule.volatile()
+
+    @cached_property
+    def uses(self) -> frozenset[str]:
+        return frozenset(self.rule.references())
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,11 @@ class TenantRules:
     rfm: RfmSettings = DEFAULT_RFM
     soft_bounce_limit: int = DEFAULT_SOFT_BOUNCE_LIMIT
     uses_rfm: bool = False  # some segment reads rfm.*: score RFM on every evaluation
+    # touched parts of a contact -> the segments to evaluate (``to_evaluate``)
+    _cache: dict[frozenset[str], frozenset[str]] = field(
+        default_factory=dict, compare=False, repr=False)
+    _ordered: dict[frozenset[str], tuple[CompiledSegment, ...]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def compile(
@@ -80,6 +99,35 @@ class TenantRules:
                 out.add(segment.segment_id)
         return out
 
+    def to_evaluate(self, touched: frozenset[str] = frozenset()) -> frozenset[str]:
+        """The segments whose value may change when the ``touched`` parts of a contact's
+        facts change (``ContactFacts.touched_by``) or as time passes: those that read one
+        of them, the volatile ones, and those that use one of these. Every other segment
+        keeps its value. The volatile ones are always evaluated: the contact's next
+        scheduled change (``Evaluation.due``) is the earliest of theirs."""
+        wanted = self._cache.get(touched)
+        if wanted is None:
+            out: set[str] = set()
+            for segment in self.segments:  # dependency order: references come first
+                if (segment.volatile or not segment.reads.isdisjoint(touched)
+                        or not segment.uses.isdisjoint(out)):
+                    out.add(segment.segment_id)
+            if len(self._cache) >= 4096:  # the kinds of change are few; bound them anyway
+                self._cache.clear()
+            wanted = self._cache[touched] = frozenset(out)
+        return wanted
+
+    def in_order(self, ids: AbstractSet[str]) -> tuple[CompiledSegment, ...]:
+        """The segments of ``ids``, references first."""
+        key = frozenset(ids)
+        chosen = self._ordered.get(key)
+        if chosen is None:
+            if len(self._ordered) >= 4096:
+                self._ordered.clear()
+            chosen = self._ordered[key] = tuple(
+                s for s in self.segments if s.segment_id in key)
+        return chosen
+
     def get(self, segment_id: str) -> CompiledSegment | None:
         for segment in self.segments:
             if segment.segment_id == segment_id:
@@ -111,10 +159,11 @@ class Transition:
 
 
 def evaluate(facts: ContactFacts, rules: TenantRules, now: str,
-             only: set[str] | None = None, members: set[str] | None = None,
+             only: AbstractSet[str] | None = None, members: AbstractSet[str] | None = None,
              with_rfm: bool = False) -> Evaluation:
     """Every segment at ``now``; or, with ``only``, just those segments, the others taken
-    as they are (``members``): a backfill re-evaluates only what a definition affects.
+    as they are (``members``): a backfill re-evaluates only what a definition affects, an
+    event only what it can change (``TenantRules.to_evaluate``).
 
     RFM is scored when ``with_rfm`` or when a segment reads it (it walks the contact's
     purchases; the projection otherwise scores it once per flushed contact)."""
@@ -128,11 +177,12 @@ def evaluate(facts: ContactFacts, rules: TenantRules, now: str,
                               "rfm.monetary": rfm.m}
     traces: dict[str, dict[str, bool]] = {}
     due = engagement_due
-    for segment in rules.segments:
-        if only is not None and segment.segment_id not in only:
-            if members and segment.segment_id in members:
-                ctx.segments.add(segment.segment_id)
-            continue
+    if only is None:
+        chosen = rules.segments
+    else:  # the others as they are
+        chosen = rules.in_order(only)
+        ctx.segments.update(sid for sid in members or () if sid not in only)
+    for segment in chosen:
         trace: dict[str, bool] = {}
         if segment.rule.evaluate(facts, ctx, trace):
             ctx.segments.add(segment.segment_id)
@@ -141,6 +191,22 @@ def evaluate(facts: ContactFacts, rules: TenantRules, now: str,
         if change is not None and (due is None or change < due):
             due = change
     return Evaluation(now, ctx.segments, traces, status, rfm, due)
+
+
+def reevaluate(rules: TenantRules, members: AbstractSet[str],
+               wanted: AbstractSet[str] | None, facts: ContactFacts, now: str,
+               earlier_facts: ContactFacts, earlier: str,
+               ) -> tuple[Evaluation | None, Evaluation]:
+    """A change of a contact's facts (to ``facts``) or of time (to ``now``): the
+    evaluation after it of the ``wanted`` segments (all if None), the others kept as
+    ``members`` says, and, only if a membership flips, the evaluation before it
+    (``earlier_facts`` at ``earlier``) of the flipped segments, whose clauses
+    ``transitions`` compares."""
+    after = evaluate(facts, rules, now, wanted, members)
+    flipped = {sid for sid in after.traces if (sid in after.members) != (sid in members)}
+    if not flipped:
+        return None, after
+    return evaluate(earlier_facts, rules, earlier, flipped, members), after
 
 
 def transitions(

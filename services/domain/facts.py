@@ -94,6 +94,47 @@ class ContactFacts(msgspec.Struct):
             self._apply_recorded(event)
         self.version = event.originator_version
 
+    def touched_by(self, event: Contact.Recorded) -> frozenset[str]:
+        """What applying ``event`` may change, before it is applied: card field names,
+        ``property.<name>``, ``consent.<channel>``, ``tags``, ``lists``, ``member_status``,
+        the date fields and ``activity.<kind>`` (the names ``Node.reads`` uses). A
+        superset is safe, a missing name is not: a test holds it to ``_apply_recorded``."""
+        changes = event.changes
+        out: set[str] = set(changes.get("fields", ()))
+        out.update(f"property.{name}" for name in changes.get("properties", ()))
+        out.update(f"consent.{channel}" for channel in changes.get("consent", ()))
+        if changes.get("tags"):
+            out.add("tags")
+        kind = event.event_type
+        if changes.get("lists") or kind in ("email_bounced", "email_complained"):
+            out.add("lists")
+        if changes.get("member") is not None:
+            out.add("member_status")
+        at = event.occurred_at
+        if self.first_seen_at is None or at < self.first_seen_at:
+            out.add("first_seen_at")
+        if not event.entry.get("automatic"):
+            if kind in ACTIVITY_TYPES and _moves_later(self.last_activity_at, at):
+                out.add("last_activity_at")
+            if kind in INTERACTION_TYPES and _moves_later(self.last_interaction_at, at):
+                out.add("last_interaction_at")
+            if kind in ACTIVITY_KINDS:
+                out.add(f"activity.{ACTIVITY_KINDS[kind]}")
+        if kind == "purchase_completed" and _moves_later(self.last_purchase_at, at):
+            out.add("last_purchase_at")
+        return frozenset(out)
+
+    def copy_before(self, touched: frozenset[str]) -> ContactFacts:
+        """These facts as they are now, left as they are when an event that touches
+        ``touched`` (``touched_by``) is applied to the original: what such an event changes
+        in place is copied, everything else shared."""
+        activity = {kind: items.copy() if f"activity.{kind}" in touched else items
+                    for kind, items in self.activity.items()}
+        return msgspec.structs.replace(
+            self, fields=self.fields.copy(), properties=self.properties.copy(),
+            tags=self.tags.copy(), consent=self.consent.copy(), lists=self.lists.copy(),
+            activity=activity)
+
     def _apply_recorded(self, event: Contact.Recorded) -> None:
         changes = event.changes
         at = event.occurred_at
@@ -218,6 +259,10 @@ def _at(item: list[Any]) -> str:
 
 def _item_key(item: list[Any]) -> tuple[str, str, str]:
     return (item[0], item[1] or "", item[2] or "")
+
+
+def _moves_later(current: str | None, candidate: str) -> bool:
+    return current is None or candidate > current
 
 
 def _later(current: str | None, candidate: str) -> str:

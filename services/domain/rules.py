@@ -152,6 +152,18 @@ class Node:
     def references(self) -> set[str]:
         return {n.segment_id for n in self.walk() if isinstance(n, SegmentRef)}
 
+    def reads(self) -> frozenset[str]:
+        """The parts of a contact's facts the value depends on at a given instant, named
+        as ``ContactFacts.touched_by`` names them: a change of the facts that touches none
+        of them leaves the value as it was (references to segments are not counted here:
+        ``TenantRules.changed_by`` follows them)."""
+        return frozenset().union(*(child.reads() for child in self.children()))
+
+    def volatile(self) -> bool:
+        """True when the value can change as time passes with the facts as they are
+        (relative dates, windowed counts and sums, engagement, RFM)."""
+        return any(child.volatile() for child in self.children())
+
     def describe(self) -> str:
         raise NotImplementedError
 
@@ -314,6 +326,23 @@ class FieldCondition(Leaf):
             return days_after(moment, self.value)
         return None
 
+    def reads(self) -> frozenset[str]:
+        name = self.field_name
+        if name == "email":
+            return frozenset()  # a contact's identity never changes
+        if name == "engagement":  # services.domain.engagement
+            return frozenset({"last_interaction_at", "first_seen_at"})
+        if name.startswith("rfm."):  # services.domain.rfm, with the day's cuts
+            return frozenset({"last_purchase_at", "activity.purchase", "activity.refund"})
+        if name.startswith("list."):
+            return frozenset({"lists"})  # a bounce changes the state of every list
+        return frozenset({name})  # card fields, dates, tags, property.x, consent.x
+
+    def volatile(self) -> bool:
+        name = self.field_name
+        return (name == "engagement" or name.startswith("rfm.")
+                or (name in DATE_FIELDS and self.op in ("within_last", "more_than_ago")))
+
     def describe(self) -> str:
         if self.op in ("is_set", "is_not_set"):
             return f"{self.field_name} {self.op.replace('_', ' ')}"
@@ -384,6 +413,12 @@ class Aggregate(Leaf):
             if last_of_instant and _compare_number(self.op, total, self.value) != holds:
                 return days_after(at, self.within_days)
         return None
+
+    def reads(self) -> frozenset[str]:
+        return frozenset(f"activity.{kind}" for kind, _ in self.kinds)
+
+    def volatile(self) -> bool:
+        return self.within_days is not None
 
     def describe(self) -> str:
         what = self.name if self.currency is None else f"{self.name} in {self.currency}"

@@ -132,6 +132,29 @@ def test_an_event_moves_a_contact_in_and_out_and_says_which_clause(audience: Aud
         "ficha.out.acme.segment_entered", "ficha.out.acme.segment_exited"]
 
 
+def test_a_new_contact_meets_every_segment_and_later_events_only_those_they_touch(
+    audience: Audience,
+) -> None:
+    """A contact's first event evaluates every segment, even one on a part of the facts
+    that no event changes (the email); later events evaluate the segments they can change,
+    and those still enter and leave as they should."""
+    a = audience
+    a.define("everyone", {"field": "email", "op": "contains", "value": "@"})
+    a.define("in-spain", {"field": "country", "op": "equals", "value": "ES"})
+    a.ingest([make_event("email_sent", event_id="s1", email="eva@example.com",
+                         occurred_at=ago(3), message_id="m1")])
+    assert members(a, "everyone") == {"eva@example.com"}
+    assert members(a, "in-spain") == set()
+    a.ingest([make_event("email_opened", event_id="o1", email="eva@example.com",
+                         occurred_at=ago(2), message_id="m1")])
+    a.ingest([make_event("contact_updated", event_id="es", email="eva@example.com",
+                         occurred_at=ago(1), contact={"country": "ES"})])
+    assert members(a, "in-spain") == {"eva@example.com"}
+    why = explain(a.db, "acme", "eva@example.com", "in-spain")["segments"][0]
+    assert why["history"][0]["enter_ref"] == "es"
+    assert [c["path"] for c in why["history"][0]["enter_clauses"]] == ["rule"]
+
+
 def test_a_relative_condition_expires_at_its_exact_instant(audience: Audience) -> None:
     a = audience
     a.define("bought-lately", {"count": "purchases", "within_days": 30, "op": "gte", "value": 1})
