@@ -33,7 +33,9 @@ reproduces every row, the outbox included.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +49,14 @@ from contracts.outbound import (
     TransitionCause,
 )
 from projections.contacts import ERASURES_DDL, erase_rows
-from projections.db import Cursor, ViewDatabase, any_of, bulk_insert, bulk_update
+from projections.db import (
+    Cursor,
+    DeferredWrites,
+    ViewDatabase,
+    any_of,
+    bulk_insert,
+    bulk_update,
+)
 from projections.segment_sql import prefilter
 from services.domain.audience import (
     CAUSE_CLOCK,
@@ -577,22 +586,62 @@ class _Page:
             ids |= self._candidates(tenant, narrowing)
         ordered = sorted(ids)
         affected = rules.affected_by(sid)
-        for start in range(0, len(ordered), CHUNK):
-            chunk = ordered[start : start + CHUNK]
-            self._load(chunk)
-            for cid in chunk:
-                row = self.rows[cid]
-                self._catch_up(row, rules, self.now)
-                if deleted:
-                    self._close_deleted(row, sid, event.segment_version, ref)
-                after = evaluate(row.facts, rules, self.now, affected, set(row.members))
-                # The other segments were not evaluated: keep the earlier of the two dues
-                # (a spurious wake-up re-evaluates what time can change and reschedules
-                # exactly).
-                if row.due is not None and (after.due is None or row.due < after.due):
-                    after.due = row.due
-                self._settle(row, rules, None, after, CAUSE_DEFINITION, ref)
+        chunks = [ordered[start : start + CHUNK] for start in range(0, len(ordered), CHUNK)]
+        with self._writes_behind() as write_behind:
+            if chunks:
+                self._load(chunks[0])
+            for i, chunk in enumerate(chunks):
+                for cid in chunk:
+                    row = self.rows[cid]
+                    self._catch_up(row, rules, self.now)
+                    if deleted:
+                        self._close_deleted(row, sid, event.segment_version, ref)
+                    after = evaluate(row.facts, rules, self.now, affected, set(row.members))
+                    # The other segments were not evaluated: keep the earlier of the two
+                    # dues (a spurious wake-up re-evaluates what time can change and
+                    # reschedules exactly).
+                    if row.due is not None and (after.due is None or row.due < after.due):
+                        after.due = row.due
+                    self._settle(row, rules, None, after, CAUSE_DEFINITION, ref)
+                # This chunk's writes go out while the next chunk is evaluated.
+                write_behind(self._flush_deferred(), chunks[i + 1] if i + 1 < len(chunks) else [])
+
+    @contextmanager
+    def _writes_behind(self) -> Iterator[Callable[[DeferredWrites, list[str]], None]]:
+        """``write_behind(writes, next_ids)``: load the next contacts, then run the
+        writes; on PostgreSQL in a thread of their own, so that the database writes one
+        chunk while Python evaluates the next (the connection is used by one thread at a
+        time: the next load waits for the writes in flight). SQLite runs them in place."""
+        if not self.is_postgres:
+            def in_place(writes: DeferredWrites, next_ids: list[str]) -> None:
+                writes.run_on(self.cur)
+                self._load(next_ids)
+
+            yield in_place
+            return
+        pending: list[Future[None]] = []
+        with ThreadPoolExecutor(1, thread_name_prefix="ficha-backfill") as writer:
+            def behind(writes: DeferredWrites, next_ids: list[str]) -> None:
+                if pending:
+                    pending.pop().result()
+                self._load(next_ids)
+                pending.append(writer.submit(writes.run_on, self.cur))
+
+            try:
+                yield behind
+            finally:
+                for done in pending:  # errors surface here; the pool waits in any case
+                    done.result()
+
+    def _flush_deferred(self) -> DeferredWrites:
+        """``_flush`` with its statements kept to run later."""
+        cur, deferred = self.cur, DeferredWrites()
+        self.cur = deferred
+        try:
             self._flush()
+        finally:
+            self.cur = cur
+        return deferred
 
     def _current_members(self, tenant: str, segment_id: str) -> set[str]:
         self.cur.execute(

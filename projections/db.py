@@ -67,6 +67,34 @@ class _PostgresCursor:
         return self._c.fetchone()
 
 
+class DeferredWrites:
+    """A ``Cursor`` that keeps the statements it is given, to run them later on a real
+    one (``run_on``): work that only writes can be prepared now and sent while the
+    caller goes on. Reading through it is a programming error."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[bool, str, Any]] = []
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> None:
+        self.calls.append((False, statement, params))
+
+    def executemany(self, statement: str, params: Sequence[Sequence[Any]]) -> None:
+        self.calls.append((True, statement, params))
+
+    def fetchall(self) -> list[dict[str, Any]]:
+        raise TypeError("deferred writes cannot be read")
+
+    def fetchone(self) -> dict[str, Any] | None:
+        raise TypeError("deferred writes cannot be read")
+
+    def run_on(self, cur: Cursor) -> None:
+        for many, statement, params in self.calls:
+            if many:
+                cur.executemany(statement, params)
+            else:
+                cur.execute(statement, params)
+
+
 def utc_text(expression: str, is_postgres: bool) -> str:
     """A timestamp column as the fixed-width UTC text of ``services.domain.stamps.utc_iso``
     (2026-11-01T09:30:00.000000Z), in SQL. SQLite stores timestamps as that text."""
