@@ -33,9 +33,8 @@ reproduces every row, the outbox included.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -587,51 +586,54 @@ class _Page:
         ordered = sorted(ids)
         affected = rules.affected_by(sid)
         chunks = [ordered[start : start + CHUNK] for start in range(0, len(ordered), CHUNK)]
-        with self._writes_behind() as write_behind:
-            if chunks:
-                self._load(chunks[0])
-            for i, chunk in enumerate(chunks):
-                for cid in chunk:
-                    row = self.rows[cid]
-                    self._catch_up(row, rules, self.now)
-                    if deleted:
-                        self._close_deleted(row, sid, event.segment_version, ref)
-                    after = evaluate(row.facts, rules, self.now, affected, set(row.members))
-                    # The other segments were not evaluated: keep the earlier of the two
-                    # dues (a spurious wake-up re-evaluates what time can change and
-                    # reschedules exactly).
-                    if row.due is not None and (after.due is None or row.due < after.due):
-                        after.due = row.due
-                    self._settle(row, rules, None, after, CAUSE_DEFINITION, ref)
-                # This chunk's writes go out while the next chunk is evaluated.
-                write_behind(self._flush_deferred(), chunks[i + 1] if i + 1 < len(chunks) else [])
+        for chunk in self._chunks_written_behind(chunks):
+            for cid in chunk:
+                row = self.rows[cid]
+                self._catch_up(row, rules, self.now)
+                if deleted:
+                    self._close_deleted(row, sid, event.segment_version, ref)
+                after = evaluate(row.facts, rules, self.now, affected, set(row.members))
+                # The other segments were not evaluated: keep the earlier of the two dues
+                # (a spurious wake-up re-evaluates what time can change and reschedules
+                # exactly).
+                if row.due is not None and (after.due is None or row.due < after.due):
+                    after.due = row.due
+                self._settle(row, rules, None, after, CAUSE_DEFINITION, ref)
 
-    @contextmanager
-    def _writes_behind(self) -> Iterator[Callable[[DeferredWrites, list[str]], None]]:
-        """``write_behind(writes, next_ids)``: load the next contacts, then run the
-        writes; on PostgreSQL in a thread of their own, so that the database writes one
-        chunk while Python evaluates the next (the connection is used by one thread at a
-        time: the next load waits for the writes in flight). SQLite runs them in place."""
-        if not self.is_postgres:
-            def in_place(writes: DeferredWrites, next_ids: list[str]) -> None:
-                writes.run_on(self.cur)
-                self._load(next_ids)
-
-            yield in_place
-            return
-        pending: list[Future[None]] = []
-        with ThreadPoolExecutor(1, thread_name_prefix="ficha-backfill") as writer:
-            def behind(writes: DeferredWrites, next_ids: list[str]) -> None:
-                if pending:
-                    pending.pop().result()
-                self._load(next_ids)
-                pending.append(writer.submit(writes.run_on, self.cur))
-
-            try:
-                yield behind
-            finally:
-                for done in pending:  # errors surface here; the pool waits in any case
-                    done.result()
+    def _chunks_written_behind(self, id_chunks: Iterable[list[str]],
+                               soft_limit: int | None = None) -> Iterator[list[str]]:
+        """Each chunk of contacts loaded (``_load``) for the caller to evaluate; then the
+        chunk is flushed. On PostgreSQL its writes run in a thread of their own while the
+        next chunk is loaded and evaluated, so that the database writes one chunk while
+        Python evaluates the next; the connection is used by one thread at a time (the
+        next chunk is asked for, and loaded, once the writes before are done). SQLite
+        writes in place."""
+        chunks = iter(id_chunks)
+        writer = ThreadPoolExecutor(1, "ficha-writes") if self.is_postgres else None
+        pending: Future[None] | None = None
+        writes: DeferredWrites | None = None
+        try:
+            while True:
+                if pending is not None:
+                    pending.result()
+                    pending = None
+                chunk = next(chunks, None)  # may query: nothing is in flight
+                if chunk is not None:
+                    self._load(chunk, soft_limit)
+                if writes is not None:
+                    if writer is None:
+                        writes.run_on(self.cur)
+                    else:
+                        pending = writer.submit(writes.run_on, self.cur)
+                if chunk is None:
+                    break
+                yield chunk
+                writes = self._flush_deferred()
+            if pending is not None:
+                pending.result()
+        finally:
+            if writer is not None:
+                writer.shutdown(wait=True)  # never leave the connection to a thread
 
     def _flush_deferred(self) -> DeferredWrites:
         """``_flush`` with its statements kept to run later."""
@@ -703,17 +705,8 @@ class _Page:
         self.rules.pop(tenant, None)
         rules = self._rules(tenant)
         ref = f"settings@v{event.originator_version}"
-        after_id = ""
-        while True:
-            self.cur.execute(
-                "SELECT contact_id FROM audience_facts WHERE tenant = ? AND contact_id > ? "
-                "ORDER BY contact_id LIMIT ?",
-                (tenant, after_id, CHUNK),
-            )
-            ids = [r["contact_id"] for r in self.cur.fetchall()]
-            if not ids:
-                break
-            self._load(ids, soft_limit=old_limit)  # counted as the counts were made
+        # Loaded with the old bounce limit: counted as the counts were made.
+        for ids in self._chunks_written_behind(self._tenant_chunks(tenant), old_limit):
             for cid in ids:
                 row = self.rows[cid]
                 row.soft_limit = rules.soft_bounce_limit
@@ -721,8 +714,20 @@ class _Page:
                 after = evaluate(row.facts, rules, self.now)
                 self._settle(row, rules, None, after, CAUSE_DEFINITION, ref)
                 row.dirty = True
-            after_id = ids[-1]
-            self._flush()
+
+    def _tenant_chunks(self, tenant: str) -> Iterator[list[str]]:
+        after = ""
+        while True:
+            self.cur.execute(
+                "SELECT contact_id FROM audience_facts WHERE tenant = ? AND contact_id > ? "
+                "ORDER BY contact_id LIMIT ?",
+                (tenant, after, CHUNK),
+            )
+            ids = [r["contact_id"] for r in self.cur.fetchall()]
+            if not ids:
+                return
+            yield ids
+            after = ids[-1]
 
     # ------------------------------------------------------------------ RFM
 
@@ -759,14 +764,13 @@ class _Page:
             )
             self.rules.pop(tenant, None)
             rules = self._rules(tenant)
-            for rows in self._buyer_chunks(tenant):
-                self._load([r["contact_id"] for r in rows])
-                for r in rows:
-                    row = self.rows[r["contact_id"]]
+            buyers = ([r["contact_id"] for r in rows] for rows in self._buyer_chunks(tenant))
+            for ids in self._chunks_written_behind(buyers):
+                for cid in ids:
+                    row = self.rows[cid]
                     self._catch_up(row, rules, self.now)
                     after = evaluate(row.facts, rules, self.now, with_rfm=True)
                     self._settle(row, rules, None, after, CAUSE_CLOCK, "rfm")
-                self._flush()
         self.rescore_wanted = False
 
     def _buyer_chunks(self, tenant: str) -> Iterable[list[dict[str, Any]]]:
