@@ -705,13 +705,16 @@ class _Page:
         self.rules.pop(tenant, None)
         rules = self._rules(tenant)
         ref = f"settings@v{event.originator_version}"
+        changed_by_settings = rules.to_evaluate(frozenset({"lists"}))
         # Loaded with the old bounce limit: counted as the counts were made.
         for ids in self._chunks_written_behind(self._tenant_chunks(tenant), old_limit):
             for cid in ids:
                 row = self.rows[cid]
                 row.soft_limit = rules.soft_bounce_limit
                 self._catch_up(row, rules, self.now)
-                after = evaluate(row.facts, rules, self.now)
+                # Settings move engagement and RFM (volatile) and the bounce limit (lists).
+                wanted = None if row.engagement is None else changed_by_settings
+                after = evaluate(row.facts, rules, self.now, wanted, set(row.members))
                 self._settle(row, rules, None, after, CAUSE_DEFINITION, ref)
                 row.dirty = True
 
@@ -769,7 +772,10 @@ class _Page:
                 for cid in ids:
                     row = self.rows[cid]
                     self._catch_up(row, rules, self.now)
-                    after = evaluate(row.facts, rules, self.now, with_rfm=True)
+                    # New cuts move RFM only: the volatile segments (and their users).
+                    wanted = None if row.engagement is None else rules.to_evaluate()
+                    after = evaluate(row.facts, rules, self.now, wanted, set(row.members),
+                                     with_rfm=True)
                     self._settle(row, rules, None, after, CAUSE_CLOCK, "rfm")
         self.rescore_wanted = False
 

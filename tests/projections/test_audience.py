@@ -529,12 +529,15 @@ def test_tenant_settings_change_engagement_windows_and_bounce_suppression(
                    message_id="m", bounce="soft"),
     ])
     a.define("engaged", {"field": "engagement", "op": "equals", "value": "engaged"})
+    a.define("news", {"field": "list.news", "op": "equals", "value": "subscribed"})
     assert members(a, "engaged") == {"c1@example.com"}
+    assert members(a, "news") == {"c2@example.com"}
     assert list_stats(a.db, "acme")["lists"] == {"news": {"subscribed": 1}}
     tenants = TenantCommands(a.store)
     tenants.change("acme", engaged_days=30, inactive_days=60, soft_bounce_limit=1)
     a.runner.catch_up()
     assert members(a, "engaged") == set()  # 40 days ago is outside a 30-day window
+    assert members(a, "news") == set()  # one soft bounce now suppresses
     assert list_stats(a.db, "acme")["lists"] == {"news": {"suppressed": 1}}
     stats = engagement_stats(a.db, "acme")
     assert {s: v["count"] for s, v in stats["statuses"].items()} == {
