@@ -422,7 +422,8 @@ class _Page:
         # event are evaluated only if a membership flips, for its clauses.
         touched = row.facts.touched_by(event)
         wanted = None if row.engagement is None else rules.to_evaluate(touched)
-        earlier = row.facts.copy_before(touched)
+        # (with nothing to evaluate nothing can flip, and the facts before are not read)
+        earlier = row.facts.copy_before(touched) if wanted is None or wanted else row.facts
         row.facts.apply(event)
         before, after = reevaluate(rules, set(row.members), wanted, row.facts, self.now,
                                    earlier, self.now)
