@@ -156,7 +156,7 @@ class Node:
         """The parts of a contact's facts the value depends on at a given instant, named
         as ``ContactFacts.touched_by`` names them: a change of the facts that touches none
         of them leaves the value as it was (references to segments are not counted here:
-        ``TenantRules.changed_by`` follows them)."""
+        ``TenantRules.to_evaluate`` follows them)."""
         return frozenset().union(*(child.reads() for child in self.children()))
 
     def volatile(self) -> bool:

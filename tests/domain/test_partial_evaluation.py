@@ -33,7 +33,7 @@ from services.domain.facts import ContactFacts
 from services.domain.rfm import RfmCuts
 from services.domain.segments import SegmentDefinition
 from services.domain.stamps import utc_iso
-from tests.domain.test_rules import leaves
+from tests.domain.test_rules import leaves, rule_trees
 from tests.factories import decode_dict
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -101,17 +101,7 @@ extra_leaves = st.sampled_from([
     {"count": "email_opens", "op": "gte", "value": 3},
     {"sum": "spent", "currency": "EUR", "op": "gt", "value": 80},
 ])
-rule_leaves = st.one_of(leaves(), extra_leaves)
-rules_strategy = st.recursive(
-    rule_leaves,
-    lambda inner: st.one_of(
-        st.builds(lambda xs: {"all": xs}, st.lists(inner, min_size=1, max_size=3)),
-        st.builds(lambda xs: {"any": xs}, st.lists(inner, min_size=1, max_size=3)),
-        st.builds(lambda x: {"not": x}, inner),
-    ),
-    max_leaves=5,
-)
-
+rules_strategy = rule_trees(st.one_of(leaves(), extra_leaves), max_leaves=5)
 
 @st.composite
 def tenant_rules(draw: st.DrawFn) -> TenantRules:

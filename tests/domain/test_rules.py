@@ -192,15 +192,21 @@ def leaves(draw: st.DrawFn) -> dict[str, Any]:
     return {"field": "country", "op": "in", "value": ["ES", "PT"]}
 
 
-rules = st.recursive(
-    leaves(),
-    lambda inner: st.one_of(
-        st.builds(lambda xs: {"all": xs}, st.lists(inner, min_size=1, max_size=3)),
-        st.builds(lambda xs: {"any": xs}, st.lists(inner, min_size=1, max_size=3)),
-        st.builds(lambda x: {"not": x}, inner),
-    ),
-    max_leaves=6,
-)
+def rule_trees(leaf: st.SearchStrategy[dict[str, Any]],
+               max_leaves: int) -> st.SearchStrategy[dict[str, Any]]:
+    """Rules nesting ``leaf`` conditions in all / any / not groups."""
+    return st.recursive(
+        leaf,
+        lambda inner: st.one_of(
+            st.builds(lambda xs: {"all": xs}, st.lists(inner, min_size=1, max_size=3)),
+            st.builds(lambda xs: {"any": xs}, st.lists(inner, min_size=1, max_size=3)),
+            st.builds(lambda x: {"not": x}, inner),
+        ),
+        max_leaves=max_leaves,
+    )
+
+
+rules = rule_trees(leaves(), max_leaves=6)
 
 
 @st.composite
