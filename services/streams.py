@@ -125,6 +125,20 @@ def original_subject(stored_subject: str) -> str:
     return f"{INGEST_PREFIX}.{rest}"
 
 
+def stream_sequence(reply: str) -> int:
+    """The stream sequence of a JetStream message, read from its ack subject.
+
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>``,
+    or with ``<domain>.<account hash>`` after ``ACK`` (and a trailing token) in the newer
+    form. nats-py's ``Msg.metadata`` parses the same subject into dataclasses and a
+    datetime, about 7 µs a message: a tenth of the ingest's own cost per event.
+    """
+    tokens = reply.split(".")
+    if len(tokens) < 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
+        raise ValueError(f"not a JetStream ack subject: {reply!r}")
+    return int(tokens[5] if len(tokens) == 9 else tokens[7])
+
+
 def partition_of(stored_subject: str) -> int | None:
     """The k of ``ficha.part.<k>.<tenant>.<type>``; None for any other subject."""
     tokens = stored_subject.split(".")

@@ -45,7 +45,7 @@ from services.ingest.deadletter import PROCESSING_FAILED, dead_letter
 from services.ingest.feed import PullFeed
 from services.ingest.folding import BatchFolder, FoldError
 from services.ingest.tenant_checks import TenantChecks
-from services.streams import INGEST_STREAM, original_subject
+from services.streams import INGEST_STREAM, original_subject, stream_sequence
 
 log = logging.getLogger("ficha.ingest")
 
@@ -156,7 +156,7 @@ class PartitionWorker:
         started = time.perf_counter()
         accepted: list[tuple[Msg, InboundEvent]] = []
         rejected: list[Msg] = []
-        top = max(msg.metadata.sequence.stream for msg in msgs)
+        top = max(stream_sequence(msg.reply) for msg in msgs)
         for msg in msgs:
             # No message is skipped by its position: JetStream redelivers an unacked
             # message after newer ones (a crash, a dropped fetch), so "at or below the

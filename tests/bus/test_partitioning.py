@@ -20,6 +20,7 @@ from services.streams import (
     original_subject,
     partition_of,
     partition_subject,
+    stream_sequence,
 )
 
 pytestmark = pytest.mark.usefixtures("fresh_topology")
@@ -167,6 +168,8 @@ async def test_a_partition_consumer_receives_only_its_partition_in_order(
         assert all(partition_of(m.subject) == k for m in msgs)
         sequences = [m.metadata.sequence.stream for m in msgs]
         assert sequences == sorted(set(sequences)), "stream sequence strictly increases"
+        # the ingest reads it from the ack subject itself, without nats-py's parser
+        assert [stream_sequence(m.reply) for m in msgs] == sequences
         for msg in msgs:
             await msg.ack()
     assert sum(map(len, expected.values())) == 30

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from nats.aio.msg import Msg
 
 from services.streams import (
     consumer_name,
     original_subject,
     partition_of,
     partition_subject,
+    stream_sequence,
     transform_dest,
 )
 
@@ -34,3 +38,24 @@ def test_names_and_filters() -> None:
 def test_stored_subjects_map_back(stored: str, original: str, partition: int | None) -> None:
     assert original_subject(stored) == original
     assert partition_of(stored) == partition
+
+
+_NUMBER = st.integers(min_value=0, max_value=2**63)
+
+
+@given(delivered=_NUMBER, stream_seq=_NUMBER, consumer_seq=_NUMBER, pending=_NUMBER,
+       newer_form=st.booleans())
+def test_the_stream_sequence_is_read_as_nats_py_reads_it(
+    delivered: int, stream_seq: int, consumer_seq: int, pending: int, newer_form: bool
+) -> None:
+    tail = f"FICHA_IN.ficha-agg-p3.{delivered}.{stream_seq}.{consumer_seq}.1733339999000000000"
+    reply = (f"$JS.ACK._.ACCHASH.{tail}.{pending}.x7Yz" if newer_form
+             else f"$JS.ACK.{tail}.{pending}")
+    assert stream_sequence(reply) == Msg.Metadata._from_reply(reply).sequence.stream
+    assert stream_sequence(reply) == stream_seq
+
+
+@pytest.mark.parametrize("reply", ["", "_INBOX.abc", "$JS.ACK.FICHA_IN.c.1.2.3"])
+def test_a_reply_that_is_not_an_ack_subject_is_refused(reply: str) -> None:
+    with pytest.raises(ValueError, match="not a JetStream ack subject"):
+        stream_sequence(reply)
