@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 
 from bench.client_list import COUNTRIES, fill, pct
-from bench.common import scratch_settings
+from bench.common import descendants, processes, scratch_settings
 from projections.contacts import ContactsProjection
 from projections.db import ViewDatabase
 from projections.queries import ContactFilter, get_card, list_contacts
@@ -70,27 +70,12 @@ def give_timeline(db: ViewDatabase, entries: int) -> str:
 
 
 def cpu_seconds(api_pid: int) -> dict[str, float]:
-    """CPU seconds used so far by the API's process tree and by PostgreSQL's processes
-    (Linux: read from /proc), to tell where a request's time goes."""
-    tick = os.sysconf("SC_CLK_TCK")
-    parents: dict[int, int] = {}
-    used: dict[int, tuple[str, float]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        parents[int(entry.name)] = int(fields[1])
-        used[int(entry.name)] = (name, (int(fields[11]) + int(fields[12])) / tick)
-    tree = {api_pid}
-    for _ in range(3):  # the server, its workers, their helpers
-        tree |= {pid for pid, parent in parents.items() if parent in tree}
-    return {"api": sum(used[p][1] for p in tree if p in used),
-            "postgres": sum(seconds for name, seconds in used.values() if name == "postgres")}
+    """CPU seconds used so far by the API's process tree and by PostgreSQL's processes,
+    to tell where a request's time goes."""
+    procs = processes()
+    tree = descendants(procs, api_pid)
+    return {"api": sum(procs[p].seconds for p in tree),
+            "postgres": sum(p.seconds for p in procs.values() if p.name == "postgres")}
 
 
 def wrk(url: str, key: str, seconds: int, script: str | None = None,

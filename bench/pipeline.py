@@ -4,8 +4,9 @@ Prints one table with, from the same run:
   * raw baseline 1: JetStream async publish alone (same bodies, a throwaway stream);
   * raw baseline 2: the event store's batched save alone (eventsourcing, 500 events a
     transaction, one aggregate event each, no decoding or folding);
-  * ficha end to end: N demo events published as fast as possible, until every one is in
-    the contacts read model (throughput);
+  * ficha end to end: N demo events published as fast as possible (plain NATS publishes,
+    as from producers elsewhere: see publish_unacked), until every one is in the contacts
+    read model (throughput), with the CPU time per event of every process involved;
   * latency at a steady rate: publish → timeline row visible, p50/p95/p99.
 
 Usage:  python -m bench.pipeline --events 50000 [--backends sqlite,postgres] [--rate 1000]
@@ -36,14 +37,22 @@ from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate
 from nats.js.api import StreamConfig
 
+from bench.common import (
+    PG_DSN,
+    CpuAccount,
+    ProcessCpu,
+    command_line,
+    descendants,
+    postgres_clients,
+)
 from projections.db import ViewDatabase
 from services.catalog import SegmentCommands
 from services.config import load_settings
 from services.demo import generate_history
 from services.natsserver import EmbeddedNatsServer
 from services.store.contact_store import ContactStore
+from services.streams import INGEST_STREAM
 
-PG_DSN = os.environ.get("FICHA_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 
 
@@ -67,6 +76,24 @@ async def publish_all(js: Any, items: list[tuple[str, bytes, str]], window: int 
             await asyncio.gather(*pending)
             pending.clear()
     await asyncio.gather(*pending)
+
+
+async def publish_unacked(nc: Any, items: list[tuple[str, bytes, str]], stream: str) -> None:
+    """Publish as producers on other machines would, at no CPU cost to this one: plain
+    NATS publishes with the Nats-Msg-Id header (the stream stores and de-duplicates them
+    all the same), without a future and a PubAck per message, which cost this process
+    about 65 µs a message on a machine whose two cores ficha needs. Returns once the
+    stream holds them all, and says so if it does not."""
+    for subject, body, event_id in items:
+        await nc.publish(subject, body, headers={"Nats-Msg-Id": event_id})
+    await nc.flush()
+    js = nc.jetstream()
+    deadline = time.perf_counter() + 60
+    while (stored := (await js.stream_info(stream)).state.messages) < len(items):
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"the {stream} stream holds {stored} of the {len(items)} "
+                               "events published")
+        await asyncio.sleep(0.05)
 
 
 async def baseline_publish(url: str, items: list[tuple[str, bytes, str]]) -> float:
@@ -203,21 +230,45 @@ async def caught_up(settings: Any, expected: int, timeout: float = 900) -> None:
         store.close()
 
 
+def pipeline_roles(up_pid: int, nats_pid: int) -> Any:
+    """Who is who among the processes of an end-to-end run (see ``CpuAccount``)."""
+
+    def roles(procs: dict[int, ProcessCpu]) -> dict[int, str]:
+        found = {up_pid: "ficha up: ingest, scheduler, API", nats_pid: "nats-server",
+                 os.getpid(): "this benchmark: publisher, progress checks"}
+        for pid in descendants(procs, up_pid) - {up_pid}:
+            words = command_line(pid).split()
+            projection = (words[words.index("--projection") + 1]
+                          if "--projection" in words[:-1] else None)
+            found[pid] = f"projector {projection}" if projection else "ficha up, other"
+        with contextlib.suppress(Exception):  # no PostgreSQL: the SQLite backend
+            for pid, client in postgres_clients().items():
+                found[pid] = f"PostgreSQL serving {client}"
+        return found
+
+    return roles
+
+
 async def end_to_end(url: str, backend: str, data_dir: Path, schema: str,
-                     items: list[tuple[str, bytes, str]]) -> float:
+                     items: list[tuple[str, bytes, str]], nats_pid: int
+                     ) -> tuple[float, dict[str, float]]:
+    """Events/s from the first publish until the contacts read model holds every event,
+    and the CPU seconds each part of the system used meanwhile."""
     await fresh_streams(url)
     env = {**backend_env(backend, data_dir, schema), "FICHA_NATS_URL": url}
     settings = load_settings(env)
-    with FichaUp(env, data_dir / "up.log"):
+    with FichaUp(env, data_dir / "up.log") as up:
+        assert up.proc is not None
+        cpu = CpuAccount(pipeline_roles(up.proc.pid, nats_pid))
         nc = await nats.connect(url)
-        js = nc.jetstream()
+        cpu.start()
         start = time.perf_counter()
-        await publish_all(js, items)
+        await publish_unacked(nc, items, INGEST_STREAM)
         await caught_up(settings, len(items))
         elapsed = time.perf_counter() - start
+        used = cpu.stop()
         await nc.drain()
-    return len(items) / elapsed
-
+    return len(items) / elapsed, used
 
 
 async def latency(url: str, backend: str, data_dir: Path, schema: str, rate: float,
@@ -324,6 +375,7 @@ async def main() -> None:
     server = EmbeddedNatsServer(store_dir=root / "nats")
     server.start()
     rows: list[tuple[str, str, str]] = []
+    cpu_rows: list[tuple[str, str, float]] = []
     try:
         raw_publish = await baseline_publish(server.url, items)
         rows.append(("JetStream async publish alone", "-", f"{raw_publish:,.0f} msgs/s"))
@@ -332,9 +384,12 @@ async def main() -> None:
             data_dir = root / backend
             raw_store = baseline_store(store_env(backend, data_dir, schema), args.events)
             rows.append(("event store batched save alone", backend, f"{raw_store:,.0f} events/s"))
-            e2e = await end_to_end(server.url, backend, data_dir, schema, items)
+            e2e, used = await end_to_end(server.url, backend, data_dir, schema, items,
+                                         server.pid)
             rows.append(("ficha end to end (publish → contacts)", backend,
                          f"{e2e:,.0f} events/s ({e2e / raw_store:.2f} of store baseline)"))
+            cpu_rows.extend((role, backend, seconds * 1e6 / len(items))
+                            for role, seconds in sorted(used.items(), key=lambda r: -r[1]))
             shutil.rmtree(data_dir, ignore_errors=True)
             schema2 = f"{schema}l"
             lat, seg = await latency(server.url, backend, root / f"{backend}-lat", schema2,
@@ -357,6 +412,17 @@ async def main() -> None:
     print(f"{'measure'.ljust(width)}  {'backend':8}  result")
     for name, backend, result in rows:
         print(f"{name.ljust(width)}  {backend:8}  {result}")
+    if cpu_rows:
+        # The machine's cores are the budget: on a saturated machine, throughput is the
+        # cores divided by the CPU time one event costs, summed over every process.
+        print(f"\nCPU time per event, end to end ({os.cpu_count()} cores):")
+        width = max(len(r[0]) for r in cpu_rows)
+        for backend in dict.fromkeys(b for _, b, _ in cpu_rows):
+            part = [r for r in cpu_rows if r[1] == backend]
+            total = sum(us for _, _, us in part)
+            for role, _, us in part:
+                print(f"{role.ljust(width)}  {backend:8}  {us:6.1f} µs  {100 * us / total:3.0f} %")
+            print(f"{'all of them'.ljust(width)}  {backend:8}  {total:6.1f} µs")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from services.cli_common import (
     db_error_text,
     err,
     fail,
+    name_connections,
     parse_date,
     run,
     settings_or_fail,
@@ -550,6 +551,7 @@ def main() -> None:
     from services.collector import tune_for_throughput
 
     tune_for_throughput()
+    name_connections(sys.argv[1:])
     try:
         app()
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -28,6 +29,31 @@ def fail(message: str, code: int = 1) -> NoReturn:
         raise handling
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
+
+
+def name_connections(argv: list[str]) -> None:
+    """Name this process's PostgreSQL connections after the command it runs (libpq's
+    ``PGAPPNAME``), so that ``pg_stat_activity`` tells an operator which ficha process
+    holds which connection: ``ficha up``, ``ficha project contacts``, ``ficha api``...
+    A name the operator set is kept."""
+    if os.environ.get("PGAPPNAME") and not os.environ.get(_NAMED_BY_FICHA):
+        return
+    words = []
+    for arg in argv:
+        if arg.startswith("-"):
+            break
+        words.append(arg)
+    if words[:1] == ["project"]:  # one process per projection: name which
+        chosen = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--projection=")),
+                      None)
+        if chosen is None and "--projection" in argv[:-1]:
+            chosen = argv[argv.index("--projection") + 1]
+        words = ["project", chosen or "contacts"]
+    os.environ["PGAPPNAME"] = " ".join(["ficha", *words[:2]])[:63]
+    os.environ[_NAMED_BY_FICHA] = "1"  # a child `ficha` process names itself again
+
+
+_NAMED_BY_FICHA = "FICHA_NAMED_PGAPPNAME"
 
 
 def settings_or_fail() -> Settings:
