@@ -443,23 +443,24 @@ class ViewDatabase:
         return int(row["position"]) if row else 0
 
     def set_position(self, cur: Cursor, name: str, expected: int, position: int) -> None:
-        """Move the projection's position; fails if someone else moved it meanwhile."""
+        """Move the projection's position from ``expected``; fails if someone else moved it
+        meanwhile. The row must be the one this statement changed: two workers applying
+        the same page would both find the new position in place, so finding it proves
+        nothing (the second would apply the page twice)."""
         if expected == 0:
             cur.execute(
                 "INSERT INTO ficha_projection_tracking (name, position) VALUES (?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET position = excluded.position "
-                "WHERE ficha_projection_tracking.position = 0",
+                "WHERE ficha_projection_tracking.position = 0 RETURNING position",
                 (name, position),
             )
         else:
             cur.execute(
                 "UPDATE ficha_projection_tracking SET position = ? "
-                "WHERE name = ? AND position = ?",
+                "WHERE name = ? AND position = ? RETURNING position",
                 (position, name, expected),
             )
-        cur.execute("SELECT position FROM ficha_projection_tracking WHERE name = ?", (name,))
-        row = cur.fetchone()
-        if row is None or int(row["position"]) != position:
+        if cur.fetchone() is None:
             raise ConcurrentProjectionError(
                 f"projection {name} was moved by another worker; this batch is abandoned"
             )

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from projections import sql_views
-from projections.db import Cursor, ViewDatabase
+from projections.db import ConcurrentProjectionError, Cursor, ViewDatabase
 from services import metrics
 from services.store.contact_store import ContactStore
 from services.store.signals import NewEvents, PollingNewEvents
@@ -117,7 +117,19 @@ class ProjectionRunner:
 
     def run_once(self, until: int | None = None) -> int:
         """Apply one page; returns how many notifications it applied (0 = caught up).
-        ``until`` stops at that log position (a tenant replay matches the live one)."""
+        ``until`` stops at that log position (a tenant replay matches the live one).
+
+        Another worker of the same projection (a second projector started by mistake, an
+        in-place rebuild while ``ficha up`` runs) may apply the page first: then nothing of
+        this attempt is committed, and the next page is read from where that one left it.
+        """
+        while True:
+            try:
+                return self._apply_next_page(until)
+            except ConcurrentProjectionError as error:
+                log.info("%s; going on from its position", error)
+
+    def _apply_next_page(self, until: int | None) -> int:
         with self.db.reading() as cur:
             position = self.db.position(cur, self.name)
         notifications = self.store.notifications_after(position, self.page_size)

@@ -518,6 +518,8 @@ def projections_rebuild(
     """Drop the read models and replay every stored event into them, in place.
 
     Readers see empty or partial tables meanwhile; `ficha projections replay` does not.
+    A running `ficha up` may go on: its projectors and this command apply pages in turn,
+    each page once.
     """
     from rich.progress import Progress
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from contracts.events import InboundEvent
 from projections.contacts import ContactsProjection
@@ -195,7 +198,6 @@ def test_a_side_by_side_replay_switches_atomically_and_loses_nothing(
 
 
 def test_a_replay_while_the_live_runner_and_ingestion_keep_going(settings: Settings) -> None:
-    import threading
 
     from projections.replay import replay
 
@@ -230,4 +232,65 @@ def test_a_replay_while_the_live_runner_and_ingestion_keep_going(settings: Setti
     assert len(incremental["timeline"]) == 2400  # nothing lost, nothing twice
     live.rebuild()
     assert dump(db) == incremental
+    db.close()
+
+
+def test_a_position_moved_by_another_worker_is_never_taken_for_this_ones(
+    settings: Settings,
+) -> None:
+    """Two workers applying the same page compute the same new position: the second must
+    fail even though it finds that position in place (else it applies the page twice)."""
+    from projections.db import ConcurrentProjectionError
+
+    db = ViewDatabase(settings)
+    db.ensure_tracking_table()
+    for expected, position in ((0, 500), (500, 900)):
+        with db.transaction() as cur:
+            db.set_position(cur, "contacts", expected, position)
+        with pytest.raises(ConcurrentProjectionError), db.transaction() as cur:
+            db.set_position(cur, "contacts", expected, position)
+        with db.reading() as cur:
+            assert db.position(cur, "contacts") == position
+    db.close()
+
+
+class _SecondWorkerFirst:
+    """The store as one runner sees it: its first read of the log lets another runner
+    apply a page first (between this runner's position read and its transaction), the
+    interleaving in which both would apply the same page."""
+
+    def __init__(self, store: ContactStore, other: ProjectionRunner) -> None:
+        self._store = store
+        self._other = other
+        self.interleaved = 0
+
+    def notifications_after(self, position: int, limit: int) -> Any:
+        if not self.interleaved:
+            self.interleaved = self._other.run_once()
+        return self._store.notifications_after(position, limit)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_two_runners_of_one_projection_apply_each_event_once(settings: Settings) -> None:
+    """A second projector started by mistake, or an in-place rebuild while `ficha up`
+    runs: when both read the same page, one applies it and the other goes on after it."""
+    store = ContactStore(settings)
+    db = ViewDatabase(settings)
+    alone = ProjectionRunner(store, db, ContactsProjection(), page_size=41)
+    alone.setup()
+    ingest(store, settings, demo_events(1000, seed=17))
+    alone.catch_up()
+    expected = dump(db)
+
+    alone._reset()  # what `ficha projections rebuild` does first
+    other = ProjectionRunner(store, ViewDatabase(settings), ContactsProjection(), page_size=41)
+    interleaving = _SecondWorkerFirst(store, other)
+    runner = ProjectionRunner(interleaving, db, ContactsProjection(), page_size=41)  # type: ignore[arg-type]
+    runner.catch_up()
+    assert interleaving.interleaved == 41
+    assert runner.stats.applied + other.stats.applied == store.max_notification_id()
+    assert dump(db) == expected
+    other.db.close()
     db.close()
