@@ -232,7 +232,7 @@ def demo(
     from contracts.decode import TENANT_PATTERN
     from contracts.publisher import publish_many
     from services.demo import generate_history
-    from services.runtime import connect_nats, resolve_nats_url
+    from services.runtime import connect_nats, resolve_nats_url, unreachable_text
 
     if not TENANT_PATTERN.fullmatch(tenant):
         fail(f"tenant {tenant!r} is not valid: use lowercase letters, digits, _ and -")
@@ -245,9 +245,9 @@ def demo(
 
     async def main() -> None:
         try:
-            nc = await connect_nats(url, name="ficha-demo")
+            nc = await connect_nats(url, name="ficha-demo", reconnect_forever=False)
         except Exception as error:
-            raise CliError(f"cannot reach NATS at {url}: {db_error_text(error)}") from error
+            raise CliError(unreachable_text(settings, url, error)) from error
         counts: dict[str, int] = {}
         try:
             js = nc.jetstream()
@@ -416,14 +416,16 @@ def contacts_get(
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
 ) -> None:
-    """Per partition and per projection: position and lag; dead-letter count."""
+    """Per partition and per projection: position and lag; dead-letter count. Exits 1 when
+    the bus cannot be reached (the report still shows what the database knows)."""
     from services.status import collect_status
 
     settings = settings_or_fail()
     report = run(collect_status(settings))
+    unhealthy = bool(report["bus"].get("error"))
     if as_json:
         print(json.dumps(report))
-        return
+        raise typer.Exit(1 if unhealthy else 0)
     bus = report["bus"]
     console.print(f"backend: {report['backend']}   nats: {bus.get('url') or 'not found'}"
                   + (f"   ([red]{bus['error']}[/])" if bus.get("error") else ""))
@@ -444,6 +446,8 @@ def status(
     console.print(f"dead letters: {bus.get('dead_letters', '?')}   "
                   f"received events: {report['received_events']}   "
                   f"erasures under way: {report['pending_erasures']}")
+    if unhealthy:
+        raise typer.Exit(1)
 
 
 # ---------------------------------------------------------------- projections

@@ -27,7 +27,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
     if isinstance(handling, typer.Exit):
         # A broad `except Exception` caught an earlier fail(): its sentence is printed.
         raise handling
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # one line
     raise typer.Exit(code)
 
 

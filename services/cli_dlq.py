@@ -19,18 +19,16 @@ AsJson = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
 
 
 async def _with_js(work: Callable[[Any], Awaitable[Any]]) -> Any:
-    import nats
+    from services.runtime import connect_nats, resolve_nats_url, unreachable_text
 
-    from services.runtime import resolve_nats_url
-
-    url = resolve_nats_url(settings_or_fail())
+    settings = settings_or_fail()
+    url = resolve_nats_url(settings)
     if not url:
         raise CliError("no NATS to talk to: start `ficha up` or set FICHA_NATS_URL")
     try:
-        nc = await nats.connect(url, connect_timeout=3, allow_reconnect=False,
-                                max_reconnect_attempts=0)
+        nc = await connect_nats(url, name="ficha-dlq", attempts=1, reconnect_forever=False)
     except Exception as error:  # noqa: BLE001 - an unreachable server is an expected failure
-        raise CliError(f"cannot reach NATS at {url}: {error or type(error).__name__}") from error
+        raise CliError(unreachable_text(settings, url, error)) from error
     try:
         return await work(nc.jetstream())
     finally:

@@ -174,27 +174,17 @@ def _tenant_definitions(settings: Settings, tenant: str) -> tuple[Any, str | Non
 async def _connect(settings: Settings) -> tuple[Any, Any]:
     """A connection for one import: a few reconnects ride out a NATS restart; errors are
     summed up in one line by the import's report, not logged with tracebacks."""
-    import nats
-
-    from services.runtime import resolve_nats_url
+    from services.runtime import connect_nats, resolve_nats_url, unreachable_text
 
     url = resolve_nats_url(settings)
     if url is None:
         raise CliError("no NATS server: start `ficha up` first, or set FICHA_NATS_URL "
                        "(or use --dry-run to validate only)")
 
-    async def quiet(error: Exception) -> None:
-        pass
-
     try:
-        nc = await nats.connect(
-            [part.strip() for part in url.split(",") if part.strip()], name="ficha-import",
-            connect_timeout=3, allow_reconnect=True, max_reconnect_attempts=5,
-            reconnect_time_wait=1.0, error_cb=quiet)
+        nc = await connect_nats(url, name="ficha-import", attempts=5, reconnect_forever=False)
     except Exception as error:
-        raise CliError(f"cannot reach NATS at {url}: "
-                       f"{db_error_text(error) if str(error) else type(error).__name__}"
-                       ) from error
+        raise CliError(unreachable_text(settings, url, error)) from error
     return nc, nc.jetstream()
 
 

@@ -32,6 +32,7 @@ from services.ingest.cache import ContactCache
 from services.ingest.folding import BatchFolder
 from services.ingest.tenant_checks import TenantChecks
 from services.ingest.worker import TRANSIENT_ERRORS, PartitionWorker
+from services.instance_lock import InstanceLock
 from services.nats_client import FichaNatsClient
 from services.natsserver import EmbeddedNatsServer
 from services.outbox import OutboxRelay
@@ -64,21 +65,55 @@ def resolve_nats_url(settings: Settings) -> str | None:
     return None
 
 
-async def connect_nats(url: str, *, name: str = "ficha") -> NATS:
+def unreachable_text(settings: Settings, url: str, error: BaseException) -> str:
+    """Why NATS at ``url`` could not be reached, in words that say what to do."""
+    reason = str(error) or type(error).__name__
+    if settings.nats_url:
+        return f"cannot reach NATS at {url} (FICHA_NATS_URL): {reason}"
+    return (f"cannot reach the NATS server of `ficha up` at {url} ({reason}): is ficha up "
+            f"running on {settings.data_dir}? (it writes that address into "
+            f"{settings.data_dir / NATS_URL_FILE} when it starts)")
+
+
+async def connect_nats(url: str, *, name: str = "ficha", attempts: int = 3,
+                       reconnect_forever: bool = True) -> NATS:
+    """A connection to ``url`` (several servers of a cluster separated by commas).
+
+    The first connection tries each server ``attempts`` times (twice at least: nats-py
+    cannot be told to try once), half a second apart, then
+    raises (nats-py's NoServersError, "no servers available for connection"): a wrong
+    URL or a stopped server is an answer, not a hang. Once connected, a long-running
+    process (``reconnect_forever``) rides out any later outage, reconnecting for as long
+    as it takes. nats-py gives up only for a positive attempt count: 0 and -1 both mean
+    "for ever", the first connection included. A long-running process logs connection
+    trouble as one line (nats-py's default prints a traceback for every failed attempt)
+    once it was connected; otherwise the caller reports a failure in its own words.
+    """
+    connected = False
+
     async def reconnected() -> None:
         metrics.NATS_RECONNECTS.inc()
         log.warning("reconnected to NATS")
 
-    options: dict[str, Any] = {"connect_timeout": 3, "max_reconnect_attempts": -1,
-                               "reconnect_time_wait": 0.5, "allow_reconnect": True}
+    async def trouble(error: Exception) -> None:
+        if connected and reconnect_forever:
+            log.warning("NATS connection trouble: %s", error or type(error).__name__)
+
+    options: dict[str, Any] = {
+        "connect_timeout": 3, "reconnect_time_wait": 0.5, "allow_reconnect": True,
+        "max_reconnect_attempts": max(1, attempts - 1),  # nats-py tries count + 1 times
+    }
     client = FichaNatsClient()
     await client.connect(
-        # A cluster is given as several URLs separated by commas: any one will do.
         [part.strip() for part in url.split(",") if part.strip()],
         name=name,
         reconnected_cb=reconnected,
+        error_cb=trouble,
         **options,
     )
+    connected = True
+    if reconnect_forever:
+        client.options["max_reconnect_attempts"] = -1
     return client
 
 
@@ -117,6 +152,7 @@ class Runtime:
     erasures: ErasureCompleter | None = None
     health: HealthServer | None = None
     api: Any = None  # the HTTP API's context, when this process serves it
+    instance_lock: InstanceLock | None = None  # held while the embedded NATS server runs
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -131,6 +167,10 @@ class Runtime:
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         if settings.nats_url is None:
+            # Before anything else: a second instance must not touch the first one's
+            # server, store or nats.url (services/instance_lock.py).
+            self.instance_lock = InstanceLock(settings.data_dir)
+            self.instance_lock.acquire()
             self.server = EmbeddedNatsServer(store_dir=settings.data_dir / "nats")
             await asyncio.to_thread(self.server.start)
             (settings.data_dir / NATS_URL_FILE).write_text(self.server.url + "\n")
@@ -313,6 +353,9 @@ class Runtime:
             await asyncio.to_thread(self.server.stop)
             url_file: Path = self.settings.data_dir / NATS_URL_FILE
             url_file.unlink(missing_ok=True)
+        if self.instance_lock is not None:
+            self.instance_lock.release()
+            self.instance_lock = None
 
     async def wait_until_projected(self, timeout: float = 30.0) -> None:
         """For tests and benchmarks: until every projection reaches the store's end."""

@@ -41,13 +41,13 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
 
     bus: dict[str, Any] = {"url": resolve_nats_url(settings)}
     if bus["url"]:
-        import nats
+        from services.runtime import connect_nats, unreachable_text
 
         try:
-            nc = await nats.connect(bus["url"], connect_timeout=2, max_reconnect_attempts=0,
-                                    allow_reconnect=False)
+            nc = await connect_nats(bus["url"], name="ficha-status", attempts=1,
+                                    reconnect_forever=False)
         except Exception as error:  # noqa: BLE001 - reported, not raised
-            bus["error"] = f"unreachable: {error or type(error).__name__}"
+            bus["error"] = unreachable_text(settings, bus["url"], error)
         else:
             try:
                 js = nc.jetstream()

@@ -83,6 +83,14 @@ def test_up_demo_list_get_restart(tmp_path: Path) -> None:
     proc = start_up(data_dir, log)
     try:
         assert (data_dir / "nats.url").exists()
+        # A second `ficha up` on the same data dir is refused before it touches anything
+        # (it would start a second nats-server on the same store and, leaving, delete the
+        # first one's nats.url): the first keeps serving, as the demo below shows.
+        second = ficha(data_dir, "up", check=False)
+        assert second.returncode != 0
+        assert "Traceback" not in second.stderr, second.stderr
+        assert f"ficha is already running on {data_dir} (pid {proc.pid})" in second.stderr
+        assert (data_dir / "nats.url").exists()
         ficha(data_dir, "demo", "--tenant", "acme", "--events", "400", "--seed", "1")
         report = wait_received(data_dir, 400)
         assert report["received_events"] == 400
@@ -134,6 +142,22 @@ def test_expected_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
         assert "Traceback" not in done.stderr, done.stderr
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:"), (args, done.stderr)
+
+    # `ficha up` killed without a chance to clean up leaves its NATS address behind: the
+    # commands that talk to NATS say so at once (nats-py alone would retry for ever,
+    # printing a traceback per attempt), and `ficha status` reports it and exits 1.
+    (data_dir / "nats.url").write_text("nats://127.0.0.1:1\n")
+    for args in (("demo", "--tenant", "acme", "--events", "5"), ("dlq", "list")):
+        started = time.monotonic()
+        done = ficha(data_dir, *args, check=False)
+        assert time.monotonic() - started < 30, args
+        assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, (args, done.stderr)
+        assert "is ficha up running on" in lines[0], lines[0]
+    done = ficha(data_dir, "status", "--json", check=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "is ficha up running on" in json.loads(done.stdout)["bus"]["error"]
 
 
 def free_ports(count: int) -> int:
