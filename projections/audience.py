@@ -272,8 +272,9 @@ class _Writes:
 class AudienceProjection:
     name = NAME
     # 4: list states and the list x engagement tally (SQL views) or erasure confirmations;
-    # 5: both
-    version = 5
+    # 5: both; 6: rows written before a deleted segment's members were rewritten (they
+    # kept its id as an open membership): rebuilt from the log
+    version = 6
     tables: tuple[str, ...] = TABLES
     erasures_table = ERASURES_TABLE
 
@@ -450,7 +451,6 @@ class _Page:
         was = (row.engagement, row.subscribed, row.rfm, row.due)
         for transition in transitions(set(row.members), before, after, rules, cause, ref):
             self._record_transition(row, transition)
-            row.dirty = True
         if after.engagement != row.engagement:
             row.engagement = after.engagement
             row.engagement_since = after.now
@@ -478,6 +478,10 @@ class _Page:
                 self._set_rfm(row, rules, score(row.facts, self.now, rules.cuts, rules.rfm))
 
     def _record_transition(self, row: _Row, t: Transition) -> None:
+        # The contact's open memberships change with its history: its row is written too
+        # (a deletion once closed the intervals but left the id among the row's members,
+        # and the segment created again saw no one enter).
+        row.dirty = True
         facts = row.facts
         tenant, cid = facts.tenant, facts.contact_id
         clauses = _json(list(t.clauses))

@@ -276,6 +276,74 @@ def test_deleting_a_segment_closes_every_membership(audience: Audience) -> None:
     assert {(e.cause.kind, e.cause.ref) for e in exits} == {("definition", "everyone@v2")}
 
 
+def history(a: Audience, segment_id: str) -> list[dict[str, Any]]:
+    with a.db.reading() as cur:
+        cur.execute("SELECT f.email, h.entry_no, h.entered_at, h.entered_version, h.enter_ref, "
+                    "h.exited_at, h.exited_version, h.exit_ref FROM segment_history h "
+                    "JOIN audience_facts f ON f.contact_id = h.contact_id "
+                    "WHERE h.tenant = 'acme' AND h.segment_id = ? "
+                    "ORDER BY f.email, h.entry_no", (segment_id,))
+        return cur.fetchall()
+
+
+@pytest.mark.parametrize("edited", [False, True], ids=["plain", "edited-first"])
+def test_a_segment_deleted_and_created_again_gets_its_members_back(
+    audience: Audience, edited: bool,
+) -> None:
+    """Deleting a segment once left its id among the contacts' open memberships, so the
+    same segment created again saw no one enter: not by its backfill, not by later events."""
+    a = audience
+    es_vip = {"all": [{"field": "language", "op": "equals", "value": "es"},
+                      {"field": "tags", "op": "has", "value": "vip"}]}
+    a.ingest([make_event("form_submitted", event_id=f"f-{who}", email=f"{who}@example.com",
+                         occurred_at=ago(2), form_id="f", tags=tags,
+                         contact={"language": "es-ES"})
+              for who, tags in (("ana", ["VIP"]), ("bea", ["vip"]), ("cid", []))])
+    a.define("y", es_vip)
+    if edited:  # a second version before the delete: the same members, another rule
+        a.define("y", {"all": [*es_vip["all"], {"field": "email", "op": "contains",
+                                                "value": "@"}]})
+    last = 2 if edited else 1  # the version the delete follows
+    assert members(a, "y") == {"ana@example.com", "bea@example.com"}
+    a.segments.delete("acme", "y")
+    a.runner.catch_up()
+    assert count_members(a.db, "acme", "y") == 0
+    closed = history(a, "y")
+    assert [(h["exited_version"], h["exit_ref"]) for h in closed] == [
+        (last + 1, f"y@v{last + 1}")] * 2
+    deleted_at = parse_utc_iso(closed[0]["exited_at"])
+    a.define("y", es_vip)
+    recreated = last + 2
+    assert members(a, "y") == {"ana@example.com", "bea@example.com"}
+    again = [h for h in history(a, "y") if h["entry_no"] == 2]
+    assert [(h["email"], h["entered_version"], h["enter_ref"]) for h in again] == [
+        ("ana@example.com", recreated, f"y@v{recreated}"),
+        ("bea@example.com", recreated, f"y@v{recreated}")]
+    why = explain(a.db, "acme", "ana@example.com", "y")["segments"][0]
+    assert [h["entered_version"] for h in why["history"]] == [1, recreated]
+    # Later events move contacts in and out of the segment created again.
+    a.ingest([
+        make_event("contact_updated", event_id="cid-vip", email="cid@example.com",
+                   occurred_at=ago(1), tags_added=["vip"]),
+        make_event("contact_updated", event_id="ana-not", email="ana@example.com",
+                   occurred_at=ago(1), tags_removed=["vip"]),
+    ])
+    assert members(a, "y") == {"bea@example.com", "cid@example.com"}
+    # Who was in y at a moment: before the delete, in the gap, after the re-creation.
+    recreated_at = parse_utc_iso(again[0]["entered_at"])
+    assert deleted_at < recreated_at
+    before_delete = deleted_at - timedelta(microseconds=1)
+    assert {r["email"] for r in segment_members(a.db, "acme", "y", as_of=before_delete)} == {
+        "ana@example.com", "bea@example.com"}
+    assert count_members(a.db, "acme", "y", as_of=deleted_at) == 0
+    assert count_members(a.db, "acme", "y", as_of=recreated_at - timedelta(microseconds=1)) == 0
+    assert {r["email"] for r in segment_members(a.db, "acme", "y", as_of=recreated_at)} == {
+        "ana@example.com", "bea@example.com"}
+    incremental = dump(a.db)
+    a.runner.rebuild()
+    assert dump(a.db) == incremental
+
+
 def test_engagement_lists_and_consent(audience: Audience) -> None:
     a = audience
     a.ingest([
