@@ -4,6 +4,7 @@ time, backfill and preview, rebuild equals incremental, and a brute-force oracle
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ from projections.audience_queries import (
     list_stats,
     preview,
     projection_now,
+    rfm_stats,
     segment_members,
 )
 from projections.db import ViewDatabase
@@ -31,6 +33,7 @@ from services.catalog import ClockCommands, SegmentCommands, TenantCommands
 from services.config import Settings
 from services.demo import generate_history
 from services.domain.identity import ContactIdentity, normalise_email
+from services.domain.rfm import cuts_outgrown, rfm_group
 from services.domain.rules import RuleError
 from services.domain.segments import SegmentError
 from services.domain.stamps import parse_utc_iso, utc_iso
@@ -566,10 +569,17 @@ def oracle(raw: list[dict[str, Any]], now: str) -> dict[str, Any]:
             )
     n = len(values)
     result["rfm"] = dict.fromkeys(result["engagement"], "never_bought")
+
+    def rank(dimension: int, mine: Any, worse: Any) -> int:
+        every = [v[dimension] for v in values.values()]
+        if n < 5 or len(set(every)) == 1:
+            return 3  # too few buyers, or one value for all: nothing to rank
+        return 1 + 5 * sum(1 for v in every if worse(v, mine)) // n
+
     for email, (rec, freq, mon) in values.items():
-        r = 1 + 5 * sum(1 for v in values.values() if v[0] > rec) // n
-        f = 1 + 5 * sum(1 for v in values.values() if v[1] < freq) // n
-        m = 1 + 5 * sum(1 for v in values.values() if v[2] < mon) // n
+        r = rank(0, rec, lambda v, mine: v > mine)
+        f = rank(1, freq, lambda v, mine: v < mine)
+        m = rank(2, mon, lambda v, mine: v < mine)
         grid = {(5, 5): "champions", (5, 4): "champions", (4, 5): "champions",
                 (4, 4): "champions"}
         if (r, f) in grid:
@@ -582,6 +592,74 @@ def oracle(raw: list[dict[str, Any]], now: str) -> dict[str, Any]:
             group = ["lost", "hibernating", "needs_attention", "promising", "recent"][r - 1]
         result["rfm"][email] = f"{group} m{m}"
     return result
+
+
+def test_a_burst_of_buyers_is_ranked_against_cuts_of_the_burst_not_of_its_first_page(
+    audience: Audience,
+) -> None:
+    """Once, cuts taken right after a tenant's first buyers (all with purchases older than
+    the window: frequency 0) stood until midnight, and every later buyer scored R5 F5:
+    117 champions of 145. Cuts are now taken again as the buyers grow, at the event that
+    outgrows them, so a rebuild (in other pages) does the same."""
+    a = audience
+    now = datetime.now(UTC)
+
+    def purchases(i: int, ages: list[float]) -> list[InboundEvent]:
+        return [make_event("purchase_completed", event_id=f"p{i}-{k}",
+                           email=f"b{i:03}@example.com",
+                           occurred_at=(now - timedelta(days=age)).isoformat(),
+                           order_id=f"o{i}-{k}", total=f"{10 + (i * 7 + k) % 90}.00",
+                           currency="EUR")
+                for k, age in enumerate(ages)]
+
+    # The first buyers bought once, long ago, and are ranked among themselves.
+    a.ingest([e for i in range(10) for e in purchases(i, [380.5 + i])])
+    a.clock.request_rescore(now)
+    a.runner.catch_up()
+    # Then a burst: buyers until cuts are next outgrown, each seen whole before the next,
+    # the last one buying once, so that the last cuts are taken of every buyer as they end.
+    total, base = 10, 10
+    while total < 150 or not cuts_outgrown(base, total):
+        total += 1
+        if cuts_outgrown(base, total) and total < 150:
+            base = total
+    burst = []
+    for i in range(10, total):
+        ages = [1.5 + (i * 37) % 330] if i == total - 1 else [
+            1.5 + (i * 37 + 90 * k) % 360 for k in range(1 + (i % 7 == 0) + (i % 3 == 0))]
+        burst += purchases(i, ages)
+    a.ingest(burst)
+
+    stats = rfm_stats(a.db, "acme")
+    assert stats["cuts"]["buyers"] == total
+    with a.db.reading() as cur:
+        cur.execute("SELECT email, rfm FROM audience_facts")
+        rfm = {r["email"]: json.loads(r["rfm"]) for r in cur.fetchall()}
+    assert len(rfm) == total
+    # The documented scores, from the values: 1 + floor(5 * worse / buyers).
+    for name, key, worse in (("r", "recency_days", lambda v, mine: v > mine),
+                             ("f", "frequency", lambda v, mine: v < mine),
+                             ("m", "monetary", lambda v, mine: Decimal(v) < Decimal(mine))):
+        every = [v[key] for v in rfm.values()]
+        for email, v in rfm.items():
+            below = sum(1 for other in every if worse(other, v[key]))
+            assert v[name] == 1 + 5 * below // total, (name, email, v)
+    # Recency has no ties to speak of: a fifth of the buyers in each score; the groups
+    # follow the scores; the champions are the few recent repeat buyers.
+    recency = Counter(v["r"] for v in rfm.values())
+    assert all(abs(recency[s] - total / 5) <= 2 for s in range(1, 6)), recency
+    assert all(v["group"] == rfm_group(v["r"], v["f"]) for v in rfm.values())
+    groups = stats["groups"]
+    assert sum(groups.values()) == total and groups["never_bought"] == 0
+    repeat = sum(1 for v in rfm.values() if v["frequency"] >= 2)
+    assert 0 < groups["champions"] < repeat < total / 2
+    assert {"recent", "promising", "needs_attention", "hibernating", "lost"} <= {
+        g for g, n in groups.items() if n}
+    # A rebuild in other pages takes the same cuts at the same events.
+    incremental = dump(a.db)
+    a.runner.page_size = 37
+    a.runner.rebuild()
+    assert dump(a.db) == incremental
 
 
 def test_tenant_settings_change_engagement_windows_and_bounce_suppression(
