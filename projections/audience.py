@@ -72,7 +72,14 @@ from services.domain.audience import (
 from services.domain.clock import ClockDay
 from services.domain.contact import LIST_SUBSCRIBED, Contact
 from services.domain.facts import DEFAULT_SOFT_BOUNCE_LIMIT, ContactFacts
-from services.domain.rfm import NEVER_BOUGHT, Rfm, RfmCuts, rfm_values, score
+from services.domain.rfm import (
+    MIN_RANKED_BUYERS,
+    Rfm,
+    RfmCuts,
+    cuts_outgrown,
+    rfm_values,
+    score,
+)
 from services.domain.rules import COUNTS
 from services.domain.segments import SegmentCatalog, SegmentDefinition
 from services.domain.stamps import utc_iso
@@ -272,8 +279,10 @@ class _Writes:
 class AudienceProjection:
     name = NAME
     # 4: list states and the list x engagement tally (SQL views) or erasure confirmations;
-    # 5: both
-    version = 5
+    # 5: both; 6: rows written before a deleted segment's members were rewritten (they
+    # kept its id as an open membership): rebuilt from the log; 7: RFM cuts taken again
+    # as a tenant's buyers grow, and the tenant's buyer count (audience_state)
+    version = 7
     tables: tuple[str, ...] = TABLES
     erasures_table = ERASURES_TABLE
 
@@ -283,7 +292,8 @@ class AudienceProjection:
         if table == "ficha_outbox":
             return None  # published already; a tenant replay announces nothing
         if table == "audience_state":
-            return "name IN (?, ?)", [f"settings:{tenant}", f"rfm_cuts:{tenant}"]
+            return "name IN (?, ?, ?)", [f"settings:{tenant}", f"rfm_cuts:{tenant}",
+                                         f"rfm_buyers:{tenant}"]
         return "tenant = ?", [tenant]
 
     def statements(self, is_postgres: bool) -> list[str]:
@@ -312,6 +322,7 @@ class _Page:
         self.rows: dict[str, _Row] = {}
         self.rules: dict[str, TenantRules] = {}
         self.cuts: dict[str, RfmCuts | None] = {}
+        self.buyers: dict[str, int] = {}  # tenant -> buyers now (``_buyers``)
         self.rescore_wanted = state.get("rfm_pending") == "1"
         self.writes = _Writes()
 
@@ -389,6 +400,7 @@ class _Page:
         if row is not None:
             self._apply_deltas({(tenant, *tally): -1 for tally in row.counted})
             if row.facts.last_purchase_at is not None:
+                self.buyers[tenant] = self._buyers(tenant) - 1
                 self.rescore_wanted = True  # the quintiles counted this buyer
         erase_rows(self.cur, PERSONAL_TABLES, ERASURES_TABLE,
                    [(tenant, cid, event.originator_version, event.event_id)], self.is_postgres)
@@ -424,6 +436,7 @@ class _Page:
         wanted = None if row.engagement is None else rules.to_evaluate(touched)
         # (with nothing to evaluate nothing can flip, and the facts before are not read)
         earlier = row.facts.copy_before(touched) if wanted is None or wanted else row.facts
+        was_buyer = row.facts.last_purchase_at is not None
         row.facts.apply(event)
         before, after = reevaluate(rules, set(row.members), wanted, row.facts, self.now,
                                    earlier, self.now)
@@ -434,6 +447,8 @@ class _Page:
                 row.facts.tenant, row.facts.contact_id, data["channel"], event.occurred_at,
                 event.event_id, int(bool(data["granted"])), event.source, self.now,
             ))
+        if not was_buyer and row.facts.last_purchase_at is not None:
+            self._new_buyer(row.facts.tenant)
 
     def _catch_up(self, row: _Row, rules: TenantRules, until: str) -> None:
         """Fire the contact's scheduled changes due at or before ``until``, each at its instant."""
@@ -450,34 +465,35 @@ class _Page:
         was = (row.engagement, row.subscribed, row.rfm, row.due)
         for transition in transitions(set(row.members), before, after, rules, cause, ref):
             self._record_transition(row, transition)
-            row.dirty = True
         if after.engagement != row.engagement:
             row.engagement = after.engagement
             row.engagement_since = after.now
         row.subscribed = any(s == LIST_SUBSCRIBED for s in row.lists_now().values())
         if after.rfm is not None:
-            self._set_rfm(row, rules, after.rfm)
+            self._set_rfm(row, after.rfm)
         row.due = after.due
         if (row.engagement, row.subscribed, row.rfm, row.due) != was:
             row.dirty = True
 
-    def _set_rfm(self, row: _Row, rules: TenantRules, rfm: Rfm) -> None:
+    def _set_rfm(self, row: _Row, rfm: Rfm) -> None:
         row.rfm = {"group": rfm.group, "r": rfm.r, "f": rfm.f, "m": rfm.m,
                    **({} if rfm.values is None else {
                        "recency_days": rfm.values.recency_days,
                        "frequency": rfm.values.frequency,
                        "monetary": str(rfm.values.monetary)})}
-        if rfm.group != NEVER_BOUGHT and not rules.cuts.recency:
-            self.rescore_wanted = True  # the scheduler asks for a rescoring soon
 
     def _score_changed_facts(self) -> None:
         """RFM for every contact whose facts changed: once per flush, not per event."""
         for row in self.rows.values():
             if row.facts_changed and row.dirty:
                 rules = self._rules(row.facts.tenant)
-                self._set_rfm(row, rules, score(row.facts, self.now, rules.cuts, rules.rfm))
+                self._set_rfm(row, score(row.facts, self.now, rules.cuts, rules.rfm))
 
     def _record_transition(self, row: _Row, t: Transition) -> None:
+        # The contact's open memberships change with its history: its row is written too
+        # (a deletion once closed the intervals but left the id among the row's members,
+        # and the segment created again saw no one enter).
+        row.dirty = True
         facts = row.facts
         tenant, cid = facts.tenant, facts.contact_id
         clauses = _json(list(t.clauses))
@@ -752,33 +768,61 @@ class _Page:
             "ORDER BY tenant"
         )
         for tenant in [r["tenant"] for r in self.cur.fetchall()]:
-            values = []
-            for rows in self._buyer_chunks(tenant):
-                for r in rows:
-                    facts = ContactFacts.from_json(r["doc"])
-                    v = rfm_values(facts, self.now, self._rules(tenant).rfm)
-                    if v is not None:
-                        values.append(v)
-            cuts = RfmCuts.of(values)
-            self.cuts[tenant] = cuts
-            self.cur.execute(
-                "INSERT INTO audience_state (name, value) VALUES (?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                (f"rfm_cuts:{tenant}", _json(cuts.to_json())),
-            )
-            self.rules.pop(tenant, None)
-            rules = self._rules(tenant)
-            buyers = ([r["contact_id"] for r in rows] for rows in self._buyer_chunks(tenant))
-            for ids in self._chunks_written_behind(buyers):
-                for cid in ids:
-                    row = self.rows[cid]
-                    self._catch_up(row, rules, self.now)
-                    # New cuts move RFM only: the volatile segments (and their users).
-                    wanted = None if row.engagement is None else rules.to_evaluate()
-                    after = evaluate(row.facts, rules, self.now, wanted, set(row.members),
-                                     with_rfm=True)
-                    self._settle(row, rules, None, after, CAUSE_CLOCK, "rfm")
+            self._rescore_tenant(tenant)
         self.rescore_wanted = False
+
+    def _buyers(self, tenant: str) -> int:
+        """The tenant's buyers now: counted as contacts make their first purchase (and
+        are erased), so that the log alone decides when cuts are outgrown."""
+        if tenant not in self.buyers:
+            self.cur.execute(
+                "SELECT value FROM audience_state WHERE name = ?", (f"rfm_buyers:{tenant}",)
+            )
+            row = self.cur.fetchone()
+            self.buyers[tenant] = 0 if row is None else int(row["value"])
+        return self.buyers[tenant]
+
+    def _new_buyer(self, tenant: str) -> None:
+        """A contact's first purchase: the tenant's cuts are taken again, at this event,
+        once its buyers have outgrown them (a burst of history); a tenant with enough
+        buyers to rank and no cuts yet asks the scheduler for a rescoring soon."""
+        self.buyers[tenant] = buyers = self._buyers(tenant) + 1
+        cuts = self._cuts(tenant)
+        if cuts_outgrown(cuts.buyers, buyers):
+            self._rescore_tenant(tenant)
+        elif not cuts.recency and buyers >= MIN_RANKED_BUYERS:
+            self.rescore_wanted = True
+
+    def _rescore_tenant(self, tenant: str) -> None:
+        """New quintiles for the tenant, and every buyer of it rescored."""
+        self._flush()  # the contacts as they are, scored against the cuts they had
+        values = []
+        for rows in self._buyer_chunks(tenant):
+            for r in rows:
+                facts = ContactFacts.from_json(r["doc"])
+                v = rfm_values(facts, self.now, self._rules(tenant).rfm)
+                if v is not None:
+                    values.append(v)
+        cuts = RfmCuts.of(values)
+        self.cuts[tenant] = cuts
+        self.buyers[tenant] = len(values)
+        self.cur.execute(
+            "INSERT INTO audience_state (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (f"rfm_cuts:{tenant}", _json({**cuts.to_json(), "taken_at": self.now})),
+        )
+        self.rules.pop(tenant, None)
+        rules = self._rules(tenant)
+        buyers = ([r["contact_id"] for r in rows] for rows in self._buyer_chunks(tenant))
+        for ids in self._chunks_written_behind(buyers):
+            for cid in ids:
+                row = self.rows[cid]
+                self._catch_up(row, rules, self.now)
+                # New cuts move RFM only: the volatile segments (and their users).
+                wanted = None if row.engagement is None else rules.to_evaluate()
+                after = evaluate(row.facts, rules, self.now, wanted, set(row.members),
+                                 with_rfm=True)
+                self._settle(row, rules, None, after, CAUSE_CLOCK, "rfm")
 
     def _buyer_chunks(self, tenant: str) -> Iterable[list[dict[str, Any]]]:
         after = ""
@@ -914,5 +958,6 @@ class _Page:
             "INSERT INTO audience_state (name, value) VALUES (?, ?) "
             "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
             [("now", self.now), ("outbox_seq", str(self.seq)),
-             ("rfm_pending", "1" if self.rescore_wanted else "0")],
+             ("rfm_pending", "1" if self.rescore_wanted else "0"),
+             *((f"rfm_buyers:{tenant}", str(n)) for tenant, n in sorted(self.buyers.items()))],
         )

@@ -302,12 +302,27 @@ def tenant_exists(db: ViewDatabase, tenant: str) -> bool:
 
 
 def tag_counts(db: ViewDatabase, tenant: str) -> list[dict[str, Any]]:
-    """Each tag with how many contacts have it (the label as most recently written)."""
+    """Each tag with how many contacts have it, most used first (then by tag).
+
+    Tags compare without case, so contacts may carry a tag in different spellings; the
+    label shown is the spelling most of them carry, a tie going to the first spelling in
+    code-point order (capitals before lower case). The spellings are counted in SQL and
+    chosen here, so that both backends answer alike whatever their text collation.
+    """
     with db.reading() as cur:
         cur.execute(
-            "SELECT tag, MAX(label) AS label, COUNT(*) AS contacts FROM contact_tags "
-            "WHERE tenant = ? GROUP BY tag ORDER BY contacts DESC, tag",
+            "SELECT tag, label, COUNT(*) AS contacts FROM contact_tags WHERE tenant = ? "
+            "GROUP BY tag, label",
             (tenant,),
         )
-        return [{"tag": r["tag"], "label": r["label"], "contacts": int(r["contacts"])}
-                for r in cur.fetchall()]
+        spellings = cur.fetchall()
+    labels: dict[str, tuple[int, str]] = {}  # tag -> (contacts, label) of its spelling
+    totals: dict[str, int] = {}
+    for r in spellings:
+        tag, label, contacts = r["tag"], r["label"], int(r["contacts"])
+        totals[tag] = totals.get(tag, 0) + contacts
+        best = labels.get(tag)
+        if best is None or (-contacts, label) < (-best[0], best[1]):
+            labels[tag] = (contacts, label)
+    return [{"tag": tag, "label": labels[tag][1], "contacts": totals[tag]}
+            for tag in sorted(totals, key=lambda t: (-totals[t], t))]

@@ -431,8 +431,8 @@ VIEWS: tuple[View, ...] = (
     ),
     View(
         f"{PREFIX}rfm", "audience",
-        "Each contact's RFM scores and group, as of the last UTC midnight "
-        "(docs/audience.md#rfm).",
+        "Each contact's RFM scores and group: values as of the last UTC midnight, scored "
+        "against the tenant's quintile cuts in force (docs/audience.md#rfm).",
         (
             TENANT, CONTACT_ID, EMAIL,
             _c("rfm_group", TEXT,

@@ -33,7 +33,8 @@ class ClockDay(Aggregate):
 
     class RescoreRequested(Aggregate.Event):
         """Score RFM now, for every tenant (the scheduler asks when a tenant has buyers
-        but no quintiles yet; otherwise rescoring happens at each UTC midnight)."""
+        enough to rank but no quintiles yet, or a buyer was erased; otherwise rescoring
+        happens at each UTC midnight, and for a tenant whose buyers outgrew its cuts)."""
 
         at: str
 

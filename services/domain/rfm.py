@@ -2,8 +2,9 @@
 
 Per contact, at an instant ``now``:
 
-RFM is computed per UTC day, as of its midnight, so that it changes only when the audience
-projection rescores every buyer against the new day's quintiles.
+RFM values are computed per UTC day, as of its midnight, so that a buyer's scores change
+only with its own purchases and when the audience projection rescores the tenant's buyers
+against new cuts.
 
 * recency: whole days from the last purchase (any currency) to today's midnight;
 * frequency: purchases within the tenant's window (default 365 days);
@@ -11,10 +12,22 @@ projection rescores every buyer against the new day's quintiles.
 
 Scores: each dimension is ranked among the tenant's buyers (contacts with at least one
 purchase ever) and cut into quintiles: 5 is the best fifth (most recent, most frequent,
-most spent), 1 the worst. Equal values always get the same score: a buyer's score is
-``1 + floor(5 * below / buyers)``, where ``below`` counts buyers with a worse value. The
-cuts are taken once a day (at UTC midnight, for every tenant) and a purchase during the
-day is scored against the day's cuts.
+most spent), 1 the worst. A buyer's score is ``1 + floor(5 * worse / buyers)`` (at most
+5), where ``worse`` counts buyers with a worse value: a score is earned by beating other
+buyers, and equal values share the lowest score of their block (the many one-time buyers
+among repeat buyers all have frequency 1). Two cases have nothing to rank:
+
+* fewer than ``MIN_RANKED_BUYERS`` (5) buyers: no cuts are taken (a fifth of the buyers
+  would be less than one buyer) and every buyer scores 3 in each dimension, as before a
+  tenant's first cuts;
+* a dimension in which every buyer has the same value (all bought once, or all on the
+  same day): that value scores 3, not 1; a better one 5, a worse one 1.
+
+The cuts are taken at each UTC midnight for every tenant, and for one tenant as soon as
+its buyers outgrow them (``cuts_outgrown``: half as many buyers again as the cuts were
+taken from, and at least ``RESCORE_MIN_NEW_BUYERS`` more), so that a burst of history is
+not scored until midnight against cuts of its first few buyers. A purchase in between is
+scored against the cuts in force.
 
 Groups, from the recency (R) and frequency (F) scores, first match wins:
 
@@ -80,51 +93,89 @@ def rfm_values(facts: ContactFacts, now: str, settings: RfmSettings = DEFAULT_RF
     return RfmValues(max(recency, 0), len(purchases), monetary)
 
 
+# Fewer buyers than this are not ranked: every buyer scores 3.
+MIN_RANKED_BUYERS = 5
+# Cuts are taken again, between midnights, once a tenant has this many more buyers than
+# its cuts were taken from, and at least half as many more.
+RESCORE_MIN_NEW_BUYERS = 20
+
+
+def cuts_outgrown(cut_buyers: int, buyers: int) -> bool:
+    """Whether cuts taken from ``cut_buyers`` buyers (0: none yet) no longer stand for
+    ``buyers``: half as many again, and at least ``RESCORE_MIN_NEW_BUYERS`` more."""
+    return buyers - cut_buyers >= max(RESCORE_MIN_NEW_BUYERS, cut_buyers / 2)
+
+
+# A cut: the value to beat for the next score, and whether equalling it is enough.
+Cut = tuple[Any, bool]
+
+
 @dataclass(frozen=True)
 class RfmCuts:
-    """Per dimension, the four values a buyer must beat for scores 2, 3, 4 and 5.
+    """Per dimension, the four cuts a value must reach for scores 2, 3, 4 and 5.
 
     ``score >= s`` exactly when at least ``k = ceil((s - 1) * n / 5)`` buyers have a worse
-    value, that is when the value is better than the k-th worst: so four thresholds per
-    dimension reproduce the rank-based score of any value, and a day's cuts stay small.
+    value, that is when the value beats the k-th worst: so four thresholds per dimension
+    reproduce the rank-based score of any value, and a day's cuts stay small. In a
+    dimension without spread (one value for all) equalling it is enough for 2 and 3.
     """
 
-    recency: tuple[int, ...] = ()  # a buyer scores above a cut when fewer days than it
-    frequency: tuple[int, ...] = ()  # ... when more purchases than it
-    monetary: tuple[Decimal, ...] = ()  # ... when more spent than it
+    recency: tuple[Cut, ...] = ()  # days: fewer is better
+    frequency: tuple[Cut, ...] = ()  # purchases: more is better
+    monetary: tuple[Cut, ...] = ()  # spent (Decimal): more is better
+    buyers: int = 0  # how many buyers the cuts were taken from
 
     @classmethod
     def of(cls, values: list[RfmValues]) -> RfmCuts:
         n = len(values)
-        if n == 0:
-            return cls()
-        ks = [-(-(s - 1) * n // 5) for s in (2, 3, 4, 5)]  # ceil((s-1) n / 5), >= 1
-        recency = sorted(v.recency_days for v in values)
-        frequency = sorted(v.frequency for v in values)
-        monetary = sorted(v.monetary for v in values)
+        if n < MIN_RANKED_BUYERS:
+            return cls(buyers=n)  # too few to rank: every buyer scores 3
+        # Recency ranked on minus the days, so that for each dimension more is better.
+        recency = _cuts(sorted(-v.recency_days for v in values))
         return cls(
-            tuple(recency[n - k] for k in ks),
-            tuple(frequency[k - 1] for k in ks),
-            tuple(monetary[k - 1] for k in ks),
+            tuple((-days, or_equal) for days, or_equal in recency),
+            _cuts(sorted(v.frequency for v in values)),
+            _cuts(sorted(v.monetary for v in values)),
+            n,
         )
 
     def scores(self, v: RfmValues) -> tuple[int, int, int]:
         if not self.recency:
-            return (3, 3, 3)  # no buyers scored yet: the middle
+            return (3, 3, 3)  # no cuts (yet, or too few buyers): the middle
         return (
-            1 + sum(1 for cut in self.recency if v.recency_days < cut),
-            1 + sum(1 for cut in self.frequency if v.frequency > cut),
-            1 + sum(1 for cut in self.monetary if v.monetary > cut),
+            1 + sum(1 for cut, or_equal in self.recency
+                    if v.recency_days < cut or (or_equal and v.recency_days == cut)),
+            1 + sum(1 for cut, or_equal in self.frequency
+                    if v.frequency > cut or (or_equal and v.frequency == cut)),
+            1 + sum(1 for cut, or_equal in self.monetary
+                    if v.monetary > cut or (or_equal and v.monetary == cut)),
         )
 
-    def to_json(self) -> dict[str, list[Any]]:
-        return {"recency": list(self.recency), "frequency": list(self.frequency),
-                "monetary": [str(m) for m in self.monetary]}
+    def to_json(self) -> dict[str, Any]:
+        def cuts(dimension: tuple[Cut, ...], write: Any = int) -> list[dict[str, Any]]:
+            return [{"value": write(value), "or_equal": or_equal}
+                    for value, or_equal in dimension]
+
+        return {"recency": cuts(self.recency), "frequency": cuts(self.frequency),
+                "monetary": cuts(self.monetary, str), "buyers": self.buyers}
 
     @classmethod
-    def from_json(cls, data: dict[str, list[Any]]) -> RfmCuts:
-        return cls(tuple(data["recency"]), tuple(data["frequency"]),
-                   tuple(Decimal(m) for m in data["monetary"]))
+    def from_json(cls, data: dict[str, Any]) -> RfmCuts:
+        def cuts(dimension: list[dict[str, Any]], read: Any = int) -> tuple[Cut, ...]:
+            return tuple((read(c["value"]), bool(c["or_equal"])) for c in dimension)
+
+        return cls(cuts(data["recency"]), cuts(data["frequency"]),
+                   cuts(data["monetary"], Decimal), int(data["buyers"]))
+
+
+def _cuts(ascending: list[Any]) -> tuple[Cut, ...]:
+    """The cuts for scores 2-5 of values sorted from worst to best (``RfmCuts``)."""
+    n = len(ascending)
+    if ascending[0] == ascending[-1]:  # no spread: that value scores 3
+        return ((ascending[0], True), (ascending[0], True),
+                (ascending[0], False), (ascending[0], False))
+    ks = [-(-(s - 1) * n // 5) for s in (2, 3, 4, 5)]  # ceil((s - 1) n / 5), >= 1
+    return tuple((ascending[k - 1], False) for k in ks)  # beat the k-th worst
 
 
 def rfm_group(r: int, f: int) -> str:

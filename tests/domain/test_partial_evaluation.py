@@ -111,7 +111,9 @@ def tenant_rules(draw: st.DrawFn) -> TenantRules:
         if i and draw(st.booleans()):  # use an earlier segment too
             rule = {draw(st.sampled_from(["all", "any"])): [rule, {"segment": f"s{i - 1}"}]}
         definitions.append(SegmentDefinition(f"s{i}", f"s{i}", 1, rule))
-    cuts = RfmCuts((30, 90, 180, 300), (1, 2, 3, 5), tuple(map(Decimal, (20, 50, 100, 200))))
+    cuts = RfmCuts(tuple((d, False) for d in (300, 180, 90, 30)),
+                   tuple((f, False) for f in (1, 2, 3, 5)),
+                   tuple((Decimal(m), False) for m in (20, 50, 100, 200)), 100)
     return TenantRules.compile(definitions, cuts)
 
 

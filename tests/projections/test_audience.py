@@ -4,6 +4,7 @@ time, backfill and preview, rebuild equals incremental, and a brute-force oracle
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ from projections.audience_queries import (
     list_stats,
     preview,
     projection_now,
+    rfm_stats,
     segment_members,
 )
 from projections.db import ViewDatabase
@@ -31,6 +33,7 @@ from services.catalog import ClockCommands, SegmentCommands, TenantCommands
 from services.config import Settings
 from services.demo import generate_history
 from services.domain.identity import ContactIdentity, normalise_email
+from services.domain.rfm import cuts_outgrown, rfm_group
 from services.domain.rules import RuleError
 from services.domain.segments import SegmentError
 from services.domain.stamps import parse_utc_iso, utc_iso
@@ -276,6 +279,74 @@ def test_deleting_a_segment_closes_every_membership(audience: Audience) -> None:
     assert {(e.cause.kind, e.cause.ref) for e in exits} == {("definition", "everyone@v2")}
 
 
+def history(a: Audience, segment_id: str) -> list[dict[str, Any]]:
+    with a.db.reading() as cur:
+        cur.execute("SELECT f.email, h.entry_no, h.entered_at, h.entered_version, h.enter_ref, "
+                    "h.exited_at, h.exited_version, h.exit_ref FROM segment_history h "
+                    "JOIN audience_facts f ON f.contact_id = h.contact_id "
+                    "WHERE h.tenant = 'acme' AND h.segment_id = ? "
+                    "ORDER BY f.email, h.entry_no", (segment_id,))
+        return cur.fetchall()
+
+
+@pytest.mark.parametrize("edited", [False, True], ids=["plain", "edited-first"])
+def test_a_segment_deleted_and_created_again_gets_its_members_back(
+    audience: Audience, edited: bool,
+) -> None:
+    """Deleting a segment once left its id among the contacts' open memberships, so the
+    same segment created again saw no one enter: not by its backfill, not by later events."""
+    a = audience
+    es_vip = {"all": [{"field": "language", "op": "equals", "value": "es"},
+                      {"field": "tags", "op": "has", "value": "vip"}]}
+    a.ingest([make_event("form_submitted", event_id=f"f-{who}", email=f"{who}@example.com",
+                         occurred_at=ago(2), form_id="f", tags=tags,
+                         contact={"language": "es-ES"})
+              for who, tags in (("ana", ["VIP"]), ("bea", ["vip"]), ("cid", []))])
+    a.define("y", es_vip)
+    if edited:  # a second version before the delete: the same members, another rule
+        a.define("y", {"all": [*es_vip["all"], {"field": "email", "op": "contains",
+                                                "value": "@"}]})
+    last = 2 if edited else 1  # the version the delete follows
+    assert members(a, "y") == {"ana@example.com", "bea@example.com"}
+    a.segments.delete("acme", "y")
+    a.runner.catch_up()
+    assert count_members(a.db, "acme", "y") == 0
+    closed = history(a, "y")
+    assert [(h["exited_version"], h["exit_ref"]) for h in closed] == [
+        (last + 1, f"y@v{last + 1}")] * 2
+    deleted_at = parse_utc_iso(closed[0]["exited_at"])
+    a.define("y", es_vip)
+    recreated = last + 2
+    assert members(a, "y") == {"ana@example.com", "bea@example.com"}
+    again = [h for h in history(a, "y") if h["entry_no"] == 2]
+    assert [(h["email"], h["entered_version"], h["enter_ref"]) for h in again] == [
+        ("ana@example.com", recreated, f"y@v{recreated}"),
+        ("bea@example.com", recreated, f"y@v{recreated}")]
+    why = explain(a.db, "acme", "ana@example.com", "y")["segments"][0]
+    assert [h["entered_version"] for h in why["history"]] == [1, recreated]
+    # Later events move contacts in and out of the segment created again.
+    a.ingest([
+        make_event("contact_updated", event_id="cid-vip", email="cid@example.com",
+                   occurred_at=ago(1), tags_added=["vip"]),
+        make_event("contact_updated", event_id="ana-not", email="ana@example.com",
+                   occurred_at=ago(1), tags_removed=["vip"]),
+    ])
+    assert members(a, "y") == {"bea@example.com", "cid@example.com"}
+    # Who was in y at a moment: before the delete, in the gap, after the re-creation.
+    recreated_at = parse_utc_iso(again[0]["entered_at"])
+    assert deleted_at < recreated_at
+    before_delete = deleted_at - timedelta(microseconds=1)
+    assert {r["email"] for r in segment_members(a.db, "acme", "y", as_of=before_delete)} == {
+        "ana@example.com", "bea@example.com"}
+    assert count_members(a.db, "acme", "y", as_of=deleted_at) == 0
+    assert count_members(a.db, "acme", "y", as_of=recreated_at - timedelta(microseconds=1)) == 0
+    assert {r["email"] for r in segment_members(a.db, "acme", "y", as_of=recreated_at)} == {
+        "ana@example.com", "bea@example.com"}
+    incremental = dump(a.db)
+    a.runner.rebuild()
+    assert dump(a.db) == incremental
+
+
 def test_engagement_lists_and_consent(audience: Audience) -> None:
     a = audience
     a.ingest([
@@ -498,10 +569,17 @@ def oracle(raw: list[dict[str, Any]], now: str) -> dict[str, Any]:
             )
     n = len(values)
     result["rfm"] = dict.fromkeys(result["engagement"], "never_bought")
+
+    def rank(dimension: int, mine: Any, worse: Any) -> int:
+        every = [v[dimension] for v in values.values()]
+        if n < 5 or len(set(every)) == 1:
+            return 3  # too few buyers, or one value for all: nothing to rank
+        return 1 + 5 * sum(1 for v in every if worse(v, mine)) // n
+
     for email, (rec, freq, mon) in values.items():
-        r = 1 + 5 * sum(1 for v in values.values() if v[0] > rec) // n
-        f = 1 + 5 * sum(1 for v in values.values() if v[1] < freq) // n
-        m = 1 + 5 * sum(1 for v in values.values() if v[2] < mon) // n
+        r = rank(0, rec, lambda v, mine: v > mine)
+        f = rank(1, freq, lambda v, mine: v < mine)
+        m = rank(2, mon, lambda v, mine: v < mine)
         grid = {(5, 5): "champions", (5, 4): "champions", (4, 5): "champions",
                 (4, 4): "champions"}
         if (r, f) in grid:
@@ -514,6 +592,74 @@ def oracle(raw: list[dict[str, Any]], now: str) -> dict[str, Any]:
             group = ["lost", "hibernating", "needs_attention", "promising", "recent"][r - 1]
         result["rfm"][email] = f"{group} m{m}"
     return result
+
+
+def test_a_burst_of_buyers_is_ranked_against_cuts_of_the_burst_not_of_its_first_page(
+    audience: Audience,
+) -> None:
+    """Once, cuts taken right after a tenant's first buyers (all with purchases older than
+    the window: frequency 0) stood until midnight, and every later buyer scored R5 F5:
+    117 champions of 145. Cuts are now taken again as the buyers grow, at the event that
+    outgrows them, so a rebuild (in other pages) does the same."""
+    a = audience
+    now = datetime.now(UTC)
+
+    def purchases(i: int, ages: list[float]) -> list[InboundEvent]:
+        return [make_event("purchase_completed", event_id=f"p{i}-{k}",
+                           email=f"b{i:03}@example.com",
+                           occurred_at=(now - timedelta(days=age)).isoformat(),
+                           order_id=f"o{i}-{k}", total=f"{10 + (i * 7 + k) % 90}.00",
+                           currency="EUR")
+                for k, age in enumerate(ages)]
+
+    # The first buyers bought once, long ago, and are ranked among themselves.
+    a.ingest([e for i in range(10) for e in purchases(i, [380.5 + i])])
+    a.clock.request_rescore(now)
+    a.runner.catch_up()
+    # Then a burst: buyers until cuts are next outgrown, each seen whole before the next,
+    # the last one buying once, so that the last cuts are taken of every buyer as they end.
+    total, base = 10, 10
+    while total < 150 or not cuts_outgrown(base, total):
+        total += 1
+        if cuts_outgrown(base, total) and total < 150:
+            base = total
+    burst = []
+    for i in range(10, total):
+        ages = [1.5 + (i * 37) % 330] if i == total - 1 else [
+            1.5 + (i * 37 + 90 * k) % 360 for k in range(1 + (i % 7 == 0) + (i % 3 == 0))]
+        burst += purchases(i, ages)
+    a.ingest(burst)
+
+    stats = rfm_stats(a.db, "acme")
+    assert stats["cuts"]["buyers"] == total
+    with a.db.reading() as cur:
+        cur.execute("SELECT email, rfm FROM audience_facts")
+        rfm = {r["email"]: json.loads(r["rfm"]) for r in cur.fetchall()}
+    assert len(rfm) == total
+    # The documented scores, from the values: 1 + floor(5 * worse / buyers).
+    for name, key, worse in (("r", "recency_days", lambda v, mine: v > mine),
+                             ("f", "frequency", lambda v, mine: v < mine),
+                             ("m", "monetary", lambda v, mine: Decimal(v) < Decimal(mine))):
+        every = [v[key] for v in rfm.values()]
+        for email, v in rfm.items():
+            below = sum(1 for other in every if worse(other, v[key]))
+            assert v[name] == 1 + 5 * below // total, (name, email, v)
+    # Recency has no ties to speak of: a fifth of the buyers in each score; the groups
+    # follow the scores; the champions are the few recent repeat buyers.
+    recency = Counter(v["r"] for v in rfm.values())
+    assert all(abs(recency[s] - total / 5) <= 2 for s in range(1, 6)), recency
+    assert all(v["group"] == rfm_group(v["r"], v["f"]) for v in rfm.values())
+    groups = stats["groups"]
+    assert sum(groups.values()) == total and groups["never_bought"] == 0
+    repeat = sum(1 for v in rfm.values() if v["frequency"] >= 2)
+    assert 0 < groups["champions"] < repeat < total / 2
+    assert {"recent", "promising", "needs_attention", "hibernating", "lost"} <= {
+        g for g, n in groups.items() if n}
+    # A rebuild in other pages takes the same cuts at the same events.
+    incremental = dump(a.db)
+    a.runner.page_size = 37
+    a.runner.rebuild()
+    assert dump(a.db) == incremental
 
 
 def test_tenant_settings_change_engagement_windows_and_bounce_suppression(

@@ -13,7 +13,13 @@ import pytest
 from contracts.events import InboundEvent
 from projections.contacts import ContactsProjection
 from projections.db import ViewDatabase
-from projections.queries import ContactFilter, count_contacts, get_card, list_contacts
+from projections.queries import (
+    ContactFilter,
+    count_contacts,
+    get_card,
+    list_contacts,
+    tag_counts,
+)
 from projections.runner import ProjectionRunner
 from services.config import Settings
 from services.demo import generate_history
@@ -22,7 +28,7 @@ from services.ingest.cache import ContactCache
 from services.ingest.folding import BatchFolder
 from services.store.contact_store import ContactStore
 from tests.backends import make_settings
-from tests.factories import decode_dict
+from tests.factories import decode_dict, make_event
 
 TABLES = {
     "contacts": "tenant, contact_id",
@@ -198,7 +204,6 @@ def test_a_side_by_side_replay_switches_atomically_and_loses_nothing(
 
 
 def test_a_replay_while_the_live_runner_and_ingestion_keep_going(settings: Settings) -> None:
-
     from projections.replay import replay
 
     store = ContactStore(settings)
@@ -294,3 +299,35 @@ def test_two_runners_of_one_projection_apply_each_event_once(settings: Settings)
     assert dump(db) == expected
     other.db.close()
     db.close()
+
+
+def test_tag_counts_show_the_spelling_most_contacts_carry(settings: Settings) -> None:
+    """Once the label shown was MAX(label): the lower-case spelling on SQLite (and on
+    PostgreSQL whatever its collation put last), though 58 of 62 contacts said `VIP`."""
+    store = ContactStore(settings)
+    db = ViewDatabase(settings)
+    runner = ProjectionRunner(store, db, ContactsProjection())
+    runner.setup()
+
+    def tag(n: int, who: str, **changes: list[str]) -> InboundEvent:
+        return make_event("contact_updated", event_id=f"t{n}", email=f"{who}@example.com",
+                          occurred_at=f"2026-11-02T10:{n:02}:00+00:00", **changes)
+
+    ingest(store, settings, [
+        *(tag(i, f"v{i}", tags_added=["VIP"]) for i in range(3)),
+        tag(10, "v9", tags_added=["vip"]),  # the latest written, and the fewest
+        tag(11, "v3", tags_added=["vip"]),
+        tag(12, "v3", tags_added=["VIP"]),  # re-spelt: this contact now says VIP
+        tag(13, "g1", tags_added=["gold"]), tag(14, "g2", tags_added=["GOLD"]),
+        tag(15, "g3", tags_added=["Gold"]), tag(16, "g4", tags_added=["Gold"]),
+        tag(17, "n1", tags_added=["news"]), tag(18, "n2", tags_added=["news"]),
+        tag(19, "n3", tags_added=["News"]), tag(20, "n4", tags_added=["News"]),
+        tag(21, "n5", tags_added=["NEWS"]), tag(22, "n5", tags_removed=["news"]),
+    ], runner)
+    assert tag_counts(db, "acme") == [
+        {"tag": "vip", "label": "VIP", "contacts": 5},
+        {"tag": "gold", "label": "Gold", "contacts": 4},
+        {"tag": "news", "label": "News", "contacts": 4},  # News 2, news 2: capitals first
+    ]
+    db.close()
+    store.close()
