@@ -4,11 +4,10 @@ sent: memory does not grow with the row count."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from litestar import get
-from litestar.params import FromPath, FromQuery, Parameter
+from litestar.params import FromPath, Parameter
 from litestar.response import Stream
 
 from projections.audience_queries import NotFound
@@ -21,7 +20,7 @@ from projections.export import (
     segment_query,
 )
 from projections.queries import QueryError
-from services.api.deps import Caller, Ctx, Filter, Wanted, aware
+from services.api.deps import Caller, Ctx, Filter, Wanted, instant, instant_parameter
 from services.api.errors import ApiError, not_found
 
 Format = Annotated[Literal["csv", "parquet"], Parameter(description="csv or parquet")]
@@ -55,10 +54,11 @@ def contacts_route(
      description="Members now, or at `as_of`, with their cards, as CSV or Parquet.")
 def segment_route(
     tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, principal: Caller,
-    format: Format = "csv", as_of: FromQuery[datetime | None] = None,
+    format: Format = "csv",
+    as_of: Annotated[str | None, instant_parameter("Members at this moment")] = None,
 ) -> Stream:
     try:
-        query = segment_query(ctx.views, tenant, segment_id, as_of=aware(as_of, "as_of"))
+        query = segment_query(ctx.views, tenant, segment_id, as_of=instant(as_of, "as_of"))
     except NotFound as error:
         raise not_found(str(error)) from None
     return _stream(ctx, query, format, f"{tenant}-{segment_id}")

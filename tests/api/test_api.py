@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from datetime import UTC, datetime, timedelta
+from datetime import time as time_of_day
 from typing import Any
 from urllib.parse import quote
 
@@ -259,6 +261,81 @@ async def test_errors_are_json_with_a_code_and_the_field(api: Api) -> None:
     assert extra.status_code == 400 and "colour" in extra.text
     nowhere = await api.get("/v1/tenants/acme/nothing-here")
     assert nowhere.status_code == 404 and nowhere.json()["error"]["code"] == "not_found"
+
+
+INSTANT_PARAMETERS = [("get", "/v1/tenants/{tenant}/contacts", "first_seen_from"),
+                      ("get", "/v1/tenants/{tenant}/contacts", "first_seen_to"),
+                      ("get", "/v1/tenants/{tenant}/exports/contacts", "first_seen_from"),
+                      ("get", "/v1/tenants/{tenant}/exports/contacts", "first_seen_to"),
+                      ("get", "/v1/tenants/{tenant}/segments/{segment_id}/members", "as_of"),
+                      ("get", "/v1/tenants/{tenant}/segments/{segment_id}/export", "as_of"),
+                      ("post", "/v1/tenants/{tenant}/imports", "occurred_at")]
+
+
+async def test_instants_in_the_address_are_a_date_or_a_time_with_its_offset(api: Api) -> None:
+    """Every date/time query parameter takes a plain date (00:00 UTC of that day) or RFC
+    3339 with an offset, refuses a time without one in a sentence naming the parameter,
+    and the OpenAPI document says so."""
+    import csv
+    import io
+
+    await seed(api)  # first seen 2026-11-01T10:00Z (ana) to 2026-11-05T10:00Z (eva)
+    t = "/v1/tenants/acme"
+
+    async def emails(url: str, **params: Any) -> set[str]:
+        response = await api.get(url, **params)
+        assert response.status_code == 200, (url, params, response.text)
+        if "export" in url:
+            return {r["email"] for r in csv.DictReader(io.StringIO(response.text))}
+        return {r["email"] for r in response.json()["data"]}
+
+    for url in (f"{t}/contacts", f"{t}/exports/contacts", f"{t}/segments/vips/members",
+                f"{t}/segments/vips/export"):
+        if "segments" not in url:
+            assert await emails(url, first_seen_from="2026-11-03") == {
+                "carla@example.com", "dan@example.com", "eva@example.com"}
+            assert await emails(url, first_seen_to="2026-11-03") == {
+                "ana@example.com", "bo@example.com"}
+            assert await emails(url, first_seen_from="2026-11-03T11:00:00+01:00",
+                                first_seen_to="2026-11-05T10:00:00Z") == {
+                "carla@example.com", "dan@example.com"}
+            continue
+        entered = datetime.fromisoformat(
+            (await api.get(f"{t}/segments/vips/members")).json()["data"][0]["entered_at"])
+        day = entered.astimezone(UTC).date()
+        assert entered.astimezone(UTC).time() > time_of_day(0, 0)
+        after = (day + timedelta(days=1)).isoformat()
+        # The day the members entered, at 00:00 UTC: none yet; the next day: both.
+        assert await emails(url, as_of=day.isoformat()) == set()
+        assert await emails(url, as_of=f"{day}T01:00:00+01:00") == set()
+        assert await emails(url, as_of=after) == {"ana@example.com", "carla@example.com"}
+        assert await emails(url, as_of=f"{after}T01:00:00+01:00") == {
+            "ana@example.com", "carla@example.com"}
+    imported = await api.http.post(
+        f"{t}/imports", params={"dry_run": "true", "occurred_at": "2025-06-01"},
+        headers=api.auth("acme:admin"),
+        files={"file": ("people.csv", b"email,first_name\nnew@example.com,New\n")})
+    assert imported.status_code == 200, imported.text
+    assert datetime.fromisoformat(imported.json()["occurred_at"]) == datetime(2025, 6, 1,
+                                                                               tzinfo=UTC)
+    # A time without an offset, or nonsense, is refused, naming the parameter.
+    document = (await api.http.get("/schema/openapi.json")).json()
+    for method, template, name in INSTANT_PARAMETERS:
+        url = path(template, tenant="acme", segment_id="vips")
+        for wrong, says in (("2026-11-03T10:00:00", "no timezone offset"),
+                            ("2026-11-03T10:00:00 01:00", "write + as %2B"),
+                            ("yesterday", "not a date or time")):
+            response = await api.http.request(
+                method.upper(), url, params={name: wrong}, headers=api.auth("acme:admin"),
+                files={"file": ("p.csv", b"email\n")} if method == "post" else None)
+            assert response.status_code == 400, (url, name, wrong, response.text)
+            error = response.json()["error"]
+            assert (error["code"], error["field"]) == ("invalid_request", name), error
+            assert error["message"].startswith(f"{name}: ") and says in error["message"], error
+        [parameter] = [p for p in document["paths"][template][method]["parameters"]
+                       if p["name"] == name]
+        assert {s.get("format") for s in parameter["schema"]["oneOf"]} == {"date", "date-time"}
+        assert "00:00 UTC" in parameter["description"], parameter
 
 
 async def test_card_timeline_and_read_your_writes(api: Api) -> None:
