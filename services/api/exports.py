@@ -27,9 +27,11 @@ Format = Annotated[Literal["csv", "parquet"], Parameter(description="csv or parq
 
 
 def _stream(ctx: Ctx, query: ExportQuery, fmt: ExportFormat, name: str) -> Stream:
+    # The Content-Type is given whole: given as media_type, Litestar would add a second
+    # charset to the CSV's (it appends one to every text/ type).
     return Stream(export_chunks(ctx.views, query, fmt),
-                  media_type=MEDIA_TYPES[fmt],
-                  headers={"Content-Disposition": f'attachment; filename="{name}.{fmt}"'})
+                  headers={"Content-Type": MEDIA_TYPES[fmt],
+                           "Content-Disposition": f'attachment; filename="{name}.{fmt}"'})
 
 
 @get("/exports/contacts", sync_to_thread=True, summary="Export the client list",

@@ -520,16 +520,21 @@ async def test_exports_stream_csv_and_parquet(api: Api) -> None:
     t = "/v1/tenants/acme"
     response = await api.get(f"{t}/exports/contacts", language="es")
     assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/csv")
+    assert response.headers.get_list("content-type") == ["text/csv; charset=utf-8"]
     assert "attachment" in response.headers["content-disposition"]
     rows = list(csv.DictReader(io.StringIO(response.text)))
     assert {r["email"] for r in rows} == {"ana@example.com", "carla@example.com",
                                           "eva@example.com"}
     parquet = await api.get(f"{t}/exports/contacts", format="parquet", tag="vip")
+    assert parquet.headers.get_list("content-type") == ["application/vnd.apache.parquet"]
     table = pq.read_table(io.BytesIO(parquet.content))
     assert sorted(table.column("email").to_pylist()) == ["ana@example.com",
                                                          "carla@example.com"]
     members = await api.get(f"{t}/segments/vips/export")
+    assert members.headers.get_list("content-type") == ["text/csv; charset=utf-8"]
+    members_parquet = await api.get(f"{t}/segments/vips/export", format="parquet")
+    assert members_parquet.headers.get_list("content-type") == [
+        "application/vnd.apache.parquet"]
     assert {r["email"] for r in csv.DictReader(io.StringIO(members.text))} == {
         "ana@example.com", "carla@example.com"}
     before = await api.get(f"{t}/segments/vips/export", as_of="2000-01-01T00:00:00Z")
