@@ -7,6 +7,7 @@ import re
 import time
 from datetime import UTC, datetime, timedelta
 from datetime import time as time_of_day
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -336,6 +337,46 @@ async def test_instants_in_the_address_are_a_date_or_a_time_with_its_offset(api:
                        if p["name"] == name]
         assert {s.get("format") for s in parameter["schema"]["oneOf"]} == {"date", "date-time"}
         assert "00:00 UTC" in parameter["description"], parameter
+
+
+def documented_codes() -> set[str]:
+    """The error codes docs/api.md lists (its "Codes:" paragraph)."""
+    text = (Path(__file__).parents[2] / "docs" / "api.md").read_text()
+    paragraph = text[text.index("Codes:"):].split("\n\n")[0]
+    return set(re.findall(r"`([a-z_]+)`", paragraph))
+
+
+async def test_a_body_that_cannot_be_read_gets_a_documented_code_and_a_sentence(
+        api: Api) -> None:
+    t = "/v1/tenants/acme"
+    json_type = {**api.auth("acme:admin"), "Content-Type": "application/json"}
+    multipart = {**api.auth("acme:admin"), "Content-Type": "multipart/form-data; boundary=b"}
+    cases = [  # method, url, body, headers, status, code, words in the message
+        ("POST", f"{t}/segments", b'{"id": ', json_type, 400, "invalid_body",
+         ["the body is not valid JSON", "truncated"]),
+        ("PUT", f"{t}/properties/colour", b"colour: red", json_type, 400, "invalid_body",
+         ["the body is not valid JSON", "malformed"]),
+        ("POST", f"{t}/segments", b"[1, 2]", json_type, 400, "invalid_body",
+         ["the body is not what this route takes", "object"]),
+        ("POST", f"{t}/segments", b"", json_type, 400, "invalid_body",
+         ["the request has no body"]),
+        ("POST", f"{t}/imports", b"garbage", multipart, 400, "invalid_body",
+         ["not a valid multipart/form-data upload", "`file`"]),
+        ("POST", f"{t}/imports", b'{"file": "people.csv"}', json_type, 400, "invalid_body",
+         ["not a valid multipart/form-data upload", "`file`"]),
+        ("POST", f"{t}/segments", b"[" + b"1," * 6_000_000 + b"1]", json_type, 413,
+         "too_large", ["larger than this route accepts"]),
+        ("DELETE", f"{t}/contacts", b"", api.auth("acme:admin"), 405, "method_not_allowed",
+         ["does not take DELETE", "GET"]),
+    ]
+    codes = documented_codes()
+    assert {"invalid_body", "invalid_request", "internal_error"} <= codes
+    for method, url, body, headers, status, code, words in cases:
+        response = await api.http.request(method, url, content=body, headers=headers)
+        assert response.status_code == status, (method, url, body[:20], response.text)
+        error = response.json()["error"]
+        assert error["code"] == code and code in codes, (body[:20], error)
+        assert all(w in error["message"] for w in words), (body[:20], error)
 
 
 async def test_card_timeline_and_read_your_writes(api: Api) -> None:
