@@ -595,6 +595,34 @@ async def test_exports_stream_csv_and_parquet(api: Api) -> None:
     assert never.status_code == 503 and never.json()["error"]["code"] == "not_yet_ingested"
 
 
+async def test_exports_say_how_fresh_they_are_and_can_wait_for_a_write(api: Api) -> None:
+    import csv
+    import io
+
+    await seed(api)
+    t = "/v1/tenants/acme"
+    status = (await api.get(f"{t}/status")).json()
+    before = {p["projection"]: p["position"] for p in status["projections"]}
+    for url, projection in ((f"{t}/exports/contacts", "contacts"),
+                            (f"{t}/segments/vips/export", "audience")):
+        for fmt in ("csv", "parquet"):
+            response = await api.get(url, format=fmt)
+            assert response.status_code == 200, response.text
+            assert int(response.headers["Ficha-Position"]) >= before[projection] > 0, url
+            assert int(response.headers["Ficha-Lag"]) >= 0
+        ahead = await api.get(url, min_position="999999999", wait_timeout="0.2")
+        assert ahead.status_code == 503, ahead.text
+        assert ahead.json()["error"]["code"] == "not_yet_projected"
+        assert projection in ahead.json()["error"]["message"]
+    # The segment's export waits for a write as the client list's does.
+    await api.publish("contact_updated", email="bo@example.com", event_id="bo-vip",
+                      occurred_at="2026-11-21T10:00:00Z", tags_added=["vip"])
+    waited = await api.get(f"{t}/segments/vips/export", wait_for_event="bo-vip",
+                           wait_timeout="20")
+    assert waited.status_code == 200, waited.text
+    assert "bo@example.com" in {r["email"] for r in csv.DictReader(io.StringIO(waited.text))}
+
+
 async def test_erasure_and_subject_access_through_the_api(api: Api) -> None:
     await seed(api)
     t = "/v1/tenants/acme"
