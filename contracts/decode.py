@@ -70,6 +70,8 @@ _HEADER = msgspec.json.Decoder(_Header)
 _PATH = re.compile(r" - at `\$(.*)`$")
 _KEY_PATH = re.compile(r" - at `key` in `\$(.*)`$")
 _MISSING = re.compile(r"^Object missing required field `([^`]+)`")
+# msgspec quotes a pattern with repr(), which doubles each backslash: '^\\+[1-9]…'.
+_REGEX = re.compile(r"Expected `str` matching regex (['\"])(.*)\1")
 
 
 @dataclass(frozen=True)
@@ -230,7 +232,10 @@ def _from_validation_error(message: str, reject: Any) -> Rejection:
 
 def _explain(text: str) -> str:
     """msgspec's message, in words closer to the contract."""
-    text = text.replace("Expected `str` matching regex", "expected text matching")
+    regex = _REGEX.search(text)
+    if regex:  # the pattern as a person writes it: '^\+[1-9]…'
+        pattern = regex.group(2).replace("\\\\", "\\")
+        text = text.replace(regex.group(0), f"expected text matching '{pattern}'")
     if "datetime" in text and "timezone" in text:
         return "needs a timezone offset, like 2026-11-02T10:15:00+01:00 or ...Z"
     if "Invalid RFC3339" in text or "`datetime`" in text:

@@ -10,6 +10,8 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, Response
 from litestar.di import NamedDependency
+from litestar.openapi.spec import Schema
+from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.params import FromPath, FromQuery, Parameter
 
 from projections.contacts import CONSENT_CHANNELS
@@ -21,6 +23,7 @@ from services.api.freshness import MAX_WAIT_S, Consistency, Freshness, FreshRead
 from services.api.keyring import KeyRing, Principal
 from services.catalog import SegmentCommands, TenantCommands
 from services.config import Settings
+from services.instants import parse_instant
 from services.store.contact_store import ContactStore
 
 
@@ -120,12 +123,29 @@ def consistency(
 # ---------------------------------------------------------------------- query values
 
 
-def aware(value: datetime | None, field: str) -> datetime | None:
-    """An instant given with its UTC offset, or 400 naming the field."""
-    if value is not None and value.tzinfo is None:
-        raise ApiError(400, "invalid_request",
-                       f"{field} needs a UTC offset, e.g. 2026-11-01T00:00:00Z", field)
-    return value
+_INSTANT_FORMS = ("a date (2026-11-01, meaning 00:00 UTC that day) or an RFC 3339 date-time "
+                  "with its offset (2026-11-01T10:00:00Z, 2026-11-01T10:00:00+01:00, the + "
+                  "written %2B in an address); a time without an offset is refused")
+
+
+def instant_parameter(what: str) -> Any:
+    """A query parameter that names an instant: ``what`` it selects, and the forms it takes
+    (the OpenAPI schema says both: a date or a date-time)."""
+    return Parameter(description=f"{what}: {_INSTANT_FORMS}.", schema_extra={"one_of": [
+        Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.DATE),
+        Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.DATE_TIME)]})
+
+
+def instant(text: str | None, field: str) -> datetime | None:
+    """The instant a query parameter names (see ``services.instants``), or 400 naming the
+    field."""
+    if text is None:
+        return None
+    moment = parse_instant(text)
+    if isinstance(moment, str):
+        hint = "; in an address, write + as %2B" if " " in text else ""
+        raise ApiError(400, "invalid_request", f"{field}: {moment}{hint}", field)
+    return moment
 
 
 Channel = Annotated[str | None, Parameter(
@@ -140,8 +160,10 @@ def client_filter(
     tag: FromQuery[str | None] = None,
     consent: Channel = None,
     no_consent: Channel = None,
-    first_seen_from: FromQuery[datetime | None] = None,
-    first_seen_to: FromQuery[datetime | None] = None,
+    first_seen_from: Annotated[str | None, instant_parameter(
+        "Contacts first seen at or after this instant")] = None,
+    first_seen_to: Annotated[str | None, instant_parameter(
+        "Contacts first seen before this instant")] = None,
     q: Annotated[str | None, Parameter(
         max_length=200, description="Prefix of the email, first name or last name.")] = None,
 ) -> ContactFilter:
@@ -149,8 +171,8 @@ def client_filter(
     take ``wanted`` with them: an export too can wait for a write to be projected)."""
     return ContactFilter(
         tenant=tenant, language=language, country=country, tag=tag, consent=consent,
-        no_consent=no_consent, first_seen_from=aware(first_seen_from, "first_seen_from"),
-        first_seen_to=aware(first_seen_to, "first_seen_to"), search=q)
+        no_consent=no_consent, first_seen_from=instant(first_seen_from, "first_seen_from"),
+        first_seen_to=instant(first_seen_to, "first_seen_to"), search=q)
 
 
 Filter = NamedDependency[ContactFilter]

@@ -4,11 +4,10 @@ sent: memory does not grow with the row count."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from litestar import get
-from litestar.params import FromPath, FromQuery, Parameter
+from litestar.params import FromPath, Parameter
 from litestar.response import Stream
 
 from projections.audience_queries import NotFound
@@ -21,47 +20,67 @@ from projections.export import (
     segment_query,
 )
 from projections.queries import QueryError
-from services.api.deps import Caller, Ctx, Filter, Wanted, aware
+from services.api.deps import (
+    Caller,
+    Ctx,
+    Filter,
+    Wanted,
+    headers,
+    instant,
+    instant_parameter,
+)
 from services.api.errors import ApiError, not_found
+from services.api.freshness import Freshness
 
 Format = Annotated[Literal["csv", "parquet"], Parameter(description="csv or parquet")]
 
 
-def _stream(ctx: Ctx, query: ExportQuery, fmt: ExportFormat, name: str) -> Stream:
+def _stream(ctx: Ctx, query: ExportQuery, fmt: ExportFormat, name: str,
+            fresh: Freshness) -> Stream:
+    # The Content-Type is given whole: given as media_type, Litestar would add a second
+    # charset to the CSV's (it appends one to every text/ type). The body is the file, so
+    # the freshness is in the headers only; the rows are read after it, so are at least
+    # that new.
     return Stream(export_chunks(ctx.views, query, fmt),
-                  media_type=MEDIA_TYPES[fmt],
-                  headers={"Content-Disposition": f'attachment; filename="{name}.{fmt}"'})
+                  headers={"Content-Type": MEDIA_TYPES[fmt],
+                           "Content-Disposition": f'attachment; filename="{name}.{fmt}"',
+                           **headers(fresh)})
 
 
 @get("/exports/contacts", sync_to_thread=True, summary="Export the client list",
      description="Every card field, tags, properties (JSON), consent and counts of the "
      "contacts the filters select, streamed as CSV or Parquet (see docs/export.md). "
      "With `min_position` or `wait_for_event`, the export starts once that write is in "
-     "the client list.")
+     "the client list. `Ficha-Position` and `Ficha-Lag` say how fresh the file is.")
 def contacts_route(
     tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted, client_filter: Filter,
     format: Format = "csv",
 ) -> Stream:
-    ctx.reads.wait("contacts", tenant, wanted)
-    try:
-        query = contacts_query(ctx.views, client_filter)
-    except QueryError as error:
-        raise ApiError(400, "invalid_request", str(error)) from None
-    return _stream(ctx, query, format, f"{tenant}-contacts")
+    with ctx.read("contacts", tenant, wanted) as fresh:
+        try:
+            query = contacts_query(ctx.views, client_filter)
+        except QueryError as error:
+            raise ApiError(400, "invalid_request", str(error)) from None
+    return _stream(ctx, query, format, f"{tenant}-contacts", fresh)
 
 
 @get("/segments/{segment_id:str}/export", sync_to_thread=True,
      summary="Export a segment's members",
-     description="Members now, or at `as_of`, with their cards, as CSV or Parquet.")
+     description="Members now, or at `as_of`, with their cards, as CSV or Parquet. "
+     "`Ficha-Position` and `Ficha-Lag` say how fresh the file is; `min_position` or "
+     "`wait_for_event` make it wait for a write.")
 def segment_route(
     tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, principal: Caller,
-    format: Format = "csv", as_of: FromQuery[datetime | None] = None,
+    wanted: Wanted, format: Format = "csv",
+    as_of: Annotated[str | None, instant_parameter("Members at this moment")] = None,
 ) -> Stream:
-    try:
-        query = segment_query(ctx.views, tenant, segment_id, as_of=aware(as_of, "as_of"))
-    except NotFound as error:
-        raise not_found(str(error)) from None
-    return _stream(ctx, query, format, f"{tenant}-{segment_id}")
+    moment = instant(as_of, "as_of")
+    with ctx.read("audience", tenant, wanted) as fresh:
+        try:
+            query = segment_query(ctx.views, tenant, segment_id, as_of=moment)
+        except NotFound as error:
+            raise not_found(str(error)) from None
+    return _stream(ctx, query, format, f"{tenant}-{segment_id}", fresh)
 
 
 ROUTES = [contacts_route, segment_route]

@@ -7,7 +7,6 @@ import asyncio
 import shutil
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +15,7 @@ from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath, FromQuery
 
-from services.api.deps import Caller, Ctx, aware
+from services.api.deps import Caller, Ctx, instant, instant_parameter
 from services.api.errors import ApiError
 from services.importing.files import CsvFileError, load_mapping
 from services.importing.importer import ImportOptions, ImportRefused, import_csv
@@ -55,9 +54,10 @@ async def import_route(
     dry_run: FromQuery[bool] = False,
     all_or_nothing: FromQuery[bool] = False,
     ignore_unknown_columns: FromQuery[bool] = False,
-    occurred_at: FromQuery[datetime | None] = None,
+    occurred_at: Annotated[str | None, instant_parameter(
+        "The events' occurred_at (default: when the import starts)")] = None,
 ) -> Any:
-    aware(occurred_at, "occurred_at")
+    moment = instant(occurred_at, "occurred_at")
     folder = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="ficha-import-"))
     try:
         csv_path = await asyncio.to_thread(_keep, data.file, folder, "upload.csv")
@@ -65,7 +65,7 @@ async def import_route(
         if data.mapping is not None:
             mapping_path = await asyncio.to_thread(_keep, data.mapping, folder, "mapping.json")
             mapping = await asyncio.to_thread(load_mapping, mapping_path)
-        options = ImportOptions(source="api-import", dry_run=dry_run, occurred_at=occurred_at,
+        options = ImportOptions(source="api-import", dry_run=dry_run, occurred_at=moment,
                                 all_or_nothing=all_or_nothing,
                                 ignore_unknown_columns=ignore_unknown_columns,
                                 mapping_processes=0)

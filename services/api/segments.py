@@ -20,7 +20,18 @@ from projections.audience_queries import (
     segment_sizes,
 )
 from projections.queries import get_card, is_contact_id
-from services.api.deps import Caller, Ctx, Item, Page, Wanted, Written, aware, item, page
+from services.api.deps import (
+    Caller,
+    Ctx,
+    Item,
+    Page,
+    Wanted,
+    Written,
+    instant,
+    instant_parameter,
+    item,
+    page,
+)
 from services.api.errors import ApiError, not_found
 from services.domain.rules import RuleError
 from services.domain.segments import SegmentError
@@ -137,16 +148,15 @@ def preview_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, pr
      description="Ordered by contact id; `next_cursor` gives the next page.")
 def members_route(
     tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,
-    as_of: Annotated[datetime | None, Parameter(
-        description="Who was a member at this moment (RFC 3339 with offset).")] = None,
+    as_of: Annotated[str | None, instant_parameter("Who was a member at this moment")] = None,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     cursor: FromQuery[str | None] = None,
     with_total: FromQuery[bool] = False,
 ) -> Response[Page]:
-    aware(as_of, "as_of")
+    moment = instant(as_of, "as_of")
     with ctx.read(PROJECTION, tenant, wanted) as fresh:
         try:
-            rows = segment_members(ctx.views, tenant, segment_id, as_of=as_of, limit=limit + 1,
+            rows = segment_members(ctx.views, tenant, segment_id, as_of=moment, limit=limit + 1,
                                    after=cursor or "")
         except NotFound as error:
             raise not_found(str(error)) from None
@@ -154,7 +164,7 @@ def members_route(
         if len(rows) > limit:
             rows = rows[:limit]
             next_cursor = rows[-1]["contact_id"]
-        total = count_members(ctx.views, tenant, segment_id, as_of) if with_total else None
+        total = count_members(ctx.views, tenant, segment_id, moment) if with_total else None
         return page(rows, fresh, next_cursor, total)
 
 

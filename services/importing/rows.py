@@ -34,6 +34,7 @@ from contracts.decode import Rejection, decode
 from contracts.events import InboundEvent
 from services.domain.tenant import TenantSettings
 from services.importing.mapping import FALSY, PENDING, TRUTHY, Column, ColumnPlan
+from services.instants import parse_instant
 
 # Fixed for ever: changing it would change every import's event ids.
 IMPORT_NAMESPACE = UUID("4f1c1d0e-8a52-4c1b-9a53-5f1e0c2b7d11")
@@ -160,21 +161,6 @@ class EventIds:
 def instant_text(moment: datetime) -> str:
     """An RFC 3339 instant for ``occurred_at``, in UTC, to the millisecond."""
     return moment.astimezone(UTC).isoformat(timespec="milliseconds")
-
-
-def parse_instant(text: str) -> datetime | str:
-    """A cell's instant (RFC 3339 with offset, or a date = its midnight UTC), or why not."""
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return (f"{text!r} is not a date or time: write 2026-11-02T10:15:00+01:00 "
-                "(Z for UTC), or a date such as 2026-11-02")
-    if moment.tzinfo is None:
-        if len(text) == 10:
-            return moment.replace(tzinfo=UTC)
-        return (f"{text!r} has no timezone offset: write it like 2026-11-02T10:15:00+01:00 "
-                "(Z for UTC)")
-    return moment
 
 
 class RowMapper:

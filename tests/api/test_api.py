@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from datetime import UTC, datetime, timedelta
+from datetime import time as time_of_day
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -261,6 +264,121 @@ async def test_errors_are_json_with_a_code_and_the_field(api: Api) -> None:
     assert nowhere.status_code == 404 and nowhere.json()["error"]["code"] == "not_found"
 
 
+INSTANT_PARAMETERS = [("get", "/v1/tenants/{tenant}/contacts", "first_seen_from"),
+                      ("get", "/v1/tenants/{tenant}/contacts", "first_seen_to"),
+                      ("get", "/v1/tenants/{tenant}/exports/contacts", "first_seen_from"),
+                      ("get", "/v1/tenants/{tenant}/exports/contacts", "first_seen_to"),
+                      ("get", "/v1/tenants/{tenant}/segments/{segment_id}/members", "as_of"),
+                      ("get", "/v1/tenants/{tenant}/segments/{segment_id}/export", "as_of"),
+                      ("post", "/v1/tenants/{tenant}/imports", "occurred_at")]
+
+
+async def test_instants_in_the_address_are_a_date_or_a_time_with_its_offset(api: Api) -> None:
+    """Every date/time query parameter takes a plain date (00:00 UTC of that day) or RFC
+    3339 with an offset, refuses a time without one in a sentence naming the parameter,
+    and the OpenAPI document says so."""
+    import csv
+    import io
+
+    await seed(api)  # first seen 2026-11-01T10:00Z (ana) to 2026-11-05T10:00Z (eva)
+    t = "/v1/tenants/acme"
+
+    async def emails(url: str, **params: Any) -> set[str]:
+        response = await api.get(url, **params)
+        assert response.status_code == 200, (url, params, response.text)
+        if "export" in url:
+            return {r["email"] for r in csv.DictReader(io.StringIO(response.text))}
+        return {r["email"] for r in response.json()["data"]}
+
+    for url in (f"{t}/contacts", f"{t}/exports/contacts", f"{t}/segments/vips/members",
+                f"{t}/segments/vips/export"):
+        if "segments" not in url:
+            assert await emails(url, first_seen_from="2026-11-03") == {
+                "carla@example.com", "dan@example.com", "eva@example.com"}
+            assert await emails(url, first_seen_to="2026-11-03") == {
+                "ana@example.com", "bo@example.com"}
+            assert await emails(url, first_seen_from="2026-11-03T11:00:00+01:00",
+                                first_seen_to="2026-11-05T10:00:00Z") == {
+                "carla@example.com", "dan@example.com"}
+            continue
+        entered = datetime.fromisoformat(
+            (await api.get(f"{t}/segments/vips/members")).json()["data"][0]["entered_at"])
+        day = entered.astimezone(UTC).date()
+        assert entered.astimezone(UTC).time() > time_of_day(0, 0)
+        after = (day + timedelta(days=1)).isoformat()
+        # The day the members entered, at 00:00 UTC: none yet; the next day: both.
+        assert await emails(url, as_of=day.isoformat()) == set()
+        assert await emails(url, as_of=f"{day}T01:00:00+01:00") == set()
+        assert await emails(url, as_of=after) == {"ana@example.com", "carla@example.com"}
+        assert await emails(url, as_of=f"{after}T01:00:00+01:00") == {
+            "ana@example.com", "carla@example.com"}
+    imported = await api.http.post(
+        f"{t}/imports", params={"dry_run": "true", "occurred_at": "2025-06-01"},
+        headers=api.auth("acme:admin"),
+        files={"file": ("people.csv", b"email,first_name\nnew@example.com,New\n")})
+    assert imported.status_code == 200, imported.text
+    assert datetime.fromisoformat(imported.json()["occurred_at"]) == datetime(2025, 6, 1,
+                                                                               tzinfo=UTC)
+    # A time without an offset, or nonsense, is refused, naming the parameter.
+    document = (await api.http.get("/schema/openapi.json")).json()
+    for method, template, name in INSTANT_PARAMETERS:
+        url = path(template, tenant="acme", segment_id="vips")
+        for wrong, says in (("2026-11-03T10:00:00", "no timezone offset"),
+                            ("2026-11-03T10:00:00 01:00", "write + as %2B"),
+                            ("yesterday", "not a date or time")):
+            response = await api.http.request(
+                method.upper(), url, params={name: wrong}, headers=api.auth("acme:admin"),
+                files={"file": ("p.csv", b"email\n")} if method == "post" else None)
+            assert response.status_code == 400, (url, name, wrong, response.text)
+            error = response.json()["error"]
+            assert (error["code"], error["field"]) == ("invalid_request", name), error
+            assert error["message"].startswith(f"{name}: ") and says in error["message"], error
+        [parameter] = [p for p in document["paths"][template][method]["parameters"]
+                       if p["name"] == name]
+        assert {s.get("format") for s in parameter["schema"]["oneOf"]} == {"date", "date-time"}
+        assert "00:00 UTC" in parameter["description"], parameter
+
+
+def documented_codes() -> set[str]:
+    """The error codes docs/api.md lists (its "Codes:" paragraph)."""
+    text = (Path(__file__).parents[2] / "docs" / "api.md").read_text()
+    paragraph = text[text.index("Codes:"):].split("\n\n")[0]
+    return set(re.findall(r"`([a-z_]+)`", paragraph))
+
+
+async def test_a_body_that_cannot_be_read_gets_a_documented_code_and_a_sentence(
+        api: Api) -> None:
+    t = "/v1/tenants/acme"
+    json_type = {**api.auth("acme:admin"), "Content-Type": "application/json"}
+    multipart = {**api.auth("acme:admin"), "Content-Type": "multipart/form-data; boundary=b"}
+    cases = [  # method, url, body, headers, status, code, words in the message
+        ("POST", f"{t}/segments", b'{"id": ', json_type, 400, "invalid_body",
+         ["the body is not valid JSON", "truncated"]),
+        ("PUT", f"{t}/properties/colour", b"colour: red", json_type, 400, "invalid_body",
+         ["the body is not valid JSON", "malformed"]),
+        ("POST", f"{t}/segments", b"[1, 2]", json_type, 400, "invalid_body",
+         ["the body is not what this route takes", "object"]),
+        ("POST", f"{t}/segments", b"", json_type, 400, "invalid_body",
+         ["the request has no body"]),
+        ("POST", f"{t}/imports", b"garbage", multipart, 400, "invalid_body",
+         ["not a valid multipart/form-data upload", "`file`"]),
+        ("POST", f"{t}/imports", b'{"file": "people.csv"}', json_type, 400, "invalid_body",
+         ["not a valid multipart/form-data upload", "`file`"]),
+        ("POST", f"{t}/segments", b"[" + b"1," * 6_000_000 + b"1]", json_type, 413,
+         "too_large", ["larger than this route accepts"]),
+        ("DELETE", f"{t}/contacts", b"", api.auth("acme:admin"), 405, "method_not_allowed",
+         ["does not take DELETE", "GET"]),
+    ]
+    codes = documented_codes()
+    assert {"invalid_body", "invalid_request", "internal_error"} <= codes
+    for method, url, body, headers, status, code, words in cases:
+        response = await api.http.request(method, url, content=body, headers=headers)
+        assert response.status_code == status, (method, url, body[:20], response.text)
+        error = response.json()["error"]
+        assert error["code"] == code and code in codes, (body[:20], error)
+        assert all(w in error["message"] for w in words), (body[:20], error)
+
+
 async def test_card_timeline_and_read_your_writes(api: Api) -> None:
     await seed(api)
     card = (await api.get("/v1/tenants/acme/contacts/ana@example.com")).json()["data"]
@@ -443,16 +561,21 @@ async def test_exports_stream_csv_and_parquet(api: Api) -> None:
     t = "/v1/tenants/acme"
     response = await api.get(f"{t}/exports/contacts", language="es")
     assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/csv")
+    assert response.headers.get_list("content-type") == ["text/csv; charset=utf-8"]
     assert "attachment" in response.headers["content-disposition"]
     rows = list(csv.DictReader(io.StringIO(response.text)))
     assert {r["email"] for r in rows} == {"ana@example.com", "carla@example.com",
                                           "eva@example.com"}
     parquet = await api.get(f"{t}/exports/contacts", format="parquet", tag="vip")
+    assert parquet.headers.get_list("content-type") == ["application/vnd.apache.parquet"]
     table = pq.read_table(io.BytesIO(parquet.content))
     assert sorted(table.column("email").to_pylist()) == ["ana@example.com",
                                                          "carla@example.com"]
     members = await api.get(f"{t}/segments/vips/export")
+    assert members.headers.get_list("content-type") == ["text/csv; charset=utf-8"]
+    members_parquet = await api.get(f"{t}/segments/vips/export", format="parquet")
+    assert members_parquet.headers.get_list("content-type") == [
+        "application/vnd.apache.parquet"]
     assert {r["email"] for r in csv.DictReader(io.StringIO(members.text))} == {
         "ana@example.com", "carla@example.com"}
     before = await api.get(f"{t}/segments/vips/export", as_of="2000-01-01T00:00:00Z")
@@ -470,6 +593,34 @@ async def test_exports_stream_csv_and_parquet(api: Api) -> None:
     never = await api.get(f"{t}/exports/contacts", wait_for_event="never-sent",
                           wait_timeout="0.3")
     assert never.status_code == 503 and never.json()["error"]["code"] == "not_yet_ingested"
+
+
+async def test_exports_say_how_fresh_they_are_and_can_wait_for_a_write(api: Api) -> None:
+    import csv
+    import io
+
+    await seed(api)
+    t = "/v1/tenants/acme"
+    status = (await api.get(f"{t}/status")).json()
+    before = {p["projection"]: p["position"] for p in status["projections"]}
+    for url, projection in ((f"{t}/exports/contacts", "contacts"),
+                            (f"{t}/segments/vips/export", "audience")):
+        for fmt in ("csv", "parquet"):
+            response = await api.get(url, format=fmt)
+            assert response.status_code == 200, response.text
+            assert int(response.headers["Ficha-Position"]) >= before[projection] > 0, url
+            assert int(response.headers["Ficha-Lag"]) >= 0
+        ahead = await api.get(url, min_position="999999999", wait_timeout="0.2")
+        assert ahead.status_code == 503, ahead.text
+        assert ahead.json()["error"]["code"] == "not_yet_projected"
+        assert projection in ahead.json()["error"]["message"]
+    # The segment's export waits for a write as the client list's does.
+    await api.publish("contact_updated", email="bo@example.com", event_id="bo-vip",
+                      occurred_at="2026-11-21T10:00:00Z", tags_added=["vip"])
+    waited = await api.get(f"{t}/segments/vips/export", wait_for_event="bo-vip",
+                           wait_timeout="20")
+    assert waited.status_code == 200, waited.text
+    assert "bo@example.com" in {r["email"] for r in csv.DictReader(io.StringIO(waited.text))}
 
 
 async def test_erasure_and_subject_access_through_the_api(api: Api) -> None:

@@ -132,6 +132,26 @@ async def test_a_dry_run_validates_every_row_without_nats(tmp_path: Path,
     assert report.rejects_file == str(rejects_path_for(path))
 
 
+async def test_the_rejects_report_is_what_docs_import_md_shows(tmp_path: Path) -> None:
+    """docs/import.md's example is a real report, byte for byte; a pattern in a reason is
+    written as a person writes it (one backslash, not Python's repr of it)."""
+    doc = (Path(__file__).parents[2] / "docs" / "import.md").read_text(encoding="utf-8")
+    example = doc[doc.index("```csv\nline,column,reason"):].split("```")[1]
+    path = write(tmp_path, "Email,Phone,Country\n"
+                 "ana@example.com,,ES\n"
+                 "bo@example.com,,\n"
+                 "carla@example.com,,MX\n"
+                 "dan@example.com,12345,XX\n"
+                 "ana@example.com,,\n"
+                 "fay@example.com,,\n"
+                 "eve@example,,\n")
+    await import_csv(path, tenant="acme", rejects_path=rejects_path_for(path),
+                     options=ImportOptions(dry_run=True))
+    written = rejects_path_for(path).read_text(encoding="utf-8")
+    assert written.splitlines() == example.strip().splitlines()[1:]
+    assert "'^\\+[1-9][0-9]{6,14}$'" in written
+
+
 async def test_problems_before_the_rows_stop_the_import(tmp_path: Path) -> None:
     with pytest.raises(MappingError, match="no mapping for the column 'shoe'"):
         await import_csv(write(tmp_path, "email,shoe\na@example.com,38\n"), tenant="acme",

@@ -100,7 +100,8 @@ def test_every_bad_cell_of_a_row_is_named_with_the_decoders_sentence() -> None:
     assert {p.line for p in problems} == {7}
     assert found[("country", "invalid_field")] == (
         "contact.country 'XX' is not an ISO 3166-1 alpha-2 code (like ES, MX, US)")
-    assert found[("phone", "invalid_field")].startswith("contact.phone: expected text matching")
+    assert found[("phone", "invalid_field")] == (
+        "contact.phone: expected text matching '^\\+[1-9][0-9]{6,14}$'")
     assert found[("tags", "invalid_field")] == "tags_added[1]: expected `str` of length <= 64"
     assert "'maybe' is not a subscription value" in found[("list:news", "invalid_field")]
     assert "'perhaps' is not a consent value" in found[("consent:sms", "invalid_field")]
