@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from services.cli_api import api, keys_app
 from services.cli_audience import (
@@ -28,6 +29,7 @@ from services.cli_common import (
     configure_logging,
     console,
     db_error_text,
+    description_column,
     err,
     fail,
     name_connections,
@@ -87,7 +89,7 @@ def _serve(runtime: Any, banner: str) -> None:
         except Exception as error:
             await runtime.stop()
             raise CliError(f"could not start: {db_error_text(error)}") from error
-        console.print(banner.format(nats=runtime.nats_url))
+        console.print(banner.format(nats=runtime.nats_url), markup=True)
         waiter = asyncio.create_task(runtime.wait())
         stopper = asyncio.create_task(stopping.wait())
         done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -253,7 +255,7 @@ def demo(
             js = nc.jetstream()
             history = generate_history(tenant, events, seed=seed)
             with Progress(
-                "[progress.description]{task.description}",
+                description_column(),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeRemainingColumn(),
@@ -425,8 +427,9 @@ def status(
         print(json.dumps(report))
         return
     bus = report["bus"]
-    console.print(f"backend: {report['backend']}   nats: {bus.get('url') or 'not found'}"
-                  + (f"   ([red]{bus['error']}[/])" if bus.get("error") else ""))
+    console.print(Text.assemble(
+        f"backend: {report['backend']}   nats: {bus.get('url') or 'not found'}",
+        *((("   ("), (str(bus["error"]), "red"), ")") if bus.get("error") else ())))
     parts = Table(title="ingest partitions")
     for column in ("partition", "committed position", "pending in stream", "unacked"):
         parts.add_column(column, justify="right")
@@ -483,7 +486,7 @@ def projections_replay(
     With --tenant, the copy stops at the live model's position and only that tenant's
     rows are replaced; nothing is published on ficha.out.
     """
-    from rich.progress import Progress
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
 
     from projections.replay import replay
     from services.store.contact_store import ContactStore
@@ -496,7 +499,8 @@ def projections_replay(
     try:
         for projection in chosen:
             head = store.max_notification_id() or 1
-            with Progress(console=err) as progress:
+            with Progress(description_column(), BarColumn(), TaskProgressColumn(),
+                          TimeRemainingColumn(), console=err) as progress:
                 task = progress.add_task(f"replaying {projection.name}{what}", total=head)
                 result = replay(store, db, type(projection), _advancing(progress, task),
                                 tenant=tenant)

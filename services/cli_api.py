@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from services.cli_common import (
     CliError,
@@ -63,8 +64,8 @@ def keys_create(
         return
     console.print(f"API key for tenant {tenant} (scopes: {', '.join(sorted(set(scope)))}):")
     console.print(key, highlight=False, soft_wrap=True)
-    console.print("[dim]Store it now: ficha keeps only its hash. Send it as "
-                  "`Authorization: Bearer <key>`.[/]")
+    console.print("Store it now: ficha keeps only its hash. Send it as "
+                  "`Authorization: Bearer <key>`.", style="dim")
 
 
 @keys_app.command("list")
@@ -135,8 +136,9 @@ def api(
         except PortTaken as error:
             fail(str(error))
         os.environ.update(settings.to_env())
-        console.print(f"[bold green]ficha API[/] on http://{settings.api_host}:{port} "
-                      f"with {workers} workers (OpenAPI: /schema)")
+        console.print(Text.assemble(("ficha API", "bold green"),
+                                    f" on http://{settings.api_host}:{port} "
+                                    f"with {workers} workers (OpenAPI: /schema)"))
         uvicorn.run("services.api.app:app_from_env", factory=True, host=settings.api_host,
                     port=port, workers=workers, log_config=None, access_log=False,
                     lifespan="off")
@@ -155,8 +157,9 @@ def api(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        console.print(f"[bold green]ficha API[/] on http://{settings.api_host}:{port}  "
-                      f"(OpenAPI: http://{settings.api_host}:{port}/schema)")
+        console.print(Text.assemble(("ficha API", "bold green"),
+                                    f" on http://{settings.api_host}:{port}  "
+                                    f"(OpenAPI: http://{settings.api_host}:{port}/schema)"))
         try:
             await serve_until(make_server(ctx, settings.api_host, port), stop, [sock])
         finally:

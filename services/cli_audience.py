@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from services.cli_common import console, db_error_text, fail, parse_date, settings_or_fail, views
 
@@ -248,11 +249,12 @@ def segments_why(
     console.print(f"{report['email']} ({tenant}), as of {report['as_of']}, "
                   f"engagement: {report['engagement']}")
     for seg in report["segments"]:
-        state = "[green]member[/]" if seg["member"] else "[dim]not a member[/]"
-        console.print(f"\n[bold]{seg['segment_id']}[/] v{seg['version']}: {state}")
+        state = ("member", "green") if seg["member"] else ("not a member", "dim")
+        console.print(Text.assemble("\n", (seg["segment_id"], "bold"), f" v{seg['version']}: ",
+                                    state))
         for clause in seg["clauses"]:
-            mark = "[green]✓[/]" if clause["holds"] else "[red]✗[/]"
-            console.print(f"  {mark} {clause['path']}: {clause['clause']}")
+            mark = ("✓", "green") if clause["holds"] else ("✗", "red")
+            console.print(Text.assemble("  ", mark, f" {clause['path']}: {clause['clause']}"))
         for h in seg["history"]:
             flipped = ", ".join(c["clause"] for c in h["enter_clauses"])
             console.print(f"  entered {h['entered_at']} by {h['enter_cause']} {h['enter_ref']}"
@@ -338,11 +340,12 @@ def consent_at_command(
     if as_json:
         _dump(answer)
         return
-    verdict = "[green]yes[/]" if answer["consented"] else "[red]no[/]"
+    verdict = ("yes", "green") if answer["consented"] else ("no", "red")
     decided = answer["decided_by"]
     because = (f" (event {decided['event_id']} from {decided['source']}, "
                f"{decided['occurred_at']})" if decided else " (no consent fact before then)")
-    console.print(f"{answer['email']} consent to {channel} at {answer['at']}: {verdict}{because}")
+    console.print(Text.assemble(f"{answer['email']} consent to {channel} at {answer['at']}: ",
+                                verdict, because))
 
 
 rfm_app = typer.Typer(help="RFM groups and scores.", no_args_is_help=True)

@@ -10,12 +10,17 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.progress import TextColumn
+from rich.text import Text
 
 from services.config import ConfigError, Settings, load_settings
 
 # Piped output (to a file, grep, a test) gets a wide table instead of folded cells.
-console = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+# Nothing printed through these consoles is read as rich markup: contact data, tags, CSV
+# headers and what the user typed are shown as written, brackets and all. Styling is
+# explicit: a Text with a style, or markup=True on a print of a fixed string.
+console = Console(width=None if sys.stdout.isatty() else 200, markup=False)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200, markup=False)
 
 
 class CliError(Exception):
@@ -27,8 +32,18 @@ def fail(message: str, code: int = 1) -> NoReturn:
     if isinstance(handling, typer.Exit):
         # A broad `except Exception` caught an earlier fail(): its sentence is printed.
         raise handling
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(labelled("error:", "bold red", message), highlight=False)
     raise typer.Exit(code)
+
+
+def labelled(label: str, style: str, message: str) -> Text:
+    """``label message`` with the label styled and the message shown as written."""
+    return Text.assemble((label, style), " ", message)
+
+
+def description_column() -> TextColumn:
+    """A progress bar's description, shown as written (it may hold a tenant or a name)."""
+    return TextColumn("{task.description}", style="progress.description", markup=False)
 
 
 def name_connections(argv: list[str]) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from services.cli_common import CliError, console, fail, run, settings_or_fail
 
@@ -84,7 +85,7 @@ def dlq_show(seq: Annotated[int, typer.Argument(help="The dead letter's sequence
         print(json.dumps(data))
         return
     for key in ("seq", "original_subject", "original_sequence", "event_id", "code", "detail"):
-        console.print(f"[bold]{key}[/]: {data[key]}", highlight=False)
+        console.print(Text.assemble((key, "bold"), f": {data[key]}"), highlight=False)
     console.print_json(json.dumps(data["body"]) if not isinstance(data["body"], str)
                        else json.dumps({"raw": data["body"]}))
 

@@ -13,6 +13,7 @@ import typer
 from services.cli_common import (
     console,
     db_error_text,
+    description_column,
     err,
     fail,
     parse_date,
@@ -77,7 +78,6 @@ def _run_export(build: Callable[[Any], Any], what: str, fmt: str | None, out: Pa
         BarColumn,
         MofNCompleteColumn,
         Progress,
-        TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
@@ -97,7 +97,7 @@ def _run_export(build: Callable[[Any], Any], what: str, fmt: str | None, out: Pa
             fail(str(error), 2)
         except Exception as error:  # noqa: BLE001 - the database is unreachable
             fail(f"cannot read {what}: {db_error_text(error)}")
-        columns = (TextColumn("[progress.description]{task.description}"), BarColumn(),
+        columns = (description_column(), BarColumn(),
                    MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
         with Progress(*columns, console=err, disable=as_json) as progress:
             task = progress.add_task(f"exporting {what}", total=total)

@@ -1,0 +1,100 @@
+"""What a user's walkthrough of the `ficha` commands found, on both backends, through the
+real command line: data and input are shown as written, mistakes get one line and the
+same answer from every command."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from services.cli import app
+from services.config import Settings
+from tests.factories import make_event
+from tests.projections.test_export import ReadModels, read_models
+
+BRACKETED = "[/b]"
+
+
+@pytest.fixture
+def seeded(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[ReadModels]:
+    """Tenant acme with a contact whose name and tags look like rich markup; the CLI's
+    environment points at these read models."""
+    with read_models(settings) as models:
+        models.ingest([
+            make_event("contact_updated", event_id="e1", email="ana@example.com",
+                       contact={"first_name": BRACKETED, "last_name": "[red]Garcia"},
+                       tags_added=["[red]hot", "vip"]),
+            make_event("form_submitted", event_id="e2", email="bo@example.com",
+                       form_id="[/form]", contact={"first_name": "Bo"}),
+        ])
+        for name, value in settings.to_env().items():
+            monkeypatch.setenv(name, value)
+        yield models
+
+
+def ficha(*args: str) -> Any:
+    return CliRunner().invoke(app, list(args))
+
+
+def one_error_line(done: Any) -> str:
+    """The single `error: ...` line of an expected failure (no traceback)."""
+    assert done.exception is None or isinstance(done.exception, SystemExit), done.exception
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    return lines[0]
+
+
+# ---------------------------------------------------------------- 1. data is not markup
+
+
+def test_bracketed_data_is_shown_as_written(seeded: ReadModels) -> None:
+    listed = ficha("contacts", "list", "--tenant", "acme")
+    assert listed.exit_code == 0, listed.stderr
+    assert BRACKETED in listed.stdout and "[red]Garcia" in listed.stdout
+    assert "[red]hot" in listed.stdout
+
+    card = ficha("contacts", "get", "--tenant", "acme", "--email", "ana@example.com")
+    assert card.exit_code == 0, card.stderr
+    assert BRACKETED in card.stdout
+    timeline = ficha("contacts", "get", "--tenant", "acme", "--email", "bo@example.com")
+    assert timeline.exit_code == 0 and "[/form]" in timeline.stdout, timeline.stderr
+
+    tags = ficha("tags", "counts", "--tenant", "acme")
+    assert tags.exit_code == 0 and "[red]hot" in tags.stdout, tags.stderr
+
+
+def test_bracketed_input_in_errors_is_shown_as_written(seeded: ReadModels,
+                                                       tmp_path: Path) -> None:
+    done = ficha("segments", "members", "--tenant", "acme", "[/bold]")
+    assert done.exit_code == 2
+    assert "segment '[/bold]' does not exist" in one_error_line(done)
+
+    rule = tmp_path / "rule.json"
+    rule.write_text(json.dumps({"field": "language", "op": "equals", "value": "es"}))
+    done = ficha("segments", "create", "--tenant", "acme", "[bad]", str(rule))
+    assert done.exit_code == 2
+    line = one_error_line(done)
+    assert "'[bad]'" in line and "[a-z0-9" in line  # the id and the pattern it must match
+
+
+def test_bracketed_csv_headers_are_named_as_written(seeded: ReadModels,
+                                                    tmp_path: Path) -> None:
+    csv_file = tmp_path / "people.csv"
+    csv_file.write_text("email,Phone [mobile]\nana@example.com,+34600000000\n")
+    done = ficha("import", str(csv_file), "--tenant", "acme", "--dry-run")
+    assert done.exit_code == 2
+    assert "'Phone [mobile]'" in done.stderr, done.stderr
+
+    csv_file.write_text("email,Notes [/internal]\nana@example.com,hello\n")
+    mapping = tmp_path / "mapping.json"
+    mapping.write_text(json.dumps({"columns": {"email": "email",
+                                               "Notes [/internal]": "property:notes"}}))
+    done = ficha("import", str(csv_file), "--tenant", "acme", "--dry-run",
+                 "--mapping", str(mapping))
+    assert done.exit_code == 0, done.stderr + done.stdout
+    assert "Notes [/internal] → property:notes" in done.stdout
