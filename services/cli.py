@@ -34,8 +34,10 @@ from services.cli_common import (
     fail,
     name_connections,
     parse_date,
+    require_known_tenant,
     run,
     settings_or_fail,
+    tenant_option,
     views,
 )
 from services.cli_dlq import dlq_app
@@ -223,7 +225,7 @@ def project(
 
 @app.command()
 def demo(
-    tenant: Annotated[str, typer.Option(help="Tenant to publish for.")],
+    tenant: Annotated[str, tenant_option("Tenant to publish for.")],
     events: Annotated[int, typer.Option(help="How many events to publish.")] = 10_000,
     seed: Annotated[int, typer.Option(help="Same seed, same history.")] = 0,
     rate: Annotated[float, typer.Option(help="Events per second (0 = as fast as possible).")] = 0,
@@ -231,13 +233,10 @@ def demo(
     """Publish a realistic synthetic history to the running ficha."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from contracts.decode import TENANT_PATTERN
     from contracts.publisher import publish_many
     from services.demo import generate_history
     from services.runtime import connect_nats, resolve_nats_url
 
-    if not TENANT_PATTERN.fullmatch(tenant):
-        fail(f"tenant {tenant!r} is not valid: use lowercase letters, digits, _ and -")
     if events < 1:
         fail("--events must be at least 1")
     settings = settings_or_fail()
@@ -287,7 +286,7 @@ def demo(
 
 @contacts_app.command("list")
 def contacts_list(
-    tenant: Annotated[str, typer.Option(help="Tenant whose contacts to list.")],
+    tenant: Annotated[str, tenant_option("Tenant whose contacts to list.")],
     language: Annotated[str | None, typer.Option(help="es matches es, es-MX…")] = None,
     country: Annotated[str | None, typer.Option(help="ISO country code, e.g. ES.")] = None,
     tag: Annotated[str | None, typer.Option(help="Has this tag (any case).")] = None,
@@ -307,7 +306,6 @@ def contacts_list(
         QueryError,
         count_contacts,
         list_contacts,
-        tenant_exists,
     )
 
     settings = settings_or_fail()
@@ -324,8 +322,7 @@ def contacts_list(
     )
     db = views(settings)
     try:
-        if not tenant_exists(db, tenant):
-            fail(f"no contacts for tenant {tenant!r} yet (is it spelled right?)")
+        require_known_tenant(tenant, db)
         rows, next_cursor = list_contacts(db, f, limit=limit, cursor=cursor)
         total = count_contacts(db, f) if count else None
     except QueryError as error:
@@ -365,7 +362,7 @@ def contacts_list(
 
 @contacts_app.command("get")
 def contacts_get(
-    tenant: Annotated[str, typer.Option(help="Tenant of the contact.")],
+    tenant: Annotated[str, tenant_option("Tenant of the contact.")],
     email: Annotated[str, typer.Option(help="The contact's email (any case).")],
     as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
 ) -> None:
@@ -375,6 +372,7 @@ def contacts_get(
     settings = settings_or_fail()
     db = views(settings)
     try:
+        require_known_tenant(tenant, db)
         card = get_card(db, tenant, email)
     except Exception as error:  # noqa: BLE001
         fail(f"cannot read the card: {db_error_text(error)}")
@@ -476,8 +474,8 @@ def _chosen_projections(names: list[str] | None) -> list[Any]:
 def projections_replay(
     names: Annotated[list[str] | None, typer.Argument(
         help="Projections to replay (default: all).")] = None,
-    tenant: Annotated[str | None, typer.Option(
-        help="Replace only this tenant's rows (the others, and ficha.out, are untouched).",
+    tenant: Annotated[str | None, tenant_option(
+        "Replace only this tenant's rows (the others, and ficha.out, are untouched).",
     )] = None,
 ) -> None:
     """Rebuild side by side from the event log, then switch readers over atomically.
@@ -493,6 +491,8 @@ def projections_replay(
 
     settings = settings_or_fail()
     chosen = _chosen_projections(names)
+    if tenant is not None:
+        require_known_tenant(tenant)
     store = ContactStore(settings)
     db = views(settings)
     what = f" for tenant {tenant}" if tenant else ""

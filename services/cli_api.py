@@ -15,13 +15,15 @@ from services.cli_common import (
     console,
     db_error_text,
     fail,
+    require_known_tenant,
     run,
     settings_or_fail,
+    tenant_option,
 )
 
 keys_app = typer.Typer(help="API keys of a tenant: create, list, revoke.", no_args_is_help=True)
 
-Tenant = Annotated[str, typer.Option(help="The tenant.")]
+Tenant = Annotated[str, tenant_option()]
 AsJson = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
 
 
@@ -43,14 +45,9 @@ def keys_create(
     as_json: AsJson = False,
 ) -> None:
     """Create an API key. It is printed once: it cannot be shown again."""
-    import re
-
-    from contracts.events import TENANT_REGEX
     from services.catalog import ApiKeyCommands
     from services.domain.api_keys import ApiKeyError
 
-    if not re.match(TENANT_REGEX, tenant):
-        fail(f"{tenant!r} is not a tenant name: 1-63 of a-z, 0-9, _ and -", 2)
     store = _store()
     try:
         key = ApiKeyCommands(store).issue(tenant, scope, label)
@@ -73,6 +70,7 @@ def keys_list(tenant: Tenant, as_json: AsJson = False) -> None:
     """A tenant's keys: id, label, scopes, when issued and revoked (never the secrets)."""
     from services.catalog import ApiKeyCommands
 
+    require_known_tenant(tenant)
     store = _store()
     try:
         keys = list(ApiKeyCommands(store).keys(tenant).keys.values())

@@ -12,14 +12,23 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from services.cli_common import console, db_error_text, fail, parse_date, settings_or_fail, views
+from services.cli_common import (
+    console,
+    db_error_text,
+    fail,
+    parse_date,
+    require_known_tenant,
+    settings_or_fail,
+    tenant_option,
+    views,
+)
 
 segments_app = typer.Typer(help="Define segments and read their members.", no_args_is_help=True)
 engagement_app = typer.Typer(help="Engagement statistics.", no_args_is_help=True)
 lists_app = typer.Typer(help="Email list statistics.", no_args_is_help=True)
 consent_app = typer.Typer(help="The consent ledger.", no_args_is_help=True)
 
-Tenant = Annotated[str, typer.Option(help="The tenant.")]
+Tenant = Annotated[str, tenant_option()]
 AsJson = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
 
 
@@ -38,10 +47,12 @@ def _read_rule(path: Path) -> Any:
     return {"rule": data}
 
 
-def _query(read: Callable[[Any], Any], what: str = "the audience model") -> Any:
-    """Run a read-model query with a view connection; an unreachable database is one line."""
+def _query(tenant: str, read: Callable[[Any], Any], what: str = "the audience model") -> Any:
+    """Run a read-model query on a known tenant with a view connection; an unreachable
+    database is one line."""
     db = views(settings_or_fail())
     try:
+        require_known_tenant(tenant, db)
         return read(db)
     except Exception as error:  # noqa: BLE001 - the database is unreachable or not created
         fail(f"cannot read {what}: {db_error_text(error)}")
@@ -148,6 +159,7 @@ def segments_preview(
     spec = _read_rule(rule_file)
     db = views(settings_or_fail())
     try:
+        require_known_tenant(tenant, db)
         result = preview(db, tenant, segment_id, spec["rule"], datetime.now(UTC), sample)
     except RuleError as error:
         fail(f"the rule is not valid: {error}", 2)
@@ -173,7 +185,7 @@ def segments_list(tenant: Tenant, as_json: AsJson = False) -> None:
     """The tenant's segments with their member counts."""
     from projections.audience_queries import list_segments
 
-    rows = _query(lambda db: list_segments(db, tenant))
+    rows = _query(tenant, lambda db: list_segments(db, tenant))
     if as_json:
         _dump(rows)
         return
@@ -201,6 +213,7 @@ def segments_members(
     moment = parse_date(as_of, "--as-of")
     db = views(settings_or_fail())
     try:
+        require_known_tenant(tenant, db)
         rows = segment_members(db, tenant, segment_id, as_of=moment, limit=limit, after=after)
         total = count_members(db, tenant, segment_id, moment)
     except NotFound as error:
@@ -238,6 +251,7 @@ def segments_why(
 
     db = views(settings_or_fail())
     try:
+        require_known_tenant(tenant, db)
         report = explain(db, tenant, email, segment_id)
     except NotFound as error:
         fail(str(error), 2)
@@ -276,6 +290,7 @@ def engagement_stats_command(
 
     db = views(settings_or_fail())
     try:
+        require_known_tenant(tenant, db)
         stats = engagement_stats(db, tenant, days)
     finally:
         db.close()
@@ -302,6 +317,7 @@ def lists_stats_command(tenant: Tenant, as_json: AsJson = False) -> None:
 
     db = views(settings_or_fail())
     try:
+        require_known_tenant(tenant, db)
         stats = list_stats(db, tenant)
     finally:
         db.close()
@@ -332,6 +348,7 @@ def consent_at_command(
     moment = parse_date(at, "--at") or datetime.now(UTC)
     db = views(settings_or_fail())
     try:
+        require_known_tenant(tenant, db)
         answer = consent_at(db, tenant, email, channel, moment)
     except NotFound as error:
         fail(str(error), 2)
@@ -358,6 +375,7 @@ def rfm_stats_command(tenant: Tenant, as_json: AsJson = False) -> None:
 
     db = views(settings_or_fail())
     try:
+        require_known_tenant(tenant, db)
         stats = rfm_stats(db, tenant)
     finally:
         db.close()
@@ -397,6 +415,7 @@ def _tenant_commands() -> Any:
 @tenant_app.command("show")
 def tenant_show(tenant: Tenant, as_json: AsJson = False) -> None:
     """Settings (engagement windows, RFM, bounce limit, types, lead statuses), properties."""
+    require_known_tenant(tenant)
     settings = _tenant_commands().settings(tenant)
     data = {"tenant": tenant, "settings": settings.values, "properties": [
         {"name": p.name, "type": p.type, "options": list(p.options), "label": p.label}
@@ -467,6 +486,7 @@ def properties_define(
 @properties_app.command("list")
 def properties_list(tenant: Tenant, as_json: AsJson = False) -> None:
     """The tenant's property definitions."""
+    require_known_tenant(tenant)
     settings = _tenant_commands().settings(tenant)
     rows = [{"name": p.name, "type": p.type, "options": list(p.options), "label": p.label}
             for p in sorted(settings.properties.values(), key=lambda p: p.name)]
@@ -503,7 +523,7 @@ def tags_counts(tenant: Tenant, as_json: AsJson = False) -> None:
     """Every tag of the tenant with its number of contacts, most used first."""
     from projections.queries import tag_counts
 
-    rows = _query(lambda db: tag_counts(db, tenant), "the client list")
+    rows = _query(tenant, lambda db: tag_counts(db, tenant), "the client list")
     if as_json:
         _dump(rows)
         return

@@ -10,11 +10,11 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from services.cli_common import CliError, console, fail, run, settings_or_fail
+from services.cli_common import CliError, console, fail, run, settings_or_fail, tenant_option
 
 dlq_app = typer.Typer(help="Dead letters: list, show, re-drive, purge.", no_args_is_help=True)
 
-TenantOpt = Annotated[str | None, typer.Option(help="Only this tenant's dead letters.")]
+TenantOpt = Annotated[str | None, tenant_option("Only this tenant's dead letters.")]
 CodeOpt = Annotated[str | None, typer.Option(help="Only this error code.")]
 AsJson = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
 

@@ -17,7 +17,9 @@ from services.cli_common import (
     err,
     fail,
     parse_date,
+    require_known_tenant,
     settings_or_fail,
+    tenant_option,
     views,
 )
 
@@ -26,7 +28,7 @@ export_app = typer.Typer(
     no_args_is_help=True,
 )
 
-Tenant = Annotated[str, typer.Option(help="The tenant.")]
+Tenant = Annotated[str, tenant_option()]
 Out = Annotated[Path, typer.Option("--out", help="The file to write (replaced when complete).")]
 Format = Annotated[str | None, typer.Option(
     "--format", help="csv or parquet (default: from the file name's extension).")]
@@ -136,9 +138,8 @@ def export_contacts(
     as_json: AsJson = False,
 ) -> None:
     """The client list with its filters, every column, in its order (newest first)."""
-    from projections.audience_queries import NotFound
     from projections.export import contacts_query
-    from projections.queries import ContactFilter, tenant_exists
+    from projections.queries import ContactFilter
 
     f = ContactFilter(
         tenant=tenant, language=language, country=country, tag=tag, consent=consent,
@@ -147,8 +148,7 @@ def export_contacts(
     )
 
     def build(db: Any) -> Any:
-        if not tenant_exists(db, tenant):
-            raise NotFound(f"no contacts for tenant {tenant!r} yet (is it spelled right?)")
+        require_known_tenant(tenant, db)
         return contacts_query(db, f)
 
     _run_export(build, "contacts", fmt, out, as_json)
@@ -170,6 +170,7 @@ def export_segment(
     moment = parse_date(as_of, "--as-of")
 
     def build(db: Any) -> Any:
+        require_known_tenant(tenant, db)
         return segment_query(db, tenant, segment_id, moment)
 
     _run_export(build, f"segment {segment_id}", fmt, out, as_json)

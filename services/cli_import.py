@@ -37,6 +37,7 @@ from services.cli_common import (
     fail,
     labelled,
     settings_or_fail,
+    tenant_option,
 )
 from services.config import Settings
 
@@ -48,7 +49,7 @@ EXIT_REJECTED = 3
 def import_file(
     file: Annotated[Path, typer.Argument(help="The CSV file (UTF-8 unless --encoding).",
                                          show_default=False)],
-    tenant: Annotated[str, typer.Option(help="Tenant to import into.")],
+    tenant: Annotated[str, tenant_option("Tenant to import into.")],
     mapping: Annotated[Path | None, typer.Option(
         help="JSON or YAML file mapping headers to fields (docs/import.md).")] = None,
     ignore_unknown_columns: Annotated[bool, typer.Option(

@@ -19,8 +19,10 @@ from services.cli_common import (
     db_error_text,
     err,
     fail,
+    require_known_tenant,
     run,
     settings_or_fail,
+    tenant_option,
     views,
 )
 from services.cli_dlq import _with_js
@@ -28,7 +30,7 @@ from services.cli_dlq import _with_js
 erasures_app = typer.Typer(help="Erasure receipts: what was erased, when, and confirmed by whom.",
                            no_args_is_help=True)
 
-TenantOpt = Annotated[str, typer.Option(help="The person's tenant.")]
+TenantOpt = Annotated[str, tenant_option("The person's tenant.")]
 AsJson = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
 
 
@@ -102,7 +104,7 @@ def _purged_count(receipt: dict[str, Any]) -> str:
 
 @erasures_app.command("list")
 def erasures_list(
-    tenant: Annotated[str | None, typer.Option(help="Only this tenant's erasures.")] = None,
+    tenant: Annotated[str | None, tenant_option("Only this tenant's erasures.")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Every erasure receipt, oldest first."""
@@ -170,6 +172,7 @@ def contacts_access(
     from services.store.contact_store import ContactStore
 
     settings = settings_or_fail()
+    require_known_tenant(tenant)
 
     async def export(js: Any) -> dict[str, Any]:
         db = views(settings)

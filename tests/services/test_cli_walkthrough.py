@@ -98,3 +98,92 @@ def test_bracketed_csv_headers_are_named_as_written(seeded: ReadModels,
                  "--mapping", str(mapping))
     assert done.exit_code == 0, done.stderr + done.stdout
     assert "Notes [/internal] → property:notes" in done.stdout
+
+
+# ------------------------------------------------- 2. tenant names, 5. and 10. unknown ones
+
+BAD_TENANT = "error: 'Bad Tenant' is not a tenant name: 1 to 63 of a-z, 0-9, _ and -, " \
+    "starting with a letter or a digit"
+
+
+def test_an_invalid_tenant_name_is_refused_by_every_command_alike(seeded: ReadModels,
+                                                                  tmp_path: Path) -> None:
+    rule = tmp_path / "rule.json"
+    rule.write_text(json.dumps({"field": "language", "op": "equals", "value": "es"}))
+    people = tmp_path / "people.csv"
+    people.write_text("email\nana@example.com\n")
+    commands = [
+        ["segments", "create", "q", str(rule)], ["tenant", "set", "engaged_days=30"],
+        ["properties", "define", "size", "number"], ["keys", "create"],
+        ["import", str(people), "--dry-run"], ["contacts", "list"], ["segments", "list"],
+        ["engagement", "stats"], ["dlq", "purge", "--yes"], ["erase", "ana@example.com"],
+        ["export", "contacts", "--out", str(tmp_path / "x.csv")], ["replay", "audience"],
+    ]
+    for command in commands:
+        done = ficha(*command, "--tenant", "Bad Tenant")
+        assert done.exit_code == 2, (command, done.stdout, done.stderr)
+        assert one_error_line(done) == BAD_TENANT, command
+    done = ficha("segments", "list", "--tenant", "acme", "--json")
+    assert json.loads(done.stdout) == []  # nothing was defined by the refused commands
+
+
+def test_read_commands_refuse_an_unknown_tenant(seeded: ReadModels, tmp_path: Path) -> None:
+    commands = [
+        ["segments", "list"], ["segments", "members", "x"], ["engagement", "stats"],
+        ["lists", "stats"], ["rfm", "stats"], ["tags", "counts"], ["tenant", "show"],
+        ["properties", "list"], ["keys", "list"], ["contacts", "list"],
+        ["contacts", "get", "--email", "ana@example.com"],
+        ["consent", "at", "--email", "ana@example.com"],
+        ["segments", "why", "--email", "ana@example.com"],
+        ["export", "contacts", "--out", str(tmp_path / "x.csv")],
+        ["replay", "audience"],
+    ]
+    for command in commands:
+        done = ficha(*command, "--tenant", "acmee")
+        assert done.exit_code == 2, (command, done.stdout, done.stderr)
+        assert one_error_line(done) == \
+            "error: no tenant 'acmee' is known here (known: acme)", command
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_a_tenant_is_known_once_anything_of_it_exists(seeded: ReadModels,
+                                                      tmp_path: Path) -> None:
+    rule = tmp_path / "rule.json"
+    rule.write_text(json.dumps({"field": "language", "op": "equals", "value": "es"}))
+    creations = {
+        "globex": ["segments", "create", "q", str(rule)],
+        "initech": ["tenant", "set", "engaged_days=30"],
+        "hooli": ["properties", "define", "size", "number"],
+        "umbrella": ["keys", "create"],
+    }
+    for tenant, command in creations.items():
+        done = ficha(*command, "--tenant", tenant)
+        assert done.exit_code == 0, (command, done.stderr)
+        # Known at once from the event store, before the projections catch up...
+        for reading in (["segments", "list"], ["tenant", "show"], ["keys", "list"]):
+            done = ficha(*reading, "--tenant", tenant)
+            assert done.exit_code == 0, (tenant, reading, done.stderr)
+    seeded.catch_up()
+    # ... and named among the known ones when the read models have them.
+    done = ficha("tags", "counts", "--tenant", "nobody")
+    assert one_error_line(done) == \
+        "error: no tenant 'nobody' is known here (known: acme, globex, initech)"
+
+
+# ------------------------------------------------------------ 7. a data dir never started
+
+
+def test_reading_before_ficha_ever_ran_says_so(settings: Settings,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in settings.to_env().items():
+        monkeypatch.setenv(name, value)
+    where = (f"on the data dir {settings.data_dir}" if settings.postgres is None else
+             f"in the database schema {settings.postgres.schema}")
+    commands = [["contacts", "list"], ["contacts", "get", "--email", "ana@example.com"],
+                ["segments", "list"], ["engagement", "stats"], ["tags", "counts"],
+                ["keys", "list"], ["tenant", "show"]]
+    for command in commands:
+        done = ficha(*command, "--tenant", "acme")
+        assert done.exit_code == 1, (command, done.stderr)
+        assert one_error_line(done) == (f"error: ficha has not been started {where} yet: "
+                                        "start it once with `ficha up`"), command
