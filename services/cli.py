@@ -27,7 +27,9 @@ from services.cli_audience import (
 from services.cli_common import (
     CliError,
     configure_logging,
+    consent_channel,
     console,
+    contact_email,
     db_error_text,
     description_column,
     err,
@@ -290,8 +292,10 @@ def contacts_list(
     language: Annotated[str | None, typer.Option(help="es matches es, es-MX…")] = None,
     country: Annotated[str | None, typer.Option(help="ISO country code, e.g. ES.")] = None,
     tag: Annotated[str | None, typer.Option(help="Has this tag (any case).")] = None,
-    consent: Annotated[str | None, typer.Option(help="Consent granted on channel.")] = None,
-    no_consent: Annotated[str | None, typer.Option(help="No consent on channel.")] = None,
+    consent: Annotated[str | None, typer.Option(
+        help="Consent granted on channel.", callback=consent_channel)] = None,
+    no_consent: Annotated[str | None, typer.Option(
+        help="No consent on channel.", callback=consent_channel)] = None,
     since: Annotated[str | None, typer.Option(help="First contact on or after.")] = None,
     until: Annotated[str | None, typer.Option(help="First contact before.")] = None,
     email_prefix: Annotated[str | None, typer.Option(help="Email starts with.")] = None,
@@ -363,10 +367,12 @@ def contacts_list(
 @contacts_app.command("get")
 def contacts_get(
     tenant: Annotated[str, tenant_option("Tenant of the contact.")],
-    email: Annotated[str, typer.Option(help="The contact's email (any case).")],
+    email: Annotated[str, typer.Option(help="The contact's email (any case).",
+                                       callback=contact_email)],
     as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
 ) -> None:
     """One contact's card and full timeline."""
+    from contracts.emails import normalise_email
     from projections.queries import get_card
 
     settings = settings_or_fail()
@@ -379,7 +385,7 @@ def contacts_get(
     finally:
         db.close()
     if card is None:
-        fail(f"no contact with email {email.strip().lower()!r} in tenant {tenant!r}")
+        fail(f"no contact {normalise_email(email)} in tenant {tenant}", 2)
     if as_json:
         print(json.dumps(card))
         return

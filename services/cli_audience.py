@@ -13,7 +13,9 @@ from rich.table import Table
 from rich.text import Text
 
 from services.cli_common import (
+    consent_channel,
     console,
+    contact_email,
     db_error_text,
     fail,
     parse_date,
@@ -242,7 +244,7 @@ def segments_members(
 @segments_app.command("why")
 def segments_why(
     tenant: Tenant,
-    email: Annotated[str, typer.Option(help="The contact's email.")],
+    email: Annotated[str, typer.Option(help="The contact's email.", callback=contact_email)],
     segment_id: Annotated[str | None, typer.Argument(help="One segment (default: all).")] = None,
     as_json: AsJson = False,
 ) -> None:
@@ -282,12 +284,15 @@ def segments_why(
 @engagement_app.command("stats")
 def engagement_stats_command(
     tenant: Tenant,
-    days: Annotated[int, typer.Option(help="Days of daily series.")] = 30,
+    days: Annotated[int, typer.Option(
+        help="Days of the daily series and of the change (1-366).")] = 30,
     as_json: AsJson = False,
 ) -> None:
     """Engaged / not engaged / inactive: counts, percentages, change, by subscription."""
     from projections.audience_queries import engagement_stats
 
+    if not 1 <= days <= 366:
+        fail(f"--days must be between 1 and 366; got {days}", 2)
     db = views(settings_or_fail())
     try:
         require_known_tenant(tenant, db)
@@ -337,8 +342,9 @@ def lists_stats_command(tenant: Tenant, as_json: AsJson = False) -> None:
 @consent_app.command("at")
 def consent_at_command(
     tenant: Tenant,
-    email: Annotated[str, typer.Option(help="The contact's email.")],
-    channel: Annotated[str, typer.Option(help="email, sms, whatsapp or phone.")] = "email",
+    email: Annotated[str, typer.Option(help="The contact's email.", callback=contact_email)],
+    channel: Annotated[str, typer.Option(help="email, sms, whatsapp or phone.",
+                                         callback=consent_channel)] = "email",
     at: Annotated[str | None, typer.Option(help="The moment (default: now).")] = None,
     as_json: AsJson = False,
 ) -> None:

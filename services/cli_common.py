@@ -136,6 +136,27 @@ def tenant_option(help: str = "The tenant.") -> Any:
     return typer.Option(help=help, callback=tenant_name)
 
 
+def consent_channel(value: str | None) -> str | None:
+    """The check of every consent channel option (a typer callback)."""
+    from projections.contacts import CONSENT_CHANNELS
+
+    if value is not None and value not in CONSENT_CHANNELS:
+        fail(f"unknown consent channel {value!r}: use one of {', '.join(CONSENT_CHANNELS)}",
+             2)
+    return value
+
+
+def contact_email(value: str | None) -> str | None:
+    """The check of every option or argument naming a person by email (a typer callback):
+    the contract's email syntax, after its normalisation."""
+    from contracts.emails import email_problem, normalise_email
+
+    problem = None if value is None else email_problem(normalise_email(value))
+    if problem is not None:
+        fail(f"{value!r} is not an email address: it {problem}", 2)
+    return value
+
+
 def require_known_tenant(tenant: str, db: Any = None) -> None:
     """Fail with one line unless something of ``tenant`` exists here (services.tenants):
     for commands that read a tenant's data, where a misspelled name would otherwise show

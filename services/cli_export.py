@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from services.cli_common import (
+    consent_channel,
     console,
     db_error_text,
     description_column,
@@ -128,8 +129,10 @@ def export_contacts(
     language: Annotated[str | None, typer.Option(help="es matches es, es-MX…")] = None,
     country: Annotated[str | None, typer.Option(help="ISO country code, e.g. ES.")] = None,
     tag: Annotated[str | None, typer.Option(help="Has this tag (any case).")] = None,
-    consent: Annotated[str | None, typer.Option(help="Consent granted on channel.")] = None,
-    no_consent: Annotated[str | None, typer.Option(help="No consent on channel.")] = None,
+    consent: Annotated[str | None, typer.Option(
+        help="Consent granted on channel.", callback=consent_channel)] = None,
+    no_consent: Annotated[str | None, typer.Option(
+        help="No consent on channel.", callback=consent_channel)] = None,
     first_seen_from: Annotated[str | None, typer.Option(
         "--first-seen-from", "--since", help="First contact on or after.")] = None,
     first_seen_to: Annotated[str | None, typer.Option(

@@ -16,6 +16,7 @@ from rich.table import Table
 from services.cli_common import (
     CliError,
     console,
+    contact_email,
     db_error_text,
     err,
     fail,
@@ -35,7 +36,8 @@ AsJson = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
 
 
 def erase(
-    email: Annotated[str, typer.Argument(help="The person's email (any case).")],
+    email: Annotated[str, typer.Argument(help="The person's email (any case).",
+                                         callback=contact_email)],
     tenant: TenantOpt,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
     as_json: AsJson = False,
@@ -158,7 +160,8 @@ def erasures_show(
 
 
 def contacts_access(
-    email: Annotated[str, typer.Argument(help="The person's email (any case).")],
+    email: Annotated[str, typer.Argument(help="The person's email (any case).",
+                                         callback=contact_email)],
     tenant: TenantOpt,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Write the JSON to this file instead of printing it.")] = None,

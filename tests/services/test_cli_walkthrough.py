@@ -187,3 +187,51 @@ def test_reading_before_ficha_ever_ran_says_so(settings: Settings,
         assert done.exit_code == 1, (command, done.stderr)
         assert one_error_line(done) == (f"error: ficha has not been started {where} yet: "
                                         "start it once with `ficha up`"), command
+
+
+# ------------------------------------------ 3. channels, 4. --days, 6. emails: one answer
+
+
+def test_an_unknown_channel_is_refused_everywhere_alike(seeded: ReadModels,
+                                                        tmp_path: Path) -> None:
+    commands = [
+        ["consent", "at", "--email", "ana@example.com", "--channel", "fax", "--at",
+         "2026-04-01"],
+        ["contacts", "list", "--consent", "fax"], ["contacts", "list", "--no-consent", "fax"],
+        ["export", "contacts", "--consent", "fax", "--out", str(tmp_path / "x.csv")],
+    ]
+    for command in commands:
+        done = ficha(*command, "--tenant", "acme")
+        assert done.exit_code == 2, (command, done.stdout, done.stderr)
+        assert one_error_line(done) == ("error: unknown consent channel 'fax': use one of "
+                                        "email, sms, whatsapp, phone"), command
+
+
+def test_engagement_days_must_be_a_real_period(seeded: ReadModels) -> None:
+    for days in ("-5", "0", "367"):
+        done = ficha("engagement", "stats", "--tenant", "acme", "--days", days)
+        assert done.exit_code == 2, (days, done.stdout)
+        assert one_error_line(done) == f"error: --days must be between 1 and 366; got {days}"
+    done = ficha("engagement", "stats", "--tenant", "acme", "--days", "1")
+    assert done.exit_code == 0 and "1-day change" in done.stdout, done.stderr
+
+
+def test_a_malformed_email_gets_the_same_answer_from_every_command(seeded: ReadModels,
+                                                                   tmp_path: Path) -> None:
+    commands = [
+        ["contacts", "get", "--email", "not-an-email"],
+        ["segments", "why", "--email", "not-an-email"],
+        ["consent", "at", "--email", "not-an-email"],
+        ["contacts", "access", "not-an-email", "--skip-dead-letters"],
+        ["erase", "not-an-email", "--yes"],
+    ]
+    for command in commands:
+        done = ficha(*command, "--tenant", "acme")
+        assert done.exit_code == 2, (command, done.stdout, done.stderr)
+        assert one_error_line(done) == \
+            "error: 'not-an-email' is not an email address: it must contain exactly one @"
+    # A well-formed address nobody has: the same sentence from the card and the audience.
+    for command in (["contacts", "get"], ["segments", "why"], ["consent", "at"]):
+        done = ficha(*command, "--email", "Nobody@Example.com", "--tenant", "acme")
+        assert done.exit_code == 2, (command, done.stderr)
+        assert one_error_line(done) == "error: no contact nobody@example.com in tenant acme"
