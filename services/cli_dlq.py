@@ -115,6 +115,8 @@ def dlq_redrive(
 
     done = _on_selected(_chosen(tenant, code, seqs, every), yes, "Re-drive {n} dead letters?",
                         act)
+    if done is None:
+        fail("no dead letters match")
     console.print(f"re-drove {done} dead letters; they go through ingestion again")
 
 
@@ -130,20 +132,25 @@ def dlq_purge(
 
     done = _on_selected(_chosen(tenant, code, seqs, every), yes,
                         "Delete {n} dead letters for good?", purge)
+    if done is None:  # nothing to delete is what the operator wanted
+        console.print("no dead letters match: nothing purged")
+        return
     console.print(f"deleted {done} dead letters")
 
 
 def _on_selected(selection: Any, yes: bool, question: str,
-                 action: Callable[[Any, list[Any]], Awaitable[int]]) -> int:
-    """Read the selected dead letters, confirm, and act on them; the count acted on."""
+                 action: Callable[[Any, list[Any]], Awaitable[int]]) -> int | None:
+    """Read the selected dead letters, confirm, and act on them; the count acted on, or
+    None when none matched."""
     from services.dlq import read
 
-    async def work(js: Any) -> int:
+    async def work(js: Any) -> int | None:
         letters = await read(js, selection)
         if not letters:
-            raise CliError("no dead letters match")
+            return None
         if not yes and not typer.confirm(question.format(n=len(letters))):
             raise typer.Exit(1)
         return await action(js, letters)
 
-    return int(run(_with_js(work)))
+    done = run(_with_js(work))
+    return None if done is None else int(done)
