@@ -30,10 +30,12 @@ from services.cli_common import (
     consent_channel,
     console,
     contact_email,
+    country_code,
     db_error_text,
     description_column,
     err,
     fail,
+    language_tag,
     name_connections,
     parse_date,
     require_known_tenant,
@@ -289,8 +291,10 @@ def demo(
 @contacts_app.command("list")
 def contacts_list(
     tenant: Annotated[str, tenant_option("Tenant whose contacts to list.")],
-    language: Annotated[str | None, typer.Option(help="es matches es, es-MX…")] = None,
-    country: Annotated[str | None, typer.Option(help="ISO country code, e.g. ES.")] = None,
+    language: Annotated[str | None, typer.Option(
+        help="es matches es, es-MX…", callback=language_tag)] = None,
+    country: Annotated[str | None, typer.Option(
+        help="ISO 3166-1 alpha-2 country code, e.g. ES.", callback=country_code)] = None,
     tag: Annotated[str | None, typer.Option(help="Has this tag (any case).")] = None,
     consent: Annotated[str | None, typer.Option(
         help="Consent granted on channel.", callback=consent_channel)] = None,

@@ -134,10 +134,13 @@ def segments_delete(
     from services.domain.segments import SegmentError
     from services.store.contact_store import ContactStore
 
-    if not yes and not typer.confirm(f"Delete segment {segment_id} of {tenant}?"):
-        raise typer.Exit(1)
     store = ContactStore(settings_or_fail())
     try:
+        catalog = SegmentCommands(store).catalog(tenant)
+        if catalog is None or segment_id not in catalog.live():
+            fail(f"segment {segment_id!r} does not exist in tenant {tenant}", 2)
+        if not yes and not typer.confirm(f"Delete segment {segment_id} of {tenant}?"):
+            raise typer.Exit(1)
         definition = SegmentCommands(store).delete(tenant, segment_id)
     except SegmentError as error:
         fail(str(error), 2)

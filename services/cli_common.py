@@ -146,6 +146,24 @@ def consent_channel(value: str | None) -> str | None:
     return value
 
 
+def country_code(value: str | None) -> str | None:
+    """The check of a --country filter (a typer callback): the contract's country list."""
+    from contracts.decode import COUNTRIES
+
+    if value is not None and value.upper() not in COUNTRIES:
+        fail(f"--country takes an ISO 3166-1 alpha-2 code (like ES, MX, US); got {value!r}", 2)
+    return value
+
+
+def language_tag(value: str | None) -> str | None:
+    """The check of a --language filter (a typer callback): the contract's language tag."""
+    from contracts.events import LANGUAGE_PATTERN
+
+    if value is not None and not re.fullmatch(LANGUAGE_PATTERN, value):
+        fail(f"--language takes a language tag (like es, or es-MX); got {value!r}", 2)
+    return value
+
+
 def contact_email(value: str | None) -> str | None:
     """The check of every option or argument naming a person by email (a typer callback):
     the contract's email syntax, after its normalisation."""

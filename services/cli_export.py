@@ -13,10 +13,12 @@ import typer
 from services.cli_common import (
     consent_channel,
     console,
+    country_code,
     db_error_text,
     description_column,
     err,
     fail,
+    language_tag,
     parse_date,
     require_known_tenant,
     settings_or_fail,
@@ -126,8 +128,10 @@ def export_contacts(
     tenant: Tenant,
     out: Out,
     fmt: Format = None,
-    language: Annotated[str | None, typer.Option(help="es matches es, es-MX…")] = None,
-    country: Annotated[str | None, typer.Option(help="ISO country code, e.g. ES.")] = None,
+    language: Annotated[str | None, typer.Option(
+        help="es matches es, es-MX…", callback=language_tag)] = None,
+    country: Annotated[str | None, typer.Option(
+        help="ISO 3166-1 alpha-2 country code, e.g. ES.", callback=country_code)] = None,
     tag: Annotated[str | None, typer.Option(help="Has this tag (any case).")] = None,
     consent: Annotated[str | None, typer.Option(
         help="Consent granted on channel.", callback=consent_channel)] = None,

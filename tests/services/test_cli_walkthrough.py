@@ -235,3 +235,30 @@ def test_a_malformed_email_gets_the_same_answer_from_every_command(seeded: ReadM
         done = ficha(*command, "--email", "Nobody@Example.com", "--tenant", "acme")
         assert done.exit_code == 2, (command, done.stderr)
         assert one_error_line(done) == "error: no contact nobody@example.com in tenant acme"
+
+
+# ------------------------------------------- 8. delete, 9. country and language filters
+
+
+def test_deleting_a_segment_that_does_not_exist_asks_nothing(seeded: ReadModels) -> None:
+    done = CliRunner().invoke(app, ["segments", "delete", "--tenant", "acme", "nosuch"],
+                              input="y\n")
+    assert done.exit_code == 2, done.stdout
+    assert "Delete segment" not in done.stdout  # no question before the answer is known
+    assert one_error_line(done) == "error: segment 'nosuch' does not exist in tenant acme"
+
+
+def test_country_and_language_filters_want_codes(seeded: ReadModels, tmp_path: Path) -> None:
+    for command in (["contacts", "list"],
+                    ["export", "contacts", "--out", str(tmp_path / "x.csv")]):
+        done = ficha(*command, "--tenant", "acme", "--country", "Spain")
+        assert done.exit_code == 2, (command, done.stdout)
+        assert one_error_line(done) == ("error: --country takes an ISO 3166-1 alpha-2 code "
+                                        "(like ES, MX, US); got 'Spain'")
+        done = ficha(*command, "--tenant", "acme", "--language", "Spanish")
+        assert done.exit_code == 2, (command, done.stdout)
+        assert one_error_line(done) == ("error: --language takes a language tag (like es, "
+                                        "or es-MX); got 'Spanish'")
+    for good in (["--country", "es"], ["--language", "es-MX"]):
+        done = ficha("contacts", "list", "--tenant", "acme", *good)
+        assert done.exit_code == 0, done.stderr
