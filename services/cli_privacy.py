@@ -20,6 +20,7 @@ from services.cli_common import (
     db_error_text,
     err,
     fail,
+    labelled,
     require_known_tenant,
     run,
     settings_or_fail,
@@ -46,12 +47,19 @@ def erase(
 
     Publishes contact_erasure_requested through the bus, as any producer would; follow it
     with `ficha erasures show EVENT_ID`."""
+    from contracts.emails import normalise_email
     from services.privacy import erasure_request
 
     try:
         event = erasure_request(tenant, email)
     except ValueError as error:
         fail(str(error), 2)
+    address = normalise_email(email)
+    if not _holds_contact(tenant, address):
+        err.print(labelled("note:", "yellow", (
+            f"no contact {address} is known in tenant {tenant} yet. The request is "
+            "recorded all the same: events about this person stamped before it that "
+            "arrive later are refused (docs/privacy.md)")), highlight=False)
     if not yes and not typer.confirm(
             f"Erase everything ficha holds about {email.strip().lower()} in tenant {tenant}? "
             "This cannot be undone"):
@@ -71,6 +79,20 @@ def erase(
         return
     console.print(f"erasure requested: event {event['event_id']}. Follow it with "
                   f"`ficha erasures show {event['event_id']}`", highlight=False)
+
+
+def _holds_contact(tenant: str, address: str) -> bool:
+    """Whether the client list has this person (when it cannot be read, assume so: the
+    note this decides is a hint, not a check)."""
+    from projections.queries import card
+
+    db = views(settings_or_fail())
+    try:
+        return card(db, tenant, address, timeline_limit=0) is not None
+    except Exception:  # noqa: BLE001 - not started, or unreachable: say nothing
+        return True
+    finally:
+        db.close()
 
 
 def _receipts(tenant: str | None = None, reference: str | None = None) -> Any:

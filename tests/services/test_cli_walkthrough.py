@@ -4,6 +4,7 @@ same answer from every command."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -262,3 +263,27 @@ def test_country_and_language_filters_want_codes(seeded: ReadModels, tmp_path: P
     for good in (["--country", "es"], ["--language", "es-MX"]):
         done = ficha("contacts", "list", "--tenant", "acme", *good)
         assert done.exit_code == 0, done.stderr
+
+
+# ---------------------------------------------------- 12. erasing someone ficha never held
+
+
+async def test_erasing_an_unknown_person_says_what_the_request_still_does(
+        seeded: ReadModels, settings: Settings, nats_server: Any, fresh_topology: None,
+        js: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.runtime import topology_settings
+    from services.streams import ensure_topology
+
+    await ensure_topology(js, topology_settings(settings))
+    monkeypatch.setenv("FICHA_NATS_URL", nats_server.url)
+    note = ("note: no contact nobody@example.com is known in tenant acme yet. The request "
+            "is recorded all the same: events about this person stamped before it that "
+            "arrive later are refused (docs/privacy.md)")
+    done = await asyncio.to_thread(ficha, "erase", "Nobody@Example.com", "--tenant", "acme",
+                                   "--yes")
+    assert done.exit_code == 0, done.stderr
+    assert " ".join(done.stderr.split()) == note
+    assert "erasure requested: event erase-" in done.stdout
+    done = await asyncio.to_thread(ficha, "erase", "ana@example.com", "--tenant", "acme",
+                                   "--yes")
+    assert done.exit_code == 0 and done.stderr == "", done.stderr
