@@ -30,6 +30,7 @@ from services.cli_common import (
     consent_channel,
     console,
     contact_email,
+    counted,
     country_code,
     db_error_text,
     description_column,
@@ -342,7 +343,7 @@ def contacts_list(
     if as_json:
         print(json.dumps({"contacts": rows, "next_cursor": next_cursor, "total": total}))
         return
-    matches = f" ({total} match)" if total is not None else ""
+    matches = f" ({counted(total, 'match', 'matches')})" if total is not None else ""
     table = Table(title=f"contacts of {tenant}{matches}")
     for column in ("email", "name", "lang", "country", "tags", "consent", "first seen",
                    "last active", "forms", "bookings", "purchases"):
@@ -408,7 +409,7 @@ def contacts_get(
         state = f"{entry['state']} since {entry['changed_at']}"
         card_table.add_row(f"list {entry['list_id']}", state)
     console.print(card_table)
-    timeline = Table(title=f"timeline ({len(card['timeline'])} entries)")
+    timeline = Table(title=f"timeline ({counted(len(card['timeline']), 'entry', 'entries')})")
     timeline.add_column("when")
     timeline.add_column("kind")
     timeline.add_column("what", overflow="fold")

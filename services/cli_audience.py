@@ -16,6 +16,7 @@ from services.cli_common import (
     consent_channel,
     console,
     contact_email,
+    counted,
     db_error_text,
     fail,
     parse_date,
@@ -60,6 +61,12 @@ def _query(tenant: str, read: Callable[[Any], Any], what: str = "the audience mo
         fail(f"cannot read {what}: {db_error_text(error)}")
     finally:
         db.close()
+
+
+def _cause(cause: str, ref: str) -> str:
+    """What moved a membership: ``event web-7f3a``, ``definition es@v2``, ``clock`` (a
+    clock tick's reference is the word clock again: said once)."""
+    return cause if ref in ("", cause) else f"{cause} {ref}"
 
 
 def _dump(value: Any) -> None:
@@ -232,12 +239,12 @@ def segments_members(
                "next_after": rows[-1]["contact_id"] if len(rows) == limit else None})
         return
     when = f" at {as_of}" if as_of else ""
-    table = Table(title=f"{segment_id} ({tenant}){when}: {total} members")
+    table = Table(title=f"{segment_id} ({tenant}){when}: {counted(total, 'member')}")
     for column in ("email", "entered", "why", "exited"):
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(row["email"], row["entered_at"][:19].replace("T", " "),
-                      f"{row['enter_cause']} {row['enter_ref']}",
+                      _cause(row["enter_cause"], row["enter_ref"]),
                       (row["exited_at"] or "")[:19].replace("T", " "))
     console.print(table)
     if len(rows) == limit:
@@ -276,12 +283,14 @@ def segments_why(
             console.print(Text.assemble("  ", mark, f" {clause['path']}: {clause['clause']}"))
         for h in seg["history"]:
             flipped = ", ".join(c["clause"] for c in h["enter_clauses"])
-            console.print(f"  entered {h['entered_at']} by {h['enter_cause']} {h['enter_ref']}"
+            console.print(f"  entered {h['entered_at']} by "
+                          f"{_cause(h['enter_cause'], h['enter_ref'])}"
                           + (f" ({flipped})" if flipped else ""))
             if h["exited_at"]:
                 flipped = ", ".join(c["clause"] for c in h["exit_clauses"] or [])
-                console.print(f"  exited  {h['exited_at']} by {h['exit_cause']} "
-                              f"{h['exit_ref']}" + (f" ({flipped})" if flipped else ""))
+                console.print(f"  exited  {h['exited_at']} by "
+                              f"{_cause(h['exit_cause'], h['exit_ref'])}"
+                              + (f" ({flipped})" if flipped else ""))
 
 
 @engagement_app.command("stats")

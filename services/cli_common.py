@@ -39,6 +39,11 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def counted(n: int, word: str, plural: str | None = None) -> str:
+    """``1 member``, ``2 members``: a count with its noun."""
+    return f"{n:,} {word if n == 1 else plural or word + 's'}"
+
+
 def labelled(label: str, style: str, message: str) -> Text:
     """``label message`` with the label styled and the message shown as written."""
     return Text.assemble((label, style), " ", message)

@@ -10,7 +10,15 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from services.cli_common import CliError, console, fail, run, settings_or_fail, tenant_option
+from services.cli_common import (
+    CliError,
+    console,
+    counted,
+    fail,
+    run,
+    settings_or_fail,
+    tenant_option,
+)
 
 dlq_app = typer.Typer(help="Dead letters: list, show, re-drive, purge.", no_args_is_help=True)
 
@@ -117,7 +125,7 @@ def dlq_redrive(
                         act)
     if done is None:
         fail("no dead letters match")
-    console.print(f"re-drove {done} dead letters; they go through ingestion again")
+    console.print(f"re-drove {counted(done, 'dead letter')}; they go through ingestion again")
 
 
 @dlq_app.command("purge")
@@ -135,7 +143,7 @@ def dlq_purge(
     if done is None:  # nothing to delete is what the operator wanted
         console.print("no dead letters match: nothing purged")
         return
-    console.print(f"deleted {done} dead letters")
+    console.print(f"deleted {counted(done, 'dead letter')}")
 
 
 def _on_selected(selection: Any, yes: bool, question: str,

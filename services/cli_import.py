@@ -239,7 +239,11 @@ class _ProgressBar:
         published = "" if report.dry_run else f" · {report.rows_published:,} published"
         self.progress.update(
             self.task, description="checking" if report.dry_run else "importing",
-            total=max(report.lines - 1, report.rows_read), completed=report.rows_read,
+            # The line count estimates the rows (a quoted cell may span lines): once the
+            # file is read, the rows read are the whole.
+            total=report.rows_read if report.completed else max(report.lines - 1,
+                                                                report.rows_read),
+            completed=report.rows_read,
             counts=f"{report.rows_accepted:,} ok · {report.rows_rejected:,} rejected"
                    f"{published}")
 

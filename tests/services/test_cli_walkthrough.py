@@ -287,3 +287,45 @@ async def test_erasing_an_unknown_person_says_what_the_request_still_does(
     done = await asyncio.to_thread(ficha, "erase", "ana@example.com", "--tenant", "acme",
                                    "--yes")
     assert done.exit_code == 0 and done.stderr == "", done.stderr
+
+
+# ----------------------------------------------------------------------- 13. cosmetics
+
+
+def test_counts_and_causes_read_as_sentences(seeded: ReadModels) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from services.catalog import ClockCommands, SegmentCommands
+
+    segments = SegmentCommands(seeded.store)
+    segments.define("acme", "vip", "VIPs", {"field": "tags", "op": "has", "value": "vip"})
+    segments.define("acme", "quiet", "Gone quiet",
+                    {"field": "engagement", "op": "equals", "value": "inactive"})
+    seeded.catch_up()
+    ClockCommands(seeded.store).tick(datetime.now(UTC) + timedelta(days=800))
+    seeded.catch_up()
+
+    done = ficha("segments", "members", "--tenant", "acme", "vip")
+    assert done.exit_code == 0, done.stderr
+    assert "vip (acme): 1 member" in done.stdout and "1 members" not in done.stdout
+    done = ficha("contacts", "list", "--tenant", "acme", "--count", "--tag", "vip")
+    assert "(1 match)" in done.stdout, done.stdout
+
+    done = ficha("segments", "why", "--tenant", "acme", "--email", "ana@example.com",
+                 "quiet")
+    assert done.exit_code == 0, done.stderr
+    entered = [line for line in done.stdout.splitlines() if "entered" in line]
+    assert entered and all(line.split(" by ")[1].startswith("clock") for line in entered)
+    assert "clock clock" not in done.stdout
+    done = ficha("segments", "members", "--tenant", "acme", "quiet")
+    assert "clock clock" not in done.stdout and ": 2 members" in done.stdout
+
+
+def test_the_import_bar_ends_full(seeded: ReadModels, tmp_path: Path) -> None:
+    people = tmp_path / "people.csv"
+    rows = [f'p{n}@example.com,"line one\nline two"' if n == 0 else f"p{n}@example.com,x"
+            for n in range(9)]
+    people.write_text("email,property:note\n" + "\n".join(rows) + "\n")
+    done = ficha("import", str(people), "--tenant", "acme", "--dry-run")
+    assert done.exit_code == 0, done.stderr
+    assert "9/9" in done.stderr and "9/10" not in done.stderr, done.stderr
