@@ -10,7 +10,9 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from services.cli_api import api, keys_app
 from services.cli_audience import (
@@ -26,14 +28,22 @@ from services.cli_audience import (
 from services.cli_common import (
     CliError,
     configure_logging,
+    consent_channel,
     console,
+    contact_email,
+    counted,
+    country_code,
     db_error_text,
+    description_column,
     err,
     fail,
+    language_tag,
     name_connections,
     parse_date,
+    require_known_tenant,
     run,
     settings_or_fail,
+    tenant_option,
     views,
 )
 from services.cli_dlq import dlq_app
@@ -87,7 +97,7 @@ def _serve(runtime: Any, banner: str) -> None:
         except Exception as error:
             await runtime.stop()
             raise CliError(f"could not start: {db_error_text(error)}") from error
-        console.print(banner.format(nats=runtime.nats_url))
+        console.print(banner.format(nats=escape(runtime.nats_url)), markup=True)
         waiter = asyncio.create_task(runtime.wait())
         stopper = asyncio.create_task(stopping.wait())
         done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -112,7 +122,7 @@ def up(
     settings = settings_or_fail()
     _serve(Runtime(settings, projector="process"),
            f"[bold green]ficha is up[/]  backend={settings.backend}  nats={{nats}}  "
-           f"partitions={settings.partitions}  data={settings.data_dir}\n"
+           f"partitions={settings.partitions}  data={escape(str(settings.data_dir))}\n"
            + (f"HTTP API: http://{settings.api_host}:{settings.api_port} "
               f"(OpenAPI at /schema)\n" if settings.api_port else "")
            + "Publish to ficha.in.<tenant>.<type>; Ctrl-C stops.")
@@ -221,7 +231,7 @@ def project(
 
 @app.command()
 def demo(
-    tenant: Annotated[str, typer.Option(help="Tenant to publish for.")],
+    tenant: Annotated[str, tenant_option("Tenant to publish for.")],
     events: Annotated[int, typer.Option(help="How many events to publish.")] = 10_000,
     seed: Annotated[int, typer.Option(help="Same seed, same history.")] = 0,
     rate: Annotated[float, typer.Option(help="Events per second (0 = as fast as possible).")] = 0,
@@ -229,13 +239,10 @@ def demo(
     """Publish a realistic synthetic history to the running ficha."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from contracts.decode import TENANT_PATTERN
     from contracts.publisher import publish_many
     from services.demo import generate_history
     from services.runtime import connect_nats, resolve_nats_url, unreachable_text
 
-    if not TENANT_PATTERN.fullmatch(tenant):
-        fail(f"tenant {tenant!r} is not valid: use lowercase letters, digits, _ and -")
     if events < 1:
         fail("--events must be at least 1")
     settings = settings_or_fail()
@@ -253,7 +260,7 @@ def demo(
             js = nc.jetstream()
             history = generate_history(tenant, events, seed=seed)
             with Progress(
-                "[progress.description]{task.description}",
+                description_column(),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeRemainingColumn(),
@@ -285,12 +292,16 @@ def demo(
 
 @contacts_app.command("list")
 def contacts_list(
-    tenant: Annotated[str, typer.Option(help="Tenant whose contacts to list.")],
-    language: Annotated[str | None, typer.Option(help="es matches es, es-MX…")] = None,
-    country: Annotated[str | None, typer.Option(help="ISO country code, e.g. ES.")] = None,
+    tenant: Annotated[str, tenant_option("Tenant whose contacts to list.")],
+    language: Annotated[str | None, typer.Option(
+        help="es matches es, es-MX…", callback=language_tag)] = None,
+    country: Annotated[str | None, typer.Option(
+        help="ISO 3166-1 alpha-2 country code, e.g. ES.", callback=country_code)] = None,
     tag: Annotated[str | None, typer.Option(help="Has this tag (any case).")] = None,
-    consent: Annotated[str | None, typer.Option(help="Consent granted on channel.")] = None,
-    no_consent: Annotated[str | None, typer.Option(help="No consent on channel.")] = None,
+    consent: Annotated[str | None, typer.Option(
+        help="Consent granted on channel.", callback=consent_channel)] = None,
+    no_consent: Annotated[str | None, typer.Option(
+        help="No consent on channel.", callback=consent_channel)] = None,
     since: Annotated[str | None, typer.Option(help="First contact on or after.")] = None,
     until: Annotated[str | None, typer.Option(help="First contact before.")] = None,
     email_prefix: Annotated[str | None, typer.Option(help="Email starts with.")] = None,
@@ -305,7 +316,6 @@ def contacts_list(
         QueryError,
         count_contacts,
         list_contacts,
-        tenant_exists,
     )
 
     settings = settings_or_fail()
@@ -322,8 +332,7 @@ def contacts_list(
     )
     db = views(settings)
     try:
-        if not tenant_exists(db, tenant):
-            fail(f"no contacts for tenant {tenant!r} yet (is it spelled right?)")
+        require_known_tenant(tenant, db)
         rows, next_cursor = list_contacts(db, f, limit=limit, cursor=cursor)
         total = count_contacts(db, f) if count else None
     except QueryError as error:
@@ -335,7 +344,7 @@ def contacts_list(
     if as_json:
         print(json.dumps({"contacts": rows, "next_cursor": next_cursor, "total": total}))
         return
-    matches = f" ({total} match)" if total is not None else ""
+    matches = f" ({counted(total, 'match', 'matches')})" if total is not None else ""
     table = Table(title=f"contacts of {tenant}{matches}")
     for column in ("email", "name", "lang", "country", "tags", "consent", "first seen",
                    "last active", "forms", "bookings", "purchases"):
@@ -363,23 +372,26 @@ def contacts_list(
 
 @contacts_app.command("get")
 def contacts_get(
-    tenant: Annotated[str, typer.Option(help="Tenant of the contact.")],
-    email: Annotated[str, typer.Option(help="The contact's email (any case).")],
+    tenant: Annotated[str, tenant_option("Tenant of the contact.")],
+    email: Annotated[str, typer.Option(help="The contact's email (any case).",
+                                       callback=contact_email)],
     as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
 ) -> None:
     """One contact's card and full timeline."""
+    from contracts.emails import normalise_email
     from projections.queries import get_card
 
     settings = settings_or_fail()
     db = views(settings)
     try:
+        require_known_tenant(tenant, db)
         card = get_card(db, tenant, email)
     except Exception as error:  # noqa: BLE001
         fail(f"cannot read the card: {db_error_text(error)}")
     finally:
         db.close()
     if card is None:
-        fail(f"no contact with email {email.strip().lower()!r} in tenant {tenant!r}")
+        fail(f"no contact {normalise_email(email)} in tenant {tenant}", 2)
     if as_json:
         print(json.dumps(card))
         return
@@ -398,7 +410,7 @@ def contacts_get(
         state = f"{entry['state']} since {entry['changed_at']}"
         card_table.add_row(f"list {entry['list_id']}", state)
     console.print(card_table)
-    timeline = Table(title=f"timeline ({len(card['timeline'])} entries)")
+    timeline = Table(title=f"timeline ({counted(len(card['timeline']), 'entry', 'entries')})")
     timeline.add_column("when")
     timeline.add_column("kind")
     timeline.add_column("what", overflow="fold")
@@ -427,8 +439,9 @@ def status(
         print(json.dumps(report))
         raise typer.Exit(1 if unhealthy else 0)
     bus = report["bus"]
-    console.print(f"backend: {report['backend']}   nats: {bus.get('url') or 'not found'}"
-                  + (f"   ([red]{bus['error']}[/])" if bus.get("error") else ""))
+    console.print(Text.assemble(
+        f"backend: {report['backend']}   nats: {bus.get('url') or 'not found'}",
+        *((("   ("), (str(bus["error"]), "red"), ")") if bus.get("error") else ())))
     parts = Table(title="ingest partitions")
     for column in ("partition", "committed position", "pending in stream", "unacked"):
         parts.add_column(column, justify="right")
@@ -477,8 +490,8 @@ def _chosen_projections(names: list[str] | None) -> list[Any]:
 def projections_replay(
     names: Annotated[list[str] | None, typer.Argument(
         help="Projections to replay (default: all).")] = None,
-    tenant: Annotated[str | None, typer.Option(
-        help="Replace only this tenant's rows (the others, and ficha.out, are untouched).",
+    tenant: Annotated[str | None, tenant_option(
+        "Replace only this tenant's rows (the others, and ficha.out, are untouched).",
     )] = None,
 ) -> None:
     """Rebuild side by side from the event log, then switch readers over atomically.
@@ -487,20 +500,23 @@ def projections_replay(
     With --tenant, the copy stops at the live model's position and only that tenant's
     rows are replaced; nothing is published on ficha.out.
     """
-    from rich.progress import Progress
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
 
     from projections.replay import replay
     from services.store.contact_store import ContactStore
 
     settings = settings_or_fail()
     chosen = _chosen_projections(names)
+    if tenant is not None:
+        require_known_tenant(tenant)
     store = ContactStore(settings)
     db = views(settings)
     what = f" for tenant {tenant}" if tenant else ""
     try:
         for projection in chosen:
             head = store.max_notification_id() or 1
-            with Progress(console=err) as progress:
+            with Progress(description_column(), BarColumn(), TaskProgressColumn(),
+                          TimeRemainingColumn(), console=err) as progress:
                 task = progress.add_task(f"replaying {projection.name}{what}", total=head)
                 result = replay(store, db, type(projection), _advancing(progress, task),
                                 tenant=tenant)

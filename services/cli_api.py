@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from services.cli_common import (
     CliError,
@@ -14,13 +15,15 @@ from services.cli_common import (
     console,
     db_error_text,
     fail,
+    require_known_tenant,
     run,
     settings_or_fail,
+    tenant_option,
 )
 
 keys_app = typer.Typer(help="API keys of a tenant: create, list, revoke.", no_args_is_help=True)
 
-Tenant = Annotated[str, typer.Option(help="The tenant.")]
+Tenant = Annotated[str, tenant_option()]
 AsJson = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
 
 
@@ -42,14 +45,9 @@ def keys_create(
     as_json: AsJson = False,
 ) -> None:
     """Create an API key. It is printed once: it cannot be shown again."""
-    import re
-
-    from contracts.events import TENANT_REGEX
     from services.catalog import ApiKeyCommands
     from services.domain.api_keys import ApiKeyError
 
-    if not re.match(TENANT_REGEX, tenant):
-        fail(f"{tenant!r} is not a tenant name: 1-63 of a-z, 0-9, _ and -", 2)
     store = _store()
     try:
         key = ApiKeyCommands(store).issue(tenant, scope, label)
@@ -63,8 +61,8 @@ def keys_create(
         return
     console.print(f"API key for tenant {tenant} (scopes: {', '.join(sorted(set(scope)))}):")
     console.print(key, highlight=False, soft_wrap=True)
-    console.print("[dim]Store it now: ficha keeps only its hash. Send it as "
-                  "`Authorization: Bearer <key>`.[/]")
+    console.print("Store it now: ficha keeps only its hash. Send it as "
+                  "`Authorization: Bearer <key>`.", style="dim")
 
 
 @keys_app.command("list")
@@ -72,6 +70,7 @@ def keys_list(tenant: Tenant, as_json: AsJson = False) -> None:
     """A tenant's keys: id, label, scopes, when issued and revoked (never the secrets)."""
     from services.catalog import ApiKeyCommands
 
+    require_known_tenant(tenant)
     store = _store()
     try:
         keys = list(ApiKeyCommands(store).keys(tenant).keys.values())
@@ -135,8 +134,9 @@ def api(
         except PortTaken as error:
             fail(str(error))
         os.environ.update(settings.to_env())
-        console.print(f"[bold green]ficha API[/] on http://{settings.api_host}:{port} "
-                      f"with {workers} workers (OpenAPI: /schema)")
+        console.print(Text.assemble(("ficha API", "bold green"),
+                                    f" on http://{settings.api_host}:{port} "
+                                    f"with {workers} workers (OpenAPI: /schema)"))
         uvicorn.run("services.api.app:app_from_env", factory=True, host=settings.api_host,
                     port=port, workers=workers, log_config=None, access_log=False,
                     lifespan="off")
@@ -155,8 +155,9 @@ def api(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        console.print(f"[bold green]ficha API[/] on http://{settings.api_host}:{port}  "
-                      f"(OpenAPI: http://{settings.api_host}:{port}/schema)")
+        console.print(Text.assemble(("ficha API", "bold green"),
+                                    f" on http://{settings.api_host}:{port}  "
+                                    f"(OpenAPI: http://{settings.api_host}:{port}/schema)"))
         try:
             await serve_until(make_server(ctx, settings.api_host, port), stop, [sock])
         finally:

@@ -10,15 +10,28 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from services.cli_common import console, db_error_text, fail, parse_date, settings_or_fail, views
+from services.cli_common import (
+    consent_channel,
+    console,
+    contact_email,
+    counted,
+    db_error_text,
+    fail,
+    parse_date,
+    require_known_tenant,
+    settings_or_fail,
+    tenant_option,
+    views,
+)
 
 segments_app = typer.Typer(help="Define segments and read their members.", no_args_is_help=True)
 engagement_app = typer.Typer(help="Engagement statistics.", no_args_is_help=True)
 lists_app = typer.Typer(help="Email list statistics.", no_args_is_help=True)
 consent_app = typer.Typer(help="The consent ledger.", no_args_is_help=True)
 
-Tenant = Annotated[str, typer.Option(help="The tenant.")]
+Tenant = Annotated[str, tenant_option()]
 AsJson = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
 
 
@@ -37,15 +50,23 @@ def _read_rule(path: Path) -> Any:
     return {"rule": data}
 
 
-def _query(read: Callable[[Any], Any], what: str = "the audience model") -> Any:
-    """Run a read-model query with a view connection; an unreachable database is one line."""
+def _query(tenant: str, read: Callable[[Any], Any], what: str = "the audience model") -> Any:
+    """Run a read-model query on a known tenant with a view connection; an unreachable
+    database is one line."""
     db = views(settings_or_fail())
     try:
+        require_known_tenant(tenant, db)
         return read(db)
     except Exception as error:  # noqa: BLE001 - the database is unreachable or not created
         fail(f"cannot read {what}: {db_error_text(error)}")
     finally:
         db.close()
+
+
+def _cause(cause: str, ref: str) -> str:
+    """What moved a membership: ``event web-7f3a``, ``definition es@v2``, ``clock`` (a
+    clock tick's reference is the word clock again: said once)."""
+    return cause if ref in ("", cause) else f"{cause} {ref}"
 
 
 def _dump(value: Any) -> None:
@@ -120,10 +141,13 @@ def segments_delete(
     from services.domain.segments import SegmentError
     from services.store.contact_store import ContactStore
 
-    if not yes and not typer.confirm(f"Delete segment {segment_id} of {tenant}?"):
-        raise typer.Exit(1)
     store = ContactStore(settings_or_fail())
     try:
+        catalog = SegmentCommands(store).catalog(tenant)
+        if catalog is None or segment_id not in catalog.live():
+            fail(f"segment {segment_id!r} does not exist in tenant {tenant}", 2)
+        if not yes and not typer.confirm(f"Delete segment {segment_id} of {tenant}?"):
+            raise typer.Exit(1)
         definition = SegmentCommands(store).delete(tenant, segment_id)
     except SegmentError as error:
         fail(str(error), 2)
@@ -147,6 +171,7 @@ def segments_preview(
     spec = _read_rule(rule_file)
     db = views(settings_or_fail())
     try:
+        require_known_tenant(tenant, db)
         result = preview(db, tenant, segment_id, spec["rule"], datetime.now(UTC), sample)
     except RuleError as error:
         fail(f"the rule is not valid: {error}", 2)
@@ -172,7 +197,7 @@ def segments_list(tenant: Tenant, as_json: AsJson = False) -> None:
     """The tenant's segments with their member counts."""
     from projections.audience_queries import list_segments
 
-    rows = _query(lambda db: list_segments(db, tenant))
+    rows = _query(tenant, lambda db: list_segments(db, tenant))
     if as_json:
         _dump(rows)
         return
@@ -200,6 +225,7 @@ def segments_members(
     moment = parse_date(as_of, "--as-of")
     db = views(settings_or_fail())
     try:
+        require_known_tenant(tenant, db)
         rows = segment_members(db, tenant, segment_id, as_of=moment, limit=limit, after=after)
         total = count_members(db, tenant, segment_id, moment)
     except NotFound as error:
@@ -213,12 +239,12 @@ def segments_members(
                "next_after": rows[-1]["contact_id"] if len(rows) == limit else None})
         return
     when = f" at {as_of}" if as_of else ""
-    table = Table(title=f"{segment_id} ({tenant}){when}: {total} members")
+    table = Table(title=f"{segment_id} ({tenant}){when}: {counted(total, 'member')}")
     for column in ("email", "entered", "why", "exited"):
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(row["email"], row["entered_at"][:19].replace("T", " "),
-                      f"{row['enter_cause']} {row['enter_ref']}",
+                      _cause(row["enter_cause"], row["enter_ref"]),
                       (row["exited_at"] or "")[:19].replace("T", " "))
     console.print(table)
     if len(rows) == limit:
@@ -228,7 +254,7 @@ def segments_members(
 @segments_app.command("why")
 def segments_why(
     tenant: Tenant,
-    email: Annotated[str, typer.Option(help="The contact's email.")],
+    email: Annotated[str, typer.Option(help="The contact's email.", callback=contact_email)],
     segment_id: Annotated[str | None, typer.Argument(help="One segment (default: all).")] = None,
     as_json: AsJson = False,
 ) -> None:
@@ -237,6 +263,7 @@ def segments_why(
 
     db = views(settings_or_fail())
     try:
+        require_known_tenant(tenant, db)
         report = explain(db, tenant, email, segment_id)
     except NotFound as error:
         fail(str(error), 2)
@@ -248,32 +275,39 @@ def segments_why(
     console.print(f"{report['email']} ({tenant}), as of {report['as_of']}, "
                   f"engagement: {report['engagement']}")
     for seg in report["segments"]:
-        state = "[green]member[/]" if seg["member"] else "[dim]not a member[/]"
-        console.print(f"\n[bold]{seg['segment_id']}[/] v{seg['version']}: {state}")
+        state = ("member", "green") if seg["member"] else ("not a member", "dim")
+        console.print(Text.assemble("\n", (seg["segment_id"], "bold"), f" v{seg['version']}: ",
+                                    state))
         for clause in seg["clauses"]:
-            mark = "[green]✓[/]" if clause["holds"] else "[red]✗[/]"
-            console.print(f"  {mark} {clause['path']}: {clause['clause']}")
+            mark = ("✓", "green") if clause["holds"] else ("✗", "red")
+            console.print(Text.assemble("  ", mark, f" {clause['path']}: {clause['clause']}"))
         for h in seg["history"]:
             flipped = ", ".join(c["clause"] for c in h["enter_clauses"])
-            console.print(f"  entered {h['entered_at']} by {h['enter_cause']} {h['enter_ref']}"
+            console.print(f"  entered {h['entered_at']} by "
+                          f"{_cause(h['enter_cause'], h['enter_ref'])}"
                           + (f" ({flipped})" if flipped else ""))
             if h["exited_at"]:
                 flipped = ", ".join(c["clause"] for c in h["exit_clauses"] or [])
-                console.print(f"  exited  {h['exited_at']} by {h['exit_cause']} "
-                              f"{h['exit_ref']}" + (f" ({flipped})" if flipped else ""))
+                console.print(f"  exited  {h['exited_at']} by "
+                              f"{_cause(h['exit_cause'], h['exit_ref'])}"
+                              + (f" ({flipped})" if flipped else ""))
 
 
 @engagement_app.command("stats")
 def engagement_stats_command(
     tenant: Tenant,
-    days: Annotated[int, typer.Option(help="Days of daily series.")] = 30,
+    days: Annotated[int, typer.Option(
+        help="Days of the daily series and of the change (1-366).")] = 30,
     as_json: AsJson = False,
 ) -> None:
     """Engaged / not engaged / inactive: counts, percentages, change, by subscription."""
     from projections.audience_queries import engagement_stats
 
+    if not 1 <= days <= 366:
+        fail(f"--days must be between 1 and 366; got {days}", 2)
     db = views(settings_or_fail())
     try:
+        require_known_tenant(tenant, db)
         stats = engagement_stats(db, tenant, days)
     finally:
         db.close()
@@ -300,6 +334,7 @@ def lists_stats_command(tenant: Tenant, as_json: AsJson = False) -> None:
 
     db = views(settings_or_fail())
     try:
+        require_known_tenant(tenant, db)
         stats = list_stats(db, tenant)
     finally:
         db.close()
@@ -319,8 +354,9 @@ def lists_stats_command(tenant: Tenant, as_json: AsJson = False) -> None:
 @consent_app.command("at")
 def consent_at_command(
     tenant: Tenant,
-    email: Annotated[str, typer.Option(help="The contact's email.")],
-    channel: Annotated[str, typer.Option(help="email, sms, whatsapp or phone.")] = "email",
+    email: Annotated[str, typer.Option(help="The contact's email.", callback=contact_email)],
+    channel: Annotated[str, typer.Option(help="email, sms, whatsapp or phone.",
+                                         callback=consent_channel)] = "email",
     at: Annotated[str | None, typer.Option(help="The moment (default: now).")] = None,
     as_json: AsJson = False,
 ) -> None:
@@ -330,6 +366,7 @@ def consent_at_command(
     moment = parse_date(at, "--at") or datetime.now(UTC)
     db = views(settings_or_fail())
     try:
+        require_known_tenant(tenant, db)
         answer = consent_at(db, tenant, email, channel, moment)
     except NotFound as error:
         fail(str(error), 2)
@@ -338,11 +375,12 @@ def consent_at_command(
     if as_json:
         _dump(answer)
         return
-    verdict = "[green]yes[/]" if answer["consented"] else "[red]no[/]"
+    verdict = ("yes", "green") if answer["consented"] else ("no", "red")
     decided = answer["decided_by"]
     because = (f" (event {decided['event_id']} from {decided['source']}, "
                f"{decided['occurred_at']})" if decided else " (no consent fact before then)")
-    console.print(f"{answer['email']} consent to {channel} at {answer['at']}: {verdict}{because}")
+    console.print(Text.assemble(f"{answer['email']} consent to {channel} at {answer['at']}: ",
+                                verdict, because))
 
 
 rfm_app = typer.Typer(help="RFM groups and scores.", no_args_is_help=True)
@@ -355,6 +393,7 @@ def rfm_stats_command(tenant: Tenant, as_json: AsJson = False) -> None:
 
     db = views(settings_or_fail())
     try:
+        require_known_tenant(tenant, db)
         stats = rfm_stats(db, tenant)
     finally:
         db.close()
@@ -394,6 +433,7 @@ def _tenant_commands() -> Any:
 @tenant_app.command("show")
 def tenant_show(tenant: Tenant, as_json: AsJson = False) -> None:
     """Settings (engagement windows, RFM, bounce limit, types, lead statuses), properties."""
+    require_known_tenant(tenant)
     settings = _tenant_commands().settings(tenant)
     data = {"tenant": tenant, "settings": settings.values, "properties": [
         {"name": p.name, "type": p.type, "options": list(p.options), "label": p.label}
@@ -464,6 +504,7 @@ def properties_define(
 @properties_app.command("list")
 def properties_list(tenant: Tenant, as_json: AsJson = False) -> None:
     """The tenant's property definitions."""
+    require_known_tenant(tenant)
     settings = _tenant_commands().settings(tenant)
     rows = [{"name": p.name, "type": p.type, "options": list(p.options), "label": p.label}
             for p in sorted(settings.properties.values(), key=lambda p: p.name)]
@@ -500,7 +541,7 @@ def tags_counts(tenant: Tenant, as_json: AsJson = False) -> None:
     """Every tag of the tenant with its number of contacts, most used first."""
     from projections.queries import tag_counts
 
-    rows = _query(lambda db: tag_counts(db, tenant), "the client list")
+    rows = _query(tenant, lambda db: tag_counts(db, tenant), "the client list")
     if as_json:
         _dump(rows)
         return

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import sqlite3
 import sys
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.progress import TextColumn
+from rich.text import Text
 
+from contracts.events import TENANT_REGEX
 from services.config import ConfigError, Settings, load_settings
 
 # Piped output (to a file, grep, a test) gets a wide table instead of folded cells.
-console = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+# Nothing printed through these consoles is read as rich markup: contact data, tags, CSV
+# headers and what the user typed are shown as written, brackets and all. Styling is
+# explicit: a Text with a style, or markup=True on a print of a fixed string.
+console = Console(width=None if sys.stdout.isatty() else 200, markup=False)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200, markup=False)
 
 
 class CliError(Exception):
@@ -27,8 +35,24 @@ def fail(message: str, code: int = 1) -> NoReturn:
     if isinstance(handling, typer.Exit):
         # A broad `except Exception` caught an earlier fail(): its sentence is printed.
         raise handling
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # one line
+    err.print(labelled("error:", "bold red", message), highlight=False,
+              soft_wrap=True)  # one line, however long
     raise typer.Exit(code)
+
+
+def counted(n: int, word: str, plural: str | None = None) -> str:
+    """``1 member``, ``2 members``: a count with its noun."""
+    return f"{n:,} {word if n == 1 else plural or word + 's'}"
+
+
+def labelled(label: str, style: str, message: str) -> Text:
+    """``label message`` with the label styled and the message shown as written."""
+    return Text.assemble((label, style), " ", message)
+
+
+def description_column() -> TextColumn:
+    """A progress bar's description, shown as written (it may hold a tenant or a name)."""
+    return TextColumn("{task.description}", style="progress.description", markup=False)
 
 
 def name_connections(argv: list[str]) -> None:
@@ -77,8 +101,131 @@ def views(settings: Settings) -> Any:
 
 
 def db_error_text(error: Exception) -> str:
+    if missing_table(error):
+        return not_started_text()
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return first
+
+
+def missing_table(error: BaseException) -> bool:
+    """A read model's table is not there: ficha never ran on this database."""
+    import psycopg
+
+    if isinstance(error, sqlite3.OperationalError):
+        return str(error).startswith("no such table")
+    return isinstance(error, psycopg.errors.UndefinedTable)
+
+
+def not_started_text() -> str:
+    try:
+        settings = load_settings()
+    except ConfigError:
+        return "ficha has not been started here yet: start it once with `ficha up`"
+    where = (f"on the data dir {settings.data_dir}" if settings.postgres is None else
+             f"in the database schema {settings.postgres.schema}")
+    return f"ficha has not been started {where} yet: start it once with `ficha up`"
+
+
+_TENANT = re.compile(TENANT_REGEX)
+
+
+def tenant_name(value: str | None) -> str | None:
+    """The check of every --tenant option (its typer callback): one sentence for all."""
+    if value is not None and not _TENANT.fullmatch(value):
+        fail(f"{value!r} is not a tenant name: 1 to 63 of a-z, 0-9, _ and -, starting "
+             "with a letter or a digit", 2)
+    return value
+
+
+def tenant_option(help: str = "The tenant.") -> Any:
+    """A --tenant option, checked against the contract's tenant pattern."""
+    return typer.Option(help=help, callback=tenant_name)
+
+
+def consent_channel(value: str | None) -> str | None:
+    """The check of every consent channel option (a typer callback)."""
+    from projections.contacts import CONSENT_CHANNELS
+
+    if value is not None and value not in CONSENT_CHANNELS:
+        fail(f"unknown consent channel {value!r}: use one of {', '.join(CONSENT_CHANNELS)}",
+             2)
+    return value
+
+
+def country_code(value: str | None) -> str | None:
+    """The check of a --country filter (a typer callback): the contract's country list."""
+    from contracts.decode import COUNTRIES
+
+    if value is not None and value.upper() not in COUNTRIES:
+        fail(f"--country takes an ISO 3166-1 alpha-2 code (like ES, MX, US); got {value!r}", 2)
+    return value
+
+
+def language_tag(value: str | None) -> str | None:
+    """The check of a --language filter (a typer callback): the contract's language tag."""
+    from contracts.events import LANGUAGE_PATTERN
+
+    if value is not None and not re.fullmatch(LANGUAGE_PATTERN, value):
+        fail(f"--language takes a language tag (like es, or es-MX); got {value!r}", 2)
+    return value
+
+
+def contact_email(value: str | None) -> str | None:
+    """The check of every option or argument naming a person by email (a typer callback):
+    the contract's email syntax, after its normalisation."""
+    from contracts.emails import email_problem, normalise_email
+
+    problem = None if value is None else email_problem(normalise_email(value))
+    if problem is not None:
+        fail(f"{value!r} is not an email address: it {problem}", 2)
+    return value
+
+
+def require_known_tenant(tenant: str, db: Any = None) -> None:
+    """Fail with one line unless something of ``tenant`` exists here (services.tenants):
+    for commands that read a tenant's data, where a misspelled name would otherwise show
+    empty tables. Commands that create things for a tenant do not call it."""
+    from services.tenants import known_in_views, some_known_tenants
+
+    settings = settings_or_fail()
+    own = db is None
+    if own:
+        db = views(settings)
+    try:
+        try:
+            if known_in_views(db, tenant):
+                return
+            started = True
+        except Exception as error:  # noqa: BLE001 - unreachable, or never started
+            if not missing_table(error):
+                fail(f"cannot read the read models: {db_error_text(error)}")
+            started = False
+        if _known_in_store(settings, tenant):
+            return
+        if not started:
+            fail(not_started_text())
+        known = some_known_tenants(db)
+    finally:
+        if own:
+            db.close()
+    names = ", ".join(known[:10]) + (", …" if len(known) > 10 else "") or "none yet"
+    fail(f"no tenant {tenant!r} is known here (known: {names})", 2)
+
+
+def _known_in_store(settings: Settings, tenant: str) -> bool:
+    from services.store.contact_store import ContactStore
+    from services.tenants import known_in_store
+
+    if settings.postgres is None and not settings.events_db_path.exists():
+        return False  # no event store here yet (and opening one would create it)
+    try:
+        store = ContactStore(settings)
+    except Exception as error:  # noqa: BLE001 - the database is unreachable
+        fail(f"cannot open the event store: {db_error_text(error)}")
+    try:
+        return known_in_store(store, tenant)
+    finally:
+        store.close()
 
 
 def parse_date(value: str | None, option: str) -> datetime | None:

@@ -8,12 +8,21 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from services.cli_common import CliError, console, fail, run, settings_or_fail
+from services.cli_common import (
+    CliError,
+    console,
+    counted,
+    fail,
+    run,
+    settings_or_fail,
+    tenant_option,
+)
 
 dlq_app = typer.Typer(help="Dead letters: list, show, re-drive, purge.", no_args_is_help=True)
 
-TenantOpt = Annotated[str | None, typer.Option(help="Only this tenant's dead letters.")]
+TenantOpt = Annotated[str | None, tenant_option("Only this tenant's dead letters.")]
 CodeOpt = Annotated[str | None, typer.Option(help="Only this error code.")]
 AsJson = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
 
@@ -82,7 +91,7 @@ def dlq_show(seq: Annotated[int, typer.Argument(help="The dead letter's sequence
         print(json.dumps(data))
         return
     for key in ("seq", "original_subject", "original_sequence", "event_id", "code", "detail"):
-        console.print(f"[bold]{key}[/]: {data[key]}", highlight=False)
+        console.print(Text.assemble((key, "bold"), f": {data[key]}"), highlight=False)
     console.print_json(json.dumps(data["body"]) if not isinstance(data["body"], str)
                        else json.dumps({"raw": data["body"]}))
 
@@ -112,7 +121,9 @@ def dlq_redrive(
 
     done = _on_selected(_chosen(tenant, code, seqs, every), yes, "Re-drive {n} dead letters?",
                         act)
-    console.print(f"re-drove {done} dead letters; they go through ingestion again")
+    if done is None:
+        fail("no dead letters match")
+    console.print(f"re-drove {counted(done, 'dead letter')}; they go through ingestion again")
 
 
 @dlq_app.command("purge")
@@ -127,20 +138,25 @@ def dlq_purge(
 
     done = _on_selected(_chosen(tenant, code, seqs, every), yes,
                         "Delete {n} dead letters for good?", purge)
-    console.print(f"deleted {done} dead letters")
+    if done is None:  # nothing to delete is what the operator wanted
+        console.print("no dead letters match: nothing purged")
+        return
+    console.print(f"deleted {counted(done, 'dead letter')}")
 
 
 def _on_selected(selection: Any, yes: bool, question: str,
-                 action: Callable[[Any, list[Any]], Awaitable[int]]) -> int:
-    """Read the selected dead letters, confirm, and act on them; the count acted on."""
+                 action: Callable[[Any, list[Any]], Awaitable[int]]) -> int | None:
+    """Read the selected dead letters, confirm, and act on them; the count acted on, or
+    None when none matched."""
     from services.dlq import read
 
-    async def work(js: Any) -> int:
+    async def work(js: Any) -> int | None:
         letters = await read(js, selection)
         if not letters:
-            raise CliError("no dead letters match")
+            return None
         if not yes and not typer.confirm(question.format(n=len(letters))):
             raise typer.Exit(1)
         return await action(js, letters)
 
-    return int(run(_with_js(work)))
+    done = run(_with_js(work))
+    return None if done is None else int(done)

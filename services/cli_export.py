@@ -11,12 +11,18 @@ from typing import Annotated, Any
 import typer
 
 from services.cli_common import (
+    consent_channel,
     console,
+    country_code,
     db_error_text,
+    description_column,
     err,
     fail,
+    language_tag,
     parse_date,
+    require_known_tenant,
     settings_or_fail,
+    tenant_option,
     views,
 )
 
@@ -25,7 +31,7 @@ export_app = typer.Typer(
     no_args_is_help=True,
 )
 
-Tenant = Annotated[str, typer.Option(help="The tenant.")]
+Tenant = Annotated[str, tenant_option()]
 Out = Annotated[Path, typer.Option("--out", help="The file to write (replaced when complete).")]
 Format = Annotated[str | None, typer.Option(
     "--format", help="csv or parquet (default: from the file name's extension).")]
@@ -77,7 +83,6 @@ def _run_export(build: Callable[[Any], Any], what: str, fmt: str | None, out: Pa
         BarColumn,
         MofNCompleteColumn,
         Progress,
-        TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
@@ -97,7 +102,7 @@ def _run_export(build: Callable[[Any], Any], what: str, fmt: str | None, out: Pa
             fail(str(error), 2)
         except Exception as error:  # noqa: BLE001 - the database is unreachable
             fail(f"cannot read {what}: {db_error_text(error)}")
-        columns = (TextColumn("[progress.description]{task.description}"), BarColumn(),
+        columns = (description_column(), BarColumn(),
                    MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
         with Progress(*columns, console=err, disable=as_json) as progress:
             task = progress.add_task(f"exporting {what}", total=total)
@@ -123,11 +128,15 @@ def export_contacts(
     tenant: Tenant,
     out: Out,
     fmt: Format = None,
-    language: Annotated[str | None, typer.Option(help="es matches es, es-MX…")] = None,
-    country: Annotated[str | None, typer.Option(help="ISO country code, e.g. ES.")] = None,
+    language: Annotated[str | None, typer.Option(
+        help="es matches es, es-MX…", callback=language_tag)] = None,
+    country: Annotated[str | None, typer.Option(
+        help="ISO 3166-1 alpha-2 country code, e.g. ES.", callback=country_code)] = None,
     tag: Annotated[str | None, typer.Option(help="Has this tag (any case).")] = None,
-    consent: Annotated[str | None, typer.Option(help="Consent granted on channel.")] = None,
-    no_consent: Annotated[str | None, typer.Option(help="No consent on channel.")] = None,
+    consent: Annotated[str | None, typer.Option(
+        help="Consent granted on channel.", callback=consent_channel)] = None,
+    no_consent: Annotated[str | None, typer.Option(
+        help="No consent on channel.", callback=consent_channel)] = None,
     first_seen_from: Annotated[str | None, typer.Option(
         "--first-seen-from", "--since", help="First contact on or after.")] = None,
     first_seen_to: Annotated[str | None, typer.Option(
@@ -136,9 +145,8 @@ def export_contacts(
     as_json: AsJson = False,
 ) -> None:
     """The client list with its filters, every column, in its order (newest first)."""
-    from projections.audience_queries import NotFound
     from projections.export import contacts_query
-    from projections.queries import ContactFilter, tenant_exists
+    from projections.queries import ContactFilter
 
     f = ContactFilter(
         tenant=tenant, language=language, country=country, tag=tag, consent=consent,
@@ -147,8 +155,7 @@ def export_contacts(
     )
 
     def build(db: Any) -> Any:
-        if not tenant_exists(db, tenant):
-            raise NotFound(f"no contacts for tenant {tenant!r} yet (is it spelled right?)")
+        require_known_tenant(tenant, db)
         return contacts_query(db, f)
 
     _run_export(build, "contacts", fmt, out, as_json)
@@ -170,6 +177,7 @@ def export_segment(
     moment = parse_date(as_of, "--as-of")
 
     def build(db: Any) -> Any:
+        require_known_tenant(tenant, db)
         return segment_query(db, tenant, segment_id, moment)
 
     _run_export(build, f"segment {segment_id}", fmt, out, as_json)

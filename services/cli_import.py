@@ -26,8 +26,19 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
-from services.cli_common import CliError, console, db_error_text, err, fail, settings_or_fail
+from services.cli_common import (
+    CliError,
+    console,
+    db_error_text,
+    description_column,
+    err,
+    fail,
+    labelled,
+    settings_or_fail,
+    tenant_option,
+)
 from services.config import Settings
 
 EXIT_STOPPED = 1
@@ -38,7 +49,7 @@ EXIT_REJECTED = 3
 def import_file(
     file: Annotated[Path, typer.Argument(help="The CSV file (UTF-8 unless --encoding).",
                                          show_default=False)],
-    tenant: Annotated[str, typer.Option(help="Tenant to import into.")],
+    tenant: Annotated[str, tenant_option("Tenant to import into.")],
     mapping: Annotated[Path | None, typer.Option(
         help="JSON or YAML file mapping headers to fields (docs/import.md).")] = None,
     ignore_unknown_columns: Annotated[bool, typer.Option(
@@ -96,7 +107,7 @@ def import_file(
         dry_run=dry_run, all_or_nothing=all_or_nothing, window=window)
     definitions, note = _tenant_definitions(settings, tenant)
     if note:
-        err.print(f"[yellow]note:[/] {note}", highlight=False)
+        err.print(labelled("note:", "yellow", note), highlight=False)
 
     async def main() -> Any:
         from contracts.publisher import PublishFailed
@@ -148,7 +159,7 @@ def _run(coro: Any) -> Any:
 
 def _refuse(problems: list[str]) -> None:
     for problem in problems:
-        err.print(f"[bold red]error:[/] {problem}", highlight=False)
+        err.print(labelled("error:", "bold red", problem), highlight=False)
     err.print("nothing was published", highlight=False)
     raise typer.Exit(EXIT_BAD_INPUT)
 
@@ -194,7 +205,7 @@ class _ProgressBar:
     def __init__(self, enabled: bool) -> None:
         self.progress = Progress(
             SpinnerColumn(),
-            TextColumn("{task.description}"),
+            description_column(),
             BarColumn(),
             MofNCompleteColumn(),
             TaskProgressColumn(),
@@ -218,7 +229,11 @@ class _ProgressBar:
         published = "" if report.dry_run else f" · {report.rows_published:,} published"
         self.progress.update(
             self.task, description="checking" if report.dry_run else "importing",
-            total=max(report.lines - 1, report.rows_read), completed=report.rows_read,
+            # The line count estimates the rows (a quoted cell may span lines): once the
+            # file is read, the rows read are the whole.
+            total=report.rows_read if report.completed else max(report.lines - 1,
+                                                                report.rows_read),
+            completed=report.rows_read,
             counts=f"{report.rows_accepted:,} ok · {report.rows_rejected:,} rejected"
                    f"{published}")
 
@@ -232,12 +247,12 @@ def _show(report: Any, as_json: bool) -> None:
         print(msgspec.json.encode(report).decode())
     else:
         for warning in report.warnings:
-            err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+            err.print(labelled("warning:", "yellow", warning), highlight=False)
         console.print(_summary(report))
     if not report.completed:
         waiting = report.rows_accepted - report.rows_published
         unread = max(report.lines - 1 - report.rows_read, 0)
-        err.print(f"[bold red]stopped:[/] {report.stopped}", highlight=False)
+        err.print(labelled("stopped:", "bold red", report.stopped or ""), highlight=False)
         err.print(
             f"{report.rows_published:,} of {report.rows_accepted:,} accepted rows were "
             f"published ({report.events_published:,} events acknowledged)"
@@ -251,7 +266,7 @@ def _show(report: Any, as_json: bool) -> None:
         where = f": see {report.rejects_file} (line, column, reason)" if report.rejects_file \
             else ""
         rows = "1 row" if report.rows_rejected == 1 else f"{report.rows_rejected:,} rows"
-        err.print(f"[yellow]{rows} rejected[/]{where}", highlight=False)
+        err.print(Text.assemble((f"{rows} rejected", "yellow"), where), highlight=False)
         raise typer.Exit(EXIT_REJECTED)
 
 

@@ -16,11 +16,15 @@ from rich.table import Table
 from services.cli_common import (
     CliError,
     console,
+    contact_email,
     db_error_text,
     err,
     fail,
+    labelled,
+    require_known_tenant,
     run,
     settings_or_fail,
+    tenant_option,
     views,
 )
 from services.cli_dlq import _with_js
@@ -28,12 +32,13 @@ from services.cli_dlq import _with_js
 erasures_app = typer.Typer(help="Erasure receipts: what was erased, when, and confirmed by whom.",
                            no_args_is_help=True)
 
-TenantOpt = Annotated[str, typer.Option(help="The person's tenant.")]
+TenantOpt = Annotated[str, tenant_option("The person's tenant.")]
 AsJson = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
 
 
 def erase(
-    email: Annotated[str, typer.Argument(help="The person's email (any case).")],
+    email: Annotated[str, typer.Argument(help="The person's email (any case).",
+                                         callback=contact_email)],
     tenant: TenantOpt,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
     as_json: AsJson = False,
@@ -42,12 +47,19 @@ def erase(
 
     Publishes contact_erasure_requested through the bus, as any producer would; follow it
     with `ficha erasures show EVENT_ID`."""
+    from contracts.emails import normalise_email
     from services.privacy import erasure_request
 
     try:
         event = erasure_request(tenant, email)
     except ValueError as error:
         fail(str(error), 2)
+    address = normalise_email(email)
+    if not _holds_contact(tenant, address):
+        err.print(labelled("note:", "yellow", (
+            f"no contact {address} is known in tenant {tenant} yet. The request is "
+            "recorded all the same: events about this person stamped before it that "
+            "arrive later are refused (docs/privacy.md)")), highlight=False)
     if not yes and not typer.confirm(
             f"Erase everything ficha holds about {email.strip().lower()} in tenant {tenant}? "
             "This cannot be undone"):
@@ -67,6 +79,20 @@ def erase(
         return
     console.print(f"erasure requested: event {event['event_id']}. Follow it with "
                   f"`ficha erasures show {event['event_id']}`", highlight=False)
+
+
+def _holds_contact(tenant: str, address: str) -> bool:
+    """Whether the client list has this person (when it cannot be read, assume so: the
+    note this decides is a hint, not a check)."""
+    from projections.queries import card
+
+    db = views(settings_or_fail())
+    try:
+        return card(db, tenant, address, timeline_limit=0) is not None
+    except Exception:  # noqa: BLE001 - not started, or unreachable: say nothing
+        return True
+    finally:
+        db.close()
 
 
 def _receipts(tenant: str | None = None, reference: str | None = None) -> Any:
@@ -102,7 +128,7 @@ def _purged_count(receipt: dict[str, Any]) -> str:
 
 @erasures_app.command("list")
 def erasures_list(
-    tenant: Annotated[str | None, typer.Option(help="Only this tenant's erasures.")] = None,
+    tenant: Annotated[str | None, tenant_option("Only this tenant's erasures.")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Every erasure receipt, oldest first."""
@@ -156,7 +182,8 @@ def erasures_show(
 
 
 def contacts_access(
-    email: Annotated[str, typer.Argument(help="The person's email (any case).")],
+    email: Annotated[str, typer.Argument(help="The person's email (any case).",
+                                         callback=contact_email)],
     tenant: TenantOpt,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Write the JSON to this file instead of printing it.")] = None,
@@ -170,6 +197,7 @@ def contacts_access(
     from services.store.contact_store import ContactStore
 
     settings = settings_or_fail()
+    require_known_tenant(tenant)
 
     async def export(js: Any) -> dict[str, Any]:
         db = views(settings)

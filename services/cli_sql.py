@@ -9,7 +9,14 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from services.cli_common import console, db_error_text, fail, settings_or_fail, views
+from services.cli_common import (
+    console,
+    db_error_text,
+    fail,
+    settings_or_fail,
+    tenant_option,
+    views,
+)
 
 sql_app = typer.Typer(help="SQL for analysts: the analytics views and read-only roles.",
                       no_args_is_help=True)
@@ -72,8 +79,8 @@ def _missing_tables(cur: Any) -> list[str]:
 @sql_app.command("grant-reader")
 def grant_reader(
     role: RoleOpt = "ficha_analyst",
-    tenant: Annotated[str | None, typer.Option(
-        help="Bind the role to this tenant: it sees this tenant's rows only, whatever its "
+    tenant: Annotated[str | None, tenant_option(
+        "Bind the role to this tenant: it sees this tenant's rows only, whatever its "
              "session sets. Without it the role sees the tenant its session names with "
              "SET ficha.tenant (for a trusted client such as the API).")] = None,
     login_password: Annotated[str | None, typer.Option(

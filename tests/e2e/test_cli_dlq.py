@@ -7,10 +7,14 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
+from typer.testing import CliRunner
 
+from services.cli import app
+from services.streams import dlq_stream_config
 from tests.e2e.test_cli import ficha, start_up, stop, wait_received, wait_status
 from tests.factories import event_dict
 
@@ -78,3 +82,16 @@ def test_list_show_redrive_purge(tmp_path: Path) -> None:
         assert [(g["tenant"], g["code"]) for g in left["groups"]] == [("acme", "not_json")]
     finally:
         assert stop(proc) == 0
+
+
+async def test_purging_nothing_is_not_an_error(nats_server: Any, fresh_topology: None,
+                                               js: Any, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    await js.add_stream(dlq_stream_config())
+    monkeypatch.setenv("FICHA_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("FICHA_NATS_URL", nats_server.url)
+    done = await asyncio.to_thread(CliRunner().invoke, app,
+                                   ["dlq", "purge", "--tenant", "globex", "--yes"])
+    assert done.exit_code == 0, done.stderr
+    assert done.stdout.strip() == "no dead letters match: nothing purged"
+    assert done.stderr == ""
