@@ -241,14 +241,12 @@ def prepare_reader(cur: Cursor, schema: str, role: str, tenant: str | None,
         raise AccessError(f"the read models do not exist in schema {schema} yet: start ficha "
                           "(ficha up, or ficha project) once, then grant readers")
     writer = str(row["tableowner"])
-    if role in (owner, writer):
-        raise AccessError(f"{role} owns ficha's tables or views; choose another reader role")
     cur.execute("SELECT rolsuper, rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = ?",
                 (role,))
     existing = cur.fetchone()
-    if existing is not None and (existing["rolsuper"] or existing["rolbypassrls"]):
-        raise AccessError(f"{role} is a superuser or bypasses row-level security: it would "
-                          "see every tenant; choose another reader role")
+    refusal = _not_a_reader(role, role in (owner, writer), existing)
+    if refusal is not None:
+        raise AccessError(refusal)
     if verifier is not None and not _VERIFIER.match(verifier):
         raise AccessError("a login password must be given as a SCRAM verifier")
     # A verifier is base64 and $ : only, so it can be written into the statement.
@@ -276,6 +274,23 @@ def prepare_reader(cur: Cursor, schema: str, role: str, tenant: str | None,
         "ON CONFLICT (role) DO UPDATE SET tenant = excluded.tenant",
         (role, tenant),
     )
+
+
+def _not_a_reader(role: str, owns: bool, existing: Any) -> str | None:
+    """Why ``role`` may not be a reader, or None: the owners of ficha's tables or views,
+    superusers and roles with BYPASSRLS all read around row-level security."""
+    reasons = []
+    if owns:
+        reasons.append("owns ficha's tables or views")
+    if existing is not None and existing["rolsuper"]:
+        reasons.append("is a superuser")
+    elif existing is not None and existing["rolbypassrls"]:
+        reasons.append("bypasses row-level security (BYPASSRLS)")
+    if not reasons:
+        return None
+    return (f"{role} {' and '.join(reasons)}: it would see every tenant. Readers may not be "
+            "superusers, roles with BYPASSRLS, or the owners of ficha's tables or views "
+            "(row-level security does not restrict them); choose another reader role")
 
 
 def forget_reader(cur: Cursor, schema: str, role: str, views: Sequence[str],

@@ -431,6 +431,22 @@ def test_grant_reader_refuses_what_would_widen_access(world: World) -> None:
     assert done.stderr.startswith("error:"), done.stderr
 
 
+def test_grant_reader_says_an_owner_that_is_a_superuser_is_both(world: World) -> None:
+    """ficha's database user may be a superuser (postgres): the refusal says both."""
+    with superuser(world.dsn) as conn:
+        conn.execute(sql.SQL("ALTER ROLE {} SUPERUSER").format(sql.Identifier(world.writer)))
+    try:
+        done = ficha_sql(world, "grant-reader", "--role", world.writer)
+    finally:
+        with superuser(world.dsn) as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} NOSUPERUSER").format(
+                sql.Identifier(world.writer)))
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert (f"{world.writer} owns ficha's tables or views and is a superuser"
+            in done.stderr), done.stderr
+    assert "Readers may not be superusers" in done.stderr, done.stderr
+
+
 def test_revoking_a_reader_takes_its_access_away(world: World) -> None:
     role = f"r_{uuid.uuid4().hex[:8]}_gone"
     done = ficha_sql(world, "grant-reader", "--role", role, "--tenant", "acme",
