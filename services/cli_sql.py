@@ -13,6 +13,7 @@ from services.cli_common import (
     console,
     db_error_text,
     fail,
+    require_known_tenant,
     settings_or_fail,
     tenant_option,
     views,
@@ -87,6 +88,10 @@ def grant_reader(
         "--login-password", envvar="FICHA_SQL_READER_PASSWORD",
         help="Let the role log in with this password (default: NOLOGIN, a role to grant "
              "to logins).")] = None,
+    new_tenant: Annotated[bool, typer.Option(
+        "--new-tenant", help="The --tenant has nothing here yet (it is about to start): "
+             "bind the role anyway. Without it an unknown tenant is refused, since a "
+             "misspelled one would make a reader that sees nothing.")] = False,
 ) -> None:
     """Create or refresh a read-only role: USAGE on ficha's schema and SELECT on the
     analytics views only, rows limited to one tenant by row-level security.
@@ -101,6 +106,8 @@ def grant_reader(
     assert settings.postgres is not None
     db = views(settings)
     try:
+        if tenant is not None and not new_tenant:
+            require_known_tenant(tenant, db)
         verifier = (None if login_password is None else sql_access.password_verifier(
             settings.postgres.conninfo, role, login_password))
         with db.transaction() as cur:

@@ -431,6 +431,24 @@ def test_grant_reader_refuses_what_would_widen_access(world: World) -> None:
     assert done.stderr.startswith("error:"), done.stderr
 
 
+def test_grant_reader_refuses_an_unknown_tenant_unless_told_it_is_new(world: World) -> None:
+    role = f"r_{uuid.uuid4().hex[:8]}_new"
+    try:
+        done = ficha_sql(world, "grant-reader", "--role", role, "--tenant", "acmee")
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        assert done.stderr.strip() == (
+            "error: no tenant 'acmee' is known here (known: acme, globex)"), done.stderr
+        listed = json.loads(ficha_sql(world, "readers", "--json").stdout)
+        assert role not in {r["role"] for r in listed}
+        done = ficha_sql(world, "grant-reader", "--role", role, "--tenant", "acmee",
+                         "--new-tenant")
+        assert done.returncode == 0, done.stderr
+        listed = json.loads(ficha_sql(world, "readers", "--json").stdout)
+        assert {"role": role, "tenant": "acmee", "exists": True, "can_login": False} in listed
+    finally:
+        ficha_sql(world, "revoke-reader", "--role", role, "--drop-role")
+
+
 def test_grant_reader_says_an_owner_that_is_a_superuser_is_both(world: World) -> None:
     """ficha's database user may be a superuser (postgres): the refusal says both."""
     with superuser(world.dsn) as conn:
