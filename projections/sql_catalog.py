@@ -80,6 +80,10 @@ class Dialect:
             return f"({value} ->> {index})"
         return f"json_extract({value}, '$[{index}]')"
 
+    def codepoints(self, expr: str) -> str:
+        """Text ordered by code point, whatever the database's collation."""
+        return f'{expr} COLLATE "C"' if self.is_postgres else f"{expr} COLLATE BINARY"
+
     def part(self, expr: str, index: int) -> str:
         """The first (1) or second (2) part of text of the form ``a:b``."""
         if self.is_postgres:
@@ -178,7 +182,15 @@ def _timeline(d: Dialect) -> str:
 
 
 def _tags(d: Dialect) -> str:
-    return "SELECT tenant, contact_id, tag, label FROM contact_tags"
+    # A tag's label is the spelling most of the tenant's contacts carry, a tie going to
+    # the first in code-point order: as the API's /tags (projections.queries.tag_counts).
+    return (
+        "SELECT t.tenant, t.contact_id, t.tag, s.label, t.label FROM contact_tags t "
+        "JOIN (SELECT tenant, tag, label, ROW_NUMBER() OVER (PARTITION BY tenant, tag "
+        f"ORDER BY COUNT(*) DESC, {d.codepoints('label')}) AS choice "
+        "FROM contact_tags GROUP BY tenant, tag, label) s "
+        "ON s.tenant = t.tenant AND s.tag = t.tag AND s.choice = 1"
+    )
 
 
 def _segments(d: Dialect) -> str:
@@ -280,7 +292,8 @@ VIEWS: tuple[View, ...] = (
                "Custom properties as a JSON object (one row each in "
                f"{PREFIX}contact_properties)."),
             _c("tags", JSON,
-               f"Tag labels as a JSON array, sorted (one row each in {PREFIX}tags)."),
+               f"The tags as written on the contact, a JSON array, sorted (one row each in "
+               f"{PREFIX}tags, spelling)."),
             _c("first_seen_at", TIMESTAMP, "The earliest event of the contact (first contact)."),
             _c("last_activity_at", TIMESTAMP,
                "The latest activity: an event the contact did, not one done to them."),
@@ -323,7 +336,10 @@ VIEWS: tuple[View, ...] = (
         (
             TENANT, CONTACT_ID,
             _c("tag", TEXT, "The tag compared case-insensitively: trimmed, case-folded."),
-            _c("label", TEXT, "The tag as most recently written, e.g. VIP."),
+            _c("label", TEXT, "The tag's label: the spelling most of the tenant's contacts "
+               "carry, a tie going to the first in code-point order (capitals first), e.g. "
+               "VIP; the same on every row of the tag, and as the API's /tags shows it."),
+            _c("spelling", TEXT, "The tag as written on this contact, e.g. Vip."),
         ),
         _tags,
     ),

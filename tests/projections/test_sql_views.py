@@ -23,6 +23,7 @@ from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
 from projections.audience_queries import engagement_stats, list_stats, projection_now, rfm_stats
+from projections.queries import tag_counts
 from projections.registry import all_projections
 from projections.replay import replay
 from projections.sql_catalog import (
@@ -302,6 +303,27 @@ def empty(settings: Settings) -> Iterator[Pipeline]:
     p = pipeline(settings)
     yield p
     p.close()
+
+
+def test_a_tags_label_is_the_one_the_api_shows_where_spellings_disagree(
+        empty: Pipeline) -> None:
+    """VIP on two contacts, vip (written last) on one; Shoes and shoes once each (a tie);
+    the other tenant spells vip its own way and counts for nothing here."""
+    written = [("acme", "a", ["VIP", "Shoes"]), ("acme", "b", ["VIP"]),
+               ("acme", "c", ["shoes"]), ("acme", "d", ["vip"]), ("globex", "a", ["vip"]),
+               ("globex", "b", ["vip"]), ("globex", "c", ["vip"])]
+    for n, (tenant, who, tags) in enumerate(written):
+        empty.ingest([make_event("contact_updated", tenant=tenant, event_id=f"tag-{n}",
+                                 email=f"{who}@example.com", tags_added=tags)])
+    api = {t["tag"]: t["label"] for t in tag_counts(empty.db, "acme")}
+    assert api == {"vip": "VIP", "shoes": "Shoes"}
+    found = rows(empty, f"{PREFIX}tags", "acme")
+    assert {(r["tag"], r["label"]) for r in found} == set(api.items())
+    people = ids(empty, "acme")
+    assert {(r["contact_id"], r["spelling"]) for r in found} == {
+        (people[who], label) for tenant, who, tags in written if tenant == "acme"
+        for label in tags}
+    assert {r["label"] for r in rows(empty, f"{PREFIX}tags", "globex")} == {"vip"}
 
 
 @hyp_settings(max_examples=20, deadline=None,
