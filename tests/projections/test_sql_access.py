@@ -281,6 +281,31 @@ def test_a_reader_can_read_no_table_and_create_nothing(world: World) -> None:
                     conn.execute(statement)
 
 
+def test_what_a_reader_can_do_in_its_session_is_what_the_docs_say(world: World) -> None:
+    """Read-only is the session's default, which it may turn off; then it may create
+    temporary objects (TEMPORARY is PUBLIC's on the database), holding its rows only, and
+    still nothing lasting anywhere, nor any change to ficha's data."""
+    docs = (Path(__file__).parents[2] / "docs" / "sql.md").read_text()
+    assert "cannot write anything" not in docs and "sessions are read-only" not in docs
+    assert "REVOKE TEMPORARY ON DATABASE <database> FROM PUBLIC" in docs
+    with session(world, world.acme) as conn:
+        assert conn.execute("SHOW default_transaction_read_only").fetchone() == {
+            "default_transaction_read_only": "on"}
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("CREATE TEMP TABLE mine AS SELECT * FROM analytics_contacts")
+        conn.execute("SET default_transaction_read_only = off")
+        temp = conn.execute("SELECT has_database_privilege(current_database(), 'TEMPORARY') "
+                            "AS temp").fetchone()
+        assert temp == {"temp": True}, "this database does not grant TEMPORARY to PUBLIC"
+        conn.execute("CREATE TEMP TABLE mine AS SELECT * FROM analytics_contacts")
+        assert {r["tenant"] for r in conn.execute("SELECT tenant FROM mine")} == {"acme"}
+        for statement in ("CREATE TABLE public.mine (a int)", "CREATE SCHEMA mine",
+                          "CREATE FUNCTION public.mine() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+                          "DELETE FROM analytics_contacts"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+
+
 def test_a_readers_own_function_sees_no_other_tenants_row(world: World) -> None:
     """Policies run before a reader's conditions: a leaky function gets filtered rows."""
     peeked: list[str] = []
