@@ -107,6 +107,37 @@ async def read_tenant(js: JetStreamContext, tenant: str, *, recent: int = 20,
     return list(reversed(newest)), codes, True
 
 
+async def recent_start(js: JetStreamContext, window: int) -> int | None:
+    """The first sequence of the ``window`` newest in FICHA_DLQ (any tenant's), where a
+    look for a recent dead letter starts; None if there is no FICHA_DLQ yet."""
+    try:
+        info = await js.stream_info(DLQ_STREAM)
+    except NotFoundError:
+        return None
+    return max(info.state.first_seq, info.state.last_seq - window + 1, 1)
+
+
+async def find_event(js: JetStreamContext, tenant: str, event_id: str, start: int, *,
+                     limit: int = 1000) -> tuple[DeadLetter | None, int]:
+    """The newest of the tenant's dead letters from sequence ``start`` on whose body holds
+    ``event_id``, read by subject (at most ``limit`` of them), and the sequence to go on
+    from. Dead letters carry no event id of their own (their subject names the tenant and
+    type, their Nats-Msg-Id the original sequence), so each body is read."""
+    found = None
+    seq = start
+    for _ in range(limit):
+        try:
+            msg = await js.get_msg(DLQ_STREAM, seq=seq, subject=f"ficha.dlq.{tenant}.>",
+                                   next=True)
+        except NotFoundError:
+            break
+        letter = letter_from(msg.seq or seq, msg.subject or "", msg.headers or {}, msg.data or b"")
+        if letter.event_id == event_id:
+            found = letter
+        seq = letter.seq + 1
+    return found, seq
+
+
 def groups(letters: list[DeadLetter]) -> list[dict[str, Any]]:
     """Counts by tenant and error code, largest first, with the latest example of each."""
     counts = Counter((d.tenant, d.code) for d in letters)

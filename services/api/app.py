@@ -41,10 +41,11 @@ def build_context(settings: Settings) -> ApiContext:
     views = ViewDatabase(settings)
     # The API may start before any projection has: positions then read as 0.
     views.ensure_tracking_table()
+    bus = Bus(settings)
     return ApiContext(settings=settings, views=views, store=store,
                       keyring=KeyRing(store), segments=SegmentCommands(store),
-                      tenants=TenantCommands(store), reads=FreshReads(views, store),
-                      bus=Bus(settings))
+                      tenants=TenantCommands(store), reads=FreshReads(views, store, bus),
+                      bus=bus)
 
 
 @get("/healthz", summary="Liveness", include_in_schema=False, sync_to_thread=False)

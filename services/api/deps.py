@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +20,13 @@ from projections.db import ViewDatabase
 from projections.queries import ContactFilter
 from services.api.bus import Bus
 from services.api.errors import ApiError
-from services.api.freshness import MAX_WAIT_S, Consistency, Freshness, FreshReads
+from services.api.freshness import (
+    MAX_WAIT_S,
+    Consistency,
+    Freshness,
+    FreshReads,
+    awaited_event,
+)
 from services.api.keyring import KeyRing, Principal
 from services.catalog import SegmentCommands, TenantCommands
 from services.config import Settings
@@ -112,12 +119,17 @@ def consistency(
         "(an earlier answer's freshness.position or a write's position).")] = None,
     wait_for_event: Annotated[str | None, Parameter(
         max_length=128, description="Wait until this event (its event_id, as published "
-        "on the bus) has been ingested and projected.")] = None,
+        "on the bus) has been ingested and projected; 422 dead_lettered at once if "
+        "ingestion refused it.")] = None,
     wait_timeout: Annotated[float, Parameter(
         ge=0, le=MAX_WAIT_S, description="Seconds to wait for min_position or "
         "wait_for_event before answering 503.")] = 5.0,
 ) -> Consistency:
-    return Consistency(min_position, wait_for_event, wait_timeout)
+    event = awaited_event(wait_for_event)
+    # This dependency runs on the event loop (sync_to_thread=False); the wait, in the
+    # route's worker thread, may need the loop (see Consistency).
+    loop = asyncio.get_running_loop() if event is not None else None
+    return Consistency(min_position, event, wait_timeout, loop)
 
 
 # ---------------------------------------------------------------------- query values

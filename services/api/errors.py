@@ -32,13 +32,15 @@ class ApiError(Exception):
     """An expected failure of a request, with its HTTP status and stable code."""
 
     def __init__(self, status: int, code: str, message: str, field: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
         self.headers = headers or {}
+        self.extra = extra or {}  # more members of the error object, for a few codes
 
 
 def not_found(message: str) -> ApiError:
@@ -51,7 +53,11 @@ def _respond(status: int, code: str, message: str, field: str | None = None,
                     headers=headers)
 
 
-def on_api_error(_: Request[Any, Any, Any], error: ApiError) -> Response[ErrorResponse]:
+def on_api_error(_: Request[Any, Any, Any], error: ApiError) -> Response[Any]:
+    if error.extra:
+        body = {"code": error.code, "message": error.message, "field": error.field,
+                **error.extra}
+        return Response({"error": body}, status_code=error.status, headers=error.headers)
     return _respond(error.status, error.code, error.message, error.field, error.headers)
 
 

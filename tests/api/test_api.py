@@ -414,6 +414,63 @@ async def test_card_timeline_and_read_your_writes(api: Api) -> None:
     assert missing.status_code == 404
 
 
+async def test_waiting_for_a_dead_lettered_event_says_so_at_once(api: Api) -> None:
+    """The walkthrough: shoe_size defined as a number, then an event with "big"."""
+    admin = api.auth("acme:admin")
+    defined = await api.http.put("/v1/tenants/acme/properties/shoe_size",
+                                 json={"type": "number"}, headers=admin)
+    assert defined.status_code in (200, 201), defined.text
+    # The ingest workers take up a definition within about two seconds: probe until then.
+    deadline = time.monotonic() + 20
+    for n in range(1000):
+        await api.publish("contact_updated", email="probe@example.com", event_id=f"probe-{n}",
+                          properties={"shoe_size": "huge"})
+        await asyncio.sleep(0.3)
+        if (await api.get("/v1/tenants/acme/dead-letters")).json()["total"]:
+            break
+        assert time.monotonic() < deadline, "the definition never took effect"
+    # An id dead-lettered in another tenant says nothing about acme's event of that id.
+    assert api.runtime.js is not None
+    await api.runtime.js.publish(
+        "ficha.in.other.contact_updated", b'{"event_id": "late-one", "tenant": "other"}',
+        headers={"Nats-Msg-Id": "late-one"})
+    await api.publish("contact_updated", email="ana@example.com", event_id="shoe-big",
+                      properties={"shoe_size": "big"})
+    started = time.monotonic()
+    answer = await api.get("/v1/tenants/acme/contacts/ana@example.com",
+                           wait_for_event="shoe-big", wait_timeout="10")
+    assert time.monotonic() - started < 5, "it waited although the event was dead-lettered"
+    assert answer.status_code == 422, answer.text
+    assert "Retry-After" not in answer.headers
+    error = answer.json()["error"]
+    letter = error["dead_letter"]
+    assert (error["code"], error["field"], letter["code"]) == (
+        "dead_lettered", "wait_for_event", "property_type_mismatch")
+    assert "shoe_size" in letter["detail"] and "dead-lettered" in error["message"]
+    shown = (await api.get(f"/v1/tenants/acme/dead-letters/{letter['seq']}", "acme:admin")
+             ).json()
+    assert (shown["tenant"], shown["body"]["event_id"]) == ("acme", "shoe-big")
+    while not (await api.get("/v1/tenants/other/dead-letters", "other:read")).json()["total"]:
+        assert time.monotonic() < deadline + 20, "other's letter never reached the DLQ"
+        await asyncio.sleep(0.1)
+    for event_id in ("late-one", "never-sent"):
+        never = await api.get("/v1/tenants/acme/contacts/ana@example.com",
+                              wait_for_event=event_id, wait_timeout="0.5")
+        assert never.status_code == 503 and never.headers["Retry-After"] == "1"
+        assert never.json()["error"]["code"] == "not_yet_ingested"
+        assert ("nor is it among the tenant's recent dead letters"
+                in never.json()["error"]["message"])
+    # An id no event can have is refused at once, naming the field.
+    for bad in ("", "two words"):
+        started = time.monotonic()
+        refused = await api.get("/v1/tenants/acme/contacts/ana@example.com",
+                                wait_for_event=bad)
+        assert time.monotonic() - started < 2
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["field"] == "wait_for_event"
+        assert refused.json()["error"]["message"].startswith("wait_for_event: ")
+
+
 async def test_segments_through_the_api(api: Api) -> None:
     await seed(api)
     base = "/v1/tenants/acme/segments"
