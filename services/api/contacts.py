@@ -22,8 +22,9 @@ PROJECTION = "contacts"
 _SORTS = ", ".join(sorted(SORT_KEYS))
 
 
-def query_error(error: QueryError, field: str | None = None) -> ApiError:
-    return ApiError(400, "invalid_request", str(error), field)
+def query_error(error: QueryError) -> ApiError:
+    """A filter, sort or cursor the query refused, naming the parameter it blamed."""
+    return ApiError(400, "invalid_request", str(error), error.field)
 
 
 @get("/contacts", sync_to_thread=True, summary="The client list",
@@ -80,7 +81,7 @@ def timeline_route(
             entries, older = timeline_page(ctx.views, tenant, found["contact_id"], limit=limit,
                                            before=cursor)
         except QueryError as error:
-            raise query_error(error, "cursor") from None
+            raise query_error(error) from None
         return page(entries, fresh, older)
 
 

@@ -20,6 +20,7 @@ from projections.export import (
     segment_query,
 )
 from projections.queries import QueryError
+from services.api.contacts import query_error
 from services.api.deps import (
     Caller,
     Ctx,
@@ -29,7 +30,7 @@ from services.api.deps import (
     instant,
     instant_parameter,
 )
-from services.api.errors import ApiError, not_found
+from services.api.errors import not_found
 from services.api.freshness import Freshness
 
 Format = Annotated[Literal["csv", "parquet"], Parameter(description="csv or parquet")]
@@ -60,7 +61,7 @@ def contacts_route(
         try:
             query = contacts_query(ctx.views, client_filter)
         except QueryError as error:
-            raise ApiError(400, "invalid_request", str(error)) from None
+            raise query_error(error) from None
     return _stream(ctx, query, format, f"{tenant}-contacts", fresh)
 
 

@@ -19,7 +19,8 @@ from projections.audience_queries import (
     segment_members,
     segment_sizes,
 )
-from projections.queries import get_card, is_contact_id
+from projections.queries import QueryError, get_card, is_contact_id, member_cursor
+from services.api.contacts import query_error
 from services.api.deps import (
     Caller,
     Ctx,
@@ -154,10 +155,14 @@ def members_route(
     with_total: FromQuery[bool] = False,
 ) -> Response[Page]:
     moment = instant(as_of, "as_of")
+    try:
+        after = member_cursor(cursor)
+    except QueryError as error:
+        raise query_error(error) from None
     with ctx.read(PROJECTION, tenant, wanted) as fresh:
         try:
             rows = segment_members(ctx.views, tenant, segment_id, as_of=moment, limit=limit + 1,
-                                   after=cursor or "")
+                                   after=after)
         except NotFound as error:
             raise not_found(str(error)) from None
         next_cursor = None
