@@ -7,12 +7,14 @@ from typing import Annotated, Any
 import msgspec
 from litestar import get, post
 from litestar.params import FromPath, JSONBody, Parameter
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from services.api.deps import Caller, Ctx
 from services.api.errors import ApiError, not_found
 from services.dlq import DeadLetter, letter_from, purge, read_tenant, redrive
 from services.streams import DLQ_STREAM
+
+MAX_SEQ = 2**64 - 1  # a stream's sequences are unsigned 64-bit numbers, from 1
 
 
 class Choice(msgspec.Struct, forbid_unknown_fields=True):
@@ -54,14 +56,17 @@ async def list_route(
 @get("/dead-letters/{seq:int}", summary="One dead letter with its original body (admin)")
 async def show_route(tenant: FromPath[str], seq: FromPath[int], ctx: Ctx,
                      admin: Caller) -> dict[str, Any]:
+    missing = not_found(f"tenant {tenant} has no dead letter {seq}")
+    if not 1 <= seq <= MAX_SEQ:
+        raise missing  # no sequence of a stream: NATS would refuse it as a bad request
     js = await ctx.bus.js()
     try:
         msg = await js.get_msg(DLQ_STREAM, seq=seq)
-    except NotFoundError:
-        raise not_found(f"tenant {tenant} has no dead letter {seq}") from None
+    except (NotFoundError, BadRequestError):
+        raise missing from None
     letter = letter_from(seq, msg.subject or "", msg.headers or {}, msg.data or b"")
     if letter.tenant != tenant:
-        raise not_found(f"tenant {tenant} has no dead letter {seq}")
+        raise missing
     return letter.to_dict(with_body=True)
 
 

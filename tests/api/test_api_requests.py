@@ -107,3 +107,19 @@ async def test_no_cursor_whatever_it_holds_gets_a_5xx(api: Api) -> None:
             never_5xx()
 
     await asyncio.to_thread(explore)
+
+
+async def test_a_dead_letter_sequence_out_of_range_is_404(api: Api) -> None:
+    """A stream sequence is 1 to 2^64-1: any other number names no dead letter (404, as
+    for a sequence that was never used), rather than a 500 from NATS's refusal."""
+    assert api.runtime.js is not None
+    await api.runtime.js.publish("ficha.in.acme.contact_updated", b"not json",
+                                 headers={"Nats-Msg-Id": "junk"})
+    while not (await api.get(f"{T}/dead-letters")).json()["total"]:
+        await asyncio.sleep(0.1)
+    for seq in ("0", "-1", "-99999999999999999999999", str(2**64 - 1), str(2**64),
+                str(2**64 + 1), "1" + "0" * 40, "999999"):
+        response = await api.get(f"{T}/dead-letters/{seq}", "acme:admin")
+        assert response.status_code == 404, (seq, response.text)
+        error = response.json()["error"]
+        assert error["code"] == "not_found" and f"no dead letter {seq}" in error["message"]
