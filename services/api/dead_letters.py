@@ -10,7 +10,7 @@ from litestar.params import FromPath, JSONBody, Parameter
 from nats.js.errors import BadRequestError, NotFoundError
 
 from services.api.deps import Caller, Ctx
-from services.api.errors import ApiError, not_found
+from services.api.errors import ApiError, error_responses, not_found
 from services.dlq import DeadLetter, letter_from, purge, read_tenant, redrive
 from services.streams import DLQ_STREAM
 
@@ -38,7 +38,8 @@ async def _chosen(ctx: Any, tenant: str, choice: Choice) -> list[DeadLetter]:
             if (not wanted or d.seq in wanted) and (choice.code is None or d.code == choice.code)]
 
 
-@get("/dead-letters", summary="The tenant's dead letters: counts by code and the newest",
+@get("/dead-letters", responses=error_responses(503),
+     summary="The tenant's dead letters: counts by code and the newest",
      description="Events refused at ingestion, with the reason (never the body here).")
 async def list_route(
     tenant: FromPath[str], ctx: Ctx, principal: Caller,
@@ -53,7 +54,8 @@ async def list_route(
     }
 
 
-@get("/dead-letters/{seq:int}", summary="One dead letter with its original body (admin)")
+@get("/dead-letters/{seq:int}", responses=error_responses(403, 503),
+     summary="One dead letter with its original body (admin)")
 async def show_route(tenant: FromPath[str], seq: FromPath[int], ctx: Ctx,
                      admin: Caller) -> dict[str, Any]:
     missing = not_found(f"tenant {tenant} has no dead letter {seq}")
@@ -70,7 +72,8 @@ async def show_route(tenant: FromPath[str], seq: FromPath[int], ctx: Ctx,
     return letter.to_dict(with_body=True)
 
 
-@post("/dead-letters/redrive", status_code=200, summary="Re-drive dead letters (admin)",
+@post("/dead-letters/redrive", responses=error_responses(403, 413, 503),
+      status_code=200, summary="Re-drive dead letters (admin)",
       description="Each goes through the normal path again (and is de-duplicated); one "
       "still wrong comes back with a fresh reason.")
 async def redrive_route(tenant: FromPath[str], ctx: Ctx, admin: Caller,
@@ -79,7 +82,8 @@ async def redrive_route(tenant: FromPath[str], ctx: Ctx, admin: Caller,
     return {"redriven": await redrive(await ctx.bus.js(), letters)}
 
 
-@post("/dead-letters/purge", status_code=200, summary="Delete dead letters (admin)",
+@post("/dead-letters/purge", responses=error_responses(403, 413, 503),
+      status_code=200, summary="Delete dead letters (admin)",
       description="For good: send `confirm: true`.")
 async def purge_route(tenant: FromPath[str], ctx: Ctx, admin: Caller,
                       data: JSONBody[PurgeChoice]) -> dict[str, int]:

@@ -188,8 +188,8 @@ class Item(msgspec.Struct):
 class Page(msgspec.Struct):
     data: list[Any]
     freshness: Freshness
-    next_cursor: str | None = None
-    total: int | None = None
+    next_cursor: str | None  # null on the last page, and for lists that are not paged
+    total: int | None  # null unless with_total was asked
 
 
 class Written(msgspec.Struct):

@@ -14,6 +14,7 @@ from litestar.exceptions import (
     SerializationException,
     ValidationException,
 )
+from litestar.openapi.datastructures import ResponseSpec
 
 log = logging.getLogger("ficha.api")
 
@@ -21,11 +22,40 @@ log = logging.getLogger("ficha.api")
 class ErrorBody(msgspec.Struct):
     code: str
     message: str
-    field: str | None = None
+    field: str | None  # the parameter or body field to blame, if one is
 
 
 class ErrorResponse(msgspec.Struct):
+    """Every error the API answers (docs/api.md, "Errors")."""
+
     error: ErrorBody
+
+
+_MEANINGS = {
+    400: "Refused: `invalid_request` (a parameter or a field of the body, which `field` "
+    "names), `invalid_body`, `invalid_rule`, `invalid_property`, `invalid_file`, "
+    "`invalid_mapping` or `confirmation_required`.",
+    401: "`unauthorized`: no API key (send `Authorization: Bearer <key>`), or one that is "
+    "malformed, unknown or revoked.",
+    403: "`forbidden`: this route needs a key with the admin scope.",
+    404: "`not_found`: nothing at this address for this key's tenant (another tenant's "
+    "address is answered the same way).",
+    409: "`already_exists` or `segment_conflict`: the change contradicts what exists.",
+    413: "`too_large`: the body is larger than this route accepts.",
+    500: "`internal_error`: the details are in the server's log only.",
+    503: "`not_yet_ingested` or `not_yet_projected` (a wait timed out; `Retry-After`), "
+    "`bus_unavailable` or `import_stopped`: retry.",
+}
+EVERY_ROUTE = (400, 401, 404, 500)
+
+
+def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """The errors a route of a tenant can answer, for the OpenAPI document: those every
+    such route can give (a bad parameter or a NUL in the address, no key, another
+    tenant's address, a failure of ficha's) and ``statuses``; each with ficha's body."""
+    return {status: ResponseSpec(ErrorResponse, description=_MEANINGS[status],
+                                 generate_examples=False)
+            for status in sorted({*EVERY_ROUTE, *statuses})}
 
 
 class ApiError(Exception):

@@ -7,6 +7,8 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from litestar import get
+from litestar.openapi.spec import OpenAPI, OpenAPIMediaType, OpenAPIResponse, Schema
+from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.params import FromPath, Parameter
 from litestar.response import Stream
 
@@ -30,8 +32,27 @@ from services.api.deps import (
     instant,
     instant_parameter,
 )
-from services.api.errors import not_found
+from services.api.errors import error_responses, not_found
 from services.api.freshness import Freshness
+
+# Each export route's operation id: its 200 is a file (see ``document_files``).
+FILE_OPERATIONS = ("exportContacts", "exportSegment")
+
+
+def document_files(openapi: OpenAPI) -> None:
+    """Say in the OpenAPI document that the exports answer files, CSV or Parquet
+    (Litestar, seeing a stream, documents an empty JSON body)."""
+    file = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY,
+                  description="The file: CSV (UTF-8) or Parquet, as `format` asks.")
+    for item in (openapi.paths or {}).values():
+        operation = item.get
+        if operation is None or operation.operation_id not in FILE_OPERATIONS:
+            continue
+        answer = (operation.responses or {})["200"]
+        assert isinstance(answer, OpenAPIResponse)
+        answer.content = {media.split(";")[0]: OpenAPIMediaType(schema=file)
+                          for media in MEDIA_TYPES.values()}
+
 
 Format = Annotated[Literal["csv", "parquet"], Parameter(description="csv or parquet")]
 
@@ -48,7 +69,8 @@ def _stream(ctx: Ctx, query: ExportQuery, fmt: ExportFormat, name: str,
                            **headers(fresh)})
 
 
-@get("/exports/contacts", sync_to_thread=True, summary="Export the client list",
+@get("/exports/contacts", responses=error_responses(503), operation_id=FILE_OPERATIONS[0],
+     sync_to_thread=True, summary="Export the client list",
      description="Every card field, tags, properties (JSON), consent and counts of the "
      "contacts the filters select, streamed as CSV or Parquet (see docs/export.md). "
      "With `min_position` or `wait_for_event`, the export starts once that write is in "
@@ -65,7 +87,8 @@ def contacts_route(
     return _stream(ctx, query, format, f"{tenant}-contacts", fresh)
 
 
-@get("/segments/{segment_id:str}/export", sync_to_thread=True,
+@get("/segments/{segment_id:str}/export", responses=error_responses(503),
+     operation_id=FILE_OPERATIONS[1], sync_to_thread=True,
      summary="Export a segment's members",
      description="Members now, or at `as_of`, with their cards, as CSV or Parquet. "
      "`Ficha-Position` and `Ficha-Lag` say how fresh the file is; `min_position` or "

@@ -33,7 +33,7 @@ from services.api.deps import (
     item,
     page,
 )
-from services.api.errors import ApiError, not_found
+from services.api.errors import ApiError, error_responses, not_found
 from services.domain.rules import RuleError
 from services.domain.segments import SegmentError
 
@@ -48,8 +48,13 @@ class SegmentBody(msgspec.Struct, forbid_unknown_fields=True):
     name: str | None = None
 
 
-class NewSegment(SegmentBody, forbid_unknown_fields=True):
-    id: str = ""
+class NewSegment(msgspec.Struct, forbid_unknown_fields=True):
+    """A new segment: its id (letters, digits, - and _), its rule and an optional
+    display name (its id if none)."""
+
+    id: str
+    rule: Any
+    name: str | None = None
 
 
 class PreviewBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -57,7 +62,7 @@ class PreviewBody(msgspec.Struct, forbid_unknown_fields=True):
     sample: int = 5
 
 
-def _write(ctx: Ctx, tenant: FromPath[str], segment_id: str, body: SegmentBody,
+def _write(ctx: Ctx, tenant: FromPath[str], segment_id: str, body: SegmentBody | NewSegment,
            must_exist: bool) -> Written:
     catalog = ctx.segments.catalog(tenant)
     existing = None if catalog is None else catalog.live().get(segment_id)
@@ -78,14 +83,16 @@ def _write(ctx: Ctx, tenant: FromPath[str], segment_id: str, body: SegmentBody,
                     "version": definition.version}, ctx.store.max_notification_id())
 
 
-@get("/segments", sync_to_thread=True, summary="The tenant's segments, with member counts")
+@get("/segments", responses=error_responses(503),
+     sync_to_thread=True, summary="The tenant's segments, with member counts")
 def list_route(tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,
                include_deleted: FromQuery[bool] = False) -> Response[Page]:
     with ctx.read(PROJECTION, tenant, wanted) as fresh:
         return page(list_segments(ctx.views, tenant, include_deleted), fresh)
 
 
-@post("/segments", sync_to_thread=True, status_code=201, summary="Create a segment",
+@post("/segments", responses=error_responses(403, 409, 413),
+      sync_to_thread=True, status_code=201, summary="Create a segment",
       description="Its membership is computed as the audience read model reaches the "
       "change: read members with `min_position` set to the answer's `position`.")
 def create_route(tenant: FromPath[str], ctx: Ctx, admin: Caller,
@@ -95,7 +102,8 @@ def create_route(tenant: FromPath[str], ctx: Ctx, admin: Caller,
     return _write(ctx, tenant, data.id, data, must_exist=False)
 
 
-@get("/segments/{segment_id:str}", sync_to_thread=True, summary="One segment")
+@get("/segments/{segment_id:str}", responses=error_responses(503),
+     sync_to_thread=True, summary="One segment")
 def get_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, principal: Caller,
               wanted: Wanted) -> Response[Item]:
     with ctx.read(PROJECTION, tenant, wanted) as fresh:
@@ -105,14 +113,16 @@ def get_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, princi
             raise not_found(str(error)) from None
 
 
-@put("/segments/{segment_id:str}", sync_to_thread=True, summary="Edit a segment",
+@put("/segments/{segment_id:str}", responses=error_responses(403, 409, 413),
+     sync_to_thread=True, summary="Edit a segment",
      description="A new version of its rule (and name). Preview it first.")
 def edit_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, admin: Caller,
                data: JSONBody[SegmentBody]) -> Written:
     return _write(ctx, tenant, segment_id, data, must_exist=True)
 
 
-@delete("/segments/{segment_id:str}", sync_to_thread=True, status_code=200,
+@delete("/segments/{segment_id:str}", responses=error_responses(403, 409),
+        sync_to_thread=True, status_code=200,
         summary="Delete a segment", description="Every member exits; its history stays.")
 def delete_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx,
                  admin: Caller) -> Written:
@@ -127,7 +137,8 @@ def delete_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx,
                    ctx.store.max_notification_id())
 
 
-@post("/segments/{segment_id:str}/preview", sync_to_thread=True, status_code=200,
+@post("/segments/{segment_id:str}/preview", responses=error_responses(413, 503),
+      sync_to_thread=True, status_code=200,
       summary="What a rule would change",
       description="How many contacts would enter, leave and stay if `segment_id` had this "
       "rule, with samples; nothing is changed. The segment need not exist yet.")
@@ -144,7 +155,7 @@ def preview_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, pr
         return item(result.to_dict(), fresh)
 
 
-@get("/segments/{segment_id:str}/members", sync_to_thread=True,
+@get("/segments/{segment_id:str}/members", responses=error_responses(503), sync_to_thread=True,
      summary="A segment's members, now or at a past moment",
      description="Ordered by contact id; `next_cursor` gives the next page.")
 def members_route(
@@ -173,7 +184,7 @@ def members_route(
         return page(rows, fresh, next_cursor, total)
 
 
-@get("/contacts/{ref:str}/segments", sync_to_thread=True,
+@get("/contacts/{ref:str}/segments", responses=error_responses(503), sync_to_thread=True,
      summary="A contact's segments, and why",
      description="For each segment: member or not, every clause of its rule with its "
      "value for this contact, and the membership history with what caused each change.")
@@ -192,7 +203,8 @@ def why_route(tenant: FromPath[str], ref: FromPath[str], ctx: Ctx, principal: Ca
             raise not_found(str(error)) from None
 
 
-@get("/segment-sizes", sync_to_thread=True, summary="Segment sizes over time",
+@get("/segment-sizes", responses=error_responses(503),
+     sync_to_thread=True, summary="Segment sizes over time",
      description="Each live segment's member count at the end of each of the last `days` "
      "days (ficha's clock) and now.")
 def sizes_route(tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.api.conftest import Api
-from tests.api.test_api import seed
+from tests.api.test_api import VIP, seed
 
 T = "/v1/tenants/acme"
 LIST_SORTS = ["first_seen_at", "-first_seen_at", "last_activity_at", "-last_activity_at",
@@ -123,3 +123,118 @@ async def test_a_dead_letter_sequence_out_of_range_is_404(api: Api) -> None:
         assert response.status_code == 404, (seq, response.text)
         error = response.json()["error"]
         assert error["code"] == "not_found" and f"no dead letter {seq}" in error["message"]
+
+
+async def openapi(api: Api) -> dict[str, Any]:
+    response = await api.http.get("/schema/openapi.json")
+    assert response.status_code == 200
+    document: dict[str, Any] = response.json()
+    return document
+
+
+def error_schema_errors(document: dict[str, Any], body: Any) -> list[str]:
+    """How an answer's body departs from the ErrorResponse of the OpenAPI document."""
+    from jsonschema import Draft202012Validator
+
+    schema = {"$ref": "#/components/schemas/ErrorResponse",
+              "components": document["components"]}
+    return [e.message for e in Draft202012Validator(schema).iter_errors(body)]
+
+
+# Routes that talk to NATS, so answer 503 bus_unavailable when it is away.
+ON_THE_BUS = {"/v1/tenants/{tenant}/dead-letters", "/v1/tenants/{tenant}/dead-letters/{seq}",
+              "/v1/tenants/{tenant}/dead-letters/redrive",
+              "/v1/tenants/{tenant}/dead-letters/purge",
+              "/v1/tenants/{tenant}/contacts/{ref}/erasure",
+              "/v1/tenants/{tenant}/contacts/{ref}/access", "/v1/tenants/{tenant}/imports"}
+
+
+async def test_the_openapi_document_describes_the_errors_each_route_gives(api: Api) -> None:
+    """Route by route: every error response is ficha's error body, and the statuses
+    documented include those the route gives: 400, 401 and 404 everywhere, 403 where a
+    read key is refused, 413 where there is a body, 503 where the route waits or uses the
+    bus, 409 where a segment can conflict; real answers match the documented schema."""
+    from tests.api.test_api import BODIES, call, path
+
+    await seed(api)
+    document = await openapi(api)
+    body = document["components"]["schemas"]["ErrorBody"]
+    assert set(body["required"]) == {"code", "message", "field"}
+    assert document["components"]["schemas"]["ErrorResponse"]["required"] == ["error"]
+    values = {"tenant": "acme", "ref": "ana@example.com", "segment_id": "vips",
+              "name": "colour", "seq": "999999", "reference": "ana@example.com"}
+    checked = 0
+    for template, item in document["paths"].items():
+        if not template.startswith("/v1/tenants/"):
+            continue
+        for method, operation in item.items():
+            if method not in ("get", "post", "put", "delete"):
+                continue
+            route = (method, template)
+            responses = operation["responses"]
+            documented = {int(status) for status in responses}
+            for status, answer in responses.items():
+                if int(status) >= 400:
+                    assert answer["content"]["application/json"]["schema"] == {
+                        "$ref": "#/components/schemas/ErrorResponse"}, (route, status)
+            parameters = {p["name"] for p in operation.get("parameters", [])}
+            wanted = {400, 401, 404, 500}
+            wanted |= {413} if "requestBody" in operation else set()
+            wanted |= {503} if "min_position" in parameters or template in ON_THE_BUS else set()
+            wanted |= {409} if template.endswith(("/segments", "{segment_id}")) and (
+                method != "get") else set()
+            # What the route answers: without a key, with a read key.
+            url = path(template, **values)
+            anonymous = await api.http.request(method.upper(), url,
+                                               json=BODIES.get(route))
+            reading = await call(api, method, url, "acme:read", template)
+            wanted |= {403} if reading.status_code == 403 else set()
+            assert wanted <= documented, (route, sorted(wanted - documented))
+            for answer in (anonymous, reading):
+                assert answer.status_code in documented, (route, answer.status_code)
+                if answer.status_code >= 400:
+                    assert error_schema_errors(document, answer.json()) == [], (
+                        route, answer.text)
+            checked += 1
+    assert checked >= 30
+    # Some more real errors, each documented for its route and shaped as documented.
+    admin = api.auth("acme:admin")
+    t = "/v1/tenants/acme"
+    real = [
+        ("post", "/v1/tenants/{tenant}/segments",
+         await api.http.post(f"{t}/segments", json={"id": "vips", "rule": VIP}, headers=admin)),
+        ("get", "/v1/tenants/{tenant}/contacts", await api.get(f"{t}/contacts", limit="0")),
+        ("get", "/v1/tenants/{tenant}/contacts",
+         await api.get(f"{t}/contacts", min_position="99999999", wait_timeout="0.1")),
+        ("get", "/v1/tenants/{tenant}/exports/contacts",
+         await api.get(f"{t}/exports/contacts", format="xlsx")),
+    ]
+    for method, template, answer in real:
+        assert answer.status_code >= 400
+        assert str(answer.status_code) in document["paths"][template][method]["responses"]
+        assert error_schema_errors(document, answer.json()) == [], answer.text
+    assert {r[2].status_code for r in real} == {409, 400, 503}
+
+
+async def test_the_openapi_document_describes_exports_and_required_fields(api: Api) -> None:
+    await seed(api)
+    document = await openapi(api)
+    for template in ("/v1/tenants/{tenant}/exports/contacts",
+                     "/v1/tenants/{tenant}/segments/{segment_id}/export"):
+        content = document["paths"][template]["get"]["responses"]["200"]["content"]
+        assert set(content) == {"text/csv", "application/vnd.apache.parquet"}, content
+        for fmt in ("csv", "parquet"):
+            answer = await api.get(path_of(template), format=fmt)
+            assert answer.status_code == 200
+            assert answer.headers["content-type"].split(";")[0] in content
+    new_segment = document["components"]["schemas"]["NewSegment"]
+    assert set(new_segment["required"]) == {"id", "rule"}
+    assert "default" not in new_segment["properties"]["id"]
+    page = document["components"]["schemas"]["Page"]
+    assert set(page["required"]) == {"data", "freshness", "next_cursor", "total"}
+    answer = await api.get(f"{T}/contacts")
+    assert set(answer.json()) == set(page["properties"])
+
+
+def path_of(template: str) -> str:
+    return template.replace("{tenant}", "acme").replace("{segment_id}", "vips")
