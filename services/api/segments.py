@@ -35,7 +35,7 @@ from services.api.deps import (
 )
 from services.api.errors import ApiError, error_responses, not_found
 from services.domain.rules import RuleError
-from services.domain.segments import SegmentError
+from services.domain.segments import InvalidSegment, SegmentError
 
 PROJECTION = "audience"
 
@@ -77,6 +77,8 @@ def _write(ctx: Ctx, tenant: FromPath[str], segment_id: str, body: SegmentBody |
         definition = ctx.segments.define(tenant, segment_id, title, body.rule)
     except RuleError as error:
         raise ApiError(400, "invalid_rule", f"the rule is not valid: {error}", "rule") from None
+    except InvalidSegment as error:
+        raise ApiError(400, "invalid_request", f"{error.field}: {error}", error.field) from None
     except SegmentError as error:
         raise ApiError(409, "segment_conflict", str(error)) from None
     return Written({"segment_id": definition.segment_id, "name": definition.name,

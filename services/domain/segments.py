@@ -34,6 +34,14 @@ class SegmentError(ValueError):
     """A command on the catalogue that cannot be carried out, in words a person can act on."""
 
 
+class InvalidSegment(SegmentError):
+    """An id or a name that no segment may have; ``field`` says which ("id", "name")."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def catalog_id(tenant: str) -> UUID:
     return uuid5(NAMESPACE_URL, f"ficha:segments:{tenant}")
 
@@ -90,13 +98,13 @@ class SegmentCatalog(Aggregate):
     def define(self, segment_id: str, name: str, rule: dict[str, Any]) -> SegmentDefinition:
         """Create a segment or edit it (a new version); raises SegmentError or RuleError."""
         if not is_segment_id(segment_id):
-            raise SegmentError(
-                f"segment id {segment_id!r} must be 1-64 of a-z, 0-9, _ and -, starting with "
+            raise InvalidSegment(
+                "id", f"segment id {segment_id!r} must be 1-64 of a-z, 0-9, _ and -, starting with "
                 f"a letter or digit ({SEGMENT_ID_PATTERN})"
             )
         name = (name or "").strip() or segment_id
         if len(name) > 200:
-            raise SegmentError("a segment name has at most 200 characters")
+            raise InvalidSegment("name", "a segment name has at most 200 characters")
         node = parse_rule(rule)
         current = self.segments.get(segment_id)
         live = self.live()

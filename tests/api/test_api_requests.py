@@ -238,3 +238,30 @@ async def test_the_openapi_document_describes_exports_and_required_fields(api: A
 
 def path_of(template: str) -> str:
     return template.replace("{tenant}", "acme").replace("{segment_id}", "vips")
+
+
+async def test_a_bad_segment_id_or_name_is_400_naming_it_and_conflicts_stay_409(
+        api: Api) -> None:
+    await seed(api)
+    admin = api.auth("acme:admin")
+    for body, field in (({"id": "Bad Id!", "rule": VIP}, "id"),
+                        ({"id": "x" * 65, "rule": VIP}, "id"),
+                        ({"id": "long-name", "name": "n" * 10_000, "rule": VIP}, "name")):
+        response = await api.http.post(f"{T}/segments", json=body, headers=admin)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert (error["code"], error["field"]) == ("invalid_request", field), error
+        assert error["message"].startswith(f"{field}: "), error
+    renamed = await api.http.put(f"{T}/segments/vips", json={"rule": VIP, "name": "n" * 201},
+                                 headers=admin)
+    assert renamed.status_code == 400 and renamed.json()["error"]["field"] == "name"
+    # Real conflicts: an id that exists, a segment another one uses.
+    again = await api.http.post(f"{T}/segments", json={"id": "vips", "rule": VIP},
+                                headers=admin)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "already_exists"
+    user = await api.http.post(f"{T}/segments", json={"id": "uses-vips",
+                                                      "rule": {"segment": "vips"}},
+                               headers=admin)
+    assert user.status_code == 201, user.text
+    used = await api.http.delete(f"{T}/segments/vips", headers=admin)
+    assert used.status_code == 409 and used.json()["error"]["code"] == "segment_conflict"
