@@ -4,6 +4,7 @@ blame, the field."""
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import msgspec
@@ -92,10 +93,22 @@ def on_validation(request: Request[Any, Any, Any], error: ValidationException
     field = first.get("key")
     message = first.get("message") or error.detail
     if field == "data" and first.get("source") == "body":
+        if (named := _BODY_KEY.search(str(message))) is not None:
+            return _respond(400, "invalid_request", _body_key(*named.groups()), named[2])
         return _respond(400, "invalid_body", _body_shape(str(message)))
     if field:
         message = f"{field}: {message}"
     return _respond(400, "invalid_request", str(message), field)
+
+
+# How msgspec names a key of the body object that is missing or not taken.
+_BODY_KEY = re.compile(r"^Object (missing required|contains unknown) field `([^`]+)`$")
+
+
+def _body_key(problem: str, key: str) -> str:
+    if problem == "missing required":
+        return f"{key}: the body has no {key}, which this route needs (see /schema)"
+    return f"{key}: this route takes no field {key} (see /schema)"
 
 
 def _body_shape(problem: str) -> str:

@@ -84,7 +84,7 @@ def define_property_route(tenant: FromPath[str], name: FromPath[str], ctx: Ctx, 
     try:
         d = ctx.tenants.define_property(tenant, name, data.type, data.options, data.label)
     except TenantError as error:
-        raise ApiError(400, "invalid_property", str(error)) from None
+        raise ApiError(400, "invalid_property", str(error), error.field) from None
     return Written({"name": d.name, "type": d.type, "options": list(d.options),
                     "label": d.label}, ctx.store.max_notification_id())
 

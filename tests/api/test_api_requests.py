@@ -265,3 +265,34 @@ async def test_a_bad_segment_id_or_name_is_400_naming_it_and_conflicts_stay_409(
     assert user.status_code == 201, user.text
     used = await api.http.delete(f"{T}/segments/vips", headers=admin)
     assert used.status_code == 409 and used.json()["error"]["code"] == "segment_conflict"
+
+
+async def test_every_validation_error_names_its_field(api: Api) -> None:
+    await seed(api)
+    admin = api.auth("acme:admin")
+    cases: list[tuple[str, httpx.Response, str]] = [
+        ("invalid_request", await api.get(f"{T}/contacts", sort="bogus"), "sort"),
+        ("invalid_request", await api.get(f"{T}/contacts", cursor="abc"), "cursor"),
+        ("invalid_request", await api.get(f"{T}/contacts", consent="fax"), "consent"),
+        ("invalid_request", await api.get(f"{T}/contacts", no_consent="fax"), "no_consent"),
+        ("invalid_request", await api.get(f"{T}/exports/contacts", consent="fax"), "consent"),
+        ("invalid_request", await api.get(f"{T}/exports/contacts", no_consent="fax"),
+         "no_consent"),
+        ("not_yet_projected", await api.get(f"{T}/contacts", min_position="99999999",
+                                            wait_timeout="0.1"), "min_position"),
+    ]
+    for body, field in (({"type": "colour"}, "type"), ({"type": "choice"}, "options"),
+                        ({"type": "number", "options": ["a"]}, "options")):
+        cases.append(("invalid_property", await api.http.put(
+            f"{T}/properties/x", json=body, headers=admin), field))
+    cases.append(("invalid_property", await api.http.put(
+        f"{T}/properties/bad name", json={"type": "text"}, headers=admin), "name"))
+    for body, field in (({"id": "x1", "name": "x"}, "rule"),
+                        ({"id": "x1", "rule": VIP, "extra": 1}, "extra"),
+                        ({"rule": VIP}, "id")):
+        cases.append(("invalid_request", await api.http.post(
+            f"{T}/segments", json=body, headers=admin), field))
+    for code, response, field in cases:
+        error = response.json()["error"]
+        assert (error["code"], error["field"]) == (code, field), (response.request.url, error)
+        assert response.status_code == (503 if code.startswith("not_yet") else 400), error
