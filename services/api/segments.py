@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -62,6 +64,20 @@ class PreviewBody(msgspec.Struct, forbid_unknown_fields=True):
     sample: int = 5
 
 
+@contextmanager
+def definition_errors() -> Iterator[None]:
+    """A definition refused, as the API answers it: a bad rule, id or name (400), or a
+    conflict with what exists (409)."""
+    try:
+        yield
+    except RuleError as error:
+        raise ApiError(400, "invalid_rule", f"the rule is not valid: {error}", "rule") from None
+    except InvalidSegment as error:
+        raise ApiError(400, "invalid_request", f"{error.field}: {error}", error.field) from None
+    except SegmentError as error:
+        raise ApiError(409, "segment_conflict", str(error)) from None
+
+
 def _write(ctx: Ctx, tenant: FromPath[str], segment_id: str, body: SegmentBody | NewSegment,
            must_exist: bool) -> Written:
     catalog = ctx.segments.catalog(tenant)
@@ -73,14 +89,8 @@ def _write(ctx: Ctx, tenant: FromPath[str], segment_id: str, body: SegmentBody |
                        f"segment {segment_id!r} already exists (version {existing.version}); "
                        "change it with PUT", "id")
     title = body.name or (existing.name if existing else segment_id)
-    try:
+    with definition_errors():
         definition = ctx.segments.define(tenant, segment_id, title, body.rule)
-    except RuleError as error:
-        raise ApiError(400, "invalid_rule", f"the rule is not valid: {error}", "rule") from None
-    except InvalidSegment as error:
-        raise ApiError(400, "invalid_request", f"{error.field}: {error}", error.field) from None
-    except SegmentError as error:
-        raise ApiError(409, "segment_conflict", str(error)) from None
     return Written({"segment_id": definition.segment_id, "name": definition.name,
                     "version": definition.version}, ctx.store.max_notification_id())
 
@@ -131,10 +141,8 @@ def delete_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx,
     catalog = ctx.segments.catalog(tenant)
     if catalog is None or segment_id not in catalog.live():
         raise not_found(f"segment {segment_id!r} does not exist in tenant {tenant}")
-    try:
+    with definition_errors():
         definition = ctx.segments.delete(tenant, segment_id)
-    except SegmentError as error:
-        raise ApiError(409, "segment_conflict", str(error)) from None
     return Written({"segment_id": segment_id, "version": definition.version, "deleted": True},
                    ctx.store.max_notification_id())
 
@@ -148,13 +156,12 @@ def preview_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, pr
                   wanted: Wanted, data: JSONBody[PreviewBody]) -> Response[Item]:
     if not 0 <= data.sample <= 100:
         raise ApiError(400, "invalid_request", "sample: between 0 and 100", "sample")
-    with ctx.read(PROJECTION, tenant, wanted) as fresh:
-        try:
+    with definition_errors():
+        ctx.segments.check(tenant, segment_id, data.rule)  # as create and edit check it
+        with ctx.read(PROJECTION, tenant, wanted) as fresh:
             result = preview(ctx.views, tenant, segment_id, data.rule, datetime.now(UTC),
                              data.sample)
-        except RuleError as error:
-            raise ApiError(400, "invalid_rule", f"the rule is not valid: {error}", "rule") from None
-        return item(result.to_dict(), fresh)
+            return item(result.to_dict(), fresh)
 
 
 @get("/segments/{segment_id:str}/members", responses=error_responses(503), sync_to_thread=True,

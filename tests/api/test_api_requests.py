@@ -296,3 +296,29 @@ async def test_every_validation_error_names_its_field(api: Api) -> None:
         error = response.json()["error"]
         assert (error["code"], error["field"]) == (code, field), (response.request.url, error)
         assert response.status_code == (503 if code.startswith("not_yet") else 400), error
+
+
+async def test_a_preview_refuses_what_create_and_edit_refuse(api: Api) -> None:
+    await seed(api)
+    admin = api.auth("acme:admin")
+    refused = [({"segment": "nosuch"}, "es-vip"), ({"segment": "vips"}, "vips"),
+               ({"all": [VIP, {"field": "nope", "op": "equals"}]}, "es-vip"),
+               ({"segment": "es-vip"}, "es-vip")]
+    for rule, segment_id in refused:
+        previewed = await api.http.post(f"{T}/segments/{segment_id}/preview",
+                                        json={"rule": rule}, headers=admin)
+        if segment_id == "vips":
+            written = await api.http.put(f"{T}/segments/vips", json={"rule": rule},
+                                         headers=admin)
+        else:
+            written = await api.http.post(f"{T}/segments", json={"id": segment_id,
+                                                                 "rule": rule}, headers=admin)
+        assert written.status_code == 400, written.text
+        assert (previewed.status_code, previewed.json()) == (400, written.json()), rule
+        assert previewed.json()["error"]["code"] == "invalid_rule"
+    bad_id = await api.http.post(f"{T}/segments/Bad%20Id/preview", json={"rule": VIP},
+                                 headers=admin)
+    assert bad_id.status_code == 400 and bad_id.json()["error"]["field"] == "id"
+    fine = await api.http.post(f"{T}/segments/es-vip/preview",
+                               json={"rule": {"segment": "vips"}}, headers=admin)
+    assert fine.status_code == 200 and fine.json()["data"]["would_enter"] == 2
