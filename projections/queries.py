@@ -73,16 +73,15 @@ def contact_where(db: ViewDatabase, f: ContactFilter) -> tuple[list[str], list[A
 def _where(db: ViewDatabase, f: ContactFilter) -> tuple[list[str], list[Any]]:
     clauses = ["c.tenant = ?"]
     params: list[Any] = [f.tenant]
-    if f.language:
-        if "-" in f.language:
-            clauses.append("LOWER(c.language) = ?")
-            params.append(f.language.lower())
-        else:
-            clauses.append("c.language_base = ?")
-            params.append(f.language.lower())
-    if f.country:
+    # Text filters are trimmed, as the search is: " es" is "es".
+    language = (f.language or "").strip().lower()
+    if language:
+        clauses.append("LOWER(c.language) = ?" if "-" in language else "c.language_base = ?")
+        params.append(language)
+    country = (f.country or "").strip().upper()
+    if country:
         clauses.append("c.country = ?")
-        params.append(f.country.upper())
+        params.append(country)
     for channel, granted in ((f.consent, True), (f.no_consent, False)):
         if channel is None:
             continue
@@ -97,7 +96,7 @@ def _where(db: ViewDatabase, f: ContactFilter) -> tuple[list[str], list[Any]]:
         else:
             clauses.append(f"({column} IS NULL OR {column} = ?)")
             params.append(False if db.is_postgres else 0)
-    if f.tag:
+    if f.tag and f.tag.strip():
         clauses.append(
             "EXISTS (SELECT 1 FROM contact_tags t WHERE t.tenant = c.tenant "
             "AND t.tag = ? AND t.contact_id = c.contact_id)"

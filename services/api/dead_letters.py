@@ -32,6 +32,9 @@ async def _chosen(ctx: Any, tenant: str, choice: Choice) -> list[DeadLetter]:
     if not choice.seqs and not choice.code:
         raise ApiError(400, "invalid_request",
                        "say which dead letters: seqs (a list) or code (an error code)", "seqs")
+    if choice.seqs and choice.code:
+        raise ApiError(400, "invalid_request",
+                       "say which dead letters by seqs or by code, not both", "code")
     letters, _, _ = await read_tenant(await ctx.bus.js(), tenant, recent=100_000)
     wanted = set(choice.seqs or [])
     return [d for d in letters

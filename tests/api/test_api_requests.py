@@ -322,3 +322,43 @@ async def test_a_preview_refuses_what_create_and_edit_refuse(api: Api) -> None:
     fine = await api.http.post(f"{T}/segments/es-vip/preview",
                                json={"rule": {"segment": "vips"}}, headers=admin)
     assert fine.status_code == 200 and fine.json()["data"]["would_enter"] == 2
+
+
+async def test_small_things_instants_ranges_redrive_and_trimmed_filters(api: Api) -> None:
+    await seed(api)
+    admin = api.auth("acme:admin")
+    # RFC 3339 lets t and z be lower case.
+    upper = await api.get(f"{T}/contacts", first_seen_from="2026-11-03T10:00:00Z")
+    lower = await api.get(f"{T}/contacts", first_seen_from="2026-11-03t10:00:00z")
+    assert lower.status_code == 200, lower.text
+    assert lower.json()["data"] == upper.json()["data"] != []
+    in_rule = await api.http.post(f"{T}/segments/later/preview", headers=admin, json={
+        "rule": {"field": "first_seen_at", "op": "after", "value": "2026-11-03t10:00:00z"}})
+    assert in_rule.status_code == 200 and in_rule.json()["data"]["would_enter"] == 2
+    # A reversed between is refused, naming the clause, whatever the field.
+    for clause in ({"field": "property.shoe_size", "op": "between", "value": [40, 37]},
+                   {"field": "rfm.recency", "op": "between", "value": [5, 1]},
+                   {"count": "purchases", "op": "between", "value": [3, 1]},
+                   {"field": "first_seen_at", "op": "between",
+                    "value": ["2026-12-01", "2026-11-01"]}):
+        rule = {"all": [VIP, clause]}
+        response = await api.http.post(f"{T}/segments", json={"id": "odd", "rule": rule},
+                                       headers=admin)
+        assert response.status_code == 400, (clause, response.text)
+        error = response.json()["error"]
+        assert error["code"] == "invalid_rule" and "rule.all[1]" in error["message"], error
+        assert "first bound is after the second" in error["message"], error
+    mixed = await api.http.post(f"{T}/segments/odd/preview", headers=admin, json={"rule": {
+        "field": "property.shoe_size", "op": "between", "value": [1, "2026-01-01"]}})
+    assert mixed.status_code == 400 and "both numbers or both dates" in mixed.text
+    # Re-drive (and purge) take seqs or code, not both.
+    for route in ("redrive", "purge"):
+        both = await api.http.post(f"{T}/dead-letters/{route}", headers=admin,
+                                   json={"seqs": [1], "code": "not_json",
+                                         **({"confirm": True} if route == "purge" else {})})
+        assert both.status_code == 400 and both.json()["error"]["field"] == "code", both.text
+    # Text filters are trimmed like the search.
+    for name, value in (("language", "es"), ("country", "es"), ("tag", "vip")):
+        plain = (await api.get(f"{T}/contacts", **{name: value})).json()["data"]
+        padded = await api.get(f"{T}/contacts", **{name: f" {value} "})
+        assert padded.status_code == 200 and padded.json()["data"] == plain != [], name
