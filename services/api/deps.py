@@ -73,7 +73,10 @@ def authenticate(request: Request[Any, Any, Any], tenant: FromPath[str], ctx: Ct
     """
     text = _presented(request)
     if not text:
-        raise ApiError(401, "unauthorized", f"no API key: {_HOW}",
+        scheme = request.headers.get("authorization", "").strip().split(" ")[0]
+        problem = (f"the Authorization header uses the {scheme[:20]} scheme, which ficha "
+                   "does not take; the scheme must be Bearer" if scheme else "no API key")
+        raise ApiError(401, "unauthorized", f"{problem}: {_HOW}",
                        headers={"WWW-Authenticate": "Bearer"})
     principal = ctx.keyring.authenticate(text)
     if principal is None:

@@ -76,10 +76,19 @@ def not_found(message: str) -> ApiError:
     return ApiError(404, "not_found", message)
 
 
+_LONG_WORD = re.compile(r"\S{81,}")
+
+
+def shortened(message: str) -> str:
+    """A message whose echoes of what the caller sent (a reference, an id) are at most
+    80 characters each: a 5,000-character reference is not sent back whole."""
+    return _LONG_WORD.sub(lambda m: f"{m[0][:60]}…({len(m[0])} characters)", message)
+
+
 def _respond(status: int, code: str, message: str, field: str | None = None,
              headers: dict[str, str] | None = None) -> Response[ErrorResponse]:
-    return Response(ErrorResponse(ErrorBody(code, message, field)), status_code=status,
-                    headers=headers)
+    return Response(ErrorResponse(ErrorBody(code, shortened(message), field)),
+                    status_code=status, headers=headers)
 
 
 def on_api_error(_: Request[Any, Any, Any], error: ApiError) -> Response[ErrorResponse]:

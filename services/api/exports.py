@@ -4,7 +4,7 @@ sent: memory does not grow with the row count."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from litestar import get
 from litestar.openapi.spec import OpenAPI, OpenAPIMediaType, OpenAPIResponse, Schema
@@ -14,6 +14,7 @@ from litestar.response import Stream
 
 from projections.audience_queries import NotFound
 from projections.export import (
+    FORMATS,
     MEDIA_TYPES,
     ExportFormat,
     ExportQuery,
@@ -32,7 +33,7 @@ from services.api.deps import (
     instant,
     instant_parameter,
 )
-from services.api.errors import error_responses, not_found
+from services.api.errors import ApiError, error_responses, not_found
 from services.api.freshness import Freshness
 
 # Each export route's operation id: its 200 is a file (see ``document_files``).
@@ -54,7 +55,18 @@ def document_files(openapi: OpenAPI) -> None:
                           for media in MEDIA_TYPES.values()}
 
 
-Format = Annotated[Literal["csv", "parquet"], Parameter(description="csv or parquet")]
+Format = Annotated[str, Parameter(description="csv or parquet (lower case)",
+                                  schema_extra={"enum": list(FORMATS)})]
+
+
+def export_format(text: str) -> ExportFormat:
+    """The format asked for, or 400 listing those there are."""
+    for fmt in FORMATS:
+        if text == fmt:
+            return fmt
+    hint = " (formats are written in lower case)" if text.lower() in FORMATS else ""
+    raise ApiError(400, "invalid_request", f"format: ficha exports no format {text!r}; "
+                   f"ask for {' or '.join(FORMATS)}{hint}", "format")
 
 
 def _stream(ctx: Ctx, query: ExportQuery, fmt: ExportFormat, name: str,
@@ -79,12 +91,13 @@ def contacts_route(
     tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted, client_filter: Filter,
     format: Format = "csv",
 ) -> Stream:
+    fmt = export_format(format)
     with ctx.read("contacts", tenant, wanted) as fresh:
         try:
             query = contacts_query(ctx.views, client_filter)
         except QueryError as error:
             raise query_error(error) from None
-    return _stream(ctx, query, format, f"{tenant}-contacts", fresh)
+    return _stream(ctx, query, fmt, f"{tenant}-contacts", fresh)
 
 
 @get("/segments/{segment_id:str}/export", responses=error_responses(503),
@@ -98,13 +111,14 @@ def segment_route(
     wanted: Wanted, format: Format = "csv",
     as_of: Annotated[str | None, instant_parameter("Members at this moment")] = None,
 ) -> Stream:
+    fmt = export_format(format)
     moment = instant(as_of, "as_of")
     with ctx.read("audience", tenant, wanted) as fresh:
         try:
             query = segment_query(ctx.views, tenant, segment_id, as_of=moment)
         except NotFound as error:
             raise not_found(str(error)) from None
-    return _stream(ctx, query, format, f"{tenant}-{segment_id}", fresh)
+    return _stream(ctx, query, fmt, f"{tenant}-{segment_id}", fresh)
 
 
 ROUTES = [contacts_route, segment_route]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from typing import Any
 
 import httpx
@@ -362,3 +363,27 @@ async def test_small_things_instants_ranges_redrive_and_trimmed_filters(api: Api
         plain = (await api.get(f"{T}/contacts", **{name: value})).json()["data"]
         padded = await api.get(f"{T}/contacts", **{name: f" {value} "})
         assert padded.status_code == 200 and padded.json()["data"] == plain != [], name
+
+
+async def test_messages_say_what_to_do_and_do_not_echo_long_input(api: Api) -> None:
+    await seed(api)
+    for fmt, words in (("xlsx", ["csv or parquet"]), ("CSV", ["csv or parquet", "lower case"])):
+        for url in (f"{T}/exports/contacts", f"{T}/segments/vips/export"):
+            response = await api.get(url, format=fmt)
+            error = response.json()["error"]
+            assert (response.status_code, error["field"]) == (400, "format"), error
+            assert all(w in error["message"] for w in words), error
+    basic = await api.http.get(f"{T}/contacts", headers={"Authorization": "Basic YTpi"})
+    assert basic.status_code == 401
+    assert "Basic scheme" in basic.json()["error"]["message"]
+    assert "must be Bearer" in basic.json()["error"]["message"]
+    long_ref = "x" * 5000
+    for url in (f"{T}/contacts/{long_ref}", f"{T}/segments/{long_ref}",
+                f"{T}/contacts/{long_ref}/timeline"):
+        response = await api.get(url)
+        assert response.status_code == 404, response.text
+        message = response.json()["error"]["message"]
+        assert len(message) < 200 and re.search(r"…\(500\d characters\)", message), message
+    bad_id = await api.http.post(f"{T}/segments", json={"id": long_ref + "!", "rule": VIP},
+                                 headers=api.auth("acme:admin"))
+    assert bad_id.status_code == 400 and len(bad_id.json()["error"]["message"]) < 400
