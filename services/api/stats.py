@@ -23,7 +23,7 @@ Days = Annotated[int, Parameter(ge=1, le=366, description="Length of the daily s
 @get("/engagement", responses=error_responses(503),
      sync_to_thread=True, summary="Engagement split and its change",
      description="Count and percentage per status, overall and by subscription status; "
-     "the change over the last 30 days and a daily series of `days` days.")
+     "each status's change over the last `days` days and its daily series.")
 def engagement_route(tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,
                      days: Days = 30) -> Response[Item]:
     with ctx.read("audience", tenant, wanted) as fresh:

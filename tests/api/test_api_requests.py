@@ -387,3 +387,28 @@ async def test_messages_say_what_to_do_and_do_not_echo_long_input(api: Api) -> N
     bad_id = await api.http.post(f"{T}/segments", json={"id": long_ref + "!", "rule": VIP},
                                  headers=api.auth("acme:admin"))
     assert bad_id.status_code == 400 and len(bad_id.json()["error"]["message"]) < 400
+
+
+async def test_the_error_examples_of_docs_api_md_are_real_answers(api: Api) -> None:
+    """The examples under "Errors" in docs/api.md are what the API answers (the rule's
+    message is cut with … in the doc)."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "api.md").read_text()
+    section = text[text.index("## Errors"):]
+    examples = [json.loads(line) for line in section.splitlines()
+                if line.startswith('{"error"')]
+    assert len(examples) == 3
+    admin = {**api.auth("acme:admin"), "Content-Type": "application/json"}
+    answers = [
+        await api.get(f"{T}/contacts", limit="5000"),
+        await api.http.post(f"{T}/segments", headers=admin, json={"id": "x", "rule": {
+            "all": [VIP, {"field": "nope", "op": "equals"}]}}),
+        await api.http.post(f"{T}/segments", headers=admin, content=b'{"id": '),
+    ]
+    for example, answer in zip(examples, answers, strict=True):
+        real = answer.json()["error"]
+        shown = example["error"]
+        if shown["message"].endswith("…"):
+            real["message"] = real["message"][:len(shown["message"]) - 1] + "…"
+        assert real == shown, (real, shown)
