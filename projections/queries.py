@@ -13,11 +13,16 @@ from projections.contacts import CONSENT_CHANNELS, CONTACT_TYPES, TIMELINE_TYPES
 from projections.db import ViewDatabase
 from projections.json_rows import AnswerColumns, plain
 from services.domain.contact import tag_key
-from services.domain.stamps import utc_iso
+from services.domain.stamps import parse_utc_iso, utc_iso
 
 
 class QueryError(ValueError):
-    """A filter or cursor the caller gave is malformed; the message says how."""
+    """A filter or cursor the caller gave is malformed; the message says how, and
+    ``field`` names the parameter to blame (as the API and the CLI call it)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ def _columns(pg: bool, alias: str, columns: tuple[tuple[str, str], ...]) -> Answ
 
 
 def _ts(db: ViewDatabase, value: datetime) -> Any:
+    """An instant as the read models store it: timestamptz, or utc_iso text on SQLite."""
     return value if db.is_postgres else utc_iso(value)
 
 
@@ -67,23 +73,22 @@ def contact_where(db: ViewDatabase, f: ContactFilter) -> tuple[list[str], list[A
 def _where(db: ViewDatabase, f: ContactFilter) -> tuple[list[str], list[Any]]:
     clauses = ["c.tenant = ?"]
     params: list[Any] = [f.tenant]
-    if f.language:
-        if "-" in f.language:
-            clauses.append("LOWER(c.language) = ?")
-            params.append(f.language.lower())
-        else:
-            clauses.append("c.language_base = ?")
-            params.append(f.language.lower())
-    if f.country:
+    # Text filters are trimmed, as the search is: " es" is "es".
+    language = (f.language or "").strip().lower()
+    if language:
+        clauses.append("LOWER(c.language) = ?" if "-" in language else "c.language_base = ?")
+        params.append(language)
+    country = (f.country or "").strip().upper()
+    if country:
         clauses.append("c.country = ?")
-        params.append(f.country.upper())
+        params.append(country)
     for channel, granted in ((f.consent, True), (f.no_consent, False)):
         if channel is None:
             continue
         if channel not in CONSENT_CHANNELS:
             raise QueryError(
-                f"unknown consent channel {channel!r}: use one of {', '.join(CONSENT_CHANNELS)}"
-            )
+                f"unknown consent channel {channel!r}: use one of {', '.join(CONSENT_CHANNELS)}",
+                "consent" if granted else "no_consent")
         column = f"c.consent_{channel}"
         if granted:
             clauses.append(f"{column} = ?")
@@ -91,7 +96,7 @@ def _where(db: ViewDatabase, f: ContactFilter) -> tuple[list[str], list[Any]]:
         else:
             clauses.append(f"({column} IS NULL OR {column} = ?)")
             params.append(False if db.is_postgres else 0)
-    if f.tag:
+    if f.tag and f.tag.strip():
         clauses.append(
             "EXISTS (SELECT 1 FROM contact_tags t WHERE t.tenant = c.tenant "
             "AND t.tag = ? AND t.contact_id = c.contact_id)"
@@ -134,7 +139,7 @@ def parse_sort(text: str) -> tuple[str, bool]:
     if key not in SORT_KEYS:
         choices = ", ".join(sorted(SORT_KEYS))
         raise QueryError(f"cannot sort by {key!r}: sort by one of {choices}, "
-                         "with a leading - for descending")
+                         "with a leading - for descending", "sort")
     return key, descending
 
 
@@ -144,16 +149,54 @@ def encode_cursor(sort: str, value: Any, contact_id: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, sort: str) -> tuple[str, str]:
+_FOREIGN_CURSOR = ("the cursor is not one this server gave out for this sort; start "
+                   "without it, then pass back the next_cursor of the answer before")
+
+
+def _cursor_text(value: Any) -> str:
+    """A text of a cursor as the database can take it (no NUL, valid UTF-8), else
+    ValueError."""
+    if not isinstance(value, str) or "\x00" in value:
+        raise ValueError
+    value.encode()  # a lone surrogate cannot be sent to the database
+    return value
+
+
+def _cursor_instant(value: Any) -> datetime:
+    """The instant a cursor holds (as ``encode_cursor`` writes it), else ValueError."""
+    moment = parse_utc_iso(_cursor_text(value))
+    if moment.tzinfo is None:
+        raise ValueError
+    utc_iso(moment)  # an instant out of range once in UTC raises OverflowError
+    return moment
+
+
+def decode_cursor(cursor: str, sort: str, *, instant: bool = False,
+                  contact: bool = True) -> tuple[Any, str]:
+    """The (value, id) a cursor of this sort holds, checked: the value is a datetime if
+    ``instant`` (a time sort or the timeline), else a text; the id a contact id if
+    ``contact`` (else any text: the timeline's event id). Anything else, however it was
+    made, is a QueryError: a cursor is the server's, never the caller's to write."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        given_sort, value, cid = json.loads(base64.urlsafe_b64decode(padded))
-        if given_sort != sort:
+        decoded = json.loads(base64.urlsafe_b64decode(padded))
+        if not isinstance(decoded, list) or len(decoded) != 3 or decoded[0] != sort:
             raise ValueError
-        return str(value), str(cid)
-    except Exception:  # noqa: BLE001
-        raise QueryError("the cursor is not one this server gave out for this sort; "
-                         "start without it") from None
+        _, value, cid = decoded
+        checked = _cursor_instant(value) if instant else _cursor_text(value)
+        if contact and not is_contact_id(_cursor_text(cid)):
+            raise ValueError
+        return checked, _cursor_text(cid)
+    except (ValueError, TypeError, OverflowError, UnicodeError, RecursionError):
+        raise QueryError(_FOREIGN_CURSOR, "cursor") from None
+
+
+def member_cursor(cursor: str | None) -> str:
+    """The contact id a segment members' cursor is (the last member of the page before;
+    "" for the first page), checked like every cursor."""
+    if cursor and not is_contact_id(cursor):
+        raise QueryError(_FOREIGN_CURSOR, "cursor")
+    return cursor or ""
 
 
 def list_page(
@@ -167,15 +210,13 @@ def list_page(
     first contact first); ties are broken by contact id in the same direction.
     """
     if not 1 <= limit <= 1000:
-        raise QueryError("limit must be between 1 and 1000")
+        raise QueryError("limit must be between 1 and 1000", "limit")
     key, descending = parse_sort(sort)
     expression = SORT_KEYS[key]
     clauses, params = _where(db, f)
     if cursor:
-        value, cid = decode_cursor(cursor, sort)
-        value_param: Any = value
-        if db.is_postgres and key in TIME_SORTS:
-            value_param = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        value, cid = decode_cursor(cursor, sort, instant=key in TIME_SORTS)
+        value_param = _ts(db, value) if key in TIME_SORTS else value
         beyond = "<" if descending else ">"
         clauses.append(f"({expression} {beyond} ? OR ({expression} = ? "
                        f"AND c.contact_id {beyond} ?))")
@@ -281,11 +322,12 @@ def timeline_page(db: ViewDatabase, tenant: str, contact_id: str, *, limit: int 
     """Newest first in pages: the entries before the cursor ``before`` (oldest first in
     the page, ready to encode) and the cursor of the next, older page."""
     if not 1 <= limit <= 1000:
-        raise QueryError("limit must be between 1 and 1000")
-    bound = decode_cursor(before, "timeline") if before else None
-    bound_param: Any = bound
-    if bound is not None and db.is_postgres:
-        bound_param = (datetime.fromisoformat(bound[0].replace("Z", "+00:00")), bound[1])
+        raise QueryError("limit must be between 1 and 1000", "limit")
+    bound_param = None
+    if before:
+        moment, event_id = decode_cursor(before, "timeline", instant=True,
+                                        contact=False)
+        bound_param = (_ts(db, moment), event_id)
     with db.reading() as cur:
         entries = _timeline(cur, db.is_postgres, tenant, contact_id, limit + 1, bound_param)
     cursor = None

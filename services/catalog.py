@@ -40,6 +40,11 @@ class SegmentCommands:
             return None
         return catalog
 
+    def check(self, tenant: str, segment_id: str, rule: Any) -> None:
+        """Raise as ``define`` would for this rule (a preview checks it so), changing
+        nothing: RuleError or InvalidSegment."""
+        (self.catalog(tenant) or SegmentCatalog.open(tenant)).check(segment_id, "", rule)
+
     def define(self, tenant: str, segment_id: str, name: str, rule: Any) -> SegmentDefinition:
         """Create or edit a segment. Raises RuleError or SegmentError on bad input."""
         return decide(self.store, lambda: self.catalog(tenant) or SegmentCatalog.open(tenant),

@@ -31,6 +31,7 @@ from nats.js import JetStreamContext
 from projections.db import ViewDatabase
 from services import metrics
 from services.domain.identity import ContactIdentity
+from services.domain.stamps import utc_iso
 from services.privacy import confirmations, outbound_state
 from services.store.contact_store import ContactStore
 from services.stream_purge import ErasedContact, purge_streams
@@ -76,7 +77,7 @@ class ErasureCompleter:
         }
         purged = await purge_streams(self.js, self.identity, list(targets))
         checkpointed = await asyncio.to_thread(self._checkpoint)
-        now = datetime.now(UTC).isoformat(timespec="microseconds")
+        now = utc_iso(datetime.now(UTC))
         for target, row in targets.items():
             record = {"streams": purged[target].to_json(), "files_checkpointed": checkpointed}
             await asyncio.to_thread(self.store.contact_recorder.complete_erasure,

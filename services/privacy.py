@@ -27,6 +27,7 @@ from contracts.publisher import publish
 from projections.db import ViewDatabase
 from projections.registry import all_projections
 from services.domain.identity import ContactIdentity, normalise_email
+from services.domain.stamps import parse_utc_iso, utc_iso
 from services.store.contact_store import ContactStore
 
 ERASURE_SOURCE = "ficha-privacy"
@@ -99,7 +100,7 @@ def confirmations(views: ViewDatabase, contact_id: str, version: int) -> dict[st
                 row = cur.fetchone()
             except Exception:  # noqa: BLE001 - the projection has not made its tables yet
                 row = None
-            out[projection.name] = None if row is None else str(row["confirmed_at"])
+            out[projection.name] = None if row is None else instant_text(row["confirmed_at"])
     return out
 
 
@@ -119,8 +120,18 @@ def outbound_state(views: ViewDatabase, contact_id: str, version: int) -> dict[s
     return {"event_id": event_id, "outbox_seq": seq, "published": published}
 
 
+def instant_text(value: Any) -> str:
+    """An instant of a receipt as every instant ficha answers: UTC, microseconds, Z
+    (older receipts were completed as ``…+00:00``; PostgreSQL gives datetimes)."""
+    moment = value if isinstance(value, datetime) else parse_utc_iso(str(value))
+    return utc_iso(moment)
+
+
 def _receipt(views: ViewDatabase, row: dict[str, Any]) -> dict[str, Any]:
     receipt = dict(row)
+    for key in ("requested_at", "erased_at", "completed_at"):
+        if receipt.get(key) is not None:
+            receipt[key] = instant_text(receipt[key])
     receipt["version"] = int(receipt["version"])
     receipt["purged"] = json.loads(row["purged"]) if row.get("purged") else None
     receipt["projections"] = confirmations(views, row["contact_id"], receipt["version"])

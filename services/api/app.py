@@ -89,7 +89,7 @@ def create_app(ctx: ApiContext) -> Litestar:
         },
         security=[{"apiKey": []}],
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[tenant_routes, healthz, dashboard],
         dependencies={"ctx": Provide(lambda: ctx, use_cache=True, sync_to_thread=False)},
         exception_handlers=HANDLERS,
@@ -109,6 +109,8 @@ def create_app(ctx: ApiContext) -> Litestar:
         # own default configuration out of it.
         logging_config=None,
     )
+    exports.document_files(app.openapi_schema)  # built once, then served as it is
+    return app
 
 
 def app_from_env() -> Litestar:

@@ -16,17 +16,18 @@ from projections.queries import (
     timeline_page,
 )
 from services.api.deps import Caller, Ctx, Filter, Item, Page, Wanted, item, page
-from services.api.errors import ApiError, not_found
+from services.api.errors import ApiError, error_responses, not_found
 
 PROJECTION = "contacts"
 _SORTS = ", ".join(sorted(SORT_KEYS))
 
 
-def query_error(error: QueryError, field: str | None = None) -> ApiError:
-    return ApiError(400, "invalid_request", str(error), field)
+def query_error(error: QueryError) -> ApiError:
+    """A filter, sort or cursor the query refused, naming the parameter it blamed."""
+    return ApiError(400, "invalid_request", str(error), error.field)
 
 
-@get("/contacts", sync_to_thread=True, summary="The client list",
+@get("/contacts", responses=error_responses(503), sync_to_thread=True, summary="The client list",
      description="Filter, search (a prefix of the email, first or last name), sort and "
      "page through a tenant's contacts. Pages are keyset cursors: pass `next_cursor` back "
      "as `cursor` with the same filters and sort.")
@@ -50,7 +51,8 @@ def list_route(
         return page(rows, fresh, next_cursor, total)
 
 
-@get("/contacts/{ref:str}", sync_to_thread=True, summary="A contact's card",
+@get("/contacts/{ref:str}", responses=error_responses(503),
+     sync_to_thread=True, summary="A contact's card",
      description="`ref` is the email or the contact id. The card holds every field, tags, "
      "properties, consent, lists and the newest `timeline_limit` timeline entries.")
 def card_route(
@@ -64,7 +66,8 @@ def card_route(
         return item(found, fresh)
 
 
-@get("/contacts/{ref:str}/timeline", sync_to_thread=True, summary="A contact's timeline",
+@get("/contacts/{ref:str}/timeline", responses=error_responses(503),
+     sync_to_thread=True, summary="A contact's timeline",
      description="Newest first, in pages: `next_cursor` gives the page of older entries "
      "(each page oldest first).")
 def timeline_route(
@@ -80,7 +83,7 @@ def timeline_route(
             entries, older = timeline_page(ctx.views, tenant, found["contact_id"], limit=limit,
                                            before=cursor)
         except QueryError as error:
-            raise query_error(error, "cursor") from None
+            raise query_error(error) from None
         return page(entries, fresh, older)
 
 

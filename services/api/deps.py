@@ -80,7 +80,10 @@ def authenticate(request: Request[Any, Any, Any], tenant: FromPath[str], ctx: Ct
     """
     text = _presented(request)
     if not text:
-        raise ApiError(401, "unauthorized", f"no API key: {_HOW}",
+        scheme = request.headers.get("authorization", "").strip().split(" ")[0]
+        problem = (f"the Authorization header uses the {scheme[:20]} scheme, which ficha "
+                   "does not take; the scheme must be Bearer" if scheme else "no API key")
+        raise ApiError(401, "unauthorized", f"{problem}: {_HOW}",
                        headers={"WWW-Authenticate": "Bearer"})
     principal = ctx.keyring.authenticate(text)
     if principal is None:
@@ -200,8 +203,8 @@ class Item(msgspec.Struct):
 class Page(msgspec.Struct):
     data: list[Any]
     freshness: Freshness
-    next_cursor: str | None = None
-    total: int | None = None
+    next_cursor: str | None  # null on the last page, and for lists that are not paged
+    total: int | None  # null unless with_total was asked
 
 
 class Written(msgspec.Struct):

@@ -4,6 +4,7 @@ blame, the field."""
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import msgspec
@@ -14,6 +15,7 @@ from litestar.exceptions import (
     SerializationException,
     ValidationException,
 )
+from litestar.openapi.datastructures import ResponseSpec
 
 log = logging.getLogger("ficha.api")
 
@@ -21,11 +23,40 @@ log = logging.getLogger("ficha.api")
 class ErrorBody(msgspec.Struct):
     code: str
     message: str
-    field: str | None = None
+    field: str | None  # the parameter or body field to blame, if one is
 
 
 class ErrorResponse(msgspec.Struct):
+    """Every error the API answers (docs/api.md, "Errors")."""
+
     error: ErrorBody
+
+
+_MEANINGS = {
+    400: "Refused: `invalid_request` (a parameter or a field of the body, which `field` "
+    "names), `invalid_body`, `invalid_rule`, `invalid_property`, `invalid_file`, "
+    "`invalid_mapping` or `confirmation_required`.",
+    401: "`unauthorized`: no API key (send `Authorization: Bearer <key>`), or one that is "
+    "malformed, unknown or revoked.",
+    403: "`forbidden`: this route needs a key with the admin scope.",
+    404: "`not_found`: nothing at this address for this key's tenant (another tenant's "
+    "address is answered the same way).",
+    409: "`already_exists` or `segment_conflict`: the change contradicts what exists.",
+    413: "`too_large`: the body is larger than this route accepts.",
+    500: "`internal_error`: the details are in the server's log only.",
+    503: "`not_yet_ingested` or `not_yet_projected` (a wait timed out; `Retry-After`), "
+    "`bus_unavailable` or `import_stopped`: retry.",
+}
+EVERY_ROUTE = (400, 401, 404, 500)
+
+
+def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """The errors a route of a tenant can answer, for the OpenAPI document: those every
+    such route can give (a bad parameter or a NUL in the address, no key, another
+    tenant's address, a failure of ficha's) and ``statuses``; each with ficha's body."""
+    return {status: ResponseSpec(ErrorResponse, description=_MEANINGS[status],
+                                 generate_examples=False)
+            for status in sorted({*EVERY_ROUTE, *statuses})}
 
 
 class ApiError(Exception):
@@ -47,10 +78,19 @@ def not_found(message: str) -> ApiError:
     return ApiError(404, "not_found", message)
 
 
+_LONG_WORD = re.compile(r"\S{81,}")
+
+
+def shortened(message: str) -> str:
+    """A message whose echoes of what the caller sent (a reference, an id) are at most
+    80 characters each: a 5,000-character reference is not sent back whole."""
+    return _LONG_WORD.sub(lambda m: f"{m[0][:60]}…({len(m[0])} characters)", message)
+
+
 def _respond(status: int, code: str, message: str, field: str | None = None,
              headers: dict[str, str] | None = None) -> Response[ErrorResponse]:
-    return Response(ErrorResponse(ErrorBody(code, message, field)), status_code=status,
-                    headers=headers)
+    return Response(ErrorResponse(ErrorBody(code, shortened(message), field)),
+                    status_code=status, headers=headers)
 
 
 def on_api_error(_: Request[Any, Any, Any], error: ApiError) -> Response[Any]:
@@ -68,10 +108,22 @@ def on_validation(request: Request[Any, Any, Any], error: ValidationException
     field = first.get("key")
     message = first.get("message") or error.detail
     if field == "data" and first.get("source") == "body":
+        if (named := _BODY_KEY.search(str(message))) is not None:
+            return _respond(400, "invalid_request", _body_key(*named.groups()), named[2])
         return _respond(400, "invalid_body", _body_shape(str(message)))
     if field:
         message = f"{field}: {message}"
     return _respond(400, "invalid_request", str(message), field)
+
+
+# How msgspec names a key of the body object that is missing or not taken.
+_BODY_KEY = re.compile(r"^Object (missing required|contains unknown) field `([^`]+)`$")
+
+
+def _body_key(problem: str, key: str) -> str:
+    if problem == "missing required":
+        return f"{key}: the body has no {key}, which this route needs (see /schema)"
+    return f"{key}: this route takes no field {key} (see /schema)"
 
 
 def _body_shape(problem: str) -> str:

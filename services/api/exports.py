@@ -4,14 +4,17 @@ sent: memory does not grow with the row count."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from litestar import get
+from litestar.openapi.spec import OpenAPI, OpenAPIMediaType, OpenAPIResponse, Schema
+from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.params import FromPath, Parameter
 from litestar.response import Stream
 
 from projections.audience_queries import NotFound
 from projections.export import (
+    FORMATS,
     MEDIA_TYPES,
     ExportFormat,
     ExportQuery,
@@ -20,6 +23,7 @@ from projections.export import (
     segment_query,
 )
 from projections.queries import QueryError
+from services.api.contacts import query_error
 from services.api.deps import (
     Caller,
     Ctx,
@@ -29,10 +33,40 @@ from services.api.deps import (
     instant,
     instant_parameter,
 )
-from services.api.errors import ApiError, not_found
+from services.api.errors import ApiError, error_responses, not_found
 from services.api.freshness import Freshness
 
-Format = Annotated[Literal["csv", "parquet"], Parameter(description="csv or parquet")]
+# Each export route's operation id: its 200 is a file (see ``document_files``).
+FILE_OPERATIONS = ("exportContacts", "exportSegment")
+
+
+def document_files(openapi: OpenAPI) -> None:
+    """Say in the OpenAPI document that the exports answer files, CSV or Parquet
+    (Litestar, seeing a stream, documents an empty JSON body)."""
+    file = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY,
+                  description="The file: CSV (UTF-8) or Parquet, as `format` asks.")
+    for item in (openapi.paths or {}).values():
+        operation = item.get
+        if operation is None or operation.operation_id not in FILE_OPERATIONS:
+            continue
+        answer = (operation.responses or {})["200"]
+        assert isinstance(answer, OpenAPIResponse)
+        answer.content = {media.split(";")[0]: OpenAPIMediaType(schema=file)
+                          for media in MEDIA_TYPES.values()}
+
+
+Format = Annotated[str, Parameter(description="csv or parquet (lower case)",
+                                  schema_extra={"enum": list(FORMATS)})]
+
+
+def export_format(text: str) -> ExportFormat:
+    """The format asked for, or 400 listing those there are."""
+    for fmt in FORMATS:
+        if text == fmt:
+            return fmt
+    hint = " (formats are written in lower case)" if text.lower() in FORMATS else ""
+    raise ApiError(400, "invalid_request", f"format: ficha exports no format {text!r}; "
+                   f"ask for {' or '.join(FORMATS)}{hint}", "format")
 
 
 def _stream(ctx: Ctx, query: ExportQuery, fmt: ExportFormat, name: str,
@@ -47,7 +81,8 @@ def _stream(ctx: Ctx, query: ExportQuery, fmt: ExportFormat, name: str,
                            **headers(fresh)})
 
 
-@get("/exports/contacts", sync_to_thread=True, summary="Export the client list",
+@get("/exports/contacts", responses=error_responses(503), operation_id=FILE_OPERATIONS[0],
+     sync_to_thread=True, summary="Export the client list",
      description="Every card field, tags, properties (JSON), consent and counts of the "
      "contacts the filters select, streamed as CSV or Parquet (see docs/export.md). "
      "With `min_position` or `wait_for_event`, the export starts once that write is in "
@@ -56,15 +91,17 @@ def contacts_route(
     tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted, client_filter: Filter,
     format: Format = "csv",
 ) -> Stream:
+    fmt = export_format(format)
     with ctx.read("contacts", tenant, wanted) as fresh:
         try:
             query = contacts_query(ctx.views, client_filter)
         except QueryError as error:
-            raise ApiError(400, "invalid_request", str(error)) from None
-    return _stream(ctx, query, format, f"{tenant}-contacts", fresh)
+            raise query_error(error) from None
+    return _stream(ctx, query, fmt, f"{tenant}-contacts", fresh)
 
 
-@get("/segments/{segment_id:str}/export", sync_to_thread=True,
+@get("/segments/{segment_id:str}/export", responses=error_responses(503),
+     operation_id=FILE_OPERATIONS[1], sync_to_thread=True,
      summary="Export a segment's members",
      description="Members now, or at `as_of`, with their cards, as CSV or Parquet. "
      "`Ficha-Position` and `Ficha-Lag` say how fresh the file is; `min_position` or "
@@ -74,13 +111,14 @@ def segment_route(
     wanted: Wanted, format: Format = "csv",
     as_of: Annotated[str | None, instant_parameter("Members at this moment")] = None,
 ) -> Stream:
+    fmt = export_format(format)
     moment = instant(as_of, "as_of")
     with ctx.read("audience", tenant, wanted) as fresh:
         try:
             query = segment_query(ctx.views, tenant, segment_id, as_of=moment)
         except NotFound as error:
             raise not_found(str(error)) from None
-    return _stream(ctx, query, format, f"{tenant}-{segment_id}", fresh)
+    return _stream(ctx, query, fmt, f"{tenant}-{segment_id}", fresh)
 
 
 ROUTES = [contacts_route, segment_route]

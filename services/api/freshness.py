@@ -133,6 +133,7 @@ class FreshReads:
                     503, "not_yet_projected",
                     f"the {projection} read model is at position {position}, not yet at "
                     f"{target}; retry, or wait longer with wait_timeout",
+                    field="min_position" if target == wanted.min_position else "wait_for_event",
                     headers={"Retry-After": "1"})
             time.sleep(_POLL_S)
             position = projection_position(self.views, projection)

@@ -16,7 +16,7 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath, FromQuery
 
 from services.api.deps import Caller, Ctx, instant, instant_parameter
-from services.api.errors import ApiError
+from services.api.errors import ApiError, error_responses
 from services.importing.files import CsvFileError, load_mapping
 from services.importing.importer import ImportOptions, ImportRefused, import_csv
 from services.importing.mapping import MappingError
@@ -41,7 +41,8 @@ def _keep(upload: UploadFile, folder: Path, fallback: str) -> Path:
     return path
 
 
-@post("/imports", status_code=200, request_max_body_size=MAX_UPLOAD_BYTES,
+@post("/imports", responses=error_responses(403, 413, 503),
+      status_code=200, request_max_body_size=MAX_UPLOAD_BYTES,
       summary="Import a CSV file of contacts (admin)",
       description="Multipart form: `file` (the CSV) and optionally `mapping` (a JSON or "
       "YAML mapping file). Every row is validated; accepted rows are published as "

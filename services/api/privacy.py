@@ -11,7 +11,7 @@ from litestar.params import FromPath
 
 from projections.queries import get_card, is_contact_id
 from services.api.deps import ApiContext, Caller, Ctx
-from services.api.errors import not_found
+from services.api.errors import error_responses, not_found
 from services.domain.identity import ContactIdentity, normalise_email
 from services.privacy import (
     NotHeld,
@@ -41,7 +41,8 @@ async def _held_email(ctx: ApiContext, tenant: str, ref: str) -> str:
     return email
 
 
-@post("/contacts/{ref:str}/erasure", status_code=202, summary="Erase a contact (admin)",
+@post("/contacts/{ref:str}/erasure", responses=error_responses(403, 503),
+      status_code=202, summary="Erase a contact (admin)",
       description="Publishes contact_erasure_requested through the bus like any producer; "
       "the person's data becomes unrecoverable as ingestion and every read model apply it. "
       "Follow it at /erasures/{event_id}.")
@@ -53,14 +54,16 @@ async def erase_route(tenant: FromPath[str], ref: FromPath[str], ctx: Ctx,
             "receipt": f"/v1/tenants/{tenant}/erasures/{event_id}"}
 
 
-@get("/erasures", sync_to_thread=True, summary="The tenant's erasure receipts (admin)",
+@get("/erasures", responses=error_responses(403),
+     sync_to_thread=True, summary="The tenant's erasure receipts (admin)",
      description="When each erasure was requested and completed, which read models "
      "confirmed it and which stream messages were deleted; never personal data.")
 def receipts_route(tenant: FromPath[str], ctx: Ctx, admin: Caller) -> list[dict[str, Any]]:
     return erasure_receipts(ctx.store, ctx.views, tenant=tenant)
 
 
-@get("/erasures/{reference:str}", sync_to_thread=True, summary="One erasure receipt (admin)",
+@get("/erasures/{reference:str}", responses=error_responses(403),
+     sync_to_thread=True, summary="One erasure receipt (admin)",
      description="By the request's event id or the contact id (its latest erasure).")
 def receipt_route(tenant: FromPath[str], reference: FromPath[str], ctx: Ctx,
                   admin: Caller) -> dict[str, Any]:
@@ -70,7 +73,8 @@ def receipt_route(tenant: FromPath[str], reference: FromPath[str], ctx: Ctx,
     return receipt
 
 
-@get("/contacts/{ref:str}/access", summary="Everything ficha holds about a person (admin)",
+@get("/contacts/{ref:str}/access", responses=error_responses(403, 503),
+     summary="Everything ficha holds about a person (admin)",
      description="The subject-access export: card, timeline, consent ledger, segments and "
      "their history, the decrypted event stream, dead letters naming them, erasures.")
 async def access_route(tenant: FromPath[str], ref: FromPath[str], ctx: Ctx,

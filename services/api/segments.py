@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -19,7 +21,8 @@ from projections.audience_queries import (
     segment_members,
     segment_sizes,
 )
-from projections.queries import get_card, is_contact_id
+from projections.queries import QueryError, get_card, is_contact_id, member_cursor
+from services.api.contacts import query_error
 from services.api.deps import (
     Caller,
     Ctx,
@@ -32,9 +35,9 @@ from services.api.deps import (
     item,
     page,
 )
-from services.api.errors import ApiError, not_found
+from services.api.errors import ApiError, error_responses, not_found
 from services.domain.rules import RuleError
-from services.domain.segments import SegmentError
+from services.domain.segments import InvalidSegment, SegmentError
 
 PROJECTION = "audience"
 
@@ -47,8 +50,13 @@ class SegmentBody(msgspec.Struct, forbid_unknown_fields=True):
     name: str | None = None
 
 
-class NewSegment(SegmentBody, forbid_unknown_fields=True):
-    id: str = ""
+class NewSegment(msgspec.Struct, forbid_unknown_fields=True):
+    """A new segment: its id (letters, digits, - and _), its rule and an optional
+    display name (its id if none)."""
+
+    id: str
+    rule: Any
+    name: str | None = None
 
 
 class PreviewBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -56,7 +64,21 @@ class PreviewBody(msgspec.Struct, forbid_unknown_fields=True):
     sample: int = 5
 
 
-def _write(ctx: Ctx, tenant: FromPath[str], segment_id: str, body: SegmentBody,
+@contextmanager
+def definition_errors() -> Iterator[None]:
+    """A definition refused, as the API answers it: a bad rule, id or name (400), or a
+    conflict with what exists (409)."""
+    try:
+        yield
+    except RuleError as error:
+        raise ApiError(400, "invalid_rule", f"the rule is not valid: {error}", "rule") from None
+    except InvalidSegment as error:
+        raise ApiError(400, "invalid_request", f"{error.field}: {error}", error.field) from None
+    except SegmentError as error:
+        raise ApiError(409, "segment_conflict", str(error)) from None
+
+
+def _write(ctx: Ctx, tenant: FromPath[str], segment_id: str, body: SegmentBody | NewSegment,
            must_exist: bool) -> Written:
     catalog = ctx.segments.catalog(tenant)
     existing = None if catalog is None else catalog.live().get(segment_id)
@@ -67,24 +89,22 @@ def _write(ctx: Ctx, tenant: FromPath[str], segment_id: str, body: SegmentBody,
                        f"segment {segment_id!r} already exists (version {existing.version}); "
                        "change it with PUT", "id")
     title = body.name or (existing.name if existing else segment_id)
-    try:
+    with definition_errors():
         definition = ctx.segments.define(tenant, segment_id, title, body.rule)
-    except RuleError as error:
-        raise ApiError(400, "invalid_rule", f"the rule is not valid: {error}", "rule") from None
-    except SegmentError as error:
-        raise ApiError(409, "segment_conflict", str(error)) from None
     return Written({"segment_id": definition.segment_id, "name": definition.name,
                     "version": definition.version}, ctx.store.max_notification_id())
 
 
-@get("/segments", sync_to_thread=True, summary="The tenant's segments, with member counts")
+@get("/segments", responses=error_responses(503),
+     sync_to_thread=True, summary="The tenant's segments, with member counts")
 def list_route(tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,
                include_deleted: FromQuery[bool] = False) -> Response[Page]:
     with ctx.read(PROJECTION, tenant, wanted) as fresh:
         return page(list_segments(ctx.views, tenant, include_deleted), fresh)
 
 
-@post("/segments", sync_to_thread=True, status_code=201, summary="Create a segment",
+@post("/segments", responses=error_responses(403, 409, 413),
+      sync_to_thread=True, status_code=201, summary="Create a segment",
       description="Its membership is computed as the audience read model reaches the "
       "change: read members with `min_position` set to the answer's `position`.")
 def create_route(tenant: FromPath[str], ctx: Ctx, admin: Caller,
@@ -94,7 +114,8 @@ def create_route(tenant: FromPath[str], ctx: Ctx, admin: Caller,
     return _write(ctx, tenant, data.id, data, must_exist=False)
 
 
-@get("/segments/{segment_id:str}", sync_to_thread=True, summary="One segment")
+@get("/segments/{segment_id:str}", responses=error_responses(503),
+     sync_to_thread=True, summary="One segment")
 def get_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, principal: Caller,
               wanted: Wanted) -> Response[Item]:
     with ctx.read(PROJECTION, tenant, wanted) as fresh:
@@ -104,29 +125,30 @@ def get_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, princi
             raise not_found(str(error)) from None
 
 
-@put("/segments/{segment_id:str}", sync_to_thread=True, summary="Edit a segment",
+@put("/segments/{segment_id:str}", responses=error_responses(403, 409, 413),
+     sync_to_thread=True, summary="Edit a segment",
      description="A new version of its rule (and name). Preview it first.")
 def edit_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, admin: Caller,
                data: JSONBody[SegmentBody]) -> Written:
     return _write(ctx, tenant, segment_id, data, must_exist=True)
 
 
-@delete("/segments/{segment_id:str}", sync_to_thread=True, status_code=200,
+@delete("/segments/{segment_id:str}", responses=error_responses(403, 409),
+        sync_to_thread=True, status_code=200,
         summary="Delete a segment", description="Every member exits; its history stays.")
 def delete_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx,
                  admin: Caller) -> Written:
     catalog = ctx.segments.catalog(tenant)
     if catalog is None or segment_id not in catalog.live():
         raise not_found(f"segment {segment_id!r} does not exist in tenant {tenant}")
-    try:
+    with definition_errors():
         definition = ctx.segments.delete(tenant, segment_id)
-    except SegmentError as error:
-        raise ApiError(409, "segment_conflict", str(error)) from None
     return Written({"segment_id": segment_id, "version": definition.version, "deleted": True},
                    ctx.store.max_notification_id())
 
 
-@post("/segments/{segment_id:str}/preview", sync_to_thread=True, status_code=200,
+@post("/segments/{segment_id:str}/preview", responses=error_responses(413, 503),
+      sync_to_thread=True, status_code=200,
       summary="What a rule would change",
       description="How many contacts would enter, leave and stay if `segment_id` had this "
       "rule, with samples; nothing is changed. The segment need not exist yet.")
@@ -134,16 +156,15 @@ def preview_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, pr
                   wanted: Wanted, data: JSONBody[PreviewBody]) -> Response[Item]:
     if not 0 <= data.sample <= 100:
         raise ApiError(400, "invalid_request", "sample: between 0 and 100", "sample")
-    with ctx.read(PROJECTION, tenant, wanted) as fresh:
-        try:
+    with definition_errors():
+        ctx.segments.check(tenant, segment_id, data.rule)  # as create and edit check it
+        with ctx.read(PROJECTION, tenant, wanted) as fresh:
             result = preview(ctx.views, tenant, segment_id, data.rule, datetime.now(UTC),
                              data.sample)
-        except RuleError as error:
-            raise ApiError(400, "invalid_rule", f"the rule is not valid: {error}", "rule") from None
-        return item(result.to_dict(), fresh)
+            return item(result.to_dict(), fresh)
 
 
-@get("/segments/{segment_id:str}/members", sync_to_thread=True,
+@get("/segments/{segment_id:str}/members", responses=error_responses(503), sync_to_thread=True,
      summary="A segment's members, now or at a past moment",
      description="Ordered by contact id; `next_cursor` gives the next page.")
 def members_route(
@@ -154,10 +175,14 @@ def members_route(
     with_total: FromQuery[bool] = False,
 ) -> Response[Page]:
     moment = instant(as_of, "as_of")
+    try:
+        after = member_cursor(cursor)
+    except QueryError as error:
+        raise query_error(error) from None
     with ctx.read(PROJECTION, tenant, wanted) as fresh:
         try:
             rows = segment_members(ctx.views, tenant, segment_id, as_of=moment, limit=limit + 1,
-                                   after=cursor or "")
+                                   after=after)
         except NotFound as error:
             raise not_found(str(error)) from None
         next_cursor = None
@@ -168,7 +193,7 @@ def members_route(
         return page(rows, fresh, next_cursor, total)
 
 
-@get("/contacts/{ref:str}/segments", sync_to_thread=True,
+@get("/contacts/{ref:str}/segments", responses=error_responses(503), sync_to_thread=True,
      summary="A contact's segments, and why",
      description="For each segment: member or not, every clause of its rule with its "
      "value for this contact, and the membership history with what caused each change.")
@@ -187,7 +212,8 @@ def why_route(tenant: FromPath[str], ref: FromPath[str], ctx: Ctx, principal: Ca
             raise not_found(str(error)) from None
 
 
-@get("/segment-sizes", sync_to_thread=True, summary="Segment sizes over time",
+@get("/segment-sizes", responses=error_responses(503),
+     sync_to_thread=True, summary="Segment sizes over time",
      description="Each live segment's member count at the end of each of the last `days` "
      "days (ficha's clock) and now.")
 def sizes_route(tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,

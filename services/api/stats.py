@@ -13,37 +13,41 @@ from projections.audience_queries import engagement_stats, list_stats, rfm_stats
 from projections.queries import tag_counts
 from projections.registry import projection_names
 from services.api.deps import Caller, Ctx, Item, Page, Wanted, Written, item, page
-from services.api.errors import ApiError, not_found
+from services.api.errors import ApiError, error_responses, not_found
 from services.api.freshness import Consistency
 from services.domain.tenant import PROPERTY_TYPES, TenantError
 
 Days = Annotated[int, Parameter(ge=1, le=366, description="Length of the daily series.")]
 
 
-@get("/engagement", sync_to_thread=True, summary="Engagement split and its change",
+@get("/engagement", responses=error_responses(503),
+     sync_to_thread=True, summary="Engagement split and its change",
      description="Count and percentage per status, overall and by subscription status; "
-     "the change over the last 30 days and a daily series of `days` days.")
+     "each status's change over the last `days` days and its daily series.")
 def engagement_route(tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,
                      days: Days = 30) -> Response[Item]:
     with ctx.read("audience", tenant, wanted) as fresh:
         return item(engagement_stats(ctx.views, tenant, days), fresh)
 
 
-@get("/lists", sync_to_thread=True, summary="Email lists: members by state, with series")
+@get("/lists", responses=error_responses(503),
+     sync_to_thread=True, summary="Email lists: members by state, with series")
 def lists_route(tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,
                 days: Days = 30) -> Response[Item]:
     with ctx.read("audience", tenant, wanted) as fresh:
         return item(list_stats(ctx.views, tenant, days), fresh)
 
 
-@get("/rfm", sync_to_thread=True, summary="RFM groups and score grid, with series")
+@get("/rfm", responses=error_responses(503),
+     sync_to_thread=True, summary="RFM groups and score grid, with series")
 def rfm_route(tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,
               days: Days = 30) -> Response[Item]:
     with ctx.read("audience", tenant, wanted) as fresh:
         return item(rfm_stats(ctx.views, tenant, days), fresh)
 
 
-@get("/tags", sync_to_thread=True, summary="Each tag with how many contacts have it")
+@get("/tags", responses=error_responses(503),
+     sync_to_thread=True, summary="Each tag with how many contacts have it")
 def tags_route(tenant: FromPath[str], ctx: Ctx, principal: Caller,
                wanted: Wanted) -> Response[Page]:
     with ctx.read("contacts", tenant, wanted) as fresh:
@@ -65,12 +69,14 @@ def _definitions(ctx: Ctx, tenant: FromPath[str]) -> list[dict[str, Any]]:
             for d in sorted(properties.values(), key=lambda d: d.name)]
 
 
-@get("/properties", sync_to_thread=True, summary="The tenant's custom property definitions")
+@get("/properties", responses=error_responses(),
+     sync_to_thread=True, summary="The tenant's custom property definitions")
 def properties_route(tenant: FromPath[str], ctx: Ctx, principal: Caller) -> list[Any]:
     return _definitions(ctx, tenant)
 
 
-@put("/properties/{name:str}", sync_to_thread=True, summary="Define a custom property",
+@put("/properties/{name:str}", responses=error_responses(403, 413),
+     sync_to_thread=True, summary="Define a custom property",
      description=f"Types: {', '.join(PROPERTY_TYPES)}. Values of a defined property are "
      "checked at ingestion; an event with a wrong type is dead-lettered.")
 def define_property_route(tenant: FromPath[str], name: FromPath[str], ctx: Ctx, admin: Caller,
@@ -78,12 +84,13 @@ def define_property_route(tenant: FromPath[str], name: FromPath[str], ctx: Ctx, 
     try:
         d = ctx.tenants.define_property(tenant, name, data.type, data.options, data.label)
     except TenantError as error:
-        raise ApiError(400, "invalid_property", str(error)) from None
+        raise ApiError(400, "invalid_property", str(error), error.field) from None
     return Written({"name": d.name, "type": d.type, "options": list(d.options),
                     "label": d.label}, ctx.store.max_notification_id())
 
 
-@delete("/properties/{name:str}", sync_to_thread=True, status_code=200,
+@delete("/properties/{name:str}", responses=error_responses(403),
+        sync_to_thread=True, status_code=200,
         summary="Remove a custom property definition")
 def remove_property_route(tenant: FromPath[str], name: FromPath[str], ctx: Ctx,
                           admin: Caller) -> Written:
@@ -96,7 +103,8 @@ def remove_property_route(tenant: FromPath[str], name: FromPath[str], ctx: Ctx,
 # -------------------------------------------------------------------------- status
 
 
-@get("/status", sync_to_thread=True, summary="How fresh every read model is")
+@get("/status", responses=error_responses(),
+     sync_to_thread=True, summary="How fresh every read model is")
 def status_route(tenant: FromPath[str], ctx: Ctx, principal: Caller) -> dict[str, Any]:
     projections = []
     for name in projection_names():

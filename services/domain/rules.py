@@ -36,7 +36,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from typing import Any
@@ -45,6 +45,7 @@ from services.domain.contact import CARD_FIELDS
 from services.domain.facts import ContactFacts, days_after, days_before
 from services.domain.rfm import GROUPS as RFM_GROUPS
 from services.domain.stamps import utc_iso
+from services.instants import parse_instant
 
 TEXT_FIELDS = ("email", *CARD_FIELDS, "member_status")
 DATE_FIELDS = ("first_seen_at", "last_activity_at", "last_interaction_at", "last_purchase_at")
@@ -537,10 +538,8 @@ def _check_value(name: str, op: str, value: Any, path: str) -> Any:
             return _days(value, path, where)
         if op == "between":
             low, high = _pair(value, path, where)
-            low, high = _instant(low, path, where), _instant(high, path, where)
-            if low > high:
-                raise RuleError(path, f"{where}: the first bound is after the second")
-            return (low, high)
+            return _in_order(_instant(low, path, where), _instant(high, path, where), path,
+                             where)
         return _instant(value, path, where)
     if name.startswith("consent."):
         if not isinstance(value, bool):
@@ -549,7 +548,7 @@ def _check_value(name: str, op: str, value: Any, path: str) -> Any:
     if name in RFM_SCORES:
         if op == "between":
             low, high = _pair(value, path, where)
-            return (_score(low, path, where), _score(high, path, where))
+            return _in_order(_score(low, path, where), _score(high, path, where), path, where)
         return _score(value, path, where)
     choices = LIST_STATES if name.startswith("list.") else (
         ENGAGEMENT_STATUSES if name == "engagement" else
@@ -561,7 +560,7 @@ def _check_value(name: str, op: str, value: Any, path: str) -> Any:
         return tuple(_scalar(v, name, choices, path, where) for v in value)
     if op == "between":
         low, high = _pair(value, path, where)
-        return (_ordered(low, path, where), _ordered(high, path, where))
+        return _in_order(_ordered(low, path, where), _ordered(high, path, where), path, where)
     if op in ("gt", "gte", "lt", "lte"):
         return _ordered(value, path, where)
     return _scalar(value, name, choices, path, where)
@@ -627,7 +626,8 @@ def _parse_aggregate(obj: dict[str, Any], path: str) -> Aggregate:
     raw = obj["value"]
     if op == "between":
         low, high = _pair(raw, path, where)
-        value: Any = (_number(low, path, where), _number(high, path, where))
+        value: Any = _in_order(_number(low, path, where), _number(high, path, where), path,
+                               where)
     else:
         value = _number(raw, path, where)
     within = obj.get("within_days")
@@ -656,15 +656,11 @@ def _days(value: Any, path: str, where: str) -> float:
 
 def _instant(value: Any, path: str, where: str) -> str:
     """An RFC 3339 timestamp with offset, or a date (midnight UTC), as a domain instant."""
-    if isinstance(value, str):
+    moment = parse_instant(value) if isinstance(value, str) else None
+    if isinstance(moment, datetime):
         try:
-            if len(value) == 10:
-                day = date.fromisoformat(value)
-                return utc_iso(datetime(day.year, day.month, day.day, tzinfo=UTC))
-            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            if moment.tzinfo is not None:
-                return utc_iso(moment)
-        except ValueError:
+            return utc_iso(moment)
+        except OverflowError:  # a year-1 time west of UTC, or 9999 east of it
             pass
     raise RuleError(
         path, f"{where} must be a date (2026-01-31) or an RFC 3339 timestamp with offset; "
@@ -676,6 +672,17 @@ def _pair(value: Any, path: str, where: str) -> tuple[Any, Any]:
     if not isinstance(value, list) or len(value) != 2:
         raise RuleError(path, f"{where} must be a list of two bounds [low, high]")
     return value[0], value[1]
+
+
+def _in_order(low: Any, high: Any, path: str, where: str) -> tuple[Any, Any]:
+    """A between's bounds, of one kind and low first: a reversed range matches nobody,
+    so it is refused rather than accepted silently."""
+    if isinstance(low, Decimal) != isinstance(high, Decimal):
+        raise RuleError(path, f"{where}: the bounds must be both numbers or both dates")
+    if low > high:
+        raise RuleError(path, f"{where}: the first bound is after the second; write "
+                        "[low, high]")
+    return (low, high)
 
 
 def _only(obj: dict[str, Any], allowed: set[str], path: str) -> None:

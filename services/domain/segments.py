@@ -34,6 +34,14 @@ class SegmentError(ValueError):
     """A command on the catalogue that cannot be carried out, in words a person can act on."""
 
 
+class InvalidSegment(SegmentError):
+    """An id or a name that no segment may have; ``field`` says which ("id", "name")."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def catalog_id(tenant: str) -> UUID:
     return uuid5(NAMESPACE_URL, f"ficha:segments:{tenant}")
 
@@ -87,26 +95,20 @@ class SegmentCatalog(Aggregate):
 
     # ---------------------------------------------------------------- commands
 
-    def define(self, segment_id: str, name: str, rule: dict[str, Any]) -> SegmentDefinition:
-        """Create a segment or edit it (a new version); raises SegmentError or RuleError."""
+    def check(self, segment_id: str, name: str, rule: Any) -> tuple[str, Node]:
+        """The name a definition would have and its parsed rule, if a segment of this
+        catalogue may be defined so (what ``define`` and a preview check alike); raises
+        InvalidSegment or RuleError."""
         if not is_segment_id(segment_id):
-            raise SegmentError(
-                f"segment id {segment_id!r} must be 1-64 of a-z, 0-9, _ and -, starting with "
-                f"a letter or digit ({SEGMENT_ID_PATTERN})"
+            raise InvalidSegment(
+                "id", f"segment id {segment_id!r} must be 1-64 of a-z, 0-9, _ and -, starting "
+                f"with a letter or digit ({SEGMENT_ID_PATTERN})"
             )
         name = (name or "").strip() or segment_id
         if len(name) > 200:
-            raise SegmentError("a segment name has at most 200 characters")
+            raise InvalidSegment("name", "a segment name has at most 200 characters")
         node = parse_rule(rule)
-        current = self.segments.get(segment_id)
         live = self.live()
-        if current is None or current.deleted:
-            if len(live) >= MAX_SEGMENTS_PER_TENANT:
-                raise SegmentError(
-                    f"tenant {self.tenant} has {len(live)} segments, the most allowed"
-                )
-        elif current.rule == rule and current.name == name:
-            return current  # nothing changes: no new version
         for ref in sorted(node.references()):
             if ref == segment_id:
                 raise RuleError(_ref_path(node, ref), f"segment {segment_id} refers to itself")
@@ -117,6 +119,20 @@ class SegmentCatalog(Aggregate):
         rules = {sid: d.parsed() for sid, d in live.items()}
         rules[segment_id] = node
         dependency_order(rules)  # raises on a cycle
+        return name, node
+
+    def define(self, segment_id: str, name: str, rule: dict[str, Any]) -> SegmentDefinition:
+        """Create a segment or edit it (a new version); raises SegmentError or RuleError."""
+        name, _ = self.check(segment_id, name, rule)
+        current = self.segments.get(segment_id)
+        live = self.live()
+        if current is None or current.deleted:
+            if len(live) >= MAX_SEGMENTS_PER_TENANT:
+                raise SegmentError(
+                    f"tenant {self.tenant} has {len(live)} segments, the most allowed"
+                )
+        elif current.rule == rule and current.name == name:
+            return current  # nothing changes: no new version
         version = 1 if current is None else current.version + 1
         self.trigger_event(
             self.Defined,

@@ -46,7 +46,12 @@ DEFAULTS: dict[str, Any] = {
 
 
 class TenantError(ValueError):
-    """A settings or property command that cannot be carried out, in words to act on."""
+    """A settings or property command that cannot be carried out, in words to act on;
+    ``field`` names the setting or the part of a property definition to blame."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def tenant_settings_id(tenant: str) -> UUID:
@@ -179,15 +184,17 @@ class TenantSettings(Aggregate):
                         label: str = "") -> PropertyDefinition:
         if not isinstance(name, str) or not _NAME.match(name):
             raise TenantError(f"property name {name!r} must be 1-64 of letters, digits, "
-                              "_ . - starting with a letter, digit or _")
+                              "_ . - starting with a letter, digit or _", "name")
         if type_ not in PROPERTY_TYPES:
-            raise TenantError(f"property type must be one of {', '.join(PROPERTY_TYPES)}")
+            raise TenantError(f"property type must be one of {', '.join(PROPERTY_TYPES)}",
+                              "type")
         opts = list(options or [])
         if type_ == "choice":
             if not opts or len(opts) > 200 or not all(isinstance(o, str) and o for o in opts):
-                raise TenantError("a choice property needs 1-200 options (non-empty strings)")
+                raise TenantError("a choice property needs 1-200 options (non-empty strings)",
+                                  "options")
         elif opts:
-            raise TenantError("only a choice property has options")
+            raise TenantError("only a choice property has options", "options")
         definition = PropertyDefinition(name, type_, tuple(opts), label.strip())
         if self.properties.get(name) != definition:
             self.trigger_event(self.PropertyDefined, tenant=self.tenant, name=name,
