@@ -68,7 +68,10 @@ async def read(js: JetStreamContext, selection: Selection = Selection(),
     first, last = info.state.first_seq, info.state.last_seq
     if info.state.messages == 0:
         return []
-    sequences = sorted(selection.seqs) if selection.seqs else range(first, last + 1)
+    # A sequence outside the stream's range is not there (0, negative or too large ones
+    # would be refused by NATS as a bad request, not answered as missing).
+    sequences = (sorted(s for s in selection.seqs if first <= s <= last)
+                 if selection.seqs else range(first, last + 1))
     out = []
     for done, seq in enumerate(sequences, 1):
         try:

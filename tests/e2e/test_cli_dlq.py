@@ -62,6 +62,10 @@ def test_list_show_redrive_purge(tmp_path: Path) -> None:
         shown = json.loads(ficha(data_dir, "dlq", "show", str(seq), "--json").stdout)
         assert shown["body"]["properties"] == {"shoe_size": "big"}
         assert "defined as a number" in shown["detail"]
+        for missing in ("0", "-1", str(2**64)):  # outside any stream: not there, not a crash
+            absent = ficha(data_dir, "dlq", "show", "--", missing, check=False)
+            assert absent.returncode == 2 and "Traceback" not in absent.stderr, absent.stderr
+            assert f"no dead letter {missing}" in absent.stderr
 
         # The operator widens the definition, then re-drives: the event is applied once.
         ficha(data_dir, "properties", "remove", "--tenant", "acme", "shoe_size")
