@@ -7,7 +7,7 @@ import os
 import re
 import sqlite3
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, NoReturn
 
 import typer
@@ -17,6 +17,7 @@ from rich.text import Text
 
 from contracts.events import TENANT_REGEX
 from services.config import ConfigError, Settings, load_settings
+from services.instants import parse_instant
 
 # Piped output (to a file, grep, a test) gets a wide table instead of folded cells.
 # Nothing printed through these consoles is read as rich markup: contact data, tags, CSV
@@ -229,13 +230,15 @@ def _known_in_store(settings: Settings, tenant: str) -> bool:
 
 
 def parse_date(value: str | None, option: str) -> datetime | None:
+    """A date (00:00 UTC of that day) or an instant with its offset, by the rule the API
+    and imports follow (services/instants.py): a time without an offset is refused, not
+    guessed."""
     if value is None:
         return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        fail(f"{option} must be a date like 2026-11-01 or 2026-11-01T10:00:00+01:00")
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    moment = parse_instant(value)
+    if isinstance(moment, str):
+        fail(f"{option} must be a date or an instant with its offset: {moment}")
+    return moment
 
 
 def configure_logging(verbose: bool = False) -> None:

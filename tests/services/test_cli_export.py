@@ -118,6 +118,9 @@ MISTAKES = [
      "--first-seen-from must be a date"),
     (["segment", "spanish", "--tenant", "acme", "--as-of", "yesterday"], 1,
      "--as-of must be a date"),
+    # as the API and imports read it: a time without its offset is not guessed to be UTC
+    (["segment", "spanish", "--tenant", "acme", "--as-of", "2026-11-02T10:15:00"], 1,
+     "'2026-11-02T10:15:00' has no timezone offset"),
     (["contacts", "--tenant", "acme", "--consent", "fax"], 2, "unknown consent channel 'fax'"),
     (["contacts", "--tenant", "acme", "--format", "xlsx"], 2, "unknown format 'xlsx'"),
 ]
