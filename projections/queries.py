@@ -337,12 +337,6 @@ def timeline_page(db: ViewDatabase, tenant: str, contact_id: str, *, limit: int 
     return entries, cursor
 
 
-def tenant_exists(db: ViewDatabase, tenant: str) -> bool:
-    with db.reading() as cur:
-        cur.execute("SELECT 1 AS one FROM contacts WHERE tenant = ? LIMIT 1", (tenant,))
-        return cur.fetchone() is not None
-
-
 def tag_counts(db: ViewDatabase, tenant: str) -> list[dict[str, Any]]:
     """Each tag with how many contacts have it, most used first (then by tag).
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import TextColumn
 from rich.text import Text
 
-from contracts.events import TENANT_REGEX
+from contracts.decode import TENANT_PATTERN
 from services.config import ConfigError, Settings, load_settings
 from services.instants import parse_instant
 
@@ -127,12 +127,11 @@ def not_started_text() -> str:
     return f"ficha has not been started {where} yet: start it once with `ficha up`"
 
 
-_TENANT = re.compile(TENANT_REGEX)
 
 
 def tenant_name(value: str | None) -> str | None:
     """The check of every --tenant option (its typer callback): one sentence for all."""
-    if value is not None and not _TENANT.fullmatch(value):
+    if value is not None and not TENANT_PATTERN.fullmatch(value):
         fail(f"{value!r} is not a tenant name: 1 to 63 of a-z, 0-9, _ and -, starting "
              "with a letter or a digit", 2)
     return value

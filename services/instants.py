@@ -26,4 +26,8 @@ def parse_instant(text: str) -> datetime | str:
             return moment.replace(tzinfo=UTC)
         return (f"{text!r} has no timezone offset: write it like 2026-11-02T10:15:00+01:00 "
                 "(Z for UTC)")
+    try:
+        moment.astimezone(UTC)  # a year-1 time west of UTC, or 9999 east of it, has no UTC
+    except OverflowError:
+        return f"{text!r} is out of range once in UTC: give an instant between years 1 and 9999"
     return moment

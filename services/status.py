@@ -40,7 +40,10 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
         store.close()
 
     bus: dict[str, Any] = {"url": resolve_nats_url(settings)}
-    if bus["url"]:
+    if not bus["url"]:
+        bus["error"] = (f"no NATS server is known: `ficha up` is not running on "
+                        f"{settings.data_dir}, and FICHA_NATS_URL is not set")
+    else:
         from services.runtime import connect_nats, unreachable_text
 
         try:

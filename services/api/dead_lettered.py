@@ -31,6 +31,9 @@ log = logging.getLogger("ficha.api")
 
 RECENT_WINDOW = 1000  # FICHA_DLQ sequences looked at when a wait starts
 CHECK_EVERY_S = 0.2
+# Most awaited events are stored within milliseconds: the dead letters are looked at only
+# once a wait has lasted this long, not by every read that waits a moment.
+FIRST_CHECK_AFTER_S = 0.5
 
 
 class DeadLetterWatch:
@@ -43,7 +46,7 @@ class DeadLetterWatch:
         self.tenant = tenant
         self.event_id = event_id
         self._next_seq: int | None = None
-        self._next_check = 0.0
+        self._next_check = time.monotonic() + FIRST_CHECK_AFTER_S
         self._usable = True
 
     @property

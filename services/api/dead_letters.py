@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import get, post
 from litestar.params import FromPath, JSONBody, Parameter
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from services.api.deps import Caller, Ctx
 from services.api.errors import ApiError, error_responses, not_found
@@ -67,7 +67,7 @@ async def show_route(tenant: FromPath[str], seq: FromPath[int], ctx: Ctx,
     js = await ctx.bus.js()
     try:
         msg = await js.get_msg(DLQ_STREAM, seq=seq)
-    except (NotFoundError, BadRequestError):
+    except NotFoundError:
         raise missing from None
     letter = letter_from(seq, msg.subject or "", msg.headers or {}, msg.data or b"")
     if letter.tenant != tenant:

@@ -325,7 +325,9 @@ async def test_instants_in_the_address_are_a_date_or_a_time_with_its_offset(api:
         url = path(template, tenant="acme", segment_id="vips")
         for wrong, says in (("2026-11-03T10:00:00", "no timezone offset"),
                             ("2026-11-03T10:00:00 01:00", "write + as %2B"),
-                            ("yesterday", "not a date or time")):
+                            ("yesterday", "not a date or time"),
+                            # no UTC instant for it: once a 500 where the value reached SQL
+                            ("0001-01-01T00:00:00+01:00", "out of range once in UTC")):
             response = await api.http.request(
                 method.upper(), url, params={name: wrong}, headers=api.auth("acme:admin"),
                 files={"file": ("p.csv", b"email\n")} if method == "post" else None)

@@ -107,6 +107,10 @@ def test_up_demo_list_get_restart(tmp_path: Path) -> None:
     finally:
         assert stop(proc) == 0
     assert "stopped cleanly" in log.read_text()
+    # Stopped cleanly, ficha up took its NATS address away: status says no bus, exits 1.
+    stopped = ficha(data_dir, "status", "--json", check=False)
+    assert stopped.returncode == 1, stopped.stderr
+    assert "no NATS server is known" in json.loads(stopped.stdout)["bus"]["error"]
 
     assert "batch of" not in log.read_text()  # batches are logged at debug level only
     proc = start_up(data_dir, log, "--verbose")
