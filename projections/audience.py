@@ -33,9 +33,10 @@ reproduces every row, the outbox included.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence, Set
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import msgspec
@@ -100,6 +101,10 @@ TABLES = (
     "audience_erasures",
 )
 ERASURES_TABLE = "audience_erasures"
+# A tenant's request for new RFM cuts (audience_state row ``rfm_pending:<tenant>``, its
+# value the instant it was made): held until the tenant is rescored; while any is held,
+# the scheduler appends a ``ClockDay.RescoreRequested``, which rescores those tenants.
+RESCORE_REQUEST = "rfm_pending:"
 PERSONAL_TABLES = ("audience_facts", "segment_history", "consent_ledger")
 # An outbox row of an erased contact: its number and id stay, its payload goes.
 TOMBSTONE = ""
@@ -223,6 +228,16 @@ def _json(value: Any) -> str:
     return msgspec.json.encode(value, order="sorted").decode()
 
 
+def rescore_requests(cur: Cursor) -> dict[str, str]:
+    """The tenants asking for new RFM cuts, each with the instant it asked."""
+    cur.execute(
+        "SELECT name, value FROM audience_state "
+        f"WHERE substr(name, 1, {len(RESCORE_REQUEST)}) = ?",
+        (RESCORE_REQUEST,),
+    )
+    return {r["name"][len(RESCORE_REQUEST):]: r["value"] for r in cur.fetchall()}
+
+
 def load_json(value: Any) -> Any:
     return msgspec.json.decode(value) if isinstance(value, str | bytes) else value
 
@@ -281,8 +296,11 @@ class AudienceProjection:
     # 4: list states and the list x engagement tally (SQL views) or erasure confirmations;
     # 5: both; 6: rows written before a deleted segment's members were rewritten (they
     # kept its id as an open membership): rebuilt from the log; 7: RFM cuts taken again
-    # as a tenant's buyers grow, and the tenant's buyer count (audience_state)
-    version = 7
+    # as a tenant's buyers grow, and the tenant's buyer count (audience_state); 8: a
+    # rescoring request is a tenant's own (``rfm_pending:<tenant>``, was one flag for
+    # all): a RescoreRequested in the log rescores only the tenants that asked, so rows
+    # written when it rescored every tenant are not what a rebuild gives
+    version = 8
     tables: tuple[str, ...] = TABLES
     erasures_table = ERASURES_TABLE
 
@@ -292,8 +310,9 @@ class AudienceProjection:
         if table == "ficha_outbox":
             return None  # published already; a tenant replay announces nothing
         if table == "audience_state":
-            return "name IN (?, ?, ?)", [f"settings:{tenant}", f"rfm_cuts:{tenant}",
-                                         f"rfm_buyers:{tenant}"]
+            return "name IN (?, ?, ?, ?)", [f"settings:{tenant}", f"rfm_cuts:{tenant}",
+                                            f"rfm_buyers:{tenant}",
+                                            f"{RESCORE_REQUEST}{tenant}"]
         return "tenant = ?", [tenant]
 
     def statements(self, is_postgres: bool) -> list[str]:
@@ -320,20 +339,25 @@ class _Page:
         self.now: str = state.get("now", "")
         self.seq = int(state.get("outbox_seq", "0"))
         self.rows: dict[str, _Row] = {}
+        # The contacts of this page's events: their rows stay in memory across flushes
+        # (``_flush``), for the page's later events.
+        self.page_ids: frozenset[str] = frozenset()
         self.rules: dict[str, TenantRules] = {}
         self.cuts: dict[str, RfmCuts | None] = {}
         self.buyers: dict[str, int] = {}  # tenant -> buyers now (``_buyers``)
-        self.rescore_wanted = state.get("rfm_pending") == "1"
+        # tenant -> when it asked for new RFM cuts (``RESCORE_REQUEST``), as stored and now
+        self.requests_saved = rescore_requests(cur)
+        self.requests = dict(self.requests_saved)
         self.writes = _Writes()
 
     # ------------------------------------------------------------------ the loop
 
     def run(self, events: Sequence[Any]) -> None:
-        contact_ids = [
+        self.page_ids = frozenset(
             e.originator_id.hex for e in events
             if isinstance(e, Contact.Registered | Contact.Recorded)
-        ]
-        self._load(contact_ids)
+        )
+        self._load(self.page_ids)
         for event in events:
             if isinstance(event, Contact.Recorded):
                 self._advance(utc_iso(event.timestamp))
@@ -354,7 +378,8 @@ class _Page:
                 self._on_tick(event.at)
             elif isinstance(event, ClockDay.RescoreRequested):
                 self._advance(event.at)
-                self._rescore_rfm()
+                if self.requests:  # (a midnight on the way may have answered them)
+                    self._rescore_rfm(frozenset(self.requests))
             elif isinstance(event, SegmentCatalog.Defined | SegmentCatalog.Deleted):
                 self._advance(utc_iso(event.timestamp))
                 self._on_definition(event)
@@ -401,7 +426,10 @@ class _Page:
             self._apply_deltas({(tenant, *tally): -1 for tally in row.counted})
             if row.facts.last_purchase_at is not None:
                 self.buyers[tenant] = self._buyers(tenant) - 1
-                self.rescore_wanted = True  # the quintiles counted this buyer
+        # The quintiles may have counted this contact: its tenant's are taken again soon.
+        # Whatever it was: a rebuild replays its events redacted and cannot tell that it
+        # bought, yet must ask as the live run did (the request decides who is rescored).
+        self._request_rescore(tenant)
         erase_rows(self.cur, PERSONAL_TABLES, ERASURES_TABLE,
                    [(tenant, cid, event.originator_version, event.event_id)], self.is_postgres)
         self.cur.execute(
@@ -554,8 +582,8 @@ class _Page:
             while queue and queue[0][0] <= horizon:
                 due, cid = heapq.heappop(queue)
                 if due > self.now:
-                    # A midnight on the way rescores RFM and flushes: rows are fetched
-                    # again (``_row``) after it.
+                    # A midnight on the way rescores RFM and flushes; the chunk's rows
+                    # stay in memory (``_chunks_written_behind`` keeps what it found).
                     self._advance(due)
                 row = self._row(cid)
                 self._catch_up(row, self._rules(row.facts.tenant), self.now)
@@ -618,13 +646,17 @@ class _Page:
                 self._settle(row, rules, None, after, CAUSE_DEFINITION, ref)
 
     def _chunks_written_behind(self, id_chunks: Iterable[list[str]],
-                               soft_limit: int | None = None) -> Iterator[list[str]]:
+                               soft_limit: int | None = None,
+                               keep: Set[str] | None = None) -> Iterator[list[str]]:
         """Each chunk of contacts loaded (``_load``) for the caller to evaluate; then the
-        chunk is flushed. On PostgreSQL its writes run in a thread of their own while the
+        chunk is flushed and its rows forgotten, but for ``keep``'s (by default the rows
+        in memory before: the page's contacts, a tick's chunk), which stay for what
+        follows. On PostgreSQL its writes run in a thread of their own while the
         next chunk is loaded and evaluated, so that the database writes one chunk while
         Python evaluates the next; the connection is used by one thread at a time (the
         next chunk is asked for, and loaded, once the writes before are done). SQLite
         writes in place."""
+        keep = frozenset(self.rows) if keep is None else keep
         chunks = iter(id_chunks)
         writer = ThreadPoolExecutor(1, "ficha-writes") if self.is_postgres else None
         pending: Future[None] | None = None
@@ -645,21 +677,23 @@ class _Page:
                 if chunk is None:
                     break
                 yield chunk
-                writes = self._flush_deferred()
+                writes = self._flush_deferred(keep)
             if pending is not None:
                 pending.result()
         finally:
             if writer is not None:
                 writer.shutdown(wait=True)  # never leave the connection to a thread
 
-    def _flush_deferred(self) -> DeferredWrites:
-        """``_flush`` with its statements kept to run later."""
+    def _flush_deferred(self, keep: Set[str]) -> DeferredWrites:
+        """``_flush`` with its statements kept to run later; then the rows but ``keep``'s
+        are forgotten."""
         cur, deferred = self.cur, DeferredWrites()
         self.cur = deferred
         try:
-            self._flush()
+            self._flush(keep_rows=True)
         finally:
             self.cur = cur
+        self._forget_rows(keep)
         return deferred
 
     def _current_members(self, tenant: str, segment_id: str) -> set[str]:
@@ -735,19 +769,28 @@ class _Page:
                 self._settle(row, rules, None, after, CAUSE_DEFINITION, ref)
                 row.dirty = True
 
-    def _tenant_chunks(self, tenant: str) -> Iterator[list[str]]:
-        after = ""
+    def _tenant_chunks(self, tenant: str, buyers_only: bool = False) -> Iterator[list[str]]:
+        """The tenant's contact ids (``buyers_only``: of those who bought), in id order,
+        ``CHUNK`` at a time; each chunk is asked for when the one before is done with."""
+        for rows in self._tenant_rows(tenant, "contact_id", buyers_only):
+            yield [r["contact_id"] for r in rows]
+
+    def _tenant_rows(self, tenant: str, columns: str, buyers_only: bool = False,
+                     after: str = "") -> Iterator[list[dict[str, Any]]]:
+        """``columns`` (``contact_id`` among them) of the tenant's contacts after the id
+        ``after`` (``buyers_only``: of those who bought), in id order, ``CHUNK`` at a time."""
+        bought = " AND last_purchase_at IS NOT NULL" if buyers_only else ""
         while True:
             self.cur.execute(
-                "SELECT contact_id FROM audience_facts WHERE tenant = ? AND contact_id > ? "
-                "ORDER BY contact_id LIMIT ?",
+                f"SELECT {columns} FROM audience_facts WHERE tenant = ?{bought} "
+                "AND contact_id > ? ORDER BY contact_id LIMIT ?",
                 (tenant, after, CHUNK),
             )
-            ids = [r["contact_id"] for r in self.cur.fetchall()]
-            if not ids:
+            rows = self.cur.fetchall()
+            if not rows:
                 return
-            yield ids
-            after = ids[-1]
+            yield rows
+            after = rows[-1]["contact_id"]
 
     # ------------------------------------------------------------------ RFM
 
@@ -760,16 +803,39 @@ class _Page:
             self.cuts[tenant] = None if row is None else RfmCuts.from_json(load_json(row["value"]))
         return self.cuts[tenant] or RfmCuts()
 
-    def _rescore_rfm(self) -> None:
-        """New quintiles for every tenant with buyers, and every buyer rescored."""
-        self._flush()
-        self.cur.execute(
-            "SELECT DISTINCT tenant FROM audience_facts WHERE last_purchase_at IS NOT NULL "
-            "ORDER BY tenant"
-        )
-        for tenant in [r["tenant"] for r in self.cur.fetchall()]:
+    def _rescore_rfm(self, tenants: Collection[str] | None = None) -> None:
+        """New quintiles, and every buyer rescored, for every tenant with buyers (at
+        midnight) or for those of ``tenants`` that have buyers (the ones that asked:
+        ``RESCORE_REQUEST``). Their requests are answered, also those of tenants left
+        with no buyer to rank (whose cuts stay, as at midnight)."""
+        self._flush(keep_rows=True)  # this page's buyers too
+        for tenant in self._tenants_with_buyers(tenants):
             self._rescore_tenant(tenant)
-        self.rescore_wanted = False
+        for tenant in list(self.requests) if tenants is None else tenants:
+            self.requests.pop(tenant, None)
+
+    def _tenants_with_buyers(self, among: Collection[str] | None) -> list[str]:
+        """Every tenant with a buyer (``among``: those of them), in order."""
+        if among is None:
+            self.cur.execute(
+                "SELECT DISTINCT tenant FROM audience_facts WHERE last_purchase_at IS NOT NULL "
+                "ORDER BY tenant"
+            )
+            return [r["tenant"] for r in self.cur.fetchall()]
+        found = []
+        for tenant in sorted(among):
+            self.cur.execute(
+                "SELECT contact_id FROM audience_facts WHERE tenant = ? "
+                "AND last_purchase_at IS NOT NULL LIMIT 1",
+                (tenant,),
+            )
+            if self.cur.fetchone() is not None:
+                found.append(tenant)
+        return found
+
+    def _request_rescore(self, tenant: str) -> None:
+        """Ask for new cuts for the tenant soon (the scheduler appends the request)."""
+        self.requests.setdefault(tenant, self.now)
 
     def _buyers(self, tenant: str) -> int:
         """The tenant's buyers now: counted as contacts make their first purchase (and
@@ -791,21 +857,37 @@ class _Page:
         if cuts_outgrown(cuts.buyers, buyers):
             self._rescore_tenant(tenant)
         elif not cuts.recency and buyers >= MIN_RANKED_BUYERS:
-            self.rescore_wanted = True
+            self._request_rescore(tenant)
 
     def _rescore_tenant(self, tenant: str) -> None:
-        """New quintiles for the tenant, and every buyer of it rescored."""
-        self._flush()  # the contacts as they are, scored against the cuts they had
-        values = []
-        for rows in self._buyer_chunks(tenant):
-            for r in rows:
-                facts = ContactFacts.from_json(r["doc"])
-                v = rfm_values(facts, self.now, self._rules(tenant).rfm)
-                if v is not None:
-                    values.append(v)
+        """New quintiles for the tenant, and every buyer of it rescored (which answers
+        the tenant's request for them, if it made one).
+
+        The cuts need every buyer's values before any buyer is rescored, so buyers are
+        read twice, but for the first ``CHUNK`` of them: their rows, loaded for their
+        values, stay in memory for the rescoring (a tenant of up to ``CHUNK`` buyers is
+        read once). Keeping every buyer's row would take memory in the tenant's size.
+        The rows in memory before (the page's contacts) stay after."""
+        self._flush(keep_rows=True)  # the contacts as they are, scored against the cuts they had
+        resident = frozenset(self.rows)
+        settings = self._rules(tenant).rfm
+        chunks = self._tenant_chunks(tenant, buyers_only=True)
+        first = next(chunks, [])
+        self._load(first)
+
+        def buyers_facts() -> Iterator[ContactFacts]:
+            yield from (self.rows[cid].facts for cid in first)
+            if len(first) == CHUNK:  # more: their facts only, for their values
+                for rows in self._tenant_rows(tenant, "contact_id, doc", buyers_only=True,
+                                              after=first[-1]):
+                    yield from (ContactFacts.from_json(r["doc"]) for r in rows)
+
+        values = [v for facts in buyers_facts()
+                  if (v := rfm_values(facts, self.now, settings)) is not None]
         cuts = RfmCuts.of(values)
         self.cuts[tenant] = cuts
         self.buyers[tenant] = len(values)
+        self.requests.pop(tenant, None)
         self.cur.execute(
             "INSERT INTO audience_state (name, value) VALUES (?, ?) "
             "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
@@ -813,8 +895,8 @@ class _Page:
         )
         self.rules.pop(tenant, None)
         rules = self._rules(tenant)
-        buyers = ([r["contact_id"] for r in rows] for rows in self._buyer_chunks(tenant))
-        for ids in self._chunks_written_behind(buyers):
+        for ids in self._chunks_written_behind(chain([first] if first else [], chunks),
+                                               keep=resident):
             for cid in ids:
                 row = self.rows[cid]
                 self._catch_up(row, rules, self.now)
@@ -823,20 +905,6 @@ class _Page:
                 after = evaluate(row.facts, rules, self.now, wanted, set(row.members),
                                  with_rfm=True)
                 self._settle(row, rules, None, after, CAUSE_CLOCK, "rfm")
-
-    def _buyer_chunks(self, tenant: str) -> Iterable[list[dict[str, Any]]]:
-        after = ""
-        while True:
-            self.cur.execute(
-                "SELECT contact_id, email, doc FROM audience_facts WHERE tenant = ? "
-                "AND last_purchase_at IS NOT NULL AND contact_id > ? ORDER BY contact_id LIMIT ?",
-                (tenant, after, CHUNK),
-            )
-            rows = self.cur.fetchall()
-            if not rows:
-                return
-            yield rows
-            after = rows[-1]["contact_id"]
 
     # ------------------------------------------------------------------ storage
 
@@ -861,6 +929,9 @@ class _Page:
                 self.rows[r["contact_id"]] = row
 
     def _flush(self, keep_rows: bool = False) -> None:
+        """Write what changed. Every row stays in memory, as written, with ``keep_rows``;
+        else only the page's own contacts' do (its later events need them), and the
+        others (loaded for a chunk of work) are loaded again if used again."""
         self._score_changed_facts()
         cur, w = self.cur, self.writes
         dirty = {cid: r for cid, r in self.rows.items() if r.dirty}
@@ -896,12 +967,16 @@ class _Page:
                         "DO NOTHING")
         self._flush_counts()
         self.writes = _Writes()
-        if keep_rows:
-            for row in dirty.values():
-                row.counted = row.tallies()
-                row.dirty = row.facts_changed = False
-        else:
-            self.rows = {}
+        for row in dirty.values():
+            row.counted = row.tallies()
+            row.dirty = row.facts_changed = False
+        if not keep_rows:
+            self._forget_rows(self.page_ids)
+
+    def _forget_rows(self, keep: Set[str]) -> None:
+        """Drop the rows in memory (written: ``_flush``) but ``keep``'s; a later use of a
+        dropped one loads it again."""
+        self.rows = {cid: row for cid, row in self.rows.items() if cid in keep}
 
     def _flush_counts(self) -> None:
         deltas: dict[tuple[str, str, str, str], int] = {}
@@ -948,16 +1023,20 @@ class _Page:
 
     def _state(self) -> dict[str, str]:
         self.cur.execute(
-            "SELECT name, value FROM audience_state "
-            "WHERE name IN ('now', 'outbox_seq', 'rfm_pending')"
+            "SELECT name, value FROM audience_state WHERE name IN ('now', 'outbox_seq')"
         )
         return {r["name"]: r["value"] for r in self.cur.fetchall()}
 
     def _save_state(self) -> None:
+        answered = sorted(self.requests_saved.keys() - self.requests.keys())
+        if answered:
+            self.cur.executemany("DELETE FROM audience_state WHERE name = ?",
+                                 [(f"{RESCORE_REQUEST}{tenant}",) for tenant in answered])
         self.cur.executemany(
             "INSERT INTO audience_state (name, value) VALUES (?, ?) "
             "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
             [("now", self.now), ("outbox_seq", str(self.seq)),
-             ("rfm_pending", "1" if self.rescore_wanted else "0"),
-             *((f"rfm_buyers:{tenant}", str(n)) for tenant, n in sorted(self.buyers.items()))],
+             *((f"rfm_buyers:{tenant}", str(n)) for tenant, n in sorted(self.buyers.items())),
+             *((f"{RESCORE_REQUEST}{tenant}", at) for tenant, at in sorted(self.requests.items())
+               if self.requests_saved.get(tenant) != at)],
         )

@@ -131,7 +131,8 @@ class ClockCommands:
         return self._on_day(moment, lambda clock, at: clock.tick(at))
 
     def request_rescore(self, moment: datetime) -> str | None:
-        """Ask the audience projection to score RFM for every tenant at ``moment``."""
+        """Ask the audience projection to score RFM at ``moment`` for the tenants that
+        asked for it (``projections.audience.rescore_requests``)."""
         def rescore(clock: ClockDay, at: str) -> bool:
             clock.request_rescore(at)
             return True

@@ -16,6 +16,7 @@ import logging
 import time
 from datetime import datetime
 
+from projections.audience import rescore_requests
 from projections.db import ViewDatabase
 from services.catalog import Clock, ClockCommands, system_clock
 from services.domain.stamps import parse_utc_iso
@@ -53,19 +54,19 @@ class Scheduler:
         return None if due is None else parse_utc_iso(due)
 
     def rescore_wanted(self) -> bool:
+        """Does some tenant ask the audience projection for new RFM cuts?"""
         with self.views.reading() as cur:
             try:
-                cur.execute("SELECT value FROM audience_state WHERE name = 'rfm_pending'")
+                return bool(rescore_requests(cur))
             except Exception:  # noqa: BLE001 - the projection has not created its tables yet
                 return False
-            row = cur.fetchone()
-        return bool(row and row["value"] == "1")
 
     def tick_if_due(self) -> str | None:
         """Append a tick if some instant has come; returns the tick's time or None.
 
-        Also asks for an RFM rescoring when the projection has seen a tenant's first
-        buyers and has no quintiles for them yet.
+        Also asks for an RFM rescoring when some tenant asks for one: the projection has
+        seen its first buyers and has no quintiles for them yet, or one of its contacts was
+        erased. The request rescores those tenants only.
         """
         if self.rescore_wanted() and time.monotonic() - self._asked_at > 30:
             # Once in a while at most: the projection may take a moment to get to it.

@@ -32,9 +32,11 @@ class ClockDay(Aggregate):
             aggregate.last_tick = self.at
 
     class RescoreRequested(Aggregate.Event):
-        """Score RFM now, for every tenant (the scheduler asks when a tenant has buyers
-        enough to rank but no quintiles yet, or a buyer was erased; otherwise rescoring
-        happens at each UTC midnight, and for a tenant whose buyers outgrew its cuts)."""
+        """Score RFM now, for the tenants that asked (the audience projection holds their
+        requests: a tenant with buyers enough to rank but no quintiles yet, or with a
+        contact erased; the scheduler appends this while any is held). Otherwise
+        rescoring happens at each UTC midnight for every tenant, and for a tenant whose
+        buyers outgrew its cuts."""
 
         at: str
 
