@@ -166,15 +166,16 @@ def segments_preview(
 ) -> None:
     """How many contacts a rule would make enter, leave and stay, with samples."""
     from projections.audience_queries import preview
-    from services.domain.rules import RuleError
+    from services.domain.rules import RuleError, parse_rule
 
-    spec = _read_rule(rule_file)
+    try:
+        rule = parse_rule(_read_rule(rule_file)["rule"])
+    except RuleError as error:
+        fail(f"the rule is not valid: {error}", 2)
     db = views(settings_or_fail())
     try:
         require_known_tenant(tenant, db)
-        result = preview(db, tenant, segment_id, spec["rule"], datetime.now(UTC), sample)
-    except RuleError as error:
-        fail(f"the rule is not valid: {error}", 2)
+        result = preview(db, tenant, segment_id, rule, datetime.now(UTC), sample)
     except Exception as error:  # noqa: BLE001 - the read model is unreachable
         fail(f"cannot read the audience model: {db_error_text(error)}")
     finally:

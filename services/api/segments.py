@@ -157,11 +157,10 @@ def preview_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, pr
     if not 0 <= data.sample <= 100:
         raise ApiError(400, "invalid_request", "sample: between 0 and 100", "sample")
     with definition_errors():
-        ctx.segments.check(tenant, segment_id, data.rule)  # as create and edit check it
-        with ctx.read(PROJECTION, tenant, wanted) as fresh:
-            result = preview(ctx.views, tenant, segment_id, data.rule, datetime.now(UTC),
-                             data.sample)
-            return item(result.to_dict(), fresh)
+        rule = ctx.segments.check(tenant, segment_id, data.rule)  # as create and edit do
+    with ctx.read(PROJECTION, tenant, wanted) as fresh:
+        result = preview(ctx.views, tenant, segment_id, rule, datetime.now(UTC), data.sample)
+        return item(result.to_dict(), fresh)
 
 
 @get("/segments/{segment_id:str}/members", responses=error_responses(503), sync_to_thread=True,
