@@ -35,6 +35,7 @@ from services.config import Settings
 from services.domain.engagement import engagement_status
 from services.domain.facts import ContactFacts
 from services.domain.rfm import RfmCuts, score
+from services.domain.rules import parse_rule
 from services.domain.stamps import utc_iso
 from services.store.contact_store import ContactStore
 
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace, settings: Settings) -> None:
         commands = SegmentCommands(store)
         for i, (name, rule) in enumerate(RULES.items()):
             started = time.perf_counter()
-            seen = preview(db, tenant, f"s{i}", rule, datetime.now(UTC))
+            seen = preview(db, tenant, f"s{i}", parse_rule(rule), datetime.now(UTC))
             took = time.perf_counter() - started
             print(f"{'preview: ' + name:48} {took:8.2f} {seen.entering:>20,} would enter")
             started = time.perf_counter()

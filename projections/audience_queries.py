@@ -18,7 +18,7 @@ from services.domain.facts import ContactFacts, days_before
 from services.domain.identity import normalise_email
 from services.domain.rfm import GROUPS as RFM_GROUPS
 from services.domain.rfm import RfmCuts
-from services.domain.rules import Context, Leaf, Node, parse_rule
+from services.domain.rules import Context, Leaf, Node
 from services.domain.segments import SegmentDefinition
 from services.domain.stamps import utc_iso
 
@@ -220,16 +220,16 @@ class Preview:
                 "samples": self.samples}
 
 
-def preview(db: ViewDatabase, tenant: str, segment_id: str, rule: Any, now: datetime,
+def preview(db: ViewDatabase, tenant: str, segment_id: str, node: Node, now: datetime,
             sample: int = 5) -> Preview:
-    """What applying ``rule`` to ``segment_id`` would change, without changing anything.
+    """What applying the rule ``node`` (parsed: ``parse_rule``, or checked as a definition
+    would be: ``SegmentCatalog.check``) to ``segment_id`` would change, without changing
+    anything.
 
     Only the contacts the rule's SQL prefilter lets through, and the current members, are
     evaluated (see ``segment_sql``), streamed from one snapshot so that memory stays flat;
-    the samples are the first contacts of each kind in contact id order. Raises RuleError
-    if the rule does not validate.
+    the samples are the first contacts of each kind in contact id order.
     """
-    node: Node = parse_rule(rule)
     moment = utc_iso(now)
     rules = tenant_rules(db, tenant, [])
     where, params = prefilter(node, tenant, moment, rules.windows) or ("1 = 1", [])

@@ -12,6 +12,7 @@ from typing import Any
 from projections.contacts import CONSENT_CHANNELS, CONTACT_TYPES, TIMELINE_TYPES
 from projections.db import ViewDatabase
 from projections.json_rows import AnswerColumns, plain
+from projections.sql_catalog import Dialect, tag_spellings
 from services.domain.contact import tag_key
 from services.domain.stamps import parse_utc_iso, utc_iso
 
@@ -338,27 +339,19 @@ def timeline_page(db: ViewDatabase, tenant: str, contact_id: str, *, limit: int 
 
 
 def tag_counts(db: ViewDatabase, tenant: str) -> list[dict[str, Any]]:
-    """Each tag with how many contacts have it, most used first (then by tag).
+    """Each tag with how many contacts have it, most used first (then by tag in code-point
+    order).
 
     Tags compare without case, so contacts may carry a tag in different spellings; the
-    label shown is the spelling most of them carry, a tie going to the first spelling in
-    code-point order (capitals before lower case). The spellings are counted in SQL and
-    chosen here, so that both backends answer alike whatever their text collation.
+    label shown is the one the view analytics_tags shows, by the same statement
+    (``sql_catalog.tag_spellings``): the spelling most contacts carry.
     """
+    dialect = Dialect(db.is_postgres)
     with db.reading() as cur:
         cur.execute(
-            "SELECT tag, label, COUNT(*) AS contacts FROM contact_tags WHERE tenant = ? "
-            "GROUP BY tag, label",
+            f"SELECT tag, label, tag_contacts FROM ({tag_spellings(dialect, one_tenant=True)})"
+            f" s WHERE choice = 1 ORDER BY tag_contacts DESC, {dialect.codepoints('tag')}",
             (tenant,),
         )
-        spellings = cur.fetchall()
-    labels: dict[str, tuple[int, str]] = {}  # tag -> (contacts, label) of its spelling
-    totals: dict[str, int] = {}
-    for r in spellings:
-        tag, label, contacts = r["tag"], r["label"], int(r["contacts"])
-        totals[tag] = totals.get(tag, 0) + contacts
-        best = labels.get(tag)
-        if best is None or (-contacts, label) < (-best[0], best[1]):
-            labels[tag] = (contacts, label)
-    return [{"tag": tag, "label": labels[tag][1], "contacts": totals[tag]}
-            for tag in sorted(totals, key=lambda t: (-totals[t], t))]
+        return [{"tag": r["tag"], "label": r["label"], "contacts": int(r["tag_contacts"])}
+                for r in cur.fetchall()]

@@ -181,14 +181,27 @@ def _timeline(d: Dialect) -> str:
             f"kind, source, summary, {d.cast('data', JSON)} FROM timeline")
 
 
+def tag_spellings(d: Dialect, one_tenant: bool = False) -> str:
+    """The rule of a tag's label, in one statement for the view analytics_tags and the
+    API's /tags (``projections.queries.tag_counts``): each spelling of each tag, with
+    ``tag_contacts``, how many contacts carry the tag in any spelling, and ``choice``, 1
+    for the tag's label: the spelling most of the tenant's contacts carry, a tie going to
+    the first in code-point order (capitals first), on both backends whatever their
+    collation. ``one_tenant``: only the tenant given as the statement's parameter."""
+    where = "WHERE tenant = ? " if one_tenant else ""
+    return (
+        "SELECT tenant, tag, label, "
+        "SUM(COUNT(*)) OVER (PARTITION BY tenant, tag) AS tag_contacts, "
+        "ROW_NUMBER() OVER (PARTITION BY tenant, tag "
+        f"ORDER BY COUNT(*) DESC, {d.codepoints('label')}) AS choice "
+        f"FROM contact_tags {where}GROUP BY tenant, tag, label"
+    )
+
+
 def _tags(d: Dialect) -> str:
-    # A tag's label is the spelling most of the tenant's contacts carry, a tie going to
-    # the first in code-point order: as the API's /tags (projections.queries.tag_counts).
     return (
         "SELECT t.tenant, t.contact_id, t.tag, s.label, t.label FROM contact_tags t "
-        "JOIN (SELECT tenant, tag, label, ROW_NUMBER() OVER (PARTITION BY tenant, tag "
-        f"ORDER BY COUNT(*) DESC, {d.codepoints('label')}) AS choice "
-        "FROM contact_tags GROUP BY tenant, tag, label) s "
+        f"JOIN ({tag_spellings(d)}) s "
         "ON s.tenant = t.tenant AND s.tag = t.tag AND s.choice = 1"
     )
 

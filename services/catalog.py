@@ -16,6 +16,7 @@ from eventsourcing.persistence import IntegrityError
 
 from services.domain.api_keys import KeyInfo, TenantApiKeys, api_keys_id
 from services.domain.clock import ClockDay, clock_day_id
+from services.domain.rules import Node
 from services.domain.segments import SegmentCatalog, SegmentDefinition, catalog_id
 from services.domain.stamps import utc_iso
 from services.domain.tenant import PropertyDefinition, TenantSettings, tenant_settings_id
@@ -40,10 +41,12 @@ class SegmentCommands:
             return None
         return catalog
 
-    def check(self, tenant: str, segment_id: str, rule: Any) -> None:
-        """Raise as ``define`` would for this rule (a preview checks it so), changing
-        nothing: RuleError or InvalidSegment."""
-        (self.catalog(tenant) or SegmentCatalog.open(tenant)).check(segment_id, "", rule)
+    def check(self, tenant: str, segment_id: str, rule: Any) -> Node:
+        """The rule parsed, if ``define`` would take it (a preview checks it so), changing
+        nothing; else RuleError or InvalidSegment."""
+        _, node = (self.catalog(tenant) or SegmentCatalog.open(tenant)).check(segment_id, "",
+                                                                              rule)
+        return node
 
     def define(self, tenant: str, segment_id: str, name: str, rule: Any) -> SegmentDefinition:
         """Create or edit a segment. Raises RuleError or SegmentError on bad input."""

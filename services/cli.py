@@ -40,6 +40,7 @@ from services.cli_common import (
     language_tag,
     name_connections,
     parse_date,
+    read_views,
     require_known_tenant,
     run,
     settings_or_fail,
@@ -318,7 +319,6 @@ def contacts_list(
         list_contacts,
     )
 
-    settings = settings_or_fail()
     f = ContactFilter(
         tenant=tenant,
         language=language,
@@ -330,17 +330,9 @@ def contacts_list(
         first_seen_to=parse_date(until, "--until"),
         email_prefix=email_prefix,
     )
-    db = views(settings)
-    try:
-        require_known_tenant(tenant, db)
-        rows, next_cursor = list_contacts(db, f, limit=limit, cursor=cursor)
-        total = count_contacts(db, f) if count else None
-    except QueryError as error:
-        fail(str(error), 2)
-    except Exception as error:  # noqa: BLE001 - database unreachable or not created yet
-        fail(f"cannot read the client list: {db_error_text(error)}")
-    finally:
-        db.close()
+    (rows, next_cursor), total = read_views(tenant, lambda db: (
+        list_contacts(db, f, limit=limit, cursor=cursor),
+        count_contacts(db, f) if count else None), "the client list", refused=(QueryError,))
     if as_json:
         print(json.dumps({"contacts": rows, "next_cursor": next_cursor, "total": total}))
         return
@@ -381,15 +373,7 @@ def contacts_get(
     from contracts.emails import normalise_email
     from projections.queries import get_card
 
-    settings = settings_or_fail()
-    db = views(settings)
-    try:
-        require_known_tenant(tenant, db)
-        card = get_card(db, tenant, email)
-    except Exception as error:  # noqa: BLE001
-        fail(f"cannot read the card: {db_error_text(error)}")
-    finally:
-        db.close()
+    card = read_views(tenant, lambda db: get_card(db, tenant, email), "the card")
     if card is None:
         fail(f"no contact {normalise_email(email)} in tenant {tenant}", 2)
     if as_json:

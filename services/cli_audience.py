@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,10 +19,10 @@ from services.cli_common import (
     db_error_text,
     fail,
     parse_date,
+    read_views,
     require_known_tenant,
     settings_or_fail,
     tenant_option,
-    views,
 )
 
 segments_app = typer.Typer(help="Define segments and read their members.", no_args_is_help=True)
@@ -50,17 +49,7 @@ def _read_rule(path: Path) -> Any:
     return {"rule": data}
 
 
-def _query(tenant: str, read: Callable[[Any], Any], what: str = "the audience model") -> Any:
-    """Run a read-model query on a known tenant with a view connection; an unreachable
-    database is one line."""
-    db = views(settings_or_fail())
-    try:
-        require_known_tenant(tenant, db)
-        return read(db)
-    except Exception as error:  # noqa: BLE001 - the database is unreachable or not created
-        fail(f"cannot read {what}: {db_error_text(error)}")
-    finally:
-        db.close()
+AUDIENCE = "the audience model"  # what a read of it could not read, if it fails
 
 
 def _cause(cause: str, ref: str) -> str:
@@ -166,19 +155,15 @@ def segments_preview(
 ) -> None:
     """How many contacts a rule would make enter, leave and stay, with samples."""
     from projections.audience_queries import preview
-    from services.domain.rules import RuleError
+    from services.domain.rules import RuleError, parse_rule
 
-    spec = _read_rule(rule_file)
-    db = views(settings_or_fail())
     try:
-        require_known_tenant(tenant, db)
-        result = preview(db, tenant, segment_id, spec["rule"], datetime.now(UTC), sample)
+        rule = parse_rule(_read_rule(rule_file)["rule"])
     except RuleError as error:
         fail(f"the rule is not valid: {error}", 2)
-    except Exception as error:  # noqa: BLE001 - the read model is unreachable
-        fail(f"cannot read the audience model: {db_error_text(error)}")
-    finally:
-        db.close()
+    result = read_views(
+        tenant, lambda db: preview(db, tenant, segment_id, rule, datetime.now(UTC), sample),
+        AUDIENCE)
     data = result.to_dict()
     if as_json:
         _dump(data)
@@ -197,7 +182,7 @@ def segments_list(tenant: Tenant, as_json: AsJson = False) -> None:
     """The tenant's segments with their member counts."""
     from projections.audience_queries import list_segments
 
-    rows = _query(tenant, lambda db: list_segments(db, tenant))
+    rows = read_views(tenant, lambda db: list_segments(db, tenant), AUDIENCE)
     if as_json:
         _dump(rows)
         return
@@ -223,17 +208,9 @@ def segments_members(
     from projections.audience_queries import NotFound, count_members, segment_members
 
     moment = parse_date(as_of, "--as-of")
-    db = views(settings_or_fail())
-    try:
-        require_known_tenant(tenant, db)
-        rows = segment_members(db, tenant, segment_id, as_of=moment, limit=limit, after=after)
-        total = count_members(db, tenant, segment_id, moment)
-    except NotFound as error:
-        fail(str(error), 2)
-    except Exception as error:  # noqa: BLE001
-        fail(f"cannot read the audience model: {db_error_text(error)}")
-    finally:
-        db.close()
+    rows, total = read_views(tenant, lambda db: (
+        segment_members(db, tenant, segment_id, as_of=moment, limit=limit, after=after),
+        count_members(db, tenant, segment_id, moment)), AUDIENCE, refused=(NotFound,))
     if as_json:
         _dump({"total": total, "members": rows,
                "next_after": rows[-1]["contact_id"] if len(rows) == limit else None})
@@ -261,14 +238,8 @@ def segments_why(
     """Why a contact is or is not in segments: clause by clause, and its history."""
     from projections.audience_queries import NotFound, explain
 
-    db = views(settings_or_fail())
-    try:
-        require_known_tenant(tenant, db)
-        report = explain(db, tenant, email, segment_id)
-    except NotFound as error:
-        fail(str(error), 2)
-    finally:
-        db.close()
+    report = read_views(tenant, lambda db: explain(db, tenant, email, segment_id), AUDIENCE,
+                        refused=(NotFound,))
     if as_json:
         _dump(report)
         return
@@ -305,12 +276,7 @@ def engagement_stats_command(
 
     if not 1 <= days <= 366:
         fail(f"--days must be between 1 and 366; got {days}", 2)
-    db = views(settings_or_fail())
-    try:
-        require_known_tenant(tenant, db)
-        stats = engagement_stats(db, tenant, days)
-    finally:
-        db.close()
+    stats = read_views(tenant, lambda db: engagement_stats(db, tenant, days), AUDIENCE)
     if as_json:
         _dump(stats)
         return
@@ -332,12 +298,7 @@ def lists_stats_command(tenant: Tenant, as_json: AsJson = False) -> None:
     """Contacts per list and state."""
     from projections.audience_queries import list_stats
 
-    db = views(settings_or_fail())
-    try:
-        require_known_tenant(tenant, db)
-        stats = list_stats(db, tenant)
-    finally:
-        db.close()
+    stats = read_views(tenant, lambda db: list_stats(db, tenant), AUDIENCE)
     if as_json:
         _dump(stats)
         return
@@ -364,14 +325,8 @@ def consent_at_command(
     from projections.audience_queries import NotFound, consent_at
 
     moment = parse_date(at, "--at") or datetime.now(UTC)
-    db = views(settings_or_fail())
-    try:
-        require_known_tenant(tenant, db)
-        answer = consent_at(db, tenant, email, channel, moment)
-    except NotFound as error:
-        fail(str(error), 2)
-    finally:
-        db.close()
+    answer = read_views(tenant, lambda db: consent_at(db, tenant, email, channel, moment),
+                        AUDIENCE, refused=(NotFound,))
     if as_json:
         _dump(answer)
         return
@@ -391,12 +346,7 @@ def rfm_stats_command(tenant: Tenant, as_json: AsJson = False) -> None:
     """Contacts per RFM group and the recency x frequency grid."""
     from projections.audience_queries import rfm_stats
 
-    db = views(settings_or_fail())
-    try:
-        require_known_tenant(tenant, db)
-        stats = rfm_stats(db, tenant)
-    finally:
-        db.close()
+    stats = read_views(tenant, lambda db: rfm_stats(db, tenant), AUDIENCE)
     if as_json:
         _dump(stats)
         return
@@ -541,7 +491,7 @@ def tags_counts(tenant: Tenant, as_json: AsJson = False) -> None:
     """Every tag of the tenant with its number of contacts, most used first."""
     from projections.queries import tag_counts
 
-    rows = _query(tenant, lambda db: tag_counts(db, tenant), "the client list")
+    rows = read_views(tenant, lambda db: tag_counts(db, tenant), "the client list")
     if as_json:
         _dump(rows)
         return

@@ -7,8 +7,9 @@ import os
 import re
 import sqlite3
 import sys
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -99,6 +100,28 @@ def views(settings: Settings) -> Any:
     from projections.db import ViewDatabase
 
     return ViewDatabase(settings)
+
+
+T = TypeVar("T")
+
+
+def read_views(tenant: str, read: Callable[[Any], T], what: str,
+               refused: tuple[type[Exception], ...] = ()) -> T:
+    """What ``read`` finds on a connection to the read models, once ``tenant`` is known
+    here (``require_known_tenant``): the one way a read command reads. An error in
+    ``refused`` (the user asked for something that is not there, or not valid) is its
+    sentence and exit 2; any other failure (the database unreachable, a read model's
+    tables missing) is one line saying ``what`` could not be read, and exit 1."""
+    db = views(settings_or_fail())
+    try:
+        require_known_tenant(tenant, db)
+        return read(db)
+    except refused as error:
+        fail(str(error), 2)
+    except Exception as error:  # noqa: BLE001 - the database is unreachable or not created
+        fail(f"cannot read {what}: {db_error_text(error)}")
+    finally:
+        db.close()
 
 
 def db_error_text(error: Exception) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -86,28 +86,38 @@ async def read(js: JetStreamContext, selection: Selection = Selection(),
     return out
 
 
+async def tenant_letters(js: JetStreamContext, tenant: str, start: int,
+                         limit: int) -> AsyncIterator[DeadLetter]:
+    """The tenant's dead letters from sequence ``start`` on, oldest first, at most
+    ``limit`` of them: read by subject (NATS skips everyone else's), one at a time."""
+    seq = start
+    for _ in range(limit):
+        try:
+            msg = await js.get_msg(DLQ_STREAM, seq=seq, subject=f"ficha.dlq.{tenant}.>",
+                                   next=True)
+        except NotFoundError:
+            return
+        letter = letter_from(msg.seq or seq, msg.subject or "", msg.headers or {}, msg.data or b"")
+        yield letter
+        seq = letter.seq + 1
+
+
 async def read_tenant(js: JetStreamContext, tenant: str, *, recent: int = 20,
                       scan_limit: int = 10_000) -> tuple[list[DeadLetter], Counter[str], bool]:
-    """One tenant's dead letters, read by subject (not by scanning everyone's): the
-    ``recent`` newest, the count per error code, and whether the scan stopped early."""
+    """One tenant's dead letters (see ``tenant_letters``): the ``recent`` newest, the
+    count per error code, and whether the scan stopped early."""
     try:
         info = await js.stream_info(DLQ_STREAM)
     except NotFoundError:
         return [], Counter(), False
     newest: deque[DeadLetter] = deque(maxlen=recent)
     codes: Counter[str] = Counter()
-    seq = info.state.first_seq
-    for _ in range(scan_limit):
-        try:
-            msg = await js.get_msg(DLQ_STREAM, seq=seq, subject=f"ficha.dlq.{tenant}.>",
-                                   next=True)
-        except NotFoundError:
-            return list(reversed(newest)), codes, False
-        letter = letter_from(msg.seq or seq, msg.subject or "", msg.headers or {}, msg.data or b"")
+    scanned = 0
+    async for letter in tenant_letters(js, tenant, info.state.first_seq, scan_limit):
         newest.append(letter)
         codes[letter.code] += 1
-        seq = letter.seq + 1
-    return list(reversed(newest)), codes, True
+        scanned += 1
+    return list(reversed(newest)), codes, scanned == scan_limit
 
 
 async def recent_start(js: JetStreamContext, window: int) -> int | None:
@@ -123,18 +133,12 @@ async def recent_start(js: JetStreamContext, window: int) -> int | None:
 async def find_event(js: JetStreamContext, tenant: str, event_id: str, start: int, *,
                      limit: int = 1000) -> tuple[DeadLetter | None, int]:
     """The newest of the tenant's dead letters from sequence ``start`` on whose body holds
-    ``event_id``, read by subject (at most ``limit`` of them), and the sequence to go on
-    from. Dead letters carry no event id of their own (their subject names the tenant and
-    type, their Nats-Msg-Id the original sequence), so each body is read."""
-    found = None
-    seq = start
-    for _ in range(limit):
-        try:
-            msg = await js.get_msg(DLQ_STREAM, seq=seq, subject=f"ficha.dlq.{tenant}.>",
-                                   next=True)
-        except NotFoundError:
-            break
-        letter = letter_from(msg.seq or seq, msg.subject or "", msg.headers or {}, msg.data or b"")
+    ``event_id`` (among at most ``limit`` of them, see ``tenant_letters``), and the
+    sequence to go on from. Dead letters carry no event id of their own (their subject
+    names the tenant and type, their Nats-Msg-Id the original sequence), so each body is
+    read."""
+    found, seq = None, start
+    async for letter in tenant_letters(js, tenant, start, limit):
         if letter.event_id == event_id:
             found = letter
         seq = letter.seq + 1

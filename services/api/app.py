@@ -109,7 +109,6 @@ def create_app(ctx: ApiContext) -> Litestar:
         # own default configuration out of it.
         logging_config=None,
     )
-    exports.document_files(app.openapi_schema)  # built once, then served as it is
     return app
 
 

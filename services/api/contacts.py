@@ -16,7 +16,7 @@ from projections.queries import (
     timeline_page,
 )
 from services.api.deps import Caller, Ctx, Filter, Item, Page, Wanted, item, page
-from services.api.errors import ApiError, error_responses, not_found
+from services.api.errors import WAITING, ApiError, error_responses, not_found
 
 PROJECTION = "contacts"
 _SORTS = ", ".join(sorted(SORT_KEYS))
@@ -27,7 +27,8 @@ def query_error(error: QueryError) -> ApiError:
     return ApiError(400, "invalid_request", str(error), error.field)
 
 
-@get("/contacts", responses=error_responses(503), sync_to_thread=True, summary="The client list",
+@get("/contacts", responses=error_responses(*WAITING), sync_to_thread=True,
+     summary="The client list",
      description="Filter, search (a prefix of the email, first or last name), sort and "
      "page through a tenant's contacts. Pages are keyset cursors: pass `next_cursor` back "
      "as `cursor` with the same filters and sort.")
@@ -51,7 +52,7 @@ def list_route(
         return page(rows, fresh, next_cursor, total)
 
 
-@get("/contacts/{ref:str}", responses=error_responses(503),
+@get("/contacts/{ref:str}", responses=error_responses(*WAITING),
      sync_to_thread=True, summary="A contact's card",
      description="`ref` is the email or the contact id. The card holds every field, tags, "
      "properties, consent, lists and the newest `timeline_limit` timeline entries.")
@@ -66,7 +67,7 @@ def card_route(
         return item(found, fresh)
 
 
-@get("/contacts/{ref:str}/timeline", responses=error_responses(503),
+@get("/contacts/{ref:str}/timeline", responses=error_responses(*WAITING),
      sync_to_thread=True, summary="A contact's timeline",
      description="Newest first, in pages: `next_cursor` gives the page of older entries "
      "(each page oldest first).")

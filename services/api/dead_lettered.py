@@ -24,7 +24,7 @@ import logging
 import time
 
 from services.api.bus import Bus
-from services.api.errors import ApiError
+from services.api.errors import ApiError, DeadLetterRef
 from services.dlq import DeadLetter, find_event, recent_start
 
 log = logging.getLogger("ficha.api")
@@ -89,6 +89,4 @@ def dead_lettered(tenant: str, event_id: str, letter: DeadLetter) -> ApiError:
         f"event {event_id!r} of tenant {tenant} was dead-lettered, so it will never be "
         f"stored: {letter.code}: {letter.detail} (dead letter {letter.seq}, see "
         "/dead-letters); correct and re-drive it, or publish it corrected, then read again",
-        field="wait_for_event",
-        extra={"dead_letter": {"seq": letter.seq, "code": letter.code,
-                               "detail": letter.detail}})
+        field="wait_for_event", dead_letter=DeadLetterRef(letter.seq, letter.code, letter.detail))

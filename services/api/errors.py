@@ -20,10 +20,21 @@ from litestar.openapi.datastructures import ResponseSpec
 log = logging.getLogger("ficha.api")
 
 
+class DeadLetterRef(msgspec.Struct):
+    """The dead letter an awaited event became (``422 dead_lettered``): its sequence in
+    FICHA_DLQ (for ``/dead-letters/{seq}``), its error code and the reason in words."""
+
+    seq: int
+    code: str
+    detail: str
+
+
 class ErrorBody(msgspec.Struct):
     code: str
     message: str
     field: str | None  # the parameter or body field to blame, if one is
+    # With dead_lettered only; absent (not null) from every other error.
+    dead_letter: DeadLetterRef | msgspec.UnsetType = msgspec.UNSET
 
 
 class ErrorResponse(msgspec.Struct):
@@ -43,6 +54,8 @@ _MEANINGS = {
     "address is answered the same way).",
     409: "`already_exists` or `segment_conflict`: the change contradicts what exists.",
     413: "`too_large`: the body is larger than this route accepts.",
+    422: "`dead_lettered`: the event `wait_for_event` names was dead-lettered, so it will "
+    "never be stored; `dead_letter` says which dead letter and why.",
     500: "`internal_error`: the details are in the server's log only.",
     503: "`not_yet_ingested` or `not_yet_projected` (a wait timed out; `Retry-After`), "
     "`bus_unavailable` or `import_stopped`: retry.",
@@ -50,10 +63,16 @@ _MEANINGS = {
 EVERY_ROUTE = (400, 401, 404, 500)
 
 
+# What a route that takes min_position and wait_for_event (services.api.deps.consistency)
+# can answer besides: a wait that timed out, an awaited event that was dead-lettered.
+WAITING = (422, 503)
+
+
 def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
     """The errors a route of a tenant can answer, for the OpenAPI document: those every
     such route can give (a bad parameter or a NUL in the address, no key, another
-    tenant's address, a failure of ficha's) and ``statuses``; each with ficha's body."""
+    tenant's address, a failure of ficha's) and ``statuses`` (``*WAITING`` for a route
+    that waits as its caller asks); each with ficha's body."""
     return {status: ResponseSpec(ErrorResponse, description=_MEANINGS[status],
                                  generate_examples=False)
             for status in sorted({*EVERY_ROUTE, *statuses})}
@@ -64,14 +83,14 @@ class ApiError(Exception):
 
     def __init__(self, status: int, code: str, message: str, field: str | None = None,
                  headers: dict[str, str] | None = None,
-                 extra: dict[str, Any] | None = None) -> None:
+                 dead_letter: DeadLetterRef | msgspec.UnsetType = msgspec.UNSET) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
         self.headers = headers or {}
-        self.extra = extra or {}  # more members of the error object, for a few codes
+        self.dead_letter = dead_letter
 
 
 def not_found(message: str) -> ApiError:
@@ -88,17 +107,16 @@ def shortened(message: str) -> str:
 
 
 def _respond(status: int, code: str, message: str, field: str | None = None,
-             headers: dict[str, str] | None = None) -> Response[ErrorResponse]:
-    return Response(ErrorResponse(ErrorBody(code, shortened(message), field)),
+             headers: dict[str, str] | None = None,
+             dead_letter: DeadLetterRef | msgspec.UnsetType = msgspec.UNSET
+             ) -> Response[ErrorResponse]:
+    return Response(ErrorResponse(ErrorBody(code, shortened(message), field, dead_letter)),
                     status_code=status, headers=headers)
 
 
-def on_api_error(_: Request[Any, Any, Any], error: ApiError) -> Response[Any]:
-    if error.extra:
-        body = {"code": error.code, "message": error.message, "field": error.field,
-                **error.extra}
-        return Response({"error": body}, status_code=error.status, headers=error.headers)
-    return _respond(error.status, error.code, error.message, error.field, error.headers)
+def on_api_error(_: Request[Any, Any, Any], error: ApiError) -> Response[ErrorResponse]:
+    return _respond(error.status, error.code, error.message, error.field, error.headers,
+                    error.dead_letter)
 
 
 def on_validation(request: Request[Any, Any, Any], error: ValidationException

@@ -4,10 +4,11 @@ sent: memory does not grow with the row count."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from litestar import get
-from litestar.openapi.spec import OpenAPI, OpenAPIMediaType, OpenAPIResponse, Schema
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Operation, Schema
 from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.params import FromPath, Parameter
 from litestar.response import Stream
@@ -33,26 +34,27 @@ from services.api.deps import (
     instant,
     instant_parameter,
 )
-from services.api.errors import ApiError, error_responses, not_found
+from services.api.errors import WAITING, ApiError, error_responses, not_found
 from services.api.freshness import Freshness
 
-# Each export route's operation id: its 200 is a file (see ``document_files``).
-FILE_OPERATIONS = ("exportContacts", "exportSegment")
 
+@dataclass
+class FileOperation(Operation):
+    """An export route's operation in the OpenAPI document: its 200 is a file, CSV or
+    Parquet. Litestar, seeing a stream, documents an empty JSON body, and a route's
+    ``responses`` or ``media_type`` can give a status one media type only: the route
+    names this class as its ``operation_class`` instead."""
 
-def document_files(openapi: OpenAPI) -> None:
-    """Say in the OpenAPI document that the exports answer files, CSV or Parquet
-    (Litestar, seeing a stream, documents an empty JSON body)."""
-    file = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY,
-                  description="The file: CSV (UTF-8) or Parquet, as `format` asks.")
-    for item in (openapi.paths or {}).values():
-        operation = item.get
-        if operation is None or operation.operation_id not in FILE_OPERATIONS:
-            continue
-        answer = (operation.responses or {})["200"]
+    def __post_init__(self) -> None:
+        answer = (self.responses or {})["200"]
         assert isinstance(answer, OpenAPIResponse)
+        file = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY,
+                      description="The file: CSV (UTF-8) or Parquet, as `format` asks.")
         answer.content = {media.split(";")[0]: OpenAPIMediaType(schema=file)
                           for media in MEDIA_TYPES.values()}
+
+
+FILE = "The file, CSV or Parquet as `format` asks."
 
 
 Format = Annotated[str, Parameter(description="csv or parquet (lower case)",
@@ -81,7 +83,8 @@ def _stream(ctx: Ctx, query: ExportQuery, fmt: ExportFormat, name: str,
                            **headers(fresh)})
 
 
-@get("/exports/contacts", responses=error_responses(503), operation_id=FILE_OPERATIONS[0],
+@get("/exports/contacts", responses=error_responses(*WAITING), operation_id="exportContacts",
+     operation_class=FileOperation, response_description=FILE,
      sync_to_thread=True, summary="Export the client list",
      description="Every card field, tags, properties (JSON), consent and counts of the "
      "contacts the filters select, streamed as CSV or Parquet (see docs/export.md). "
@@ -100,8 +103,9 @@ def contacts_route(
     return _stream(ctx, query, fmt, f"{tenant}-contacts", fresh)
 
 
-@get("/segments/{segment_id:str}/export", responses=error_responses(503),
-     operation_id=FILE_OPERATIONS[1], sync_to_thread=True,
+@get("/segments/{segment_id:str}/export", responses=error_responses(*WAITING),
+     operation_id="exportSegment", operation_class=FileOperation, response_description=FILE,
+     sync_to_thread=True,
      summary="Export a segment's members",
      description="Members now, or at `as_of`, with their cards, as CSV or Parquet. "
      "`Ficha-Position` and `Ficha-Lag` say how fresh the file is; `min_position` or "

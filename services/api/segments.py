@@ -35,7 +35,7 @@ from services.api.deps import (
     item,
     page,
 )
-from services.api.errors import ApiError, error_responses, not_found
+from services.api.errors import WAITING, ApiError, error_responses, not_found
 from services.domain.rules import RuleError
 from services.domain.segments import InvalidSegment, SegmentError
 
@@ -95,7 +95,7 @@ def _write(ctx: Ctx, tenant: FromPath[str], segment_id: str, body: SegmentBody |
                     "version": definition.version}, ctx.store.max_notification_id())
 
 
-@get("/segments", responses=error_responses(503),
+@get("/segments", responses=error_responses(*WAITING),
      sync_to_thread=True, summary="The tenant's segments, with member counts")
 def list_route(tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,
                include_deleted: FromQuery[bool] = False) -> Response[Page]:
@@ -114,7 +114,7 @@ def create_route(tenant: FromPath[str], ctx: Ctx, admin: Caller,
     return _write(ctx, tenant, data.id, data, must_exist=False)
 
 
-@get("/segments/{segment_id:str}", responses=error_responses(503),
+@get("/segments/{segment_id:str}", responses=error_responses(*WAITING),
      sync_to_thread=True, summary="One segment")
 def get_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, principal: Caller,
               wanted: Wanted) -> Response[Item]:
@@ -147,7 +147,7 @@ def delete_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx,
                    ctx.store.max_notification_id())
 
 
-@post("/segments/{segment_id:str}/preview", responses=error_responses(413, 503),
+@post("/segments/{segment_id:str}/preview", responses=error_responses(413, *WAITING),
       sync_to_thread=True, status_code=200,
       summary="What a rule would change",
       description="How many contacts would enter, leave and stay if `segment_id` had this "
@@ -157,14 +157,13 @@ def preview_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, pr
     if not 0 <= data.sample <= 100:
         raise ApiError(400, "invalid_request", "sample: between 0 and 100", "sample")
     with definition_errors():
-        ctx.segments.check(tenant, segment_id, data.rule)  # as create and edit check it
-        with ctx.read(PROJECTION, tenant, wanted) as fresh:
-            result = preview(ctx.views, tenant, segment_id, data.rule, datetime.now(UTC),
-                             data.sample)
-            return item(result.to_dict(), fresh)
+        rule = ctx.segments.check(tenant, segment_id, data.rule)  # as create and edit do
+    with ctx.read(PROJECTION, tenant, wanted) as fresh:
+        result = preview(ctx.views, tenant, segment_id, rule, datetime.now(UTC), data.sample)
+        return item(result.to_dict(), fresh)
 
 
-@get("/segments/{segment_id:str}/members", responses=error_responses(503), sync_to_thread=True,
+@get("/segments/{segment_id:str}/members", responses=error_responses(*WAITING), sync_to_thread=True,
      summary="A segment's members, now or at a past moment",
      description="Ordered by contact id; `next_cursor` gives the next page.")
 def members_route(
@@ -193,7 +192,7 @@ def members_route(
         return page(rows, fresh, next_cursor, total)
 
 
-@get("/contacts/{ref:str}/segments", responses=error_responses(503), sync_to_thread=True,
+@get("/contacts/{ref:str}/segments", responses=error_responses(*WAITING), sync_to_thread=True,
      summary="A contact's segments, and why",
      description="For each segment: member or not, every clause of its rule with its "
      "value for this contact, and the membership history with what caused each change.")
@@ -212,7 +211,7 @@ def why_route(tenant: FromPath[str], ref: FromPath[str], ctx: Ctx, principal: Ca
             raise not_found(str(error)) from None
 
 
-@get("/segment-sizes", responses=error_responses(503),
+@get("/segment-sizes", responses=error_responses(*WAITING),
      sync_to_thread=True, summary="Segment sizes over time",
      description="Each live segment's member count at the end of each of the last `days` "
      "days (ficha's clock) and now.")

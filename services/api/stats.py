@@ -13,14 +13,14 @@ from projections.audience_queries import engagement_stats, list_stats, rfm_stats
 from projections.queries import tag_counts
 from projections.registry import projection_names
 from services.api.deps import Caller, Ctx, Item, Page, Wanted, Written, item, page
-from services.api.errors import ApiError, error_responses, not_found
+from services.api.errors import WAITING, ApiError, error_responses, not_found
 from services.api.freshness import Consistency
 from services.domain.tenant import PROPERTY_TYPES, TenantError
 
 Days = Annotated[int, Parameter(ge=1, le=366, description="Length of the daily series.")]
 
 
-@get("/engagement", responses=error_responses(503),
+@get("/engagement", responses=error_responses(*WAITING),
      sync_to_thread=True, summary="Engagement split and its change",
      description="Count and percentage per status, overall and by subscription status; "
      "each status's change over the last `days` days and its daily series.")
@@ -30,7 +30,7 @@ def engagement_route(tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted:
         return item(engagement_stats(ctx.views, tenant, days), fresh)
 
 
-@get("/lists", responses=error_responses(503),
+@get("/lists", responses=error_responses(*WAITING),
      sync_to_thread=True, summary="Email lists: members by state, with series")
 def lists_route(tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,
                 days: Days = 30) -> Response[Item]:
@@ -38,7 +38,7 @@ def lists_route(tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted: Want
         return item(list_stats(ctx.views, tenant, days), fresh)
 
 
-@get("/rfm", responses=error_responses(503),
+@get("/rfm", responses=error_responses(*WAITING),
      sync_to_thread=True, summary="RFM groups and score grid, with series")
 def rfm_route(tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,
               days: Days = 30) -> Response[Item]:
@@ -46,7 +46,7 @@ def rfm_route(tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted
         return item(rfm_stats(ctx.views, tenant, days), fresh)
 
 
-@get("/tags", responses=error_responses(503),
+@get("/tags", responses=error_responses(*WAITING),
      sync_to_thread=True, summary="Each tag with how many contacts have it")
 def tags_route(tenant: FromPath[str], ctx: Ctx, principal: Caller,
                wanted: Wanted) -> Response[Page]:

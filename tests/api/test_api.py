@@ -418,6 +418,8 @@ async def test_card_timeline_and_read_your_writes(api: Api) -> None:
 
 async def test_waiting_for_a_dead_lettered_event_says_so_at_once(api: Api) -> None:
     """The walkthrough: shoe_size defined as a number, then an event with "big"."""
+    from tests.api.test_api_requests import error_schema_errors
+
     admin = api.auth("acme:admin")
     defined = await api.http.put("/v1/tenants/acme/properties/shoe_size",
                                  json={"type": "number"}, headers=admin)
@@ -449,6 +451,11 @@ async def test_waiting_for_a_dead_lettered_event_says_so_at_once(api: Api) -> No
     assert (error["code"], error["field"], letter["code"]) == (
         "dead_lettered", "wait_for_event", "property_type_mismatch")
     assert "shoe_size" in letter["detail"] and "dead-lettered" in error["message"]
+    # As the OpenAPI document says a 422 of this route is.
+    document = (await api.http.get("/schema/openapi.json")).json()
+    assert "422" in document["paths"]["/v1/tenants/{tenant}/contacts/{ref}"]["get"]["responses"]
+    assert error_schema_errors(document, answer.json()) == []
+    assert error_schema_errors(document, {"error": {**error, "dead_letter": {"seq": 1}}})
     shown = (await api.get(f"/v1/tenants/acme/dead-letters/{letter['seq']}", "acme:admin")
              ).json()
     assert (shown["tenant"], shown["body"]["event_id"]) == ("acme", "shoe-big")

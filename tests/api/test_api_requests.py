@@ -154,13 +154,21 @@ async def test_the_openapi_document_describes_the_errors_each_route_gives(api: A
     """Route by route: every error response is ficha's error body, and the statuses
     documented include those the route gives: 400, 401 and 404 everywhere, 403 where a
     read key is refused, 413 where there is a body, 503 where the route waits or uses the
-    bus, 409 where a segment can conflict; real answers match the documented schema."""
+    bus, 409 where a segment can conflict, and 422 (an awaited event dead-lettered) on
+    exactly the routes that take min_position and wait_for_event; real answers match the
+    documented schema."""
     from tests.api.test_api import BODIES, call, path
 
     await seed(api)
     document = await openapi(api)
-    body = document["components"]["schemas"]["ErrorBody"]
+    schemas = document["components"]["schemas"]
+    body = schemas["ErrorBody"]
     assert set(body["required"]) == {"code", "message", "field"}
+    # A 422's dead letter: a member of the error that only dead_lettered carries.
+    assert body["properties"]["dead_letter"] == {
+        "oneOf": [{"$ref": "#/components/schemas/DeadLetterRef"}]}
+    letter = schemas["DeadLetterRef"]
+    assert set(letter["required"]) == set(letter["properties"]) == {"seq", "code", "detail"}
     assert document["components"]["schemas"]["ErrorResponse"]["required"] == ["error"]
     values = {"tenant": "acme", "ref": "ana@example.com", "segment_id": "vips",
               "name": "colour", "seq": "999999", "reference": "ana@example.com"}
@@ -179,7 +187,11 @@ async def test_the_openapi_document_describes_the_errors_each_route_gives(api: A
                     assert answer["content"]["application/json"]["schema"] == {
                         "$ref": "#/components/schemas/ErrorResponse"}, (route, status)
             parameters = {p["name"] for p in operation.get("parameters", [])}
+            waits = "wait_for_event" in parameters
+            assert waits == ("min_position" in parameters), route
+            assert waits == ("422" in responses), route
             wanted = {400, 401, 404, 500}
+            wanted |= {422} if waits else set()
             wanted |= {413} if "requestBody" in operation else set()
             wanted |= {503} if "min_position" in parameters or template in ON_THE_BUS else set()
             wanted |= {409} if template.endswith(("/segments", "{segment_id}")) and (

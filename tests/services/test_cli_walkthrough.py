@@ -190,6 +190,39 @@ def test_reading_before_ficha_ever_ran_says_so(settings: Settings,
                                         "start it once with `ficha up`"), command
 
 
+# ------------------------------------- 8. a read model that fails after the tenant check
+
+
+def test_a_read_model_failing_after_the_tenant_check_is_one_line(seeded: ReadModels,
+                                                                 tmp_path: Path) -> None:
+    """acme is known (its contacts are there), but the audience model's tables are gone
+    (dropped by hand, or the database failing mid-command): every command that reads the
+    audience model says so in one line and exits 1, as the client list's commands do.
+    The statistics once printed a traceback here."""
+    from services.catalog import SegmentCommands
+
+    rule = tmp_path / "rule.json"
+    rule.write_text(json.dumps({"field": "language", "op": "equals", "value": "es"}))
+    SegmentCommands(seeded.store).define("acme", "es", "Spanish", json.loads(rule.read_text()))
+    seeded.catch_up()
+    db = seeded.db
+    with db.transaction() as cur:
+        for table in ("audience_counts", "audience_daily", "audience_facts", "segment_history",
+                      "consent_ledger"):
+            cur.execute(f"DROP TABLE {table}" + (" CASCADE" if db.is_postgres else ""))
+    commands = [
+        ["engagement", "stats"], ["lists", "stats"], ["rfm", "stats"], ["segments", "list"],
+        ["segments", "members", "es"], ["segments", "preview", "es", str(rule)],
+        ["segments", "why", "--email", "ana@example.com"],
+        ["consent", "at", "--email", "ana@example.com"],
+    ]
+    for command in commands:
+        done = ficha(*command, "--tenant", "acme")
+        assert done.exit_code == 1, (command, done.stdout, done.stderr)
+        assert one_error_line(done).startswith("error: cannot read the audience model: "), \
+            command
+
+
 # ------------------------------------------ 3. channels, 4. --days, 6. emails: one answer
 
 
