@@ -264,7 +264,7 @@ def preview(db: ViewDatabase, tenant: str, segment_id: str, node: Node, now: dat
                 ctx.rfm_scores = ({"rfm.recency": rfm["r"], "rfm.frequency": rfm["f"],
                                    "rfm.monetary": rfm["m"]} if rfm.get("r") is not None
                                   else {})
-            matches = node.evaluate(facts, ctx, None)
+            matches = node.answer(facts, ctx)
             key = ("staying" if was else "entering") if matches else ("leaving" if was else "")
             if key:
                 counts[key] += 1

@@ -226,7 +226,7 @@ class ContactFacts(msgspec.Struct):
         arrival order gives the same document."""
         items = self.activity.setdefault(kind, [])
         item = [at, amount, currency]
-        if not items or items[-1] <= item:
+        if not items or _item_key(items[-1]) <= _item_key(item):  # None is not comparable
             items.append(item)
         else:
             bisect.insort(items, item, key=_item_key)
@@ -234,9 +234,14 @@ class ContactFacts(msgspec.Struct):
     def since(self, kind: str, moment: str | None) -> list[list[Any]]:
         """``kind``'s items after ``moment`` (all of them if None), oldest first."""
         items = self.activity.get(kind, [])
-        if moment is None or not items:
+        if moment is None or not items or items[0][0] > moment:
             return items
-        return items[bisect.bisect_right(items, moment, key=_at):]
+        if items[-1][0] <= moment:
+            return []
+        # Instants are fixed-width, so an item at or before ``moment`` sorts before the
+        # list [moment + "~"] and one after it sorts after (decided by the first element):
+        # no key function to call per step of the search.
+        return items[bisect.bisect_right(items, [moment + "~"]):]
 
     # -------------------------------------------------------------------- storage
 
@@ -251,10 +256,6 @@ class ContactFacts(msgspec.Struct):
 
 _ENCODER = msgspec.json.Encoder(order="deterministic")
 _DECODER = msgspec.json.Decoder(ContactFacts)
-
-
-def _at(item: list[Any]) -> str:
-    return str(item[0])
 
 
 def _item_key(item: list[Any]) -> tuple[str, str, str]:

@@ -34,7 +34,7 @@ change at instants the projection schedules itself, which re-evaluate every rule
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -127,6 +127,10 @@ class Node:
     def evaluate(self, facts: ContactFacts, ctx: Context, trace: dict[str, bool] | None) -> bool:
         raise NotImplementedError
 
+    def answer(self, facts: ContactFacts, ctx: Context) -> bool:
+        """The value alone (``evaluate`` without a trace), as cheaply as it can be had."""
+        return self.evaluate(facts, ctx, None)
+
     def next_change(self, facts: ContactFacts, ctx: Context,
                     trace: dict[str, bool] | None = None) -> str | None:
         """The earliest later instant at which the value may change by time alone; with
@@ -176,13 +180,8 @@ class Group(Node):
     items: tuple[Node, ...]
 
     def evaluate(self, facts: ContactFacts, ctx: Context, trace: dict[str, bool] | None) -> bool:
-        if trace is None:  # only the answer is wanted: stop at the first decisive item,
-            # trying the cheap items first
-            if self.kind == "all":
-                return all(item.evaluate(facts, ctx, None) for item in self._cheap_first)
-            if self.kind == "any":
-                return any(item.evaluate(facts, ctx, None) for item in self._cheap_first)
-            return not self.items[0].evaluate(facts, ctx, None)
+        if trace is None:
+            return self.answer(facts, ctx)
         # No short-circuit: the trace records every leaf's value, which provenance compares.
         values = [item.evaluate(facts, ctx, trace) for item in self.items]
         if self.kind == "all":
@@ -193,9 +192,29 @@ class Group(Node):
             result = not values[0]
         return result
 
+    def answer(self, facts: ContactFacts, ctx: Context) -> bool:
+        """Stop at the first decisive item, trying the cheap items first (a preview asks
+        this of every candidate contact: plain loops, no generator per group)."""
+        if self.kind == "all":
+            for answer in self._cheap_answers:  # noqa: SIM110 - a generator per call costs more
+                if not answer(facts, ctx):
+                    return False
+            return True
+        if self.kind == "any":
+            for answer in self._cheap_answers:  # noqa: SIM110
+                if answer(facts, ctx):
+                    return True
+            return False
+        return not self.items[0].answer(facts, ctx)
+
     @cached_property
     def _cheap_first(self) -> tuple[Node, ...]:
         return tuple(sorted(self.items, key=lambda item: item.cost()))
+
+    @cached_property
+    def _cheap_answers(self) -> tuple[Callable[[ContactFacts, Context], bool], ...]:
+        return tuple(item.test if isinstance(item, Leaf) else item.answer
+                     for item in self._cheap_first)
 
     def cost(self) -> int:
         return sum(item.cost() for item in self.items)
@@ -242,6 +261,9 @@ class Leaf(Node):
         if trace is not None:
             trace[self.path] = result
         return result
+
+    def answer(self, facts: ContactFacts, ctx: Context) -> bool:
+        return self.test(facts, ctx)
 
     def test(self, facts: ContactFacts, ctx: Context) -> bool:
         raise NotImplementedError
@@ -365,14 +387,21 @@ class Aggregate(Leaf):
 
     def measure(self, facts: ContactFacts, now: str) -> Decimal | int:
         since = None if self.within_days is None else days_before(now, self.within_days)
+        # Written out without a call per item or kind: a preview evaluates this for every
+        # candidate contact.
         if self.currency is None:
-            return sum(len(facts.since(kind, since)) for kind, _ in self.kinds)
-        # The sum of ``_worth`` over the window's items, written out without a call per
-        # item: a preview evaluates this for every candidate contact.
+            count = 0
+            for kind, _ in self.kinds:
+                count += len(facts.since(kind, since))
+            return count
+        # The sum of ``_worth`` over the window's items.
         total = Decimal(0)
         currency = self.currency
         for kind, sign in self.kinds:
-            part = sum(Decimal(amount) for _, amount, paid_in in facts.since(kind, since)
+            items = facts.since(kind, since)
+            if not items:
+                continue
+            part = sum(Decimal(amount) for _, amount, paid_in in items
                        if paid_in == currency and amount is not None)
             total += part if sign > 0 else -part
         return total
