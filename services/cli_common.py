@@ -9,7 +9,7 @@ import sqlite3
 import sys
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from rich.text import Text
 from contracts.decode import TENANT_PATTERN
 from services.config import ConfigError, Settings, load_settings
 from services.instants import parse_instant
+
+if TYPE_CHECKING:
+    from services.store.contact_store import ContactStore
 
 # Piped output (to a file, grep, a test) gets a wide table instead of folded cells.
 # Nothing printed through these consoles is read as rich markup: contact data, tags, CSV
@@ -100,6 +103,16 @@ def views(settings: Settings) -> Any:
     from projections.db import ViewDatabase
 
     return ViewDatabase(settings)
+
+
+def event_store(settings: Settings | None = None) -> ContactStore:
+    """The event store, or one line saying why it cannot be opened (exit 1)."""
+    from services.store.contact_store import ContactStore
+
+    try:
+        return ContactStore(settings or settings_or_fail())
+    except Exception as error:  # noqa: BLE001 - the database is unreachable
+        fail(f"cannot open the event store: {db_error_text(error)}")
 
 
 T = TypeVar("T")
@@ -236,15 +249,11 @@ def require_known_tenant(tenant: str, db: Any = None) -> None:
 
 
 def _known_in_store(settings: Settings, tenant: str) -> bool:
-    from services.store.contact_store import ContactStore
     from services.tenants import known_in_store
 
     if settings.postgres is None and not settings.events_db_path.exists():
         return False  # no event store here yet (and opening one would create it)
-    try:
-        store = ContactStore(settings)
-    except Exception as error:  # noqa: BLE001 - the database is unreachable
-        fail(f"cannot open the event store: {db_error_text(error)}")
+    store = event_store(settings)
     try:
         return known_in_store(store, tenant)
     finally:
