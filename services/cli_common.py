@@ -139,18 +139,40 @@ def read_views(tenant: str, read: Callable[[Any], T], what: str,
 
 def db_error_text(error: Exception) -> str:
     if missing_table(error):
-        return not_started_text()
+        return missing_tables_text()
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return first
 
 
 def missing_table(error: BaseException) -> bool:
-    """A read model's table is not there: ficha never ran on this database."""
+    """A read model's table is not there (``missing_tables_text`` says why)."""
     import psycopg
 
     if isinstance(error, sqlite3.OperationalError):
         return str(error).startswith("no such table")
     return isinstance(error, psycopg.errors.UndefinedTable)
+
+
+def missing_tables_text() -> str:
+    """Why a read model's table is not there, and what brings it back: read models that
+    ficha set up here and that lost tables since (``lost_read_models``) are named with
+    the command that rebuilds them; else ficha was never started here."""
+    from projections.registry import lost_read_models
+
+    try:
+        db = views(load_settings())
+        try:
+            lost = lost_read_models(db)
+        finally:
+            db.close()
+    except Exception:  # noqa: BLE001 - nothing to tell: as on a database never set up
+        lost = []
+    if not lost:
+        return not_started_text()
+    whose = (f"the {lost[0]} read model's" if len(lost) == 1 else
+             f"the {' and '.join(lost)} read models'")
+    return (f"{whose} tables are missing though ficha has run here: rebuild them from the "
+            f"event store with `ficha projections rebuild {' '.join(lost)}`")
 
 
 def not_started_text() -> str:
@@ -239,7 +261,7 @@ def require_known_tenant(tenant: str, db: Any = None) -> None:
         if _known_in_store(settings, tenant):
             return
         if not started:
-            fail(not_started_text())
+            fail(missing_tables_text())
         known = some_known_tenants(db)
     finally:
         if own:
