@@ -299,8 +299,10 @@ class AudienceProjection:
     # as a tenant's buyers grow, and the tenant's buyer count (audience_state); 8: a
     # rescoring request is a tenant's own (``rfm_pending:<tenant>``, was one flag for
     # all): a RescoreRequested in the log rescores only the tenants that asked, so rows
-    # written when it rescored every tenant are not what a rebuild gives
-    version = 8
+    # written when it rescored every tenant are not what a rebuild gives; 9: a tenant
+    # whose buyers were all erased loses its RFM cuts (they kept thresholds of the erased
+    # people's values) and its buyer count of 0 when rescored
+    version = 9
     tables: tuple[str, ...] = TABLES
     erasures_table = ERASURES_TABLE
 
@@ -804,34 +806,23 @@ class _Page:
         return self.cuts[tenant] or RfmCuts()
 
     def _rescore_rfm(self, tenants: Collection[str] | None = None) -> None:
-        """New quintiles, and every buyer rescored, for every tenant with buyers (at
-        midnight) or for those of ``tenants`` that have buyers (the ones that asked:
-        ``RESCORE_REQUEST``). Their requests are answered, also those of tenants left
-        with no buyer to rank (whose cuts stay, as at midnight)."""
+        """New quintiles, and every buyer rescored, for ``tenants`` (the ones that asked:
+        ``RESCORE_REQUEST``), or at midnight for every tenant with buyers and every one
+        that asked. Their requests are answered. A tenant left with no buyer (they were
+        erased) loses its cuts (``_rescore_tenant``)."""
         self._flush(keep_rows=True)  # this page's buyers too
-        for tenant in self._tenants_with_buyers(tenants):
+        asked = set(self.requests if tenants is None else tenants)
+        with_buyers = set() if tenants is not None else self._tenants_with_buyers()
+        for tenant in sorted(asked | with_buyers):
             self._rescore_tenant(tenant)
-        for tenant in list(self.requests) if tenants is None else tenants:
+        for tenant in asked:
             self.requests.pop(tenant, None)
 
-    def _tenants_with_buyers(self, among: Collection[str] | None) -> list[str]:
-        """Every tenant with a buyer (``among``: those of them), in order."""
-        if among is None:
-            self.cur.execute(
-                "SELECT DISTINCT tenant FROM audience_facts WHERE last_purchase_at IS NOT NULL "
-                "ORDER BY tenant"
-            )
-            return [r["tenant"] for r in self.cur.fetchall()]
-        found = []
-        for tenant in sorted(among):
-            self.cur.execute(
-                "SELECT contact_id FROM audience_facts WHERE tenant = ? "
-                "AND last_purchase_at IS NOT NULL LIMIT 1",
-                (tenant,),
-            )
-            if self.cur.fetchone() is not None:
-                found.append(tenant)
-        return found
+    def _tenants_with_buyers(self) -> set[str]:
+        self.cur.execute(
+            "SELECT DISTINCT tenant FROM audience_facts WHERE last_purchase_at IS NOT NULL"
+        )
+        return {r["tenant"] for r in self.cur.fetchall()}
 
     def _request_rescore(self, tenant: str) -> None:
         """Ask for new cuts for the tenant soon (the scheduler appends the request)."""
@@ -861,7 +852,8 @@ class _Page:
 
     def _rescore_tenant(self, tenant: str) -> None:
         """New quintiles for the tenant, and every buyer of it rescored (which answers
-        the tenant's request for them, if it made one).
+        the tenant's request for them, if it made one); a tenant with no buyer left (they
+        were erased) has its cuts deleted.
 
         The cuts need every buyer's values before any buyer is rescored, so buyers are
         read twice, but for the first ``CHUNK`` of them: their rows, loaded for their
@@ -884,15 +876,20 @@ class _Page:
 
         values = [v for facts in buyers_facts()
                   if (v := rfm_values(facts, self.now, settings)) is not None]
-        cuts = RfmCuts.of(values)
-        self.cuts[tenant] = cuts
         self.buyers[tenant] = len(values)
         self.requests.pop(tenant, None)
-        self.cur.execute(
-            "INSERT INTO audience_state (name, value) VALUES (?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-            (f"rfm_cuts:{tenant}", _json({**cuts.to_json(), "taken_at": self.now})),
-        )
+        if values:
+            cuts = RfmCuts.of(values)
+            self.cuts[tenant] = cuts
+            self.cur.execute(
+                "INSERT INTO audience_state (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (f"rfm_cuts:{tenant}", _json({**cuts.to_json(), "taken_at": self.now})),
+            )
+        else:  # every buyer erased: no cut may keep a threshold taken of their values
+            self.cuts[tenant] = None
+            self.cur.execute("DELETE FROM audience_state WHERE name = ?",
+                             (f"rfm_cuts:{tenant}",))
         self.rules.pop(tenant, None)
         rules = self._rules(tenant)
         for ids in self._chunks_written_behind(chain([first] if first else [], chunks),
@@ -1029,14 +1026,18 @@ class _Page:
 
     def _save_state(self) -> None:
         answered = sorted(self.requests_saved.keys() - self.requests.keys())
-        if answered:
+        # A tenant with no buyer (left) has no count: absent reads as 0 (``_buyers``).
+        gone = [*(f"{RESCORE_REQUEST}{tenant}" for tenant in answered),
+                *(f"rfm_buyers:{tenant}" for tenant, n in sorted(self.buyers.items()) if not n)]
+        if gone:
             self.cur.executemany("DELETE FROM audience_state WHERE name = ?",
-                                 [(f"{RESCORE_REQUEST}{tenant}",) for tenant in answered])
+                                 [(name,) for name in gone])
         self.cur.executemany(
             "INSERT INTO audience_state (name, value) VALUES (?, ?) "
             "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
             [("now", self.now), ("outbox_seq", str(self.seq)),
-             *((f"rfm_buyers:{tenant}", str(n)) for tenant, n in sorted(self.buyers.items())),
+             *((f"rfm_buyers:{tenant}", str(n)) for tenant, n in sorted(self.buyers.items())
+               if n),
              *((f"{RESCORE_REQUEST}{tenant}", at) for tenant, at in sorted(self.requests.items())
                if self.requests_saved.get(tenant) != at)],
         )

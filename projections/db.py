@@ -414,6 +414,19 @@ class ViewDatabase:
                 "name TEXT PRIMARY KEY, version INTEGER NOT NULL)"
             )
 
+    def existing_tables(self, cur: Cursor, names: Sequence[str]) -> set[str]:
+        """Which of ``names`` are tables here (in ficha's schema, on PostgreSQL)."""
+        if not names:
+            return set()
+        if self.is_postgres:
+            cur.execute("SELECT tablename AS name FROM pg_catalog.pg_tables "
+                        "WHERE schemaname = current_schema() AND tablename = ANY(?)",
+                        (list(names),))
+        else:
+            cur.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name IN "
+                        f"({', '.join('?' * len(names))})", list(names))
+        return {r["name"] for r in cur.fetchall()}
+
     def lock_projection(self, cur: Cursor, name: str) -> None:
         """Serialise writers of one projection for the rest of the transaction.
 

@@ -14,6 +14,7 @@ from services.cli_common import (
     configure_logging,
     console,
     db_error_text,
+    event_store,
     fail,
     require_known_tenant,
     run,
@@ -25,15 +26,6 @@ keys_app = typer.Typer(help="API keys of a tenant: create, list, revoke.", no_ar
 
 Tenant = Annotated[str, tenant_option()]
 AsJson = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
-
-
-def _store():  # type: ignore[no-untyped-def]
-    from services.store.contact_store import ContactStore
-
-    try:
-        return ContactStore(settings_or_fail())
-    except Exception as error:  # noqa: BLE001 - the database is unreachable
-        fail(f"cannot open the event store: {db_error_text(error)}")
 
 
 @keys_app.command("create")
@@ -48,7 +40,7 @@ def keys_create(
     from services.catalog import ApiKeyCommands
     from services.domain.api_keys import ApiKeyError
 
-    store = _store()
+    store = event_store()
     try:
         key = ApiKeyCommands(store).issue(tenant, scope, label)
     except ApiKeyError as error:
@@ -71,7 +63,7 @@ def keys_list(tenant: Tenant, as_json: AsJson = False) -> None:
     from services.catalog import ApiKeyCommands
 
     require_known_tenant(tenant)
-    store = _store()
+    store = event_store()
     try:
         keys = list(ApiKeyCommands(store).keys(tenant).keys.values())
     finally:
@@ -100,7 +92,7 @@ def keys_revoke(
     from services.catalog import ApiKeyCommands
     from services.domain.api_keys import ApiKeyError
 
-    store = _store()
+    store = event_store()
     try:
         ApiKeyCommands(store).revoke(tenant, key_id)
     except ApiKeyError as error:

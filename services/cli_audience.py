@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -16,14 +18,16 @@ from services.cli_common import (
     console,
     contact_email,
     counted,
-    db_error_text,
+    event_store,
     fail,
     parse_date,
     read_views,
     require_known_tenant,
-    settings_or_fail,
     tenant_option,
 )
+
+if TYPE_CHECKING:
+    from services.domain.rules import Node
 
 segments_app = typer.Typer(help="Define segments and read their members.", no_args_is_help=True)
 engagement_app = typer.Typer(help="Engagement statistics.", no_args_is_help=True)
@@ -62,19 +66,40 @@ def _dump(value: Any) -> None:
     print(json.dumps(value, default=str))
 
 
+@contextmanager
+def _definition_errors() -> Iterator[None]:
+    """A definition refused (a bad rule, id or name, or a conflict with the tenant's
+    segments), as every `segments` command says it: one line, exit 2."""
+    from services.domain.rules import RuleError
+    from services.domain.segments import SegmentError
+
+    try:
+        yield
+    except RuleError as error:
+        fail(f"the rule is not valid: {error}", 2)
+    except SegmentError as error:
+        fail(str(error), 2)
+
+
+def _checked_rule(tenant: str, segment_id: str, rule: Any) -> Node:
+    """The rule parsed, if `segments create|edit` would take it for ``segment_id``
+    (``SegmentCommands.check``, as the API's preview checks it); else its refusal."""
+    from services.catalog import SegmentCommands
+
+    store = event_store()
+    try:
+        with _definition_errors():
+            return SegmentCommands(store).check(tenant, segment_id, rule)
+    finally:
+        store.close()
+
+
 def _define(tenant: str, segment_id: str, rule_file: Path, name: str | None,
             must_exist: bool) -> None:
     from services.catalog import SegmentCommands
-    from services.domain.rules import RuleError
-    from services.domain.segments import SegmentError
-    from services.store.contact_store import ContactStore
 
     spec = _read_rule(rule_file)
-    settings = settings_or_fail()
-    try:
-        store = ContactStore(settings)
-    except Exception as error:  # noqa: BLE001 - the database is unreachable
-        fail(f"cannot open the event store: {db_error_text(error)}")
+    store = event_store()
     commands = SegmentCommands(store)
     try:
         catalog = commands.catalog(tenant)
@@ -86,11 +111,8 @@ def _define(tenant: str, segment_id: str, rule_file: Path, name: str | None,
             fail(f"segment {segment_id!r} already exists in tenant {tenant} "
                  f"(version {existing.version}); use `ficha segments edit`")
         title = name or spec.get("name") or (existing.name if existing else segment_id)
-        definition = commands.define(tenant, segment_id, title, spec["rule"])
-    except RuleError as error:
-        fail(f"the rule is not valid: {error}", 2)
-    except SegmentError as error:
-        fail(str(error), 2)
+        with _definition_errors():
+            definition = commands.define(tenant, segment_id, title, spec["rule"])
     finally:
         store.close()
     console.print(f"segment {definition.segment_id} is at version {definition.version}; "
@@ -127,19 +149,17 @@ def segments_delete(
 ) -> None:
     """Delete a segment: every member exits (its history stays)."""
     from services.catalog import SegmentCommands
-    from services.domain.segments import SegmentError
-    from services.store.contact_store import ContactStore
 
-    store = ContactStore(settings_or_fail())
+    store = event_store()
+    commands = SegmentCommands(store)
     try:
-        catalog = SegmentCommands(store).catalog(tenant)
+        catalog = commands.catalog(tenant)
         if catalog is None or segment_id not in catalog.live():
             fail(f"segment {segment_id!r} does not exist in tenant {tenant}", 2)
         if not yes and not typer.confirm(f"Delete segment {segment_id} of {tenant}?"):
             raise typer.Exit(1)
-        definition = SegmentCommands(store).delete(tenant, segment_id)
-    except SegmentError as error:
-        fail(str(error), 2)
+        with _definition_errors():
+            definition = commands.delete(tenant, segment_id)
     finally:
         store.close()
     console.print(f"segment {segment_id} deleted (version {definition.version})")
@@ -153,17 +173,17 @@ def segments_preview(
     sample: Annotated[int, typer.Option(help="Sample size per group.")] = 5,
     as_json: AsJson = False,
 ) -> None:
-    """How many contacts a rule would make enter, leave and stay, with samples."""
-    from projections.audience_queries import preview
-    from services.domain.rules import RuleError, parse_rule
+    """How many contacts a rule would make enter, leave and stay, with samples: a rule
+    that `segments create|edit` would refuse for this segment is refused alike."""
+    from projections.audience_queries import Preview, preview
 
-    try:
-        rule = parse_rule(_read_rule(rule_file)["rule"])
-    except RuleError as error:
-        fail(f"the rule is not valid: {error}", 2)
-    result = read_views(
-        tenant, lambda db: preview(db, tenant, segment_id, rule, datetime.now(UTC), sample),
-        AUDIENCE)
+    spec = _read_rule(rule_file)
+
+    def checked_preview(db: Any) -> Preview:
+        rule = _checked_rule(tenant, segment_id, spec["rule"])  # once the tenant is known
+        return preview(db, tenant, segment_id, rule, datetime.now(UTC), sample)
+
+    result = read_views(tenant, checked_preview, AUDIENCE)
     data = result.to_dict()
     if as_json:
         _dump(data)
@@ -372,12 +392,8 @@ properties_app = typer.Typer(help="A tenant's custom property definitions.",
 
 def _tenant_commands() -> Any:
     from services.catalog import TenantCommands
-    from services.store.contact_store import ContactStore
 
-    try:
-        return TenantCommands(ContactStore(settings_or_fail()))
-    except Exception as error:  # noqa: BLE001 - the database is unreachable
-        fail(f"cannot open the event store: {db_error_text(error)}")
+    return TenantCommands(event_store())
 
 
 @tenant_app.command("show")

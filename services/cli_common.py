@@ -9,7 +9,7 @@ import sqlite3
 import sys
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from rich.text import Text
 from contracts.decode import TENANT_PATTERN
 from services.config import ConfigError, Settings, load_settings
 from services.instants import parse_instant
+
+if TYPE_CHECKING:
+    from services.store.contact_store import ContactStore
 
 # Piped output (to a file, grep, a test) gets a wide table instead of folded cells.
 # Nothing printed through these consoles is read as rich markup: contact data, tags, CSV
@@ -102,6 +105,16 @@ def views(settings: Settings) -> Any:
     return ViewDatabase(settings)
 
 
+def event_store(settings: Settings | None = None) -> ContactStore:
+    """The event store, or one line saying why it cannot be opened (exit 1)."""
+    from services.store.contact_store import ContactStore
+
+    try:
+        return ContactStore(settings or settings_or_fail())
+    except Exception as error:  # noqa: BLE001 - the database is unreachable
+        fail(f"cannot open the event store: {db_error_text(error)}")
+
+
 T = TypeVar("T")
 
 
@@ -126,18 +139,40 @@ def read_views(tenant: str, read: Callable[[Any], T], what: str,
 
 def db_error_text(error: Exception) -> str:
     if missing_table(error):
-        return not_started_text()
+        return missing_tables_text()
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return first
 
 
 def missing_table(error: BaseException) -> bool:
-    """A read model's table is not there: ficha never ran on this database."""
+    """A read model's table is not there (``missing_tables_text`` says why)."""
     import psycopg
 
     if isinstance(error, sqlite3.OperationalError):
         return str(error).startswith("no such table")
     return isinstance(error, psycopg.errors.UndefinedTable)
+
+
+def missing_tables_text() -> str:
+    """Why a read model's table is not there, and what brings it back: read models that
+    ficha set up here and that lost tables since (``lost_read_models``) are named with
+    the command that rebuilds them; else ficha was never started here."""
+    from projections.registry import lost_read_models
+
+    try:
+        db = views(load_settings())
+        try:
+            lost = lost_read_models(db)
+        finally:
+            db.close()
+    except Exception:  # noqa: BLE001 - nothing to tell: as on a database never set up
+        lost = []
+    if not lost:
+        return not_started_text()
+    whose = (f"the {lost[0]} read model's" if len(lost) == 1 else
+             f"the {' and '.join(lost)} read models'")
+    return (f"{whose} tables are missing though ficha has run here: rebuild them from the "
+            f"event store with `ficha projections rebuild {' '.join(lost)}`")
 
 
 def not_started_text() -> str:
@@ -226,7 +261,7 @@ def require_known_tenant(tenant: str, db: Any = None) -> None:
         if _known_in_store(settings, tenant):
             return
         if not started:
-            fail(not_started_text())
+            fail(missing_tables_text())
         known = some_known_tenants(db)
     finally:
         if own:
@@ -236,15 +271,11 @@ def require_known_tenant(tenant: str, db: Any = None) -> None:
 
 
 def _known_in_store(settings: Settings, tenant: str) -> bool:
-    from services.store.contact_store import ContactStore
     from services.tenants import known_in_store
 
     if settings.postgres is None and not settings.events_db_path.exists():
         return False  # no event store here yet (and opening one would create it)
-    try:
-        store = ContactStore(settings)
-    except Exception as error:  # noqa: BLE001 - the database is unreachable
-        fail(f"cannot open the event store: {db_error_text(error)}")
+    store = event_store(settings)
     try:
         return known_in_store(store, tenant)
     finally:

@@ -69,11 +69,9 @@ def _projection_tables() -> list[tuple[str, tuple[str, ...]]]:
     return [(p.name, p.tables) for p in all_projections()]
 
 
-def _missing_tables(cur: Any) -> list[str]:
+def _missing_tables(db: Any, cur: Any) -> list[str]:
     wanted = [t for _, tables in _projection_tables() for t in tables]
-    cur.execute("SELECT tablename FROM pg_catalog.pg_tables WHERE schemaname = current_schema() "
-                "AND tablename = ANY(?)", (wanted,))
-    present = {r["tablename"] for r in cur.fetchall()}
+    present = db.existing_tables(cur, wanted)
     return [t for t in wanted if t not in present]
 
 
@@ -111,7 +109,7 @@ def grant_reader(
         verifier = (None if login_password is None else sql_access.password_verifier(
             settings.postgres.conninfo, role, login_password))
         with db.transaction() as cur:
-            missing = _missing_tables(cur)
+            missing = _missing_tables(db, cur)
             if missing:
                 raise sql_access.AccessError(
                     f"the read models are not set up in schema {db.schema} (missing "

@@ -704,6 +704,55 @@ def test_an_erased_buyer_has_only_its_own_tenant_rescored(audience: Audience) ->
             == {k: v for k, v in incremental.items() if k != "audience_erasures"})
 
 
+def state_rows(a: Audience, prefix: str) -> dict[str, str]:
+    with a.db.reading() as cur:
+        cur.execute("SELECT name, value FROM audience_state")
+        return {r["name"]: r["value"] for r in cur.fetchall() if r["name"].startswith(prefix)}
+
+
+def test_a_tenant_whose_buyers_are_all_erased_loses_its_cuts(audience: Audience) -> None:
+    """Once, a tenant whose every buyer was erased kept its RFM cuts for ever, thresholds
+    taken of the erased people's values: rescoring visited only tenants with buyers. Now
+    the tenant's rescoring (its own request, or a midnight before it) drops them."""
+    a = audience
+    now = datetime.now(UTC)
+    tenants = ("acme", "globex", "initech")
+    a.ingest([one_purchase(t, i, now) for i in range(8) for t in tenants])
+    a.clock.request_rescore(now)
+    a.runner.catch_up()
+    before = state_rows(a, "rfm_cuts:")
+    assert set(before) == {f"rfm_cuts:{t}" for t in tenants}
+
+    def erase_every_buyer(tenant: str) -> None:
+        a.ingest([make_event("contact_erasure_requested", tenant=tenant,
+                             event_id=f"erase-{tenant}-{i}", email=f"b{i:03}@example.com",
+                             occurred_at=datetime.now(UTC).isoformat()) for i in range(8)])
+        with a.db.reading() as cur:
+            assert tenant in rescore_requests(cur)
+
+    # acme's request is answered by a rescoring request in the log...
+    erase_every_buyer("acme")
+    a.clock.request_rescore(datetime.now(UTC))
+    a.runner.catch_up()
+    assert rfm_stats(a.db, "acme")["cuts"] is None
+    # ... globex's by the midnight that comes first.
+    erase_every_buyer("globex")
+    a.tick(now + timedelta(days=1))
+    with a.db.reading() as cur:
+        assert rescore_requests(cur) == {}
+    assert rfm_stats(a.db, "globex")["cuts"] is None
+    assert set(state_rows(a, "rfm_cuts:")) == {"rfm_cuts:initech"}
+    assert rfm_stats(a.db, "initech")["cuts"]["buyers"] == 8
+    assert state_rows(a, "rfm_buyers:") == {"rfm_buyers:initech": "8"}
+    # A rebuild, which never sees the erased people buy, gives the same rows.
+    incremental = dump(a.db)
+    a.runner.page_size = 7
+    a.runner.rebuild()
+    rebuilt = dump(a.db)
+    assert ({k: v for k, v in rebuilt.items() if k != "audience_erasures"}
+            == {k: v for k, v in incremental.items() if k != "audience_erasures"})
+
+
 class CountedCursor:
     """A cursor that keeps the text of every statement it runs."""
 
