@@ -98,8 +98,10 @@ def ddl(is_postgres: bool) -> list[str]:
         "CREATE INDEX IF NOT EXISTS contacts_country ON contacts (tenant, country, first_seen_at)",
         "CREATE INDEX IF NOT EXISTS contacts_consent_email "
         "ON contacts (tenant, consent_email, first_seen_at)",
-        "CREATE INDEX IF NOT EXISTS contacts_last_activity "
-        "ON contacts (tenant, last_activity_at)",
+        # No index on last_activity_at alone: nothing filters by it, and a changed indexed
+        # column rules out HOT updates (nearly every event moves it; the sort index below
+        # is the one it needs). Dropped where an earlier version made it.
+        "DROP INDEX IF EXISTS contacts_last_activity",
         # The client list's other sort keys and its name search (projections/queries.py).
         "CREATE INDEX IF NOT EXISTS contacts_activity_sort ON contacts "
         "(tenant, (COALESCE(last_activity_at, first_seen_at)), contact_id)",
