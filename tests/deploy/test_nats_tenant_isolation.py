@@ -17,6 +17,9 @@ from nats.js.api import ConsumerConfig
 
 from services.natsserver import EmbeddedNatsServer, find_nats_server_binary
 from services.streams import TopologySettings, ensure_topology
+from tests.e2e.test_foreign_producer import lines, produce
+from tests.factories import event_dict
+from tests.programs import node_or_skip
 
 CONFIG = Path(__file__).parents[2] / "deploy" / "nats" / "ficha.conf"
 PASSWORDS = {
@@ -100,6 +103,28 @@ async def test_a_producer_publishes_for_its_own_tenant_only(
     info = await service.jetstream().stream_info("FICHA_IN")
     assert info.state.messages == 1  # only the allowed publish was stored
     await acme.nc.close()
+
+
+async def test_a_node_producer_set_up_as_the_readme_says_publishes_for_its_tenant_only(
+    server: EmbeddedNatsServer, service: Any,
+) -> None:
+    """The Node.js example producer (no NATS library) with the README's settings: its
+    tenant's user and inbox prefix. Without the prefix it cannot even subscribe to its
+    inbox, so it says so before publishing anything."""
+    node_or_skip()
+    url = server.url.replace("nats://", "nats://producer-acme:acme-secret@")
+    acme = event_dict("form_submitted", event_id="web-1", form_id="f")
+    globex = event_dict("form_submitted", tenant="globex", event_id="web-2", form_id="f")
+    status, reports, _ = await produce(url, lines(acme, globex), "--inbox-prefix", "_INBOX_acme")
+    assert status == 1
+    assert reports[0]["stream"] == "FICHA_IN" and reports[0]["seq"] == 1, reports
+    assert "permissions violation for publish" in reports[1]["error"].lower(), reports
+
+    status, reports, stderr = await produce(url, lines(acme))
+    assert status == 1 and reports == []
+    assert "permissions violation for subscription" in stderr.lower(), stderr
+    info = await service.jetstream().stream_info("FICHA_IN")
+    assert info.state.messages == 1
 
 
 async def test_wrong_or_missing_credentials_are_refused(server: EmbeddedNatsServer) -> None:
