@@ -432,10 +432,13 @@ class ViewDatabase:
 
         Every page takes it first, and so does a side-by-side replay's switch, which can
         then lock the tables without a lock-order deadlock. (SQLite's BEGIN IMMEDIATE
-        already serialises all writers.)
+        already serialises all writers.) The lock is the schema's: a replay's copy (another
+        schema) applies its last pages while its switch holds the live one's, and ficha
+        deployments sharing a database do not wait for each other.
         """
         if self.is_postgres:
-            cur.execute("SELECT pg_advisory_xact_lock(?)", (zlib.crc32(name.encode()),))
+            key = zlib.crc32(f"{self.schema}.{name}".encode())
+            cur.execute("SELECT pg_advisory_xact_lock(?)", (key,))
 
     def layout_version(self, cur: Cursor, name: str) -> int | None:
         """The layout version of a projection's tables, None if never recorded."""

@@ -4,8 +4,11 @@ other tenant's rows, the position and the outbox stay as they were."""
 from __future__ import annotations
 
 import json
+import threading
+import uuid
 from typing import Any
 
+import psycopg
 import pytest
 
 from projections.audience import AudienceProjection
@@ -109,3 +112,46 @@ def rows_of_good(good: dict[str, list[str]], projection: Projection, tenant: str
         else:
             out[table] = [r for r in rows if json.loads(r)["tenant"] == tenant]
     return out
+
+
+def test_a_tenant_replay_while_the_live_projection_moves_on_switches_without_deadlock(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The live runner applies new events while the copy is built, so the switch brings
+    the copy forward while it holds the live projection's writer lock. The copy's pages
+    take a writer lock of their own: when it was the live one's (one advisory lock per
+    projection name on PostgreSQL, whatever the schema), the switch waited for itself, for
+    ever, and the live projector behind it."""
+    application = f"ficha-test-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("PGAPPNAME", application)  # this test's connections, to find them
+    store = ContactStore(settings)
+    db = ViewDatabase(settings)
+    live = ProjectionRunner(store, db, ContactsProjection())
+    live.setup()
+    folder = BatchFolder(store, ContactIdentity(settings.id_key), ContactCache(10_000), "p0")
+    folder.fold_and_commit([decode_dict(e) for e in generate_history("acme", 300, seed=1)], 1)
+    live.catch_up()
+
+    def live_moves_on(_position: int) -> None:  # once, after the copy's first page
+        if not moved:
+            more = generate_history("acme", 40, seed=2)
+            folder.fold_and_commit([decode_dict(e) for e in more], 2)
+            moved.append(live.catch_up())
+
+    moved: list[int] = []
+
+    outcome: list[Any] = []
+    worker = threading.Thread(target=lambda: outcome.append(
+        replay(store, db, ContactsProjection, on_page=live_moves_on, tenant="acme")))
+    worker.start()
+    worker.join(30)
+    deadlocked = worker.is_alive()
+    if deadlocked and settings.postgres is not None:  # free the waiting switch
+        with psycopg.connect(settings.postgres.conninfo, autocommit=True) as conn:
+            conn.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+                         "WHERE application_name = %s AND wait_event = 'advisory'",
+                         (application,))
+        worker.join(30)
+    assert not deadlocked, "the switch waited for its own copy's writer lock"
+    assert outcome and outcome[0].position == live.position() == store.max_notification_id()
+    db.close()
+    store.close()
