@@ -69,32 +69,31 @@ async def publish_many(
     *,
     window: int = 1000,
     rate: float = 0.0,
+    ack_timeout: float = 10.0,
 ) -> AsyncIterator[int]:
-    """Publish with up to `window` unacknowledged publishes in flight.
+    """Publish with up to `window` unacknowledged publishes in flight (``WindowedPublisher``).
 
-    Yields the running count of acknowledged events after each window (for progress);
-    `rate` > 0 paces publishing to that many events per second.
+    Yields the running count of acknowledged events as it goes (for progress), the last
+    time once every event is acknowledged; `rate` > 0 paces publishing to that many events
+    per second. Raises ``PublishFailed`` when JetStream refuses an event, acknowledges
+    nothing for `ack_timeout` seconds, or the connection closes: it never waits for ever.
     """
     loop = asyncio.get_running_loop()
     start = loop.time()
-    pending: list[asyncio.Future[Any]] = []
-    acked = 0
-    for sent, event in enumerate(events):
-        subject, body, headers = prepare(event)
-        if rate > 0:
-            delay = start + sent / rate - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        pending.append(await js.publish_async(subject, body, headers=headers))
-        if len(pending) >= window or (rate > 0 and len(pending) >= max(1, int(rate / 20))):
-            await asyncio.gather(*pending)
-            acked += len(pending)
-            pending.clear()
-            yield acked
-    if pending:
-        await asyncio.gather(*pending)
-        acked += len(pending)
-        yield acked
+    every = max(1, min(window, int(rate / 20))) if rate > 0 else window
+    async with WindowedPublisher(connection_of(js), window=window,
+                                 ack_timeout=ack_timeout) as publisher:
+        for sent, event in enumerate(events):
+            subject, body, headers = prepare(event)
+            if rate > 0:
+                delay = start + sent / rate - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await publisher.publish(subject, body, headers["Nats-Msg-Id"])
+            if (sent + 1) % every == 0:
+                yield publisher.acked
+        await publisher.flush()
+        yield publisher.acked
 
 
 class PublishFailed(RuntimeError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -240,7 +241,7 @@ def demo(
     """Publish a realistic synthetic history to the running ficha."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from contracts.publisher import publish_many
+    from contracts.publisher import PublishFailed, publish_many
     from services.demo import generate_history
     from services.runtime import connect_nats, resolve_nats_url, unreachable_text
 
@@ -257,6 +258,7 @@ def demo(
         except Exception as error:
             raise CliError(unreachable_text(settings, url, error)) from error
         counts: dict[str, int] = {}
+        acked = 0
         try:
             js = nc.jetstream()
             history = generate_history(tenant, events, seed=seed)
@@ -274,10 +276,15 @@ def demo(
                         counts[event["type"]] = counts.get(event["type"], 0) + 1
                         yield event
 
-                async for done in publish_many(js, counted(), rate=rate):
-                    progress.update(task, completed=done)
+                async for acked in publish_many(js, counted(), rate=rate):
+                    progress.update(task, completed=acked)
+        except PublishFailed as error:
+            raise CliError(f"publishing stopped after {acked:,} of {events:,} events: {error}. "
+                           "Running the same command again is safe: the same seed makes the "
+                           "same events, and ficha stores each once.") from error
         finally:
-            await nc.drain()
+            with contextlib.suppress(Exception):  # closed already when NATS went away
+                await nc.drain()
         table = Table(title=f"published {events} events for {tenant}")
         table.add_column("type")
         table.add_column("events", justify="right")

@@ -234,3 +234,52 @@ def test_every_process_serves_metrics_health_and_readiness(tmp_path: Path) -> No
         assert get(base, "/nope")[0] == 404
     finally:
         assert stop(proc) == 0
+
+
+def test_demo_stops_with_one_line_when_nats_goes_away_mid_way(tmp_path: Path) -> None:
+    """NATS stopping while `ficha demo` publishes ends it in seconds with one line saying
+    how far it got; it used to wait for the acknowledgements of a closed connection for
+    ever (and a Ctrl-C then printed a traceback)."""
+    import asyncio
+
+    import nats
+
+    from services.natsserver import EmbeddedNatsServer
+    from services.streams import INGEST_STREAM, TopologySettings, ensure_topology
+
+    server = EmbeddedNatsServer(store_dir=tmp_path / "nats")
+    server.start()
+
+    async def streams(then: Any) -> Any:
+        nc = await nats.connect(server.url)
+        try:
+            return await then(nc.jetstream())
+        finally:
+            await nc.close()
+
+    async def stored(js: Any) -> int:
+        return int((await js.stream_info(INGEST_STREAM)).state.messages)
+
+    demo = None
+    try:
+        asyncio.run(streams(lambda js: ensure_topology(js, TopologySettings(partitions=2))))
+        env = {**env_for(tmp_path / "var"), "FICHA_NATS_URL": server.url}
+        demo = subprocess.Popen([*FICHA, "demo", "--tenant", "acme", "--events", "20000",
+                                 "--rate", "400"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while asyncio.run(streams(stored)) < 200:
+            assert demo.poll() is None and time.time() < deadline, demo.communicate()
+            time.sleep(0.2)
+        server.stop()
+        _, errors = demo.communicate(timeout=60)
+    finally:
+        if demo is not None and demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        server.stop()
+    assert demo.returncode == 1 and "Traceback" not in errors, errors
+    lines = [line for line in errors.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, errors
+    assert "publishing stopped after " in lines[0] and " of 20,000 events" in lines[0]
+    assert "Running the same command again is safe" in lines[0]
