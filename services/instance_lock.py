@@ -38,7 +38,8 @@ class InstanceLock:
             raise AlreadyRunning(
                 f"ficha is already running on {self.path.parent}"
                 + (f" (pid {holder})" if holder else "")
-                + ": stop it first, or give this one its own FICHA_DATA_DIR"
+                + ": stop it first, or give this one its own FICHA_DATA_DIR (and, on "
+                "PostgreSQL, its own FICHA_DATABASE_SCHEMA)"
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())

@@ -179,6 +179,8 @@ class Runtime:
         await ensure_topology(self.js, topology_settings(settings))
 
         self.store = await asyncio.to_thread(ContactStore, settings)
+        if self.roles & {"ingest", "scheduler"}:  # they turn emails into contact ids
+            await asyncio.to_thread(self.store.check_id_key, ContactIdentity(settings.id_key))
         self.views = ViewDatabase(settings)
         if "projections" in self.roles:
             self.projections = [

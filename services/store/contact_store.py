@@ -36,6 +36,7 @@ from psycopg import sql
 
 from services.config import Settings
 from services.domain.contact import Contact
+from services.domain.identity import ContactIdentity
 from services.domain.stamps import utc_iso
 from services.store.datakeys import DataKey, KeyCache, is_sealed
 from services.store.recorders import (
@@ -109,6 +110,10 @@ def store_openers_serialised(settings: Settings) -> Iterator[None]:
             yield
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
+class IdKeyMismatch(Exception):
+    """This process's FICHA_ID_KEY is not the one the store's contact ids were made with."""
 
 
 def _concurrent_ddl(error: Exception) -> bool:
@@ -317,3 +322,16 @@ class ContactStore(Application[UUID]):
 
     def received_count(self) -> int:
         return self.contact_recorder.count_received()
+
+    def check_id_key(self, identity: ContactIdentity) -> None:
+        """Record the key's check value if this store has none yet; raise IdKeyMismatch if
+        it holds another's. A second key would give every person a second contact (and
+        break the client list's one-card-per-email rule)."""
+        proposed = identity.key_check()
+        recorded = self.contact_recorder.id_key_check(proposed)
+        if recorded != proposed:
+            raise IdKeyMismatch(
+                f"the event store's contact ids were made with another id key (check "
+                f"{recorded}; this process's: {proposed}): every process of a deployment "
+                f"needs the same key. Set FICHA_ID_KEY to it, or copy id.key from the "
+                f"FICHA_DATA_DIR of the process that first ran on this database")

@@ -10,6 +10,9 @@ position in one transaction. ficha adds two things, in that same transaction:
 * ``ficha_erasures``: one receipt per erasure (tenant, contact id, the request's event id
   and time, when the key was deleted; later: when the streams were purged and what), no
   personal data;
+* ``ficha_id_key``: a check value of the key that turns tenant + email into contact
+  ids, recorded by the first process that derives one, so that a process given another
+  key is refused instead of splitting every contact in two;
 * batch reads: the events of many contacts in one query (``select_events_many``),
   which of a batch's event ids were already received (``select_received``), and the live
   keys of many contacts (``select_keys``).
@@ -69,7 +72,18 @@ class SQLiteContactRecorder(SQLiteProcessRecorder):
             "event_id TEXT NOT NULL, requested_at TEXT NOT NULL, erased_at TEXT NOT NULL, "
             "completed_at TEXT, purged TEXT, PRIMARY KEY (contact_id, version))"
         )
+        statements.append(
+            "CREATE TABLE IF NOT EXISTS ficha_id_key ("
+            "id INTEGER PRIMARY KEY CHECK (id = 1), key_check TEXT NOT NULL)"
+        )
         return statements
+
+    def id_key_check(self, proposed: str) -> str:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute("INSERT INTO ficha_id_key (id, key_check) VALUES (1, ?) "
+                      "ON CONFLICT (id) DO NOTHING", (proposed,))
+            c.execute("SELECT key_check FROM ficha_id_key WHERE id = 1")
+            return str(c.fetchone()[0])
 
     def _insert_events(
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -252,6 +266,19 @@ class PostgresContactRecorder(PostgresProcessRecorder):
             "requested_at, erased_at) VALUES (%s, %s, %s, %s, %s, %s)"
         ).format(schema=schema)
         self._erasures_table = SQL("{schema}.ficha_erasures").format(schema=schema)
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.ficha_id_key ("
+                "id integer PRIMARY KEY CHECK (id = 1), key_check text NOT NULL)"
+            ).format(schema=schema)
+        )
+        self._record_id_key = SQL(
+            "INSERT INTO {schema}.ficha_id_key (id, key_check) VALUES (1, %s) "
+            "ON CONFLICT (id) DO NOTHING"
+        ).format(schema=schema)
+        self._select_id_key = SQL(
+            "SELECT key_check FROM {schema}.ficha_id_key WHERE id = 1"
+        ).format(schema=schema)
 
     def _insert_stored_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -349,6 +376,14 @@ class PostgresContactRecorder(PostgresProcessRecorder):
                     )
                 )
         return result
+
+    def id_key_check(self, proposed: str) -> str:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(self._record_id_key, (proposed,))
+            curs.execute(self._select_id_key)
+            row = curs.fetchone()
+            assert row is not None
+            return str(row["key_check"])
 
     def count_received(self) -> int:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
