@@ -183,6 +183,9 @@ class ProjectionRunner:
 
     def run_forever(self, stop: threading.Event) -> None:
         """Blocking loop for a worker thread."""
+        # Its failures' series exists from the start at 0: an alert on its increase then
+        # sees the first failure too.
+        metrics.PROJECTION_FAILURES.labels(self.name)
         self._signal = signal = self.store.new_events_signal(self.poll_interval)
         try:
             self._loop(stop, signal)

@@ -30,6 +30,10 @@ BATCH_SIZE = Histogram(
     "ficha_ingest_batch_messages", "Messages per ingest batch.",
     buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000),
 )
+DEAD_LETTERS_STORED = Gauge(
+    "ficha_dead_letters_stored",
+    "Dead letters waiting in FICHA_DLQ (all tenants): what `ficha dlq list` shows.",
+)
 PARTITION_LAG = Gauge(
     "ficha_partition_lag_messages", "Messages of a partition not yet delivered, in JetStream.",
     ["partition"],

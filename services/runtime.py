@@ -39,6 +39,7 @@ from services.outbox import OutboxRelay
 from services.scheduler import Scheduler
 from services.store.contact_store import ContactStore
 from services.streams import (
+    DLQ_STREAM,
     INGEST_STREAM,
     UNROUTED_CONSUMER,
     TopologySettings,
@@ -282,7 +283,8 @@ class Runtime:
         return None
 
     async def _watch_lag(self) -> None:
-        """Each partition's undelivered messages, for /metrics, every few seconds."""
+        """Each partition's undelivered messages and the dead letters waiting, for
+        /metrics, every few seconds."""
         assert self.js is not None
         owned = self.owned_partitions or range(self.settings.partitions)
         while not self._stop.is_set():
@@ -290,6 +292,9 @@ class Runtime:
                 with contextlib.suppress(Exception):
                     info = await self.js.consumer_info(INGEST_STREAM, consumer_name(partition))
                     metrics.PARTITION_LAG.labels(str(partition)).set(info.num_pending)
+            with contextlib.suppress(Exception):
+                dlq = await self.js.stream_info(DLQ_STREAM)
+                metrics.DEAD_LETTERS_STORED.set(dlq.state.messages)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 5)
 

@@ -228,9 +228,18 @@ def test_every_process_serves_metrics_health_and_readiness(tmp_path: Path) -> No
         assert status_code == 200
         assert 'ficha_ingest_events_total{outcome="accepted",type="form_submitted"}' in text
         assert "ficha_fold_seconds_bucket" in text and "ficha_partition_lag_messages" in text
+        # What an operator alerts on is there from the start, before anything went wrong:
+        # the dead letters waiting, and each projection's failures at 0.
+        deadline = time.time() + 30
+        while "\nficha_dead_letters_stored 0.0" not in text:
+            assert time.time() < deadline, text
+            time.sleep(0.5)
+            text = get(base, "/metrics")[1]
         projector = get(base + 1, "/metrics")[1] + get(base + 2, "/metrics")[1]
         assert 'ficha_projection_events_total{projection="contacts"}' in projector
         assert 'ficha_projection_events_total{projection="audience"}' in projector
+        for name in ("contacts", "audience"):
+            assert f'ficha_projection_failures_total{{projection="{name}"}} 0.0' in projector
         assert get(base, "/nope")[0] == 404
     finally:
         assert stop(proc) == 0
