@@ -220,7 +220,7 @@ def project(
             runner.position()  # raises if the database is unreachable
             return None
 
-        health = start_health(metrics_port, not_ready)
+        health = start_health(metrics_port, not_ready, settings.metrics_host)
     try:
         runner.run_forever(stop)
     finally:

@@ -14,7 +14,8 @@
 | FICHA_AGGREGATE_CACHE | 100000 | contacts kept in memory per ingest worker |
 | FICHA_ACK_WAIT | 30 | seconds before JetStream redelivers an unacked message |
 | FICHA_STREAM_REPLICAS | 1 | replicas of ficha's streams: 3 on a three-node JetStream cluster |
-| FICHA_METRICS_PORT | 9464 | /metrics, /healthz, /readyz on 127.0.0.1 (projectors: next; 0: off) |
+| FICHA_METRICS_PORT | 9464 | /metrics, /healthz, /readyz (projectors: next; 0: off) |
+| FICHA_METRICS_HOST | 127.0.0.1 | address they listen on (0.0.0.0 for probes and scrapers) |
 | FICHA_API_HOST | 127.0.0.1 | address the HTTP API listens on (`ficha up`, `ficha api`) |
 | FICHA_API_PORT | 8080 | port of the HTTP API; 0 in `ficha up` leaves the API off |
 """
@@ -67,6 +68,7 @@ class Settings:
     aggregate_cache: int = 100_000
     ack_wait_s: float = 30.0
     metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     stream_replicas: int = 1
     api_host: str = "127.0.0.1"
     api_port: int = 0
@@ -83,6 +85,7 @@ class Settings:
             "FICHA_AGGREGATE_CACHE": str(self.aggregate_cache),
             "FICHA_ACK_WAIT": str(int(self.ack_wait_s)),
             "FICHA_METRICS_PORT": str(self.metrics_port),
+            "FICHA_METRICS_HOST": self.metrics_host,
             "FICHA_STREAM_REPLICAS": str(self.stream_replicas),
             "FICHA_API_HOST": self.api_host,
             "FICHA_API_PORT": str(self.api_port),
@@ -195,6 +198,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         aggregate_cache=_int(env, "FICHA_AGGREGATE_CACHE", 100_000),
         ack_wait_s=float(_int(env, "FICHA_ACK_WAIT", 30)),
         metrics_port=_int(env, "FICHA_METRICS_PORT", 9464, minimum=0),
+        metrics_host=env.get("FICHA_METRICS_HOST") or "127.0.0.1",
         stream_replicas=_int(env, "FICHA_STREAM_REPLICAS", 1),
         api_host=env.get("FICHA_API_HOST") or "127.0.0.1",
         api_port=_int(env, "FICHA_API_PORT", 8080, minimum=0),

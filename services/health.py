@@ -71,9 +71,9 @@ def _text(start: Callable[..., Any], status: str, body: str) -> list[bytes]:
     return [data]
 
 
-def start_health(port: int, ready: Ready) -> HealthServer | None:
-    """Serve on ``port``, or log why not and go on: metrics must not stop ficha."""
-    server = HealthServer(port, ready)
+def start_health(port: int, ready: Ready, host: str = "127.0.0.1") -> HealthServer | None:
+    """Serve on ``host:port``, or log why not and go on: metrics must not stop ficha."""
+    server = HealthServer(port, ready, host)
     try:
         server.start()
     except OSError as error:

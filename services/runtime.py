@@ -227,7 +227,8 @@ class Runtime:
         if "api" in self.roles and settings.api_port:
             await self._start_api()
         if settings.metrics_port:
-            self.health = start_health(settings.metrics_port, self._not_ready)
+            self.health = start_health(settings.metrics_port, self._not_ready,
+                                       settings.metrics_host)
 
     async def _start_api(self) -> None:
         from services.api.app import bind, build_context, serve_until, server

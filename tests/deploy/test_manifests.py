@@ -45,3 +45,20 @@ def test_compose_runs_the_checked_nats_configuration() -> None:
         assert node["environment"]["NATS_SERVER_NAME"].startswith("nats-")
     assert (DEPLOY / "nats" / "cluster.conf").exists()
     assert (DEPLOY / "nats" / "accounts.conf").exists()
+
+
+def test_probes_and_scrapers_reach_the_metrics_port_from_outside_the_container() -> None:
+    """/healthz, /readyz and /metrics listen on FICHA_METRICS_HOST, loopback by default: a
+    kubelet's probe (or Prometheus) comes from outside the pod, so the deployments listen
+    on every address."""
+    docs = list(yaml.safe_load_all((DEPLOY / "k8s" / "ficha.yaml").read_text()))
+    (config,) = [doc for doc in docs if doc["kind"] == "ConfigMap"]
+    assert config["data"]["FICHA_METRICS_HOST"] == "0.0.0.0"
+    for doc in docs:
+        if doc["kind"] != "Deployment":
+            continue
+        (container,) = doc["spec"]["template"]["spec"]["containers"]
+        if container["livenessProbe"]["httpGet"]["port"] == "metrics":
+            assert {"configMapRef": {"name": "ficha"}} in container["envFrom"]
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    assert compose["x-ficha"]["environment"]["FICHA_METRICS_HOST"] == "0.0.0.0"

@@ -186,6 +186,18 @@ def free_ports(count: int) -> int:
     raise AssertionError("no free ports")
 
 
+def outward_address() -> str:
+    """This machine's address on its default route (no packet is sent), else loopback."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))
+            return str(probe.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+
 @pytest.mark.slow
 def test_every_process_serves_metrics_health_and_readiness(tmp_path: Path) -> None:
     import urllib.request
@@ -193,7 +205,10 @@ def test_every_process_serves_metrics_health_and_readiness(tmp_path: Path) -> No
     data_dir = tmp_path / "var"
     base = free_ports(3)
     log = tmp_path / "up.log"
-    env = {**env_for(data_dir), "FICHA_METRICS_PORT": str(base)}
+    # Listening on every address (as in a container), they answer on this machine's own
+    # address too, the projector processes included.
+    env = {**env_for(data_dir), "FICHA_METRICS_PORT": str(base), "FICHA_METRICS_HOST": "0.0.0.0"}
+    host = outward_address()
     with log.open("a") as handle:
         proc = subprocess.Popen([*FICHA, "up"], env=env, stdout=handle,
                                 stderr=subprocess.STDOUT, text=True)
@@ -207,7 +222,7 @@ def test_every_process_serves_metrics_health_and_readiness(tmp_path: Path) -> No
 
         def get(port: int, path: str) -> tuple[int, str]:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=5) as r:
                     return r.status, r.read().decode()
             except urllib.error.HTTPError as error:
                 return error.code, error.read().decode()

@@ -22,6 +22,7 @@ def test_defaults_are_the_embedded_ones(tmp_path: Path) -> None:
 def test_settings_survive_the_round_trip_to_a_child_process(tmp_path: Path) -> None:
     env = {"FICHA_DATA_DIR": str(tmp_path), "FICHA_ID_KEY": KEY,
            "FICHA_DUPLICATE_WINDOW": "2.5", "FICHA_PARTITIONS": "3",
+           "FICHA_METRICS_HOST": "0.0.0.0",
            "FICHA_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/test"}
     settings = load_settings(env)
     assert load_settings(settings.to_env()) == settings
