@@ -301,6 +301,7 @@ def configure_logging(verbose: bool = False) -> None:
     import logging
     import os
 
+    from pythonjsonlogger.core import RESERVED_ATTRS
     from pythonjsonlogger.json import JsonFormatter
 
     chosen = os.environ.get("FICHA_LOG_FORMAT") or ("text" if sys.stderr.isatty() else "json")
@@ -309,6 +310,8 @@ def configure_logging(verbose: bool = False) -> None:
         handler.setFormatter(JsonFormatter(
             "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            # uvicorn's copy of its message with terminal colour codes: noise in a log store
+            reserved_attrs=[*RESERVED_ATTRS, "color_message"],
         ))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
