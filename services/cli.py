@@ -552,7 +552,11 @@ def projections_rebuild(
             task = progress.add_task(f"rebuilding {projection.name}", total=head or 1)
             runner.rebuild(_advancing(progress, task))
             progress.update(task, completed=head or 1)
-        console.print(f"rebuilt {projection.name}: {runner.stats.applied} events replayed")
+        # A running projector applies pages in turn with this command (possibly all of
+        # them): the count alone would read as if nothing had been rebuilt.
+        console.print(f"rebuilt {projection.name} to position {runner.position()}, the log's "
+                      f"head: {runner.stats.applied:,} events applied by this command, any "
+                      f"others by a running projector")
     db.close()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -294,6 +295,10 @@ def test_a_layout_reset_cut_short_is_not_a_data_dir_never_started(
         assert one_error_line(done).endswith(LOST.format("contacts")), command
     done = ficha("projections", "rebuild", "contacts", "--yes")
     assert done.exit_code == 0, done.stderr
+    # Where it got, and who applied what: a running projector may apply every page.
+    assert re.fullmatch(r"rebuilt contacts to position \d+, the log's head: \d+ events applied "
+                        r"by this command, any others by a running projector\n",
+                        done.stdout), done.stdout
     done = ficha("contacts", "list", "--tenant", "acme", "--json")
     assert done.exit_code == 0 and "ana@example.com" in done.stdout, done.stderr
 
