@@ -333,5 +333,5 @@ class ContactStore(Application[UUID]):
             raise IdKeyMismatch(
                 f"the event store's contact ids were made with another id key (check "
                 f"{recorded}; this process's: {proposed}): every process of a deployment "
-                f"needs the same key. Set FICHA_ID_KEY to it, or copy id.key from the "
+                f"needs the same key. Set FICHA_ID_KEY to that key, or copy id.key from the "
                 f"FICHA_DATA_DIR of the process that first ran on this database")
