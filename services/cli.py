@@ -191,9 +191,12 @@ def scheduler(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False)
 def project(
     projection: Annotated[str, typer.Option(help="The projection to run.")] = "contacts",
     metrics_port: Annotated[int, typer.Option(help="/metrics, /healthz, /readyz (0: off).")] = 0,
+    parent_pid: Annotated[int, typer.Option(
+        hidden=True, help="Stop when this parent process is gone (`ficha up` sets it).")] = 0,
 ) -> None:
     """Run one projection alone (`ficha up` starts one per projection; in a deployment,
     run one process per projection, on any machine)."""
+    import os
     import threading
 
     from projections.registry import projection_named
@@ -205,6 +208,13 @@ def project(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    if parent_pid:
+        def watch_parent() -> None:  # a `ficha up` killed outright stops none of its children
+            while not stop.wait(1):
+                if os.getppid() != parent_pid:
+                    stop.set()
+
+        threading.Thread(target=watch_parent, daemon=True, name="parent").start()
     store = ContactStore(settings)
     try:
         chosen = projection_named(projection)

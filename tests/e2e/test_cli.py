@@ -307,3 +307,69 @@ def test_demo_stops_with_one_line_when_nats_goes_away_mid_way(tmp_path: Path) ->
     assert len(lines) == 1, errors
     assert "publishing stopped after " in lines[0] and " of 20,000 events" in lines[0]
     assert "Running the same command again is safe" in lines[0]
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (started by any of its threads)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie (a child of ours that exited is one until reaped)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes() != b""
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_a_killed_up_leaves_nothing_running_after_the_next_start(tmp_path: Path) -> None:
+    """SIGKILL (the OOM killer) gives `ficha up` no chance to stop its children. Its
+    projector processes stop when they find their parent gone; its nats-server, which
+    cannot, is stopped by the next `ficha up` before it starts its own on the same store
+    (two servers on one store would both write it)."""
+    data_dir = tmp_path / "var"
+    log = tmp_path / "up.log"
+    proc = start_up(data_dir, log)
+    try:
+        first = children_of(proc.pid)
+        deadline = time.time() + 30
+        while len(first) < 3:  # nats-server and the two projectors
+            assert time.time() < deadline, first
+            time.sleep(0.2)
+            first = children_of(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    nats_pid = next(pid for pid in first if "nats-server" in Path(f"/proc/{pid}/cmdline")
+                    .read_text())
+    projectors = [pid for pid in first if pid != nats_pid]
+    try:
+        deadline = time.time() + 30
+        while any(alive(pid) for pid in projectors):
+            assert time.time() < deadline, "the projectors outlived their ficha up"
+            time.sleep(0.2)
+        assert alive(nats_pid)  # nothing stops it but the next start
+
+        proc = start_up(data_dir, log)
+        try:
+            assert not alive(nats_pid)
+            servers = [pid for pid in children_of(proc.pid)
+                       if "nats-server" in Path(f"/proc/{pid}/cmdline").read_text()]
+            assert len(servers) == 1
+            ficha(data_dir, "demo", "--tenant", "acme", "--events", "100", "--seed", "4")
+            wait_received(data_dir, 100)
+        finally:
+            assert stop(proc) == 0
+    finally:
+        for pid in first:  # whatever the fix missed
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
