@@ -290,8 +290,8 @@ def demo(
                     progress.update(task, completed=acked)
         except PublishFailed as error:
             raise CliError(f"publishing stopped after {acked:,} of {events:,} events: {error}. "
-                           "Running the same command again is safe: the same seed makes the "
-                           "same events, and ficha stores each once.") from error
+                           "Running the same command again is safe: event ids follow the "
+                           "seed, and ficha stores each once.") from error
         finally:
             with contextlib.suppress(Exception):  # closed already when NATS went away
                 await nc.drain()
