@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -52,6 +53,7 @@ from services.cli_export import export_app
 from services.cli_import import import_file
 from services.cli_privacy import contacts_access, erase, erasures_app
 from services.cli_sql import sql_app
+from services.demo import DEMO_DAYS_BACK, demo_start
 
 app = typer.Typer(
     help="ficha: an event-sourced contact backend. Events in on NATS, contact cards out.",
@@ -234,8 +236,13 @@ def project(
 def demo(
     tenant: Annotated[str, tenant_option("Tenant to publish for.")],
     events: Annotated[int, typer.Option(help="How many events to publish.")] = 10_000,
-    seed: Annotated[int, typer.Option(help="Same seed, same history.")] = 0,
+    seed: Annotated[int, typer.Option(help="Same seed and --start, same history.")] = 0,
     rate: Annotated[float, typer.Option(help="Events per second (0 = as fast as possible).")] = 0,
+    start: Annotated[str | None, typer.Option(
+        help="When the history starts: a date or an instant with its offset. Default: "
+        f"{DEMO_DAYS_BACK} days before today, so that it ends in the last weeks (recent "
+        "activity, engaged contacts). Give it, with --seed, to publish the same history "
+        "on any day.")] = None,
 ) -> None:
     """Publish a realistic synthetic history to the running ficha."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -246,6 +253,7 @@ def demo(
 
     if events < 1:
         fail("--events must be at least 1")
+    begins = parse_date(start, "--start") or demo_start(datetime.now(UTC))
     settings = settings_or_fail()
     url = resolve_nats_url(settings)
     if url is None:
@@ -259,7 +267,7 @@ def demo(
         counts: dict[str, int] = {}
         try:
             js = nc.jetstream()
-            history = generate_history(tenant, events, seed=seed)
+            history = generate_history(tenant, events, seed=seed, start=begins)
             with Progress(
                 description_column(),
                 BarColumn(),

@@ -22,6 +22,18 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 DEFAULT_START = datetime(2025, 10, 1, tzinfo=UTC)
+# ``ficha demo`` starts its history this many days before today: a history of the default
+# span covers about 340 of its 400 days (a visit yields more than one event), so it ends
+# about three weeks before today, and a demo run today has recent activity and engaged
+# contacts (a fixed start would drift further into the past every day).
+DEMO_DAYS_BACK = 360
+
+
+def demo_start(now: datetime) -> datetime:
+    """The start of ``ficha demo``'s history when none is given: midnight UTC,
+    ``DEMO_DAYS_BACK`` days before ``now``."""
+    midnight = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return midnight - timedelta(days=DEMO_DAYS_BACK)
 
 LOCALES = [
     # language, country, currency, tz offset hours, weight

@@ -99,6 +99,7 @@ async def test_the_dashboard_shows_what_the_api_says(api: Api, backend: str) -> 
 
         engagement = truth["engagement"]["data"]["statuses"]
         assert sum(s["count"] for s in engagement.values()) > 0
+        assert engagement["engaged"]["count"] > 0  # `ficha demo`'s history is recent
         for status_name, figures in engagement.items():
             assert await shown(f"engagement-{status_name}-count") == figures["count"]
             assert await shown(f"engagement-{status_name}-change") == figures["change"]
