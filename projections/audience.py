@@ -47,6 +47,7 @@ from contracts.outbound import (
     SegmentEntered,
     SegmentExited,
     TransitionCause,
+    out_subject,
 )
 from projections.contacts import ERASURES_DDL, erase_rows
 from projections.db import (
@@ -436,7 +437,7 @@ class _Page:
                    [(tenant, cid, event.originator_version, event.event_id)], self.is_postgres)
         self.cur.execute(
             "UPDATE ficha_outbox SET payload = ? WHERE contact_id = ? AND subject <> ?",
-            (TOMBSTONE, cid, f"ficha.out.{tenant}.contact_erased"),
+            (TOMBSTONE, cid, out_subject(tenant, "contact_erased")),
         )
         out = ContactErased(
             event_id=f"{cid}:erased:{event.originator_version}", tenant=tenant,
@@ -444,7 +445,7 @@ class _Page:
             contact_id=cid,
         )
         self.seq += 1
-        self.writes.outbox.append((self.seq, f"ficha.out.{tenant}.contact_erased",
+        self.writes.outbox.append((self.seq, out_subject(tenant, "contact_erased"),
                                    out.event_id, msgspec.json.encode(out).decode(), cid))
 
     def _row(self, cid: str) -> _Row:
@@ -557,7 +558,7 @@ class _Page:
                                   clauses=list(t.clauses)),
             entry_no=entry_no,
         )
-        self.writes.outbox.append((self.seq, f"ficha.out.{tenant}.{kind}", event_id,
+        self.writes.outbox.append((self.seq, out_subject(tenant, kind), event_id,
                                    msgspec.json.encode(event).decode(), cid))
 
     # ------------------------------------------------------------------ time
