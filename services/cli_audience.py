@@ -25,6 +25,7 @@ from services.cli_common import (
     require_known_tenant,
     tenant_option,
 )
+from services.limits import PREVIEW_SAMPLE_MAX, SERIES_DAYS_MAX
 
 if TYPE_CHECKING:
     from services.domain.rules import Node
@@ -170,13 +171,16 @@ def segments_preview(
     tenant: Tenant,
     segment_id: Annotated[str, typer.Argument(help="The segment the rule would replace.")],
     rule_file: Annotated[Path, typer.Argument(help="JSON file: the rule, or {name, rule}.")],
-    sample: Annotated[int, typer.Option(help="Sample size per group.")] = 5,
+    sample: Annotated[int, typer.Option(
+        help=f"Contacts listed per group (0-{PREVIEW_SAMPLE_MAX}).")] = 5,
     as_json: AsJson = False,
 ) -> None:
     """How many contacts a rule would make enter, leave and stay, with samples: a rule
     that `segments create|edit` would refuse for this segment is refused alike."""
     from projections.audience_queries import Preview, preview
 
+    if not 0 <= sample <= PREVIEW_SAMPLE_MAX:
+        fail(f"--sample must be between 0 and {PREVIEW_SAMPLE_MAX}; got {sample}", 2)
     spec = _read_rule(rule_file)
 
     def checked_preview(db: Any) -> Preview:
@@ -288,14 +292,14 @@ def segments_why(
 def engagement_stats_command(
     tenant: Tenant,
     days: Annotated[int, typer.Option(
-        help="Days of the daily series and of the change (1-366).")] = 30,
+        help=f"Days of the daily series and of the change (1-{SERIES_DAYS_MAX}).")] = 30,
     as_json: AsJson = False,
 ) -> None:
     """Engaged / not engaged / inactive: counts, percentages, change, by subscription."""
     from projections.audience_queries import engagement_stats
 
-    if not 1 <= days <= 366:
-        fail(f"--days must be between 1 and 366; got {days}", 2)
+    if not 1 <= days <= SERIES_DAYS_MAX:
+        fail(f"--days must be between 1 and {SERIES_DAYS_MAX}; got {days}", 2)
     stats = read_views(tenant, lambda db: engagement_stats(db, tenant, days), AUDIENCE)
     if as_json:
         _dump(stats)

@@ -325,6 +325,25 @@ def test_engagement_days_must_be_a_real_period(seeded: ReadModels) -> None:
     assert done.exit_code == 0 and "1-day change" in done.stdout, done.stderr
 
 
+def test_a_preview_sample_has_the_api_bound(seeded: ReadModels, tmp_path: Path) -> None:
+    """Once, `segments preview --sample` took any number (the API refuses all but 0 to
+    100): both now check the one bound, and the CLI says so in one line."""
+    from services.limits import PREVIEW_SAMPLE_MAX
+
+    rule = tmp_path / "rule.json"
+    rule.write_text(json.dumps({"field": "tags", "op": "has", "value": "vip"}))
+    for sample in ("-1", str(PREVIEW_SAMPLE_MAX + 1)):
+        done = ficha("segments", "preview", "--tenant", "acme", "vips", str(rule),
+                     "--sample", sample)
+        assert done.exit_code == 2, (sample, done.stdout)
+        assert one_error_line(done) == \
+            f"error: --sample must be between 0 and {PREVIEW_SAMPLE_MAX}; got {sample}"
+    done = ficha("segments", "preview", "--tenant", "acme", "vips", str(rule), "--json",
+                 "--sample", str(PREVIEW_SAMPLE_MAX))
+    assert done.exit_code == 0, done.stderr
+    assert json.loads(done.stdout)["samples"]["entering"] == ["ana@example.com"]
+
+
 def test_a_malformed_email_gets_the_same_answer_from_every_command(seeded: ReadModels,
                                                                    tmp_path: Path) -> None:
     commands = [
