@@ -36,6 +36,7 @@ from services.cli_common import (
     db_error_text,
     description_column,
     err,
+    event_store,
     fail,
     language_tag,
     name_connections,
@@ -197,20 +198,22 @@ def project(
 
     from projections.registry import projection_named
     from projections.runner import ProjectionRunner
-    from services.store.contact_store import ContactStore
 
     configure_logging()
     settings = settings_or_fail()
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    store = ContactStore(settings)
     try:
         chosen = projection_named(projection)
     except KeyError as error:
         fail(str(error.args[0]), 2)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    store = event_store(settings)
     runner = ProjectionRunner(store, views(settings), chosen)
-    runner.setup()
+    try:
+        runner.setup()
+    except Exception as error:  # noqa: BLE001 - the database is unreachable
+        fail(f"cannot set up the {chosen.name} read model: {db_error_text(error)}")
     health = None
     if metrics_port:
         from services.health import start_health
@@ -225,6 +228,8 @@ def project(
     finally:
         if health is not None:
             health.stop()
+        runner.db.close()
+        store.close()
 
 
 # ----------------------------------------------------------------------- demo
@@ -417,7 +422,13 @@ def status(
     from services.status import collect_status
 
     settings = settings_or_fail()
-    report = run(collect_status(settings))
+    store = event_store(settings)
+    try:
+        report = run(collect_status(settings, store))
+    except Exception as error:  # noqa: BLE001 - the read models' database is unreachable
+        fail(f"cannot read the status: {db_error_text(error)}")
+    finally:
+        store.close()
     unhealthy = bool(report["bus"].get("error"))
     if as_json:
         print(json.dumps(report))
@@ -487,13 +498,12 @@ def projections_replay(
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
 
     from projections.replay import replay
-    from services.store.contact_store import ContactStore
 
     settings = settings_or_fail()
     chosen = _chosen_projections(names)
     if tenant is not None:
         require_known_tenant(tenant)
-    store = ContactStore(settings)
+    store = event_store(settings)
     db = views(settings)
     what = f" for tenant {tenant}" if tenant else ""
     try:
@@ -511,6 +521,7 @@ def projections_replay(
         fail(f"replay failed, the live tables are unchanged: {db_error_text(error)}")
     finally:
         db.close()
+        store.close()
 
 
 @projections_app.command("rebuild")
@@ -528,25 +539,30 @@ def projections_rebuild(
     from rich.progress import Progress
 
     from projections.runner import ProjectionRunner
-    from services.store.contact_store import ContactStore
 
     settings = settings_or_fail()
     chosen = _chosen_projections(names)
     listed = ", ".join(p.name for p in chosen)
-    if not yes and not typer.confirm(f"Drop and rebuild {listed} in place?"):
-        raise typer.Exit(1)
-    store = ContactStore(settings)
+    store = event_store(settings)  # an unreachable database is said before the question
     db = views(settings)
-    for projection in chosen:
-        runner = ProjectionRunner(store, db, projection)
-        runner.setup()
-        head = store.max_notification_id()
-        with Progress(console=err) as progress:
-            task = progress.add_task(f"rebuilding {projection.name}", total=head or 1)
-            runner.rebuild(_advancing(progress, task))
-            progress.update(task, completed=head or 1)
-        console.print(f"rebuilt {projection.name}: {runner.stats.applied} events replayed")
-    db.close()
+    try:
+        if not yes and not typer.confirm(f"Drop and rebuild {listed} in place?"):
+            raise typer.Exit(1)
+        for projection in chosen:
+            runner = ProjectionRunner(store, db, projection)
+            try:
+                runner.setup()
+                head = store.max_notification_id()
+                with Progress(console=err) as progress:
+                    task = progress.add_task(f"rebuilding {projection.name}", total=head or 1)
+                    runner.rebuild(_advancing(progress, task))
+                    progress.update(task, completed=head or 1)
+            except Exception as error:  # noqa: BLE001 - the database is unreachable
+                fail(f"cannot rebuild {projection.name}: {db_error_text(error)}")
+            console.print(f"rebuilt {projection.name}: {runner.stats.applied} events replayed")
+    finally:
+        db.close()
+        store.close()
 
 
 # `ficha replay PROJECTION [--tenant T]`, as operators ask for it: the same command.

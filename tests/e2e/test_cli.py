@@ -164,6 +164,29 @@ def test_expected_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     assert "is ficha up running on" in json.loads(done.stdout)["bus"]["error"]
 
 
+def test_an_unreachable_database_is_one_line(tmp_path: Path) -> None:
+    """Once, `ficha projections replay|rebuild`, `ficha replay`, `ficha project` and
+    `ficha status` opened the event store themselves and printed a traceback when the
+    database was away; the privacy commands already said one line. All now open it as
+    every other command does (cli_common.event_store) and say why in one line."""
+    port = free_ports(1)  # nothing listens there: the connection is refused
+    env = {**env_for(tmp_path / "var"),
+           "FICHA_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/test"}
+    commands = [
+        ("projections", "replay"), ("projections", "rebuild", "--yes"),
+        ("replay", "audience"), ("project", "--projection", "audience"), ("status",),
+        ("erasures", "list"), ("erasures", "show", "erase-1"),
+        ("contacts", "access", "ana@example.com", "--tenant", "acme", "--skip-dead-letters"),
+    ]
+    for args in commands:
+        done = subprocess.run([*FICHA, *args], env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, (args, done.stderr)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: cannot "), (args, lines)
+        assert f'port {port} failed: Connection refused' in lines[0], (args, lines)
+
+
 def free_ports(count: int) -> int:
     """The first of `count` consecutive free loopback ports."""
     import random
