@@ -112,9 +112,23 @@ def test_up_demo_list_get_restart(tmp_path: Path) -> None:
     assert stopped.returncode == 1, stopped.stderr
     assert "no NATS server is known" in json.loads(stopped.stdout)["bus"]["error"]
 
+    # The views database deleted: the read models are missing, not ficha never started,
+    # and `ficha up`, as the line says, rebuilds them from the event store as it starts.
+    for path in data_dir.glob("views.sqlite*"):
+        path.unlink()
+    gone = ficha(data_dir, "contacts", "list", "--tenant", "acme", check=False)
+    assert gone.returncode == 1, gone.stderr
+    assert gone.stderr.startswith("error: the read models are missing though ficha has run "
+                                  f"on the data dir {data_dir}: `ficha up` rebuilds them"), \
+        gone.stderr
+
     assert "batch of" not in log.read_text()  # batches are logged at debug level only
     proc = start_up(data_dir, log, "--verbose")
     try:
+        rebuilt = wait_received(data_dir, 400)
+        assert all(p["position"] > 0 for p in rebuilt["projections"]), rebuilt
+        assert json.loads(ficha(data_dir, "contacts", "list", "--tenant", "acme", "--json",
+                                "--count").stdout)["total"] == listed["total"]
         ficha(data_dir, "demo", "--tenant", "acme", "--events", "200", "--seed", "2")
         report = wait_received(data_dir, 600)
         assert report["received_events"] == 600, "a restart resumes: nothing lost or doubled"

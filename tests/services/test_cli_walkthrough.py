@@ -232,6 +232,54 @@ def test_reading_before_ficha_ever_ran_says_so(settings: Settings,
                                         "start it once with `ficha up`"), command
 
 
+def lose_the_read_models(models: ReadModels, settings: Settings) -> None:
+    """What deleting the views database leaves: on SQLite no views file at all; on
+    PostgreSQL, where the read models share the event store's schema, none of their
+    tables (nor the record of their set-up)."""
+    from projections.registry import all_projections
+
+    if settings.postgres is None:
+        models.db.close()
+        for path in settings.data_dir.glob(settings.views_db_path.name + "*"):
+            path.unlink()
+        return
+    with models.db.transaction() as cur:
+        for table in [t for p in all_projections() for t in p.tables] + [
+                "ficha_projection_versions", "ficha_projection_tracking"]:
+            cur.execute(f"DROP TABLE {table} CASCADE")
+
+
+def test_read_models_deleted_after_ficha_ran_are_not_a_data_dir_never_started(
+        seeded: ReadModels, settings: Settings, tmp_path: Path) -> None:
+    """Once, a views database deleted after ficha had run was reported as ficha never
+    started here, though the event store held every event: the read models are said to
+    be missing, with the commands that rebuild them (both do: `ficha up` at its start,
+    tests/e2e/test_cli.py)."""
+    from services.catalog import SegmentCommands
+
+    SegmentCommands(seeded.store).define("acme", "vips", "VIPs",
+                                         {"field": "tags", "op": "has", "value": "vip"})
+    lose_the_read_models(seeded, settings)
+    where = (f"on the data dir {settings.data_dir}" if settings.postgres is None else
+             f"in the database schema {settings.postgres.schema}")
+    missing = (f"the read models are missing though ficha has run {where}: `ficha up` "
+               "rebuilds them from the event store as it starts, as does "
+               "`ficha projections rebuild`")
+    for tenant, command in [("acme", ["contacts", "list"]), ("acme", ["segments", "list"]),
+                            ("acme", ["tags", "counts"]), ("nobody", ["contacts", "list"]),
+                            ("acme", ["export", "contacts", "--out", str(tmp_path / "x.csv")])]:
+        done = ficha(*command, "--tenant", tenant)
+        assert done.exit_code == 1, (command, done.stdout, done.stderr)
+        line = one_error_line(done)
+        assert line.endswith(missing) and "not been started" not in line, (command, line)
+    done = ficha("projections", "rebuild", "--yes")
+    assert done.exit_code == 0, done.stderr
+    done = ficha("contacts", "list", "--tenant", "acme", "--json")
+    assert done.exit_code == 0 and "ana@example.com" in done.stdout, done.stderr
+    done = ficha("segments", "list", "--tenant", "acme", "--json")
+    assert [s["segment_id"] for s in json.loads(done.stdout)] == ["vips"], done.stdout
+
+
 # ------------------------------------- 8. a read model that fails after the tenant check
 
 
