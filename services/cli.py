@@ -27,18 +27,23 @@ from services.cli_audience import (
 )
 from services.cli_common import (
     CliError,
+    ConsentFilter,
+    ContactEmailOption,
+    CountryFilter,
+    EmailPrefixFilter,
+    LanguageFilter,
+    NoConsentFilter,
+    SinceFilter,
+    TagFilter,
+    UntilFilter,
     configure_logging,
-    consent_channel,
     console,
-    contact_email,
     counted,
-    country_code,
     db_error_text,
     description_column,
     err,
     event_store,
     fail,
-    language_tag,
     name_connections,
     parse_date,
     read_views,
@@ -53,6 +58,7 @@ from services.cli_export import export_app
 from services.cli_import import import_file
 from services.cli_privacy import contacts_access, erase, erasures_app
 from services.cli_sql import sql_app
+from services.limits import PAGE_LIMIT_MAX
 
 app = typer.Typer(
     help="ficha: an event-sourced contact backend. Events in on NATS, contact cards out.",
@@ -115,7 +121,9 @@ def _serve(runtime: Any, banner: str) -> None:
 
 @app.command()
 def up(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every batch.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help=(
+        "Debug logs (FICHA_LOG_LEVEL=debug): every ingest batch and projection page, "
+        "with its timings."))] = False,
 ) -> None:
     """Start everything: NATS (embedded unless FICHA_NATS_URL), ingest workers, projections."""
     from services.runtime import Runtime
@@ -153,7 +161,8 @@ def parse_partitions(text: str, total: int) -> list[int]:
 def ingest(
     partitions: Annotated[str | None, typer.Option(
         help="Partitions this process owns, e.g. 0-3 (default: all).")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help=(
+        "Debug logs (FICHA_LOG_LEVEL=debug): every ingest batch, with its timings."))] = False,
 ) -> None:
     """Run ingest workers only, for some partitions: to spread them over machines.
 
@@ -174,7 +183,8 @@ def ingest(
 
 
 @app.command()
-def scheduler(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def scheduler(verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Debug logs (FICHA_LOG_LEVEL=debug).")] = False) -> None:
     """Run the clock scheduler, the outbox relay and the erasure completer only (one of
     them per deployment)."""
     from services.runtime import Runtime
@@ -190,7 +200,8 @@ def scheduler(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False)
 @app.command()
 def project(
     projection: Annotated[str, typer.Option(help="The projection to run.")] = "contacts",
-    metrics_port: Annotated[int, typer.Option(help="/metrics, /healthz, /readyz (0: off).")] = 0,
+    metrics_port: Annotated[int, typer.Option(
+        help="Port of /metrics, /healthz and /readyz on 127.0.0.1 (0: off).")] = 0,
 ) -> None:
     """Run one projection alone (`ficha up` starts one per projection; in a deployment,
     run one process per projection, on any machine)."""
@@ -299,19 +310,15 @@ def demo(
 @contacts_app.command("list")
 def contacts_list(
     tenant: Annotated[str, tenant_option("Tenant whose contacts to list.")],
-    language: Annotated[str | None, typer.Option(
-        help="es matches es, es-MX…", callback=language_tag)] = None,
-    country: Annotated[str | None, typer.Option(
-        help="ISO 3166-1 alpha-2 country code, e.g. ES.", callback=country_code)] = None,
-    tag: Annotated[str | None, typer.Option(help="Has this tag (any case).")] = None,
-    consent: Annotated[str | None, typer.Option(
-        help="Consent granted on channel.", callback=consent_channel)] = None,
-    no_consent: Annotated[str | None, typer.Option(
-        help="No consent on channel.", callback=consent_channel)] = None,
-    since: Annotated[str | None, typer.Option(help="First contact on or after.")] = None,
-    until: Annotated[str | None, typer.Option(help="First contact before.")] = None,
-    email_prefix: Annotated[str | None, typer.Option(help="Email starts with.")] = None,
-    limit: Annotated[int, typer.Option(help="Rows per page (1-1000).")] = 50,
+    language: LanguageFilter = None,
+    country: CountryFilter = None,
+    tag: TagFilter = None,
+    consent: ConsentFilter = None,
+    no_consent: NoConsentFilter = None,
+    since: SinceFilter = None,
+    until: UntilFilter = None,
+    email_prefix: EmailPrefixFilter = None,
+    limit: Annotated[int, typer.Option(help=f"Rows per page (1-{PAGE_LIMIT_MAX}).")] = 50,
     cursor: Annotated[str | None, typer.Option(help="Next-page cursor.")] = None,
     count: Annotated[bool, typer.Option(help="Also count all matches.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
@@ -370,8 +377,7 @@ def contacts_list(
 @contacts_app.command("get")
 def contacts_get(
     tenant: Annotated[str, tenant_option("Tenant of the contact.")],
-    email: Annotated[str, typer.Option(help="The contact's email (any case).",
-                                       callback=contact_email)],
+    email: ContactEmailOption,
     as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
 ) -> None:
     """One contact's card and full timeline."""

@@ -14,9 +14,11 @@ from rich.table import Table
 from rich.text import Text
 
 from services.cli_common import (
+    MOMENT,
+    AsOfOption,
+    ContactEmailOption,
     consent_channel,
     console,
-    contact_email,
     counted,
     event_store,
     fail,
@@ -25,7 +27,7 @@ from services.cli_common import (
     require_known_tenant,
     tenant_option,
 )
-from services.limits import PREVIEW_SAMPLE_MAX, SERIES_DAYS_MAX
+from services.limits import PAGE_LIMIT_MAX, PREVIEW_SAMPLE_MAX, SERIES_DAYS_MAX
 
 if TYPE_CHECKING:
     from services.domain.rules import Node
@@ -223,14 +225,16 @@ def segments_list(tenant: Tenant, as_json: AsJson = False) -> None:
 def segments_members(
     tenant: Tenant,
     segment_id: Annotated[str, typer.Argument(help="The segment.")],
-    as_of: Annotated[str | None, typer.Option(help="Members at this time instead of now.")] = None,
-    limit: Annotated[int, typer.Option(help="Rows per page.")] = 100,
+    as_of: AsOfOption = None,
+    limit: Annotated[int, typer.Option(help=f"Rows per page (1-{PAGE_LIMIT_MAX}).")] = 100,
     after: Annotated[str, typer.Option(help="Page after this contact id.")] = "",
     as_json: AsJson = False,
 ) -> None:
     """Members of a segment, now or at a past time."""
     from projections.audience_queries import NotFound, count_members, segment_members
 
+    if not 1 <= limit <= PAGE_LIMIT_MAX:
+        fail(f"--limit must be between 1 and {PAGE_LIMIT_MAX}; got {limit}", 2)
     moment = parse_date(as_of, "--as-of")
     rows, total = read_views(tenant, lambda db: (
         segment_members(db, tenant, segment_id, as_of=moment, limit=limit, after=after),
@@ -255,7 +259,7 @@ def segments_members(
 @segments_app.command("why")
 def segments_why(
     tenant: Tenant,
-    email: Annotated[str, typer.Option(help="The contact's email.", callback=contact_email)],
+    email: ContactEmailOption,
     segment_id: Annotated[str | None, typer.Argument(help="One segment (default: all).")] = None,
     as_json: AsJson = False,
 ) -> None:
@@ -339,10 +343,10 @@ def lists_stats_command(tenant: Tenant, as_json: AsJson = False) -> None:
 @consent_app.command("at")
 def consent_at_command(
     tenant: Tenant,
-    email: Annotated[str, typer.Option(help="The contact's email.", callback=contact_email)],
+    email: ContactEmailOption,
     channel: Annotated[str, typer.Option(help="email, sms, whatsapp or phone.",
                                          callback=consent_channel)] = "email",
-    at: Annotated[str | None, typer.Option(help="The moment (default: now).")] = None,
+    at: Annotated[str | None, typer.Option(help=f"The moment ({MOMENT}; default: now).")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Did the contact consent on a channel at a moment? With the deciding ledger entry."""

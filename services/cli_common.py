@@ -9,7 +9,7 @@ import sqlite3
 import sys
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -264,6 +264,30 @@ def contact_email(value: str | None) -> str | None:
     if problem is not None:
         fail(f"{value!r} is not an email address: it {problem}", 2)
     return value
+
+
+# The client list's filters, alike in `ficha contacts list` and `ficha export contacts`.
+MOMENT = "a date, or an instant with its offset"
+LanguageFilter = Annotated[str | None, typer.Option(
+    "--language", help="Language tag: es matches es, es-MX…", callback=language_tag)]
+CountryFilter = Annotated[str | None, typer.Option(
+    "--country", help="ISO 3166-1 alpha-2 country code, e.g. ES.", callback=country_code)]
+TagFilter = Annotated[str | None, typer.Option("--tag", help="Has this tag (any case).")]
+ConsentFilter = Annotated[str | None, typer.Option(
+    "--consent", help="Consent granted on this channel.", callback=consent_channel)]
+NoConsentFilter = Annotated[str | None, typer.Option(
+    "--no-consent", help="No consent on this channel.", callback=consent_channel)]
+SinceFilter = Annotated[str | None, typer.Option(
+    "--since", "--first-seen-from", help=f"First contact on or after this moment ({MOMENT}).")]
+UntilFilter = Annotated[str | None, typer.Option(
+    "--until", "--first-seen-to", help=f"First contact before this moment ({MOMENT}).")]
+EmailPrefixFilter = Annotated[str | None, typer.Option(
+    "--email-prefix", help="Email starts with.")]
+# Options a few commands share.
+ContactEmailOption = Annotated[str, typer.Option(
+    "--email", help="The contact's email (any case).", callback=contact_email)]
+AsOfOption = Annotated[str | None, typer.Option(
+    "--as-of", help=f"Members at this moment instead of now ({MOMENT}).")]
 
 
 def require_known_tenant(tenant: str, db: Any = None) -> None:

@@ -8,3 +8,4 @@ from __future__ import annotations
 
 PREVIEW_SAMPLE_MAX = 100  # contacts a segment preview lists per group (enter, leave, stay)
 SERIES_DAYS_MAX = 366  # days of a statistics' daily series
+PAGE_LIMIT_MAX = 1000  # rows of one page: the client list, a timeline, a segment's members

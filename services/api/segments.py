@@ -38,7 +38,7 @@ from services.api.deps import (
 from services.api.errors import WAITING, ApiError, error_responses, not_found
 from services.domain.rules import RuleError
 from services.domain.segments import InvalidSegment, SegmentError
-from services.limits import PREVIEW_SAMPLE_MAX, SERIES_DAYS_MAX
+from services.limits import PAGE_LIMIT_MAX, PREVIEW_SAMPLE_MAX, SERIES_DAYS_MAX
 
 PROJECTION = "audience"
 
@@ -171,7 +171,7 @@ def preview_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, pr
 def members_route(
     tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,
     as_of: Annotated[str | None, instant_parameter("Who was a member at this moment")] = None,
-    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Parameter(ge=1, le=PAGE_LIMIT_MAX)] = 100,
     cursor: FromQuery[str | None] = None,
     with_total: FromQuery[bool] = False,
 ) -> Response[Page]:

@@ -504,3 +504,60 @@ def test_the_import_bar_ends_full(seeded: ReadModels, tmp_path: Path) -> None:
     done = ficha("import", str(people), "--tenant", "acme", "--dry-run")
     assert done.exit_code == 0, done.stderr
     assert "9/9" in done.stderr and "9/10" not in done.stderr, done.stderr
+
+
+# ------------------------------------------------------------------------ 14. --help
+
+
+def test_every_option_and_argument_says_what_it_is() -> None:
+    """Once, --verbose of `api`, `ingest` and `scheduler` had no help at all."""
+    import typer
+
+    def commands(command: Any, path: str) -> Iterator[tuple[str, Any]]:
+        if hasattr(command, "list_commands"):
+            for name in command.list_commands(None):
+                yield from commands(command.get_command(None, name), f"{path} {name}")
+        else:
+            yield path, command
+
+    silent = [f"{path} {param.name}" for path, command in commands(
+                  typer.main.get_command(app), "ficha")
+              for param in command.params if param.name != "help" and not param.help]
+    assert silent == []
+
+
+def test_the_client_list_and_its_export_take_the_same_filter_names(
+        seeded: ReadModels, tmp_path: Path) -> None:
+    """The README says `export contacts` has the client list's filters, naming them
+    --first-seen-from and --first-seen-to: `contacts list` once knew only --since and
+    --until. Both take both names now (one definition of each filter)."""
+    for names in (("--since", "--until"), ("--first-seen-from", "--first-seen-to")):
+        window = [names[0], "2000-01-01", names[1], "2100-01-01"]
+        done = ficha("contacts", "list", "--tenant", "acme", "--json", *window)
+        assert done.exit_code == 0, done.stderr
+        assert len(json.loads(done.stdout)["contacts"]) == 2
+        done = ficha("export", "contacts", "--tenant", "acme", "--json", *window,
+                     "--out", str(tmp_path / "x.csv"))
+        assert done.exit_code == 0 and json.loads(done.stdout)["rows"] == 2, done.stderr
+
+
+def test_page_sizes_are_bounded_in_one_line(seeded: ReadModels, tmp_path: Path) -> None:
+    """Once, `segments members --limit 0` printed a traceback (and --limit -1 listed
+    every member on SQLite), and `dlq list --limit 0` showed every dead letter."""
+    from services.catalog import SegmentCommands
+    from services.limits import PAGE_LIMIT_MAX
+
+    SegmentCommands(seeded.store).define("acme", "vips", "VIPs",
+                                         {"field": "tags", "op": "has", "value": "vip"})
+    seeded.catch_up()
+    for limit in ("0", "-1", str(PAGE_LIMIT_MAX + 1)):
+        done = ficha("segments", "members", "--tenant", "acme", "vips", "--limit", limit)
+        assert done.exit_code == 2, (limit, done.stdout)
+        assert one_error_line(done) == \
+            f"error: --limit must be between 1 and {PAGE_LIMIT_MAX}; got {limit}"
+    done = ficha("segments", "members", "--tenant", "acme", "vips", "--limit", "1", "--json")
+    assert done.exit_code == 0 and json.loads(done.stdout)["total"] == 1, done.stderr
+    for limit in ("0", "-3"):
+        done = ficha("dlq", "list", "--limit", limit)
+        assert done.exit_code == 2, (limit, done.stdout)
+        assert one_error_line(done) == f"error: --limit must be at least 1; got {limit}"
