@@ -28,17 +28,23 @@ from services.cli_audience import (
 )
 from services.cli_common import (
     CliError,
+    ConsentFilter,
+    ContactEmailOption,
+    CountryFilter,
+    EmailPrefixFilter,
+    LanguageFilter,
+    NoConsentFilter,
+    SinceFilter,
+    TagFilter,
+    UntilFilter,
     configure_logging,
-    consent_channel,
     console,
-    contact_email,
     counted,
-    country_code,
     db_error_text,
     description_column,
     err,
+    event_store,
     fail,
-    language_tag,
     name_connections,
     parse_date,
     read_views,
@@ -54,6 +60,7 @@ from services.cli_import import import_file
 from services.cli_privacy import contacts_access, erase, erasures_app
 from services.cli_sql import sql_app
 from services.demo import DEMO_DAYS_BACK, demo_start
+from services.limits import PAGE_LIMIT_MAX
 
 app = typer.Typer(
     help="ficha: an event-sourced contact backend. Events in on NATS, contact cards out.",
@@ -116,7 +123,9 @@ def _serve(runtime: Any, banner: str) -> None:
 
 @app.command()
 def up(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every batch.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help=(
+        "Debug logs (FICHA_LOG_LEVEL=debug): every ingest batch and projection page, "
+        "with its timings."))] = False,
 ) -> None:
     """Start everything: NATS (embedded unless FICHA_NATS_URL), ingest workers, projections."""
     from services.runtime import Runtime
@@ -154,7 +163,8 @@ def parse_partitions(text: str, total: int) -> list[int]:
 def ingest(
     partitions: Annotated[str | None, typer.Option(
         help="Partitions this process owns, e.g. 0-3 (default: all).")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help=(
+        "Debug logs (FICHA_LOG_LEVEL=debug): every ingest batch, with its timings."))] = False,
 ) -> None:
     """Run ingest workers only, for some partitions: to spread them over machines.
 
@@ -175,7 +185,8 @@ def ingest(
 
 
 @app.command()
-def scheduler(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def scheduler(verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Debug logs (FICHA_LOG_LEVEL=debug).")] = False) -> None:
     """Run the clock scheduler, the outbox relay and the erasure completer only (one of
     them per deployment)."""
     from services.runtime import Runtime
@@ -191,7 +202,8 @@ def scheduler(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False)
 @app.command()
 def project(
     projection: Annotated[str, typer.Option(help="The projection to run.")] = "contacts",
-    metrics_port: Annotated[int, typer.Option(help="/metrics, /healthz, /readyz (0: off).")] = 0,
+    metrics_port: Annotated[int, typer.Option(
+        help="Port of /metrics, /healthz and /readyz on 127.0.0.1 (0: off).")] = 0,
 ) -> None:
     """Run one projection alone (`ficha up` starts one per projection; in a deployment,
     run one process per projection, on any machine)."""
@@ -199,20 +211,22 @@ def project(
 
     from projections.registry import projection_named
     from projections.runner import ProjectionRunner
-    from services.store.contact_store import ContactStore
 
     configure_logging()
     settings = settings_or_fail()
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    store = ContactStore(settings)
     try:
         chosen = projection_named(projection)
     except KeyError as error:
         fail(str(error.args[0]), 2)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    store = event_store(settings)
     runner = ProjectionRunner(store, views(settings), chosen)
-    runner.setup()
+    try:
+        runner.setup()
+    except Exception as error:  # noqa: BLE001 - the database is unreachable
+        fail(f"cannot set up the {chosen.name} read model: {db_error_text(error)}")
     health = None
     if metrics_port:
         from services.health import start_health
@@ -227,6 +241,8 @@ def project(
     finally:
         if health is not None:
             health.stop()
+        runner.db.close()
+        store.close()
 
 
 # ----------------------------------------------------------------------- demo
@@ -302,19 +318,15 @@ def demo(
 @contacts_app.command("list")
 def contacts_list(
     tenant: Annotated[str, tenant_option("Tenant whose contacts to list.")],
-    language: Annotated[str | None, typer.Option(
-        help="es matches es, es-MX…", callback=language_tag)] = None,
-    country: Annotated[str | None, typer.Option(
-        help="ISO 3166-1 alpha-2 country code, e.g. ES.", callback=country_code)] = None,
-    tag: Annotated[str | None, typer.Option(help="Has this tag (any case).")] = None,
-    consent: Annotated[str | None, typer.Option(
-        help="Consent granted on channel.", callback=consent_channel)] = None,
-    no_consent: Annotated[str | None, typer.Option(
-        help="No consent on channel.", callback=consent_channel)] = None,
-    since: Annotated[str | None, typer.Option(help="First contact on or after.")] = None,
-    until: Annotated[str | None, typer.Option(help="First contact before.")] = None,
-    email_prefix: Annotated[str | None, typer.Option(help="Email starts with.")] = None,
-    limit: Annotated[int, typer.Option(help="Rows per page (1-1000).")] = 50,
+    language: LanguageFilter = None,
+    country: CountryFilter = None,
+    tag: TagFilter = None,
+    consent: ConsentFilter = None,
+    no_consent: NoConsentFilter = None,
+    since: SinceFilter = None,
+    until: UntilFilter = None,
+    email_prefix: EmailPrefixFilter = None,
+    limit: Annotated[int, typer.Option(help=f"Rows per page (1-{PAGE_LIMIT_MAX}).")] = 50,
     cursor: Annotated[str | None, typer.Option(help="Next-page cursor.")] = None,
     count: Annotated[bool, typer.Option(help="Also count all matches.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
@@ -373,8 +385,7 @@ def contacts_list(
 @contacts_app.command("get")
 def contacts_get(
     tenant: Annotated[str, tenant_option("Tenant of the contact.")],
-    email: Annotated[str, typer.Option(help="The contact's email (any case).",
-                                       callback=contact_email)],
+    email: ContactEmailOption,
     as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
 ) -> None:
     """One contact's card and full timeline."""
@@ -425,7 +436,13 @@ def status(
     from services.status import collect_status
 
     settings = settings_or_fail()
-    report = run(collect_status(settings))
+    store = event_store(settings)
+    try:
+        report = run(collect_status(settings, store))
+    except Exception as error:  # noqa: BLE001 - the read models' database is unreachable
+        fail(f"cannot read the status: {db_error_text(error)}")
+    finally:
+        store.close()
     unhealthy = bool(report["bus"].get("error"))
     if as_json:
         print(json.dumps(report))
@@ -495,13 +512,12 @@ def projections_replay(
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
 
     from projections.replay import replay
-    from services.store.contact_store import ContactStore
 
     settings = settings_or_fail()
     chosen = _chosen_projections(names)
     if tenant is not None:
         require_known_tenant(tenant)
-    store = ContactStore(settings)
+    store = event_store(settings)
     db = views(settings)
     what = f" for tenant {tenant}" if tenant else ""
     try:
@@ -519,6 +535,7 @@ def projections_replay(
         fail(f"replay failed, the live tables are unchanged: {db_error_text(error)}")
     finally:
         db.close()
+        store.close()
 
 
 @projections_app.command("rebuild")
@@ -536,25 +553,30 @@ def projections_rebuild(
     from rich.progress import Progress
 
     from projections.runner import ProjectionRunner
-    from services.store.contact_store import ContactStore
 
     settings = settings_or_fail()
     chosen = _chosen_projections(names)
     listed = ", ".join(p.name for p in chosen)
-    if not yes and not typer.confirm(f"Drop and rebuild {listed} in place?"):
-        raise typer.Exit(1)
-    store = ContactStore(settings)
+    store = event_store(settings)  # an unreachable database is said before the question
     db = views(settings)
-    for projection in chosen:
-        runner = ProjectionRunner(store, db, projection)
-        runner.setup()
-        head = store.max_notification_id()
-        with Progress(console=err) as progress:
-            task = progress.add_task(f"rebuilding {projection.name}", total=head or 1)
-            runner.rebuild(_advancing(progress, task))
-            progress.update(task, completed=head or 1)
-        console.print(f"rebuilt {projection.name}: {runner.stats.applied} events replayed")
-    db.close()
+    try:
+        if not yes and not typer.confirm(f"Drop and rebuild {listed} in place?"):
+            raise typer.Exit(1)
+        for projection in chosen:
+            runner = ProjectionRunner(store, db, projection)
+            try:
+                runner.setup()
+                head = store.max_notification_id()
+                with Progress(console=err) as progress:
+                    task = progress.add_task(f"rebuilding {projection.name}", total=head or 1)
+                    runner.rebuild(_advancing(progress, task))
+                    progress.update(task, completed=head or 1)
+            except Exception as error:  # noqa: BLE001 - the database is unreachable
+                fail(f"cannot rebuild {projection.name}: {db_error_text(error)}")
+            console.print(f"rebuilt {projection.name}: {runner.stats.applied} events replayed")
+    finally:
+        db.close()
+        store.close()
 
 
 # `ficha replay PROJECTION [--tenant T]`, as operators ask for it: the same command.
