@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import msgspec
 from msgspec import Meta, Struct
@@ -382,13 +382,19 @@ class CartUpdated(InboundEvent, frozen=True, kw_only=True):
     currency: Annotated[Currency, Meta(description="the currency of value")] | None = None
 
 
+ConsentChannel = Literal["email", "sms", "whatsapp", "phone"]
+# The channels consent is kept for, in this order wherever they are listed (card columns,
+# SQL views, imports, segment rules).
+CONSENT_CHANNELS: tuple[str, ...] = get_args(ConsentChannel)
+
+
 class ConsentChanged(InboundEvent, frozen=True, kw_only=True):
     """The contact gave or withdrew consent to be contacted on a channel.
 
     Sets the card's consent for that channel, and ficha keeps every consent fact with the
     event that carried it. Counts as activity."""
 
-    channel: Annotated[Literal["email", "sms", "whatsapp", "phone"], Meta(description=(
+    channel: Annotated[ConsentChannel, Meta(description=(
         "the channel the consent is for"))]
     granted: Annotated[bool, Meta(description="true: consent given; false: withdrawn")]
     text: Annotated[Text, Meta(description="the wording the person was shown")] | None = None

@@ -41,6 +41,7 @@ from typing import Any
 
 import msgspec
 
+from contracts.events import CONSENT_CHANNELS
 from contracts.outbound import (
     ContactErased,
     OutContact,
@@ -161,7 +162,7 @@ def filter_values(facts: ContactFacts) -> tuple[Any, ...]:
         f.get("country"), language, language.split("-")[0].lower() if language else None,
         f.get("contact_type"), f.get("lead_status"), facts.member_status,
         *(None if consent.get(c) is None else int(consent[c])
-          for c in ("email", "sms", "whatsapp", "phone")),
+          for c in CONSENT_CHANNELS),
         _json(sorted(facts.tags)), facts.first_seen_at, facts.last_activity_at,
         facts.last_interaction_at, facts.last_purchase_at,
         *(totals.get(kind, 0) for kind in COUNTS.values()),
