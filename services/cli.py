@@ -268,7 +268,7 @@ def demo(
     from services.runtime import connect_nats, resolve_nats_url, unreachable_text
 
     if events < 1:
-        fail("--events must be at least 1")
+        fail("--events must be at least 1", 2)
     begins = parse_date(start, "--start") or demo_start(datetime.now(UTC))
     settings = settings_or_fail()
     url = resolve_nats_url(settings)

@@ -341,7 +341,7 @@ def parse_date(value: str | None, option: str) -> datetime | None:
         return None
     moment = parse_instant(value)
     if isinstance(moment, str):
-        fail(f"{option} must be a date or an instant with its offset: {moment}")
+        fail(f"{option} must be a date or an instant with its offset: {moment}", 2)
     return moment
 
 
