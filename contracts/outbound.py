@@ -43,8 +43,8 @@ class TransitionCause(msgspec.Struct, forbid_unknown_fields=True):
         "event: an inbound event changed the contact; clock: a time-relative condition "
         "passed its instant; definition: the segment was created, edited or deleted"))]
     ref: Annotated[str, Meta(description=(
-        "for event, the inbound event's event_id; for clock, clock (or rfm for the daily "
-        "RFM rescoring); for definition, `<segment>@v<version>`"))]
+        "for event, the inbound event's event_id; for clock, clock (or rfm when the tenant's "
+        "RFM cuts were taken again); for definition, `<segment>@v<version>`"))]
     clauses: Annotated[list[str], Meta(description=(
         "paths of the rule's conditions whose value flipped, like rule.all[1]; empty for "
         "definition"))]

@@ -116,7 +116,7 @@ OUTBOX_COLUMNS = (("seq", "bigint"), ("subject", "text"), ("event_id", "text"),
 
 FILTER_COLUMNS = (
     "country", "language", "language_base", "contact_type", "lead_status", "member_status",
-    "consent_email", "consent_sms", "consent_whatsapp", "consent_phone", "tags",
+    *(f"consent_{channel}" for channel in CONSENT_CHANNELS), "tags",
     "first_seen_at", "last_activity_at", "last_interaction_at", "last_purchase_at",
     *(f"n_{name}" for name in COUNTS),
 )

@@ -269,7 +269,8 @@ def demo(
 
     if events < 1:
         fail("--events must be at least 1", 2)
-    begins = parse_date(start, "--start") or demo_start(datetime.now(UTC))
+    now = datetime.now(UTC)
+    begins = parse_date(start, "--start") or demo_start(now)
     settings = settings_or_fail()
     url = resolve_nats_url(settings)
     if url is None:
@@ -283,7 +284,8 @@ def demo(
         counts: dict[str, int] = {}
         try:
             js = nc.jetstream()
-            history = generate_history(tenant, events, seed=seed, start=begins)
+            history = generate_history(tenant, events, seed=seed, start=begins,
+                                       until=max(now, begins))
             with Progress(
                 description_column(),
                 BarColumn(),

@@ -109,10 +109,10 @@ def _define(tenant: str, segment_id: str, rule_file: Path, name: str | None,
         existing = None if catalog is None else catalog.live().get(segment_id)
         if must_exist and existing is None:
             fail(f"segment {segment_id!r} does not exist in tenant {tenant}; "
-                 "use `ficha segments create`")
+                 "use `ficha segments create`", 2)
         if not must_exist and existing is not None:
             fail(f"segment {segment_id!r} already exists in tenant {tenant} "
-                 f"(version {existing.version}); use `ficha segments edit`")
+                 f"(version {existing.version}); use `ficha segments edit`", 2)
         title = name or spec.get("name") or (existing.name if existing else segment_id)
         with _definition_errors():
             definition = commands.define(tenant, segment_id, title, spec["rule"])

@@ -154,7 +154,10 @@ def test_every_demo_event_type_decodes() -> None:
 @settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=400), st.text(max_size=40))
 def test_decode_never_raises_on_bytes(data: bytes, subject: str) -> None:
-    assert isinstance(decode(subject, data), InboundEvent | Rejection)
+    result = decode(subject, data)
+    assert isinstance(result, InboundEvent | Rejection)
+    if isinstance(result, Rejection):
+        assert result.code in REJECTION_CODES  # documented in docs/events.md
 
 
 json_values = st.recursive(
@@ -172,6 +175,8 @@ def test_decode_never_raises_on_json_objects(overrides: dict[str, Any], kind: st
     body = {**EXAMPLE, "type": kind, **overrides}
     result = decode(f"ficha.in.acme.{kind}", json.dumps(body).encode())
     assert isinstance(result, InboundEvent | Rejection)
+    if isinstance(result, Rejection):
+        assert result.code in REJECTION_CODES
 
 
 @settings(max_examples=200, deadline=None)

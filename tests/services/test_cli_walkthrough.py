@@ -211,6 +211,14 @@ def test_a_preview_refuses_what_create_and_edit_refuse(seeded: ReadModels,
                  rule_file({"segment": "es-vip"}), "--json")
     assert fine.exit_code == 0, fine.stderr
     assert json.loads(fine.stdout)["would_enter"] == 1  # ana, tagged vip
+    # Creating what exists and editing what does not are mistakes of the asker too.
+    twice = ficha("segments", "create", "--tenant", "acme", "vips",
+                  rule_file({"segment": "es-vip"}))
+    absent = ficha("segments", "edit", "--tenant", "acme", "nosuch",
+                   rule_file({"segment": "vips"}))
+    assert (twice.exit_code, absent.exit_code) == (2, 2), (twice.stderr, absent.stderr)
+    assert "already exists" in one_error_line(twice)
+    assert "does not exist" in one_error_line(absent)
 
 
 # ------------------------------------------------------------ 7. a data dir never started
