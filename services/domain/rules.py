@@ -213,8 +213,7 @@ class Group(Node):
 
     @cached_property
     def _cheap_answers(self) -> tuple[Callable[[ContactFacts, Context], bool], ...]:
-        return tuple(item.test if isinstance(item, Leaf) else item.answer
-                     for item in self._cheap_first)
+        return tuple(item.answer for item in self._cheap_first)
 
     def cost(self) -> int:
         return sum(item.cost() for item in self.items)
