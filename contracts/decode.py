@@ -1,20 +1,8 @@
 """Raw bytes + subject → an InboundEvent, or a Rejection with a stable code and a sentence.
 
-Rejection codes (stable; producers and operators may match on them):
-
-| code | meaning |
-|---|---|
-| bad_subject | the subject is not ficha.in.<tenant>.<type> with a valid tenant token |
-| too_large | the body is over 64 KiB |
-| invalid_utf8 | the body is not UTF-8 |
-| not_json | the body is not JSON |
-| not_object | the body is JSON but not an object |
-| unknown_type | the type is not one of contract v1's event types |
-| type_mismatch | the body's type differs from the subject's type token |
-| tenant_mismatch | the body's tenant differs from the subject's tenant token |
-| missing_field | a required field is absent |
-| invalid_field | a field is of the wrong type or format, null, or an instant outside 1900-2200 |
-| unsupported_schema_version | schema_version is newer than this ficha knows |
+The codes are stable (producers and operators may match on them); ``REJECTION_CODES`` says
+what each one means, and ``DECODER_ONLY_RULES`` lists what the decoder checks beyond the
+JSON Schemas. Both are published in docs/events.md.
 """
 
 from __future__ import annotations
@@ -41,6 +29,41 @@ from contracts.events import (
 MAX_BODY_BYTES = 65536
 SCHEMA_VERSION = 1
 TENANT_PATTERN = re.compile(TENANT_REGEX.strip("^$"))
+
+# Instants ficha accepts: far enough back for any customer history, far enough ahead for
+# bookings; outside them a date is a producer's bug (0001-01-01, 9999-12-31), and date
+# arithmetic on it (windows of days) would overflow.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+REJECTION_CODES: dict[str, str] = {
+    "bad_subject": "the subject is not `ficha.in.<tenant>.<type>` with a valid tenant token",
+    "too_large": f"the body is over {MAX_BODY_BYTES // 1024} KiB",
+    "invalid_utf8": "the body is not UTF-8",
+    "not_json": "the body is not JSON",
+    "not_object": "the body is JSON but not an object",
+    "unknown_type": "the type is not one of contract v1's event types",
+    "type_mismatch": "the body's type differs from the subject's type token",
+    "tenant_mismatch": "the body's tenant differs from the subject's tenant token",
+    "missing_field": "a required field is absent",
+    "invalid_field": "a field is of the wrong type or format, null, or an instant outside "
+                     f"{EARLIEST.year}-{LATEST.year}",
+    "unsupported_schema_version": "schema_version is newer than this ficha knows",
+}
+
+# What the decoder checks beyond the JSON Schemas (which name these rules too).
+DECODER_ONLY_RULES: tuple[str, ...] = (
+    "`contact.email` is trimmed and lowercased, then must be a valid address",
+    "`contact.country` must be an assigned ISO 3166-1 alpha-2 code",
+    "`currency` (and `total.currency`) must be an ISO 4217 code",
+    "`tags`, `tags_added` and `tags_removed` are trimmed and must not be blank",
+    "null is refused for every field (leave a field out to keep its value)",
+    "`tenant` and `type` must equal the subject's tokens `ficha.in.<tenant>.<type>`",
+    f"the body is at most {MAX_BODY_BYTES} bytes",
+    f"`occurred_at` and `starts_at` must be from {EARLIEST.date()} and before "
+    f"{LATEST.date()}",
+    "`contact_updated.unset` must not name `email`",
+)
 
 _DATA = Path(__file__).parent / "data"
 
@@ -243,11 +266,6 @@ def _explain(text: str) -> str:
     return text[0].lower() + text[1:] if text else "is not valid"
 
 
-# Instants ficha accepts: far enough back for any customer history, far enough ahead for
-# bookings; outside them a date is a producer's bug (0001-01-01, 9999-12-31), and date
-# arithmetic on it (windows of days) would overflow.
-EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
-LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 def _normalise(event: InboundEvent, reject: Any) -> InboundEvent | Rejection:
@@ -312,7 +330,9 @@ def _normalise(event: InboundEvent, reject: Any) -> InboundEvent | Rejection:
 __all__ = [
     "COUNTRIES",
     "CURRENCIES",
+    "DECODER_ONLY_RULES",
     "MAX_BODY_BYTES",
+    "REJECTION_CODES",
     "SCHEMA_VERSION",
     "TENANT_PATTERN",
     "ContactInfo",

@@ -4,13 +4,15 @@
     python -m contracts.schema_gen --check  # exit 1 if the committed files are stale
 
 The schemas carry what JSON Schema can express (types, patterns, lengths, ranges, required
-fields, the subject-derived `type`); a few rules are checked only by the decoder and are
-named in each schema's description: email syntax after trim+lowercase, ISO country and
-currency code lists, null refused everywhere, tenant/type equal to the subject's tokens.
+fields, the subject-derived `type`); the rules checked only by the decoder
+(``contracts.decode.DECODER_ONLY_RULES``) are named in each schema's description. A field's
+description says what it means and, when its value has a named format (an alias listed in
+``contracts.events.FORMATS`` or ``contracts.outbound.OUT_FORMATS``), how it is written.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -18,18 +20,13 @@ from typing import Any
 
 import msgspec
 
-from contracts.events import EVENT_TYPES, LATEST_VERSIONS, OLDER_VERSIONS, InboundEvent
-from contracts.outbound import OUT_TYPES
+from contracts.decode import DECODER_ONLY_RULES
+from contracts.events import EVENT_TYPES, FORMATS, LATEST_VERSIONS, OLDER_VERSIONS, InboundEvent
+from contracts.outbound import OUT_FORMATS, OUT_TYPES
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 BASE_ID = "https://ficha.dev/contracts/v1/"
-DECODER_RULES = (
-    "Also enforced by ficha's decoder: contact.email is trimmed and lowercased, then must "
-    "be a valid address; contact.country must be an assigned ISO 3166-1 alpha-2 code; "
-    "currency an ISO 4217 code; tags are trimmed and must not be blank; null is refused "
-    "for every field (leave a field out to keep its value); `tenant` and `type` must equal "
-    "the subject's tokens ficha.in.<tenant>.<type>; the body is at most 65536 bytes."
-)
+DECODER_RULES = "Also enforced by ficha's decoder: " + "; ".join(DECODER_ONLY_RULES) + "."
 
 
 def without_null(node: Any) -> Any:
@@ -52,8 +49,54 @@ def without_null(node: Any) -> Any:
     return out
 
 
+def struct_schema(cls: type[msgspec.Struct]) -> dict[str, Any]:
+    """msgspec's schema of a Struct, without null branches, docstrings as plain text."""
+    return _clean_descriptions(without_null(msgspec.json.schema(cls)))
+
+
+def _clean_descriptions(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_clean_descriptions(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _clean_descriptions(v) for k, v in node.items()}
+    if isinstance(out.get("description"), str):
+        out["description"] = inspect.cleandoc(out["description"])
+    return out
+
+
+_NOT_SHAPE = ("description", "title", "default", "examples")
+
+
+def _shape(node: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in node.items() if k not in _NOT_SHAPE}
+
+
+_FORMAT_WORDS = [(_shape(schema), schema["description"])
+                 for schema in map(msgspec.json.schema, FORMATS + OUT_FORMATS)]
+
+
+def format_words(node: dict[str, Any]) -> str | None:
+    """How a value of this schema node is written, when it is one of the named formats."""
+    shape = _shape(node)
+    return next((words for known, words in _FORMAT_WORDS if known == shape), None)
+
+
+def with_format_words(node: Any) -> Any:
+    """A field described by its meaning also names its value's format, in parentheses."""
+    if isinstance(node, list):
+        return [with_format_words(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: with_format_words(v) for k, v in node.items()}
+    meaning, words = out.get("description"), format_words(out)
+    if isinstance(meaning, str) and words is not None and meaning != words:
+        out["description"] = f"{meaning} ({words})"
+    return out
+
+
 def schema_for(name: str, cls: type[InboundEvent], version: int = 1) -> dict[str, Any]:
-    schema = without_null(msgspec.json.schema(cls))
+    schema = with_format_words(struct_schema(cls))
     ref = schema.get("$ref", "")
     defs = schema.get("$defs", {})
     body = defs.get(ref.rsplit("/", 1)[-1], {})
@@ -86,7 +129,7 @@ def render_all() -> dict[str, str]:
         if latest > 1:
             files[f"{name}.v{latest}.json"] = json.dumps(
                 schema_for(name, cls, latest), indent=2, sort_keys=True) + "\n"
-    envelope = without_null(msgspec.json.schema(InboundEvent))
+    envelope = with_format_words(struct_schema(InboundEvent))
     envelope.update(
         {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -97,7 +140,7 @@ def render_all() -> dict[str, str]:
     )
     files["envelope.json"] = json.dumps(envelope, indent=2, sort_keys=True) + "\n"
     for name, out_cls in sorted(OUT_TYPES.items()):
-        schema = msgspec.json.schema(out_cls)
+        schema = with_format_words(struct_schema(out_cls))
         schema.update({
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "$id": f"{BASE_ID}out/{name}.json",

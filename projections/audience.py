@@ -41,12 +41,14 @@ from typing import Any
 
 import msgspec
 
+from contracts.events import CONSENT_CHANNELS
 from contracts.outbound import (
     ContactErased,
     OutContact,
     SegmentEntered,
     SegmentExited,
     TransitionCause,
+    out_subject,
 )
 from projections.contacts import ERASURES_DDL, erase_rows
 from projections.db import (
@@ -114,7 +116,7 @@ OUTBOX_COLUMNS = (("seq", "bigint"), ("subject", "text"), ("event_id", "text"),
 
 FILTER_COLUMNS = (
     "country", "language", "language_base", "contact_type", "lead_status", "member_status",
-    "consent_email", "consent_sms", "consent_whatsapp", "consent_phone", "tags",
+    *(f"consent_{channel}" for channel in CONSENT_CHANNELS), "tags",
     "first_seen_at", "last_activity_at", "last_interaction_at", "last_purchase_at",
     *(f"n_{name}" for name in COUNTS),
 )
@@ -160,7 +162,7 @@ def filter_values(facts: ContactFacts) -> tuple[Any, ...]:
         f.get("country"), language, language.split("-")[0].lower() if language else None,
         f.get("contact_type"), f.get("lead_status"), facts.member_status,
         *(None if consent.get(c) is None else int(consent[c])
-          for c in ("email", "sms", "whatsapp", "phone")),
+          for c in CONSENT_CHANNELS),
         _json(sorted(facts.tags)), facts.first_seen_at, facts.last_activity_at,
         facts.last_interaction_at, facts.last_purchase_at,
         *(totals.get(kind, 0) for kind in COUNTS.values()),
@@ -436,7 +438,7 @@ class _Page:
                    [(tenant, cid, event.originator_version, event.event_id)], self.is_postgres)
         self.cur.execute(
             "UPDATE ficha_outbox SET payload = ? WHERE contact_id = ? AND subject <> ?",
-            (TOMBSTONE, cid, f"ficha.out.{tenant}.contact_erased"),
+            (TOMBSTONE, cid, out_subject(tenant, "contact_erased")),
         )
         out = ContactErased(
             event_id=f"{cid}:erased:{event.originator_version}", tenant=tenant,
@@ -444,7 +446,7 @@ class _Page:
             contact_id=cid,
         )
         self.seq += 1
-        self.writes.outbox.append((self.seq, f"ficha.out.{tenant}.contact_erased",
+        self.writes.outbox.append((self.seq, out_subject(tenant, "contact_erased"),
                                    out.event_id, msgspec.json.encode(out).decode(), cid))
 
     def _row(self, cid: str) -> _Row:
@@ -557,7 +559,7 @@ class _Page:
                                   clauses=list(t.clauses)),
             entry_no=entry_no,
         )
-        self.writes.outbox.append((self.seq, f"ficha.out.{tenant}.{kind}", event_id,
+        self.writes.outbox.append((self.seq, out_subject(tenant, kind), event_id,
                                    msgspec.json.encode(event).decode(), cid))
 
     # ------------------------------------------------------------------ time

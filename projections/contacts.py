@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 
+from contracts.events import CONSENT_CHANNELS
 from projections.db import Cursor, ViewDatabase, any_of, bulk_insert
 from services.domain.contact import Contact, tag_key
 from services.domain.stamps import utc_iso
@@ -36,7 +37,6 @@ COUNTED_TYPES = {
     "purchase_completed": "purchases_count",
 }
 
-CONSENT_CHANNELS = ("email", "sms", "whatsapp", "phone")
 
 CARD_COLUMNS = (
     "first_name",

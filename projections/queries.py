@@ -15,6 +15,7 @@ from projections.json_rows import AnswerColumns, plain
 from projections.sql_catalog import Dialect, tag_spellings
 from services.domain.contact import tag_key
 from services.domain.stamps import parse_utc_iso, utc_iso
+from services.limits import PAGE_LIMIT_MAX
 
 
 class QueryError(ValueError):
@@ -200,6 +201,11 @@ def member_cursor(cursor: str | None) -> str:
     return cursor or ""
 
 
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= PAGE_LIMIT_MAX:
+        raise QueryError(f"limit must be between 1 and {PAGE_LIMIT_MAX}", "limit")
+
+
 def list_page(
     db: ViewDatabase, f: ContactFilter, *, limit: int = 50, cursor: str | None = None,
     sort: str = "-first_seen_at",
@@ -210,8 +216,7 @@ def list_page(
     ``sort`` is a key of SORT_KEYS, descending with a leading ``-`` (default: newest
     first contact first); ties are broken by contact id in the same direction.
     """
-    if not 1 <= limit <= 1000:
-        raise QueryError("limit must be between 1 and 1000", "limit")
+    _check_limit(limit)
     key, descending = parse_sort(sort)
     expression = SORT_KEYS[key]
     clauses, params = _where(db, f)
@@ -322,8 +327,7 @@ def timeline_page(db: ViewDatabase, tenant: str, contact_id: str, *, limit: int 
                   before: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
     """Newest first in pages: the entries before the cursor ``before`` (oldest first in
     the page, ready to encode) and the cursor of the next, older page."""
-    if not 1 <= limit <= 1000:
-        raise QueryError("limit must be between 1 and 1000", "limit")
+    _check_limit(limit)
     bound_param = None
     if before:
         moment, event_id = decode_cursor(before, "timeline", instant=True,

@@ -8,6 +8,7 @@ import json
 import signal
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -28,17 +29,23 @@ from services.cli_audience import (
 )
 from services.cli_common import (
     CliError,
+    ConsentFilter,
+    ContactEmailOption,
+    CountryFilter,
+    EmailPrefixFilter,
+    LanguageFilter,
+    NoConsentFilter,
+    SinceFilter,
+    TagFilter,
+    UntilFilter,
     configure_logging,
-    consent_channel,
     console,
-    contact_email,
     counted,
-    country_code,
     db_error_text,
     description_column,
     err,
+    event_store,
     fail,
-    language_tag,
     name_connections,
     parse_date,
     read_views,
@@ -53,6 +60,8 @@ from services.cli_export import export_app
 from services.cli_import import import_file
 from services.cli_privacy import contacts_access, erase, erasures_app
 from services.cli_sql import sql_app
+from services.demo import DEMO_DAYS_BACK, demo_start
+from services.limits import PAGE_LIMIT_MAX
 
 app = typer.Typer(
     help="ficha: an event-sourced contact backend. Events in on NATS, contact cards out.",
@@ -115,7 +124,9 @@ def _serve(runtime: Any, banner: str) -> None:
 
 @app.command()
 def up(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every batch.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help=(
+        "Debug logs (FICHA_LOG_LEVEL=debug): every ingest batch and projection page, "
+        "with its timings."))] = False,
 ) -> None:
     """Start everything: NATS (embedded unless FICHA_NATS_URL), ingest workers, projections."""
     from services.runtime import Runtime
@@ -153,7 +164,8 @@ def parse_partitions(text: str, total: int) -> list[int]:
 def ingest(
     partitions: Annotated[str | None, typer.Option(
         help="Partitions this process owns, e.g. 0-3 (default: all).")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help=(
+        "Debug logs (FICHA_LOG_LEVEL=debug): every ingest batch, with its timings."))] = False,
 ) -> None:
     """Run ingest workers only, for some partitions: to spread them over machines.
 
@@ -174,7 +186,8 @@ def ingest(
 
 
 @app.command()
-def scheduler(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def scheduler(verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Debug logs (FICHA_LOG_LEVEL=debug).")] = False) -> None:
     """Run the clock scheduler, the outbox relay and the erasure completer only (one of
     them per deployment)."""
     from services.runtime import Runtime
@@ -190,7 +203,8 @@ def scheduler(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False)
 @app.command()
 def project(
     projection: Annotated[str, typer.Option(help="The projection to run.")] = "contacts",
-    metrics_port: Annotated[int, typer.Option(help="/metrics, /healthz, /readyz (0: off).")] = 0,
+    metrics_port: Annotated[int, typer.Option(
+        help="Port of /metrics, /healthz and /readyz on FICHA_METRICS_HOST (0: off).")] = 0,
     parent_pid: Annotated[int, typer.Option(
         hidden=True, help="Stop when this parent process is gone (`ficha up` sets it).")] = 0,
 ) -> None:
@@ -201,10 +215,13 @@ def project(
 
     from projections.registry import projection_named
     from projections.runner import ProjectionRunner
-    from services.store.contact_store import ContactStore
 
     configure_logging()
     settings = settings_or_fail()
+    try:
+        chosen = projection_named(projection)
+    except KeyError as error:
+        fail(str(error.args[0]), 2)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -215,13 +232,12 @@ def project(
                     stop.set()
 
         threading.Thread(target=watch_parent, daemon=True, name="parent").start()
-    store = ContactStore(settings)
-    try:
-        chosen = projection_named(projection)
-    except KeyError as error:
-        fail(str(error.args[0]), 2)
+    store = event_store(settings)
     runner = ProjectionRunner(store, views(settings), chosen)
-    runner.setup()
+    try:
+        runner.setup()
+    except Exception as error:  # noqa: BLE001 - the database is unreachable
+        fail(f"cannot set up the {chosen.name} read model: {db_error_text(error)}")
     health = None
     if metrics_port:
         from services.health import start_health
@@ -236,6 +252,8 @@ def project(
     finally:
         if health is not None:
             health.stop()
+        runner.db.close()
+        store.close()
 
 
 # ----------------------------------------------------------------------- demo
@@ -245,8 +263,13 @@ def project(
 def demo(
     tenant: Annotated[str, tenant_option("Tenant to publish for.")],
     events: Annotated[int, typer.Option(help="How many events to publish.")] = 10_000,
-    seed: Annotated[int, typer.Option(help="Same seed, same history.")] = 0,
+    seed: Annotated[int, typer.Option(help="Same seed and --start, same history.")] = 0,
     rate: Annotated[float, typer.Option(help="Events per second (0 = as fast as possible).")] = 0,
+    start: Annotated[str | None, typer.Option(
+        help="When the history starts: a date or an instant with its offset. Default: "
+        f"{DEMO_DAYS_BACK} days before today, so that it ends in the last weeks (recent "
+        "activity, engaged contacts). Give it, with --seed, to publish the same history "
+        "on any day.")] = None,
 ) -> None:
     """Publish a realistic synthetic history to the running ficha."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -256,7 +279,9 @@ def demo(
     from services.runtime import connect_nats, resolve_nats_url, unreachable_text
 
     if events < 1:
-        fail("--events must be at least 1")
+        fail("--events must be at least 1", 2)
+    now = datetime.now(UTC)
+    begins = parse_date(start, "--start") or demo_start(now)
     settings = settings_or_fail()
     url = resolve_nats_url(settings)
     if url is None:
@@ -271,7 +296,8 @@ def demo(
         acked = 0
         try:
             js = nc.jetstream()
-            history = generate_history(tenant, events, seed=seed)
+            history = generate_history(tenant, events, seed=seed, start=begins,
+                                       until=max(now, begins))
             with Progress(
                 description_column(),
                 BarColumn(),
@@ -311,19 +337,15 @@ def demo(
 @contacts_app.command("list")
 def contacts_list(
     tenant: Annotated[str, tenant_option("Tenant whose contacts to list.")],
-    language: Annotated[str | None, typer.Option(
-        help="es matches es, es-MX…", callback=language_tag)] = None,
-    country: Annotated[str | None, typer.Option(
-        help="ISO 3166-1 alpha-2 country code, e.g. ES.", callback=country_code)] = None,
-    tag: Annotated[str | None, typer.Option(help="Has this tag (any case).")] = None,
-    consent: Annotated[str | None, typer.Option(
-        help="Consent granted on channel.", callback=consent_channel)] = None,
-    no_consent: Annotated[str | None, typer.Option(
-        help="No consent on channel.", callback=consent_channel)] = None,
-    since: Annotated[str | None, typer.Option(help="First contact on or after.")] = None,
-    until: Annotated[str | None, typer.Option(help="First contact before.")] = None,
-    email_prefix: Annotated[str | None, typer.Option(help="Email starts with.")] = None,
-    limit: Annotated[int, typer.Option(help="Rows per page (1-1000).")] = 50,
+    language: LanguageFilter = None,
+    country: CountryFilter = None,
+    tag: TagFilter = None,
+    consent: ConsentFilter = None,
+    no_consent: NoConsentFilter = None,
+    since: SinceFilter = None,
+    until: UntilFilter = None,
+    email_prefix: EmailPrefixFilter = None,
+    limit: Annotated[int, typer.Option(help=f"Rows per page (1-{PAGE_LIMIT_MAX}).")] = 50,
     cursor: Annotated[str | None, typer.Option(help="Next-page cursor.")] = None,
     count: Annotated[bool, typer.Option(help="Also count all matches.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
@@ -382,8 +404,7 @@ def contacts_list(
 @contacts_app.command("get")
 def contacts_get(
     tenant: Annotated[str, tenant_option("Tenant of the contact.")],
-    email: Annotated[str, typer.Option(help="The contact's email (any case).",
-                                       callback=contact_email)],
+    email: ContactEmailOption,
     as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
 ) -> None:
     """One contact's card and full timeline."""
@@ -434,7 +455,13 @@ def status(
     from services.status import collect_status
 
     settings = settings_or_fail()
-    report = run(collect_status(settings))
+    store = event_store(settings)
+    try:
+        report = run(collect_status(settings, store))
+    except Exception as error:  # noqa: BLE001 - the read models' database is unreachable
+        fail(f"cannot read the status: {db_error_text(error)}")
+    finally:
+        store.close()
     unhealthy = bool(report["bus"].get("error"))
     if as_json:
         print(json.dumps(report))
@@ -504,13 +531,12 @@ def projections_replay(
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
 
     from projections.replay import replay
-    from services.store.contact_store import ContactStore
 
     settings = settings_or_fail()
     chosen = _chosen_projections(names)
     if tenant is not None:
         require_known_tenant(tenant)
-    store = ContactStore(settings)
+    store = event_store(settings)
     db = views(settings)
     what = f" for tenant {tenant}" if tenant else ""
     try:
@@ -528,6 +554,7 @@ def projections_replay(
         fail(f"replay failed, the live tables are unchanged: {db_error_text(error)}")
     finally:
         db.close()
+        store.close()
 
 
 @projections_app.command("rebuild")
@@ -545,29 +572,34 @@ def projections_rebuild(
     from rich.progress import Progress
 
     from projections.runner import ProjectionRunner
-    from services.store.contact_store import ContactStore
 
     settings = settings_or_fail()
     chosen = _chosen_projections(names)
     listed = ", ".join(p.name for p in chosen)
-    if not yes and not typer.confirm(f"Drop and rebuild {listed} in place?"):
-        raise typer.Exit(1)
-    store = ContactStore(settings)
+    store = event_store(settings)  # an unreachable database is said before the question
     db = views(settings)
-    for projection in chosen:
-        runner = ProjectionRunner(store, db, projection)
-        runner.setup()
-        head = store.max_notification_id()
-        with Progress(console=err) as progress:
-            task = progress.add_task(f"rebuilding {projection.name}", total=head or 1)
-            runner.rebuild(_advancing(progress, task))
-            progress.update(task, completed=head or 1)
-        # A running projector applies pages in turn with this command (possibly all of
-        # them): the count alone would read as if nothing had been rebuilt.
-        console.print(f"rebuilt {projection.name} to position {runner.position()}, the log's "
-                      f"head: {runner.stats.applied:,} events applied by this command, any "
-                      f"others by a running projector")
-    db.close()
+    try:
+        if not yes and not typer.confirm(f"Drop and rebuild {listed} in place?"):
+            raise typer.Exit(1)
+        for projection in chosen:
+            runner = ProjectionRunner(store, db, projection)
+            try:
+                runner.setup()
+                head = store.max_notification_id()
+                with Progress(console=err) as progress:
+                    task = progress.add_task(f"rebuilding {projection.name}", total=head or 1)
+                    runner.rebuild(_advancing(progress, task))
+                    progress.update(task, completed=head or 1)
+            except Exception as error:  # noqa: BLE001 - the database is unreachable
+                fail(f"cannot rebuild {projection.name}: {db_error_text(error)}")
+            # A running projector applies pages in turn with this command (possibly all
+            # of them): the count alone would read as if nothing had been rebuilt.
+            console.print(f"rebuilt {projection.name} to position {runner.position()}, the "
+                          f"log's head: {runner.stats.applied:,} events applied by this "
+                          f"command, any others by a running projector")
+    finally:
+        db.close()
+        store.close()
 
 
 # `ficha replay PROJECTION [--tenant T]`, as operators ask for it: the same command.

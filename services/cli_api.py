@@ -105,7 +105,8 @@ def keys_revoke(
 def api(
     workers: Annotated[int, typer.Option(
         min=1, max=64, help="Processes serving the API (each with its own connections).")] = 1,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Debug logs (FICHA_LOG_LEVEL=debug).")] = False,
 ) -> None:
     """Serve the HTTP API alone (FICHA_API_HOST, FICHA_API_PORT), for production."""
     import asyncio

@@ -14,9 +14,11 @@ from rich.table import Table
 from rich.text import Text
 
 from services.cli_common import (
+    MOMENT,
+    AsOfOption,
+    ContactEmailOption,
     consent_channel,
     console,
-    contact_email,
     counted,
     event_store,
     fail,
@@ -25,6 +27,7 @@ from services.cli_common import (
     require_known_tenant,
     tenant_option,
 )
+from services.limits import PAGE_LIMIT_MAX, PREVIEW_SAMPLE_MAX, SERIES_DAYS_MAX
 
 if TYPE_CHECKING:
     from services.domain.rules import Node
@@ -106,10 +109,10 @@ def _define(tenant: str, segment_id: str, rule_file: Path, name: str | None,
         existing = None if catalog is None else catalog.live().get(segment_id)
         if must_exist and existing is None:
             fail(f"segment {segment_id!r} does not exist in tenant {tenant}; "
-                 "use `ficha segments create`")
+                 "use `ficha segments create`", 2)
         if not must_exist and existing is not None:
             fail(f"segment {segment_id!r} already exists in tenant {tenant} "
-                 f"(version {existing.version}); use `ficha segments edit`")
+                 f"(version {existing.version}); use `ficha segments edit`", 2)
         title = name or spec.get("name") or (existing.name if existing else segment_id)
         with _definition_errors():
             definition = commands.define(tenant, segment_id, title, spec["rule"])
@@ -170,13 +173,16 @@ def segments_preview(
     tenant: Tenant,
     segment_id: Annotated[str, typer.Argument(help="The segment the rule would replace.")],
     rule_file: Annotated[Path, typer.Argument(help="JSON file: the rule, or {name, rule}.")],
-    sample: Annotated[int, typer.Option(help="Sample size per group.")] = 5,
+    sample: Annotated[int, typer.Option(
+        help=f"Contacts listed per group (0-{PREVIEW_SAMPLE_MAX}).")] = 5,
     as_json: AsJson = False,
 ) -> None:
     """How many contacts a rule would make enter, leave and stay, with samples: a rule
     that `segments create|edit` would refuse for this segment is refused alike."""
     from projections.audience_queries import Preview, preview
 
+    if not 0 <= sample <= PREVIEW_SAMPLE_MAX:
+        fail(f"--sample must be between 0 and {PREVIEW_SAMPLE_MAX}; got {sample}", 2)
     spec = _read_rule(rule_file)
 
     def checked_preview(db: Any) -> Preview:
@@ -219,14 +225,16 @@ def segments_list(tenant: Tenant, as_json: AsJson = False) -> None:
 def segments_members(
     tenant: Tenant,
     segment_id: Annotated[str, typer.Argument(help="The segment.")],
-    as_of: Annotated[str | None, typer.Option(help="Members at this time instead of now.")] = None,
-    limit: Annotated[int, typer.Option(help="Rows per page.")] = 100,
+    as_of: AsOfOption = None,
+    limit: Annotated[int, typer.Option(help=f"Rows per page (1-{PAGE_LIMIT_MAX}).")] = 100,
     after: Annotated[str, typer.Option(help="Page after this contact id.")] = "",
     as_json: AsJson = False,
 ) -> None:
     """Members of a segment, now or at a past time."""
     from projections.audience_queries import NotFound, count_members, segment_members
 
+    if not 1 <= limit <= PAGE_LIMIT_MAX:
+        fail(f"--limit must be between 1 and {PAGE_LIMIT_MAX}; got {limit}", 2)
     moment = parse_date(as_of, "--as-of")
     rows, total = read_views(tenant, lambda db: (
         segment_members(db, tenant, segment_id, as_of=moment, limit=limit, after=after),
@@ -251,7 +259,7 @@ def segments_members(
 @segments_app.command("why")
 def segments_why(
     tenant: Tenant,
-    email: Annotated[str, typer.Option(help="The contact's email.", callback=contact_email)],
+    email: ContactEmailOption,
     segment_id: Annotated[str | None, typer.Argument(help="One segment (default: all).")] = None,
     as_json: AsJson = False,
 ) -> None:
@@ -288,14 +296,14 @@ def segments_why(
 def engagement_stats_command(
     tenant: Tenant,
     days: Annotated[int, typer.Option(
-        help="Days of the daily series and of the change (1-366).")] = 30,
+        help=f"Days of the daily series and of the change (1-{SERIES_DAYS_MAX}).")] = 30,
     as_json: AsJson = False,
 ) -> None:
     """Engaged / not engaged / inactive: counts, percentages, change, by subscription."""
     from projections.audience_queries import engagement_stats
 
-    if not 1 <= days <= 366:
-        fail(f"--days must be between 1 and 366; got {days}", 2)
+    if not 1 <= days <= SERIES_DAYS_MAX:
+        fail(f"--days must be between 1 and {SERIES_DAYS_MAX}; got {days}", 2)
     stats = read_views(tenant, lambda db: engagement_stats(db, tenant, days), AUDIENCE)
     if as_json:
         _dump(stats)
@@ -335,10 +343,10 @@ def lists_stats_command(tenant: Tenant, as_json: AsJson = False) -> None:
 @consent_app.command("at")
 def consent_at_command(
     tenant: Tenant,
-    email: Annotated[str, typer.Option(help="The contact's email.", callback=contact_email)],
+    email: ContactEmailOption,
     channel: Annotated[str, typer.Option(help="email, sms, whatsapp or phone.",
                                          callback=consent_channel)] = "email",
-    at: Annotated[str | None, typer.Option(help="The moment (default: now).")] = None,
+    at: Annotated[str | None, typer.Option(help=f"The moment ({MOMENT}; default: now).")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Did the contact consent on a channel at a moment? With the deciding ledger entry."""

@@ -9,7 +9,7 @@ import sqlite3
 import sys
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -156,35 +156,62 @@ def missing_table(error: BaseException) -> bool:
 def missing_tables_text() -> str:
     """Why a read model's table is not there, and what brings it back: read models that
     ficha set up here and that lost tables since (``lost_read_models``) are named with
-    the command that rebuilds them; else ficha was never started here."""
+    the command that rebuilds them; read models gone whole (their SQLite file deleted)
+    where the event store shows that ficha ran are said to be missing, with the commands
+    that rebuild them from it; else ficha was never started here."""
     from projections.registry import lost_read_models
 
     try:
-        db = views(load_settings())
+        settings = load_settings()
+    except ConfigError:
+        return "ficha has not been started here yet: start it once with `ficha up`"
+    try:
+        db = views(settings)
         try:
             lost = lost_read_models(db)
         finally:
             db.close()
     except Exception:  # noqa: BLE001 - nothing to tell: as on a database never set up
         lost = []
-    if not lost:
-        return not_started_text()
-    whose = (f"the {lost[0]} read model's" if len(lost) == 1 else
-             f"the {' and '.join(lost)} read models'")
-    return (f"{whose} tables are missing though ficha has run here: rebuild them from the "
-            f"event store with `ficha projections rebuild {' '.join(lost)}`")
-
-
-def not_started_text() -> str:
-    try:
-        settings = load_settings()
-    except ConfigError:
-        return "ficha has not been started here yet: start it once with `ficha up`"
+    if lost:
+        whose = (f"the {lost[0]} read model's" if len(lost) == 1 else
+                 f"the {' and '.join(lost)} read models'")
+        return (f"{whose} tables are missing though ficha has run here: rebuild them from "
+                f"the event store with `ficha projections rebuild {' '.join(lost)}`")
     where = (f"on the data dir {settings.data_dir}" if settings.postgres is None else
              f"in the database schema {settings.postgres.schema}")
+    if _ran_here(settings):
+        return (f"the read models are missing though ficha has run {where}: `ficha up` "
+                "rebuilds them from the event store as it starts, as does "
+                "`ficha projections rebuild`")
     return f"ficha has not been started {where} yet: start it once with `ficha up`"
 
 
+def _ran_here(settings: Settings) -> bool:
+    """Whether the event store shows that ficha ran here: it holds events, or an ingest
+    partition's position (silent: this only words an error)."""
+    from services.runtime import tracking_name
+    from services.store.contact_store import ContactStore
+
+    if not _has_event_store(settings):
+        return False
+    try:
+        store = ContactStore(settings)
+    except Exception:  # noqa: BLE001 - unreadable: nothing to tell
+        return False
+    try:
+        return store.max_notification_id() > 0 or any(
+            store.tracked_position(tracking_name(p)) for p in range(settings.partitions))
+    except Exception:  # noqa: BLE001 - unreadable: nothing to tell
+        return False
+    finally:
+        store.close()
+
+
+def _has_event_store(settings: Settings) -> bool:
+    """Whether an event store may be here (on SQLite, opening one where there is no file
+    would create it)."""
+    return settings.postgres is not None or settings.events_db_path.exists()
 
 
 def tenant_name(value: str | None) -> str | None:
@@ -239,6 +266,30 @@ def contact_email(value: str | None) -> str | None:
     return value
 
 
+# The client list's filters, alike in `ficha contacts list` and `ficha export contacts`.
+MOMENT = "a date, or an instant with its offset"
+LanguageFilter = Annotated[str | None, typer.Option(
+    "--language", help="Language tag: es matches es, es-MX…", callback=language_tag)]
+CountryFilter = Annotated[str | None, typer.Option(
+    "--country", help="ISO 3166-1 alpha-2 country code, e.g. ES.", callback=country_code)]
+TagFilter = Annotated[str | None, typer.Option("--tag", help="Has this tag (any case).")]
+ConsentFilter = Annotated[str | None, typer.Option(
+    "--consent", help="Consent granted on this channel.", callback=consent_channel)]
+NoConsentFilter = Annotated[str | None, typer.Option(
+    "--no-consent", help="No consent on this channel.", callback=consent_channel)]
+SinceFilter = Annotated[str | None, typer.Option(
+    "--since", "--first-seen-from", help=f"First contact on or after this moment ({MOMENT}).")]
+UntilFilter = Annotated[str | None, typer.Option(
+    "--until", "--first-seen-to", help=f"First contact before this moment ({MOMENT}).")]
+EmailPrefixFilter = Annotated[str | None, typer.Option(
+    "--email-prefix", help="Email starts with.")]
+# Options a few commands share.
+ContactEmailOption = Annotated[str, typer.Option(
+    "--email", help="The contact's email (any case).", callback=contact_email)]
+AsOfOption = Annotated[str | None, typer.Option(
+    "--as-of", help=f"Members at this moment instead of now ({MOMENT}).")]
+
+
 def require_known_tenant(tenant: str, db: Any = None) -> None:
     """Fail with one line unless something of ``tenant`` exists here (services.tenants):
     for commands that read a tenant's data, where a misspelled name would otherwise show
@@ -273,8 +324,8 @@ def require_known_tenant(tenant: str, db: Any = None) -> None:
 def _known_in_store(settings: Settings, tenant: str) -> bool:
     from services.tenants import known_in_store
 
-    if settings.postgres is None and not settings.events_db_path.exists():
-        return False  # no event store here yet (and opening one would create it)
+    if not _has_event_store(settings):
+        return False
     store = event_store(settings)
     try:
         return known_in_store(store, tenant)
@@ -290,7 +341,7 @@ def parse_date(value: str | None, option: str) -> datetime | None:
         return None
     moment = parse_instant(value)
     if isinstance(moment, str):
-        fail(f"{option} must be a date or an instant with its offset: {moment}")
+        fail(f"{option} must be a date or an instant with its offset: {moment}", 2)
     return moment
 
 

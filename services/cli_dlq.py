@@ -57,6 +57,8 @@ def dlq_list(tenant: TenantOpt = None, code: CodeOpt = None,
     """Dead letters grouped by tenant and error code, and the latest ones."""
     from services.dlq import groups, read
 
+    if limit < 1:
+        fail(f"--limit must be at least 1; got {limit}", 2)
     letters = run(_with_js(lambda js: read(js, _selection(tenant, code))))
     if as_json:
         print(json.dumps({"total": len(letters), "groups": groups(letters),

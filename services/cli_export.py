@@ -11,14 +11,20 @@ from typing import Annotated, Any
 import typer
 
 from services.cli_common import (
-    consent_channel,
+    AsOfOption,
+    ConsentFilter,
+    CountryFilter,
+    EmailPrefixFilter,
+    LanguageFilter,
+    NoConsentFilter,
+    SinceFilter,
+    TagFilter,
+    UntilFilter,
     console,
-    country_code,
     db_error_text,
     description_column,
     err,
     fail,
-    language_tag,
     parse_date,
     require_known_tenant,
     settings_or_fail,
@@ -128,20 +134,14 @@ def export_contacts(
     tenant: Tenant,
     out: Out,
     fmt: Format = None,
-    language: Annotated[str | None, typer.Option(
-        help="es matches es, es-MX…", callback=language_tag)] = None,
-    country: Annotated[str | None, typer.Option(
-        help="ISO 3166-1 alpha-2 country code, e.g. ES.", callback=country_code)] = None,
-    tag: Annotated[str | None, typer.Option(help="Has this tag (any case).")] = None,
-    consent: Annotated[str | None, typer.Option(
-        help="Consent granted on channel.", callback=consent_channel)] = None,
-    no_consent: Annotated[str | None, typer.Option(
-        help="No consent on channel.", callback=consent_channel)] = None,
-    first_seen_from: Annotated[str | None, typer.Option(
-        "--first-seen-from", "--since", help="First contact on or after.")] = None,
-    first_seen_to: Annotated[str | None, typer.Option(
-        "--first-seen-to", "--until", help="First contact before.")] = None,
-    email_prefix: Annotated[str | None, typer.Option(help="Email starts with.")] = None,
+    language: LanguageFilter = None,
+    country: CountryFilter = None,
+    tag: TagFilter = None,
+    consent: ConsentFilter = None,
+    no_consent: NoConsentFilter = None,
+    first_seen_from: SinceFilter = None,
+    first_seen_to: UntilFilter = None,
+    email_prefix: EmailPrefixFilter = None,
     as_json: AsJson = False,
 ) -> None:
     """The client list with its filters, every column, in its order (newest first)."""
@@ -167,8 +167,7 @@ def export_segment(
     tenant: Tenant,
     out: Out,
     fmt: Format = None,
-    as_of: Annotated[str | None, typer.Option(
-        help="Members at this time instead of now.")] = None,
+    as_of: AsOfOption = None,
     as_json: AsJson = False,
 ) -> None:
     """A segment's members, now or at a past time, with their cards and entered_at."""

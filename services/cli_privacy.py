@@ -19,6 +19,7 @@ from services.cli_common import (
     contact_email,
     db_error_text,
     err,
+    event_store,
     fail,
     labelled,
     require_known_tenant,
@@ -97,22 +98,19 @@ def _holds_contact(tenant: str, address: str) -> bool:
 
 def _receipts(tenant: str | None = None, reference: str | None = None) -> Any:
     from services.privacy import erasure_receipt, erasure_receipts
-    from services.store.contact_store import ContactStore
 
     settings = settings_or_fail()
+    store = event_store(settings)
     db = views(settings)
     try:
-        store = ContactStore(settings)
-        try:
-            if reference is not None:
-                return erasure_receipt(store, db, reference)
-            return erasure_receipts(store, db, tenant=tenant)
-        finally:
-            store.close()
+        if reference is not None:
+            return erasure_receipt(store, db, reference)
+        return erasure_receipts(store, db, tenant=tenant)
     except Exception as error:  # noqa: BLE001 - a database that is away is an expected failure
         fail(f"cannot read the erasure receipts: {db_error_text(error)}")
     finally:
         db.close()
+        store.close()
 
 
 def _projections_text(receipt: dict[str, Any]) -> str:
@@ -194,22 +192,18 @@ def contacts_access(
     """Everything ficha holds about one person, as JSON (GDPR subject access)."""
     from services.domain.identity import ContactIdentity
     from services.privacy import NotHeld, subject_access
-    from services.store.contact_store import ContactStore
 
     settings = settings_or_fail()
     require_known_tenant(tenant)
+    store = event_store(settings)
+    db = views(settings)
 
     async def export(js: Any) -> dict[str, Any]:
-        db = views(settings)
-        store = ContactStore(settings)
         try:
             return await subject_access(store, db, ContactIdentity(settings.id_key), tenant,
                                         email, js)
         except NotHeld as error:
             raise CliError(str(error)) from error
-        finally:
-            store.close()
-            db.close()
 
     async def without_bus() -> dict[str, Any]:
         return await export(None)
@@ -220,6 +214,9 @@ def contacts_access(
         raise
     except Exception as error:  # noqa: BLE001 - a database that is away
         fail(f"cannot export: {db_error_text(error)}")
+    finally:
+        db.close()
+        store.close()
     text = json.dumps(data, indent=2, sort_keys=True)
     if out is None:
         print(text)

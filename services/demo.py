@@ -22,6 +22,18 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 DEFAULT_START = datetime(2025, 10, 1, tzinfo=UTC)
+# ``ficha demo`` starts its history this many days before today: a history of the default
+# span covers about 340 of its 400 days (a visit yields more than one event), so it ends
+# about three weeks before today, and a demo run today has recent activity and engaged
+# contacts (a fixed start would drift further into the past every day).
+DEMO_DAYS_BACK = 360
+
+
+def demo_start(now: datetime) -> datetime:
+    """The start of ``ficha demo``'s history when none is given: midnight UTC,
+    ``DEMO_DAYS_BACK`` days before ``now``."""
+    midnight = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return midnight - timedelta(days=DEMO_DAYS_BACK)
 
 LOCALES = [
     # language, country, currency, tz offset hours, weight
@@ -105,8 +117,11 @@ def _money(amount: float) -> str:
 
 class _Generator:
     def __init__(self, tenant: str, seed: int, start: datetime, days: int,
-                 n_contacts: int) -> None:
+                 n_contacts: int, until: datetime | None = None) -> None:
         self.tenant = tenant
+        # Visits start no later than this: their events (up to 10 hours into a visit)
+        # then stay before ``until``, however the random steps fall.
+        self.last_visit = None if until is None else until - timedelta(hours=12)
         self.seed = seed
         self.rnd = random.Random(f"{tenant}:{seed}")
         self.start = start
@@ -345,6 +360,8 @@ class _Generator:
         moment = self.start
         while produced < n:
             moment += step * rnd.uniform(0.5, 1.5)
+            if self.last_visit is not None and moment > self.last_visit:
+                moment = self.last_visit
             person = self.people[bisect.bisect(self.cum, rnd.random() * self.cum[-1])]
             for event in self.visit(person, moment):
                 if rnd.random() < 0.03:  # delivered late, after newer events
@@ -367,12 +384,15 @@ def generate_history(
     start: datetime | None = None,
     days: int = 400,
     n_contacts: int | None = None,
+    until: datetime | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Exactly `n_events` contract-v1 event dicts, in publish order, deterministic."""
+    """Exactly `n_events` contract-v1 event dicts, in publish order, deterministic; with
+    ``until``, none occurs after it (a short history's random steps can overshoot its
+    span)."""
     if n_events <= 0:
         return iter(())
     contacts = n_contacts or max(50, n_events // 8)
-    generator = _Generator(tenant, seed, start or DEFAULT_START, days, contacts)
+    generator = _Generator(tenant, seed, start or DEFAULT_START, days, contacts, until)
     return generator.events(n_events)
 
 

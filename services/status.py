@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.config import Settings
 
+if TYPE_CHECKING:
+    from services.store.contact_store import ContactStore
 
-async def collect_status(settings: Settings) -> dict[str, Any]:
+
+async def collect_status(settings: Settings, store: ContactStore) -> dict[str, Any]:
     from projections.db import ViewDatabase
     from projections.registry import all_projections
     from services.runtime import resolve_nats_url, tracking_name
-    from services.store.contact_store import ContactStore
     from services.streams import DLQ_STREAM, consumer_name
 
-    store = await asyncio.to_thread(ContactStore, settings)
     head = await asyncio.to_thread(store.max_notification_id)
     received = await asyncio.to_thread(store.received_count)
     pending_erasures = len(await asyncio.to_thread(store.erasures, pending=True))
@@ -37,7 +38,6 @@ async def collect_status(settings: Settings) -> dict[str, Any]:
                 })
     finally:
         db.close()
-        store.close()
 
     bus: dict[str, Any] = {"url": resolve_nats_url(settings)}
     if not bus["url"]:

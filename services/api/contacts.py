@@ -17,6 +17,7 @@ from projections.queries import (
 )
 from services.api.deps import Caller, Ctx, Filter, Item, Page, Wanted, item, page
 from services.api.errors import WAITING, ApiError, error_responses, not_found
+from services.limits import PAGE_LIMIT_MAX
 
 PROJECTION = "contacts"
 _SORTS = ", ".join(sorted(SORT_KEYS))
@@ -37,7 +38,7 @@ def list_route(
     client_filter: Filter,
     sort: Annotated[str, Parameter(
         description=f"One of {_SORTS}; a leading - sorts descending.")] = "-first_seen_at",
-    limit: Annotated[int, Parameter(ge=1, le=1000)] = 50,
+    limit: Annotated[int, Parameter(ge=1, le=PAGE_LIMIT_MAX)] = 50,
     cursor: FromQuery[str | None] = None,
     with_total: Annotated[bool, Parameter(
         description="Also count every contact that matches (slower).")] = False,
@@ -73,7 +74,7 @@ def card_route(
      "(each page oldest first).")
 def timeline_route(
     tenant: FromPath[str], ref: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,
-    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Parameter(ge=1, le=PAGE_LIMIT_MAX)] = 100,
     cursor: FromQuery[str | None] = None,
 ) -> Response[Page]:
     with ctx.read(PROJECTION, tenant, wanted) as fresh:

@@ -38,6 +38,7 @@ from services.api.deps import (
 from services.api.errors import WAITING, ApiError, error_responses, not_found
 from services.domain.rules import RuleError
 from services.domain.segments import InvalidSegment, SegmentError
+from services.limits import PAGE_LIMIT_MAX, PREVIEW_SAMPLE_MAX, SERIES_DAYS_MAX
 
 PROJECTION = "audience"
 
@@ -154,8 +155,9 @@ def delete_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx,
       "rule, with samples; nothing is changed. The segment need not exist yet.")
 def preview_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, principal: Caller,
                   wanted: Wanted, data: JSONBody[PreviewBody]) -> Response[Item]:
-    if not 0 <= data.sample <= 100:
-        raise ApiError(400, "invalid_request", "sample: between 0 and 100", "sample")
+    if not 0 <= data.sample <= PREVIEW_SAMPLE_MAX:
+        raise ApiError(400, "invalid_request", f"sample: between 0 and {PREVIEW_SAMPLE_MAX}",
+                       "sample")
     with definition_errors():
         rule = ctx.segments.check(tenant, segment_id, data.rule)  # as create and edit do
     with ctx.read(PROJECTION, tenant, wanted) as fresh:
@@ -169,7 +171,7 @@ def preview_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, pr
 def members_route(
     tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,
     as_of: Annotated[str | None, instant_parameter("Who was a member at this moment")] = None,
-    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Parameter(ge=1, le=PAGE_LIMIT_MAX)] = 100,
     cursor: FromQuery[str | None] = None,
     with_total: FromQuery[bool] = False,
 ) -> Response[Page]:
@@ -216,7 +218,7 @@ def why_route(tenant: FromPath[str], ref: FromPath[str], ctx: Ctx, principal: Ca
      description="Each live segment's member count at the end of each of the last `days` "
      "days (ficha's clock) and now.")
 def sizes_route(tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,
-                days: Annotated[int, Parameter(ge=1, le=366)] = 30) -> Response[Item]:
+                days: Annotated[int, Parameter(ge=1, le=SERIES_DAYS_MAX)] = 30) -> Response[Item]:
     with ctx.read(PROJECTION, tenant, wanted) as fresh:
         return item(segment_sizes(ctx.views, tenant, days), fresh)
 

@@ -16,8 +16,10 @@ from services.api.deps import Caller, Ctx, Item, Page, Wanted, Written, item, pa
 from services.api.errors import WAITING, ApiError, error_responses, not_found
 from services.api.freshness import Consistency
 from services.domain.tenant import PROPERTY_TYPES, TenantError
+from services.limits import SERIES_DAYS_MAX
 
-Days = Annotated[int, Parameter(ge=1, le=366, description="Length of the daily series.")]
+Days = Annotated[int, Parameter(ge=1, le=SERIES_DAYS_MAX,
+                                description="Length of the daily series.")]
 
 
 @get("/engagement", responses=error_responses(*WAITING),

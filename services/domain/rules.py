@@ -41,6 +41,7 @@ from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from typing import Any
 
+from contracts.events import CONSENT_CHANNELS
 from services.domain.contact import CARD_FIELDS
 from services.domain.facts import ContactFacts, days_after, days_before
 from services.domain.rfm import GROUPS as RFM_GROUPS
@@ -49,7 +50,6 @@ from services.instants import parse_instant
 
 TEXT_FIELDS = ("email", *CARD_FIELDS, "member_status")
 DATE_FIELDS = ("first_seen_at", "last_activity_at", "last_interaction_at", "last_purchase_at")
-CONSENT_CHANNELS = ("email", "sms", "whatsapp", "phone")
 LIST_STATES = ("pending", "subscribed", "unsubscribed", "suppressed")
 RFM_SCORES = ("rfm.recency", "rfm.frequency", "rfm.monetary")
 ENGAGEMENT_STATUSES = ("engaged", "not_engaged", "inactive")
@@ -213,8 +213,7 @@ class Group(Node):
 
     @cached_property
     def _cheap_answers(self) -> tuple[Callable[[ContactFacts, Context], bool], ...]:
-        return tuple(item.test if isinstance(item, Leaf) else item.answer
-                     for item in self._cheap_first)
+        return tuple(item.answer for item in self._cheap_first)
 
     def cost(self) -> int:
         return sum(item.cost() for item in self.items)

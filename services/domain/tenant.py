@@ -33,6 +33,12 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9 _.-]{0,63}$")
 PROPERTY_TYPE_MISMATCH = "property_type_mismatch"
 UNKNOWN_CONTACT_TYPE = "unknown_contact_type"
 UNKNOWN_LEAD_STATUS = "unknown_lead_status"
+DEFINITION_CODES: dict[str, str] = {
+    PROPERTY_TYPE_MISMATCH: "a property the tenant has defined has a value of another type "
+                            "(or a choice outside its options)",
+    UNKNOWN_CONTACT_TYPE: "contact_type is not one of the contact types the tenant lists",
+    UNKNOWN_LEAD_STATUS: "lead_status is not one of the lead statuses the tenant lists",
+}
 
 DEFAULTS: dict[str, Any] = {
     "engaged_days": 90,

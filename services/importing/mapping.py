@@ -30,14 +30,13 @@ from typing import Any, Literal
 
 import msgspec
 
-from contracts.events import PROPERTY_NAME_PATTERN
+from contracts.events import CONSENT_CHANNELS, PROPERTY_NAME_PATTERN
 
 PROFILE_FIELDS = ("phone", "first_name", "last_name", "language", "country", "city",
                   "postal_code")
 UPDATE_FIELDS = ("contact_type", "lead_status")
 FIXED_TARGETS = ("email", *PROFILE_FIELDS, *UPDATE_FIELDS, "tags", "tags_removed",
                  "occurred_at", "ignore")
-CHANNELS = ("email", "sms", "whatsapp", "phone")
 PROPERTY_TYPES = ("text", "number", "boolean", "list")
 
 ALIASES = {
@@ -189,9 +188,9 @@ def _target_problem(header: str, target: Target) -> str | None:
                 "digits, _ . - (no spaces)")
     if target.kind == "list" and not (1 <= len(target.name) <= 128 and target.name != "*"):
         return f"column {header!r}: a list id of 1-128 characters is needed after list:"
-    if target.kind == "consent" and target.name not in CHANNELS:
+    if target.kind == "consent" and target.name not in CONSENT_CHANNELS:
         return (f"column {header!r}: consent channel {target.name!r} is not one of "
-                f"{', '.join(CHANNELS)}")
+                f"{', '.join(CONSENT_CHANNELS)}")
     if target.type and target.kind != "property":
         return f"column {header!r}: a type applies to property columns only"
     if target.double_opt_in and target.kind != "list":

@@ -13,6 +13,11 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 PROCESSING_FAILED = "processing_failed"
+# The code of an event that passed every check but could not be applied (a bug, or an
+# input nobody foresaw): set aside so that later events keep flowing.
+PROCESSING_CODES: dict[str, str] = {
+    PROCESSING_FAILED: "the event passed every check but ficha could not apply it",
+}
 
 DLQ_PREFIX = "ficha.dlq"
 

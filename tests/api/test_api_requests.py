@@ -13,6 +13,7 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from services.limits import PREVIEW_SAMPLE_MAX
 from tests.api.conftest import Api
 from tests.api.test_api import VIP, seed
 
@@ -335,6 +336,14 @@ async def test_a_preview_refuses_what_create_and_edit_refuse(api: Api) -> None:
     fine = await api.http.post(f"{T}/segments/es-vip/preview",
                                json={"rule": {"segment": "vips"}}, headers=admin)
     assert fine.status_code == 200 and fine.json()["data"]["would_enter"] == 2
+    # The sample's bound is the CLI's (services.limits).
+    for sample in (-1, PREVIEW_SAMPLE_MAX + 1):
+        refused = await api.http.post(f"{T}/segments/es-vip/preview",
+                                      json={"rule": VIP, "sample": sample}, headers=admin)
+        assert refused.status_code == 400 and refused.json()["error"]["field"] == "sample"
+    fine = await api.http.post(f"{T}/segments/es-vip/preview",
+                               json={"rule": VIP, "sample": PREVIEW_SAMPLE_MAX}, headers=admin)
+    assert fine.status_code == 200, fine.text
 
 
 async def test_small_things_instants_ranges_redrive_and_trimmed_filters(api: Api) -> None:

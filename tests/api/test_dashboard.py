@@ -99,6 +99,7 @@ async def test_the_dashboard_shows_what_the_api_says(api: Api, backend: str) -> 
 
         engagement = truth["engagement"]["data"]["statuses"]
         assert sum(s["count"] for s in engagement.values()) > 0
+        assert engagement["engaged"]["count"] > 0  # `ficha demo`'s history is recent
         for status_name, figures in engagement.items():
             assert await shown(f"engagement-{status_name}-count") == figures["count"]
             assert await shown(f"engagement-{status_name}-change") == figures["change"]
@@ -125,6 +126,11 @@ async def test_the_dashboard_shows_what_the_api_says(api: Api, backend: str) -> 
             name = projection["projection"]
             assert earlier[name] <= await shown(f"fresh-{name}-position") <= projection["position"]
             assert await shown(f"fresh-{name}-lag") >= 0
+        # Every figure is in view: no panel has to be scrolled sideways at this width.
+        cut_off = await page.eval_on_selector_all(
+            "main section", "sections => sections.filter(s => s.scrollWidth > s.clientWidth)"
+            ".map(s => s.querySelector('h2').textContent)")
+        assert cut_off == []
         ARTIFACTS.mkdir(exist_ok=True)
         shot = ARTIFACTS / f"dashboard-{backend}.png"
         await page.screenshot(path=str(shot), full_page=True)

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts.decode import MAX_BODY_BYTES, Rejection, decode
+from contracts import events_doc
+from contracts.decode import MAX_BODY_BYTES, REJECTION_CODES, Rejection, decode
 from contracts.events import EVENT_TYPES, InboundEvent
 from contracts.publisher import RejectedEvent, prepare
 from contracts.schema_gen import stale_files
@@ -119,6 +120,12 @@ def test_rejections_have_a_code_and_a_sentence(
     assert "\n" not in rejection.detail and len(rejection.detail) < 600
 
 
+def test_the_documented_rejection_codes_are_the_ones_the_cases_produce() -> None:
+    """docs/events.md lists REJECTION_CODES: a code the decoder gains, or one it loses,
+    shows here (each code has a case above)."""
+    assert {code for _, _, code, _ in CASES} == set(REJECTION_CODES)
+
+
 def test_dead_letter_tokens_come_from_the_subject() -> None:
     assert rejected("ficha.in.acme", b"{}").type == "_"
     bad = rejected("ficha.in.acme.party", with_(type="party"))
@@ -147,7 +154,10 @@ def test_every_demo_event_type_decodes() -> None:
 @settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=400), st.text(max_size=40))
 def test_decode_never_raises_on_bytes(data: bytes, subject: str) -> None:
-    assert isinstance(decode(subject, data), InboundEvent | Rejection)
+    result = decode(subject, data)
+    assert isinstance(result, InboundEvent | Rejection)
+    if isinstance(result, Rejection):
+        assert result.code in REJECTION_CODES  # documented in docs/events.md
 
 
 json_values = st.recursive(
@@ -165,6 +175,8 @@ def test_decode_never_raises_on_json_objects(overrides: dict[str, Any], kind: st
     body = {**EXAMPLE, "type": kind, **overrides}
     result = decode(f"ficha.in.acme.{kind}", json.dumps(body).encode())
     assert isinstance(result, InboundEvent | Rejection)
+    if isinstance(result, Rejection):
+        assert result.code in REJECTION_CODES
 
 
 @settings(max_examples=200, deadline=None)
@@ -189,6 +201,10 @@ def test_emails_differing_in_case_and_spaces_are_one_identity(
 
 def test_committed_json_schemas_are_current() -> None:
     assert stale_files() == [], "run: python -m contracts.schema_gen"
+
+
+def test_committed_events_reference_is_current() -> None:
+    assert not events_doc.is_stale(), "run: python -m contracts.events_doc"
 
 
 def test_publisher_refuses_what_ficha_would_reject() -> None:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 
-from services.demo import demo_summary, generate_history
+import pytest
+
+from services.demo import demo_start, demo_summary, generate_history
 
 
 def test_same_seed_same_history_and_exact_count() -> None:
@@ -53,3 +56,26 @@ def test_mix_skew_and_causality() -> None:
             assert e["booking_id"] in booked
         if e["type"] == "list_confirmed":
             assert (e["contact"]["email"].strip().lower(), e["list_id"]) in subscribed_pending
+
+
+@pytest.mark.parametrize("events", [300, 3_000, 20_000])
+def test_the_cli_default_history_ends_in_the_last_weeks(events: int) -> None:
+    """`ficha demo` without --start: recent activity whatever the day it runs (a fixed
+    start left a demo run today with no engaged contact at all)."""
+    now = datetime(2027, 3, 14, 15, 9, tzinfo=UTC)
+    history = list(generate_history("acme", events, seed=3, start=demo_start(now), until=now))
+    latest = max(datetime.fromisoformat(e["occurred_at"]) for e in history)
+    assert now - timedelta(days=45) < latest <= now
+    assert demo_start(now) == datetime(2026, 3, 19, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("events", [1, 2, 5, 50, 100])
+@pytest.mark.parametrize("seed", range(10))
+def test_a_short_history_stays_in_the_past(events: int, seed: int) -> None:
+    """A few events cover a year in a few long random steps: they overshot it by up to
+    half a year into the future before `until` held them back."""
+    now = datetime(2027, 3, 14, 15, 9, tzinfo=UTC)
+    history = list(generate_history("acme", events, seed=seed, start=demo_start(now),
+                                    until=now))
+    assert len(history) == events
+    assert all(datetime.fromisoformat(e["occurred_at"]) <= now for e in history)

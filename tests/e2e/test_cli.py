@@ -112,9 +112,23 @@ def test_up_demo_list_get_restart(tmp_path: Path) -> None:
     assert stopped.returncode == 1, stopped.stderr
     assert "no NATS server is known" in json.loads(stopped.stdout)["bus"]["error"]
 
+    # The views database deleted: the read models are missing, not ficha never started,
+    # and `ficha up`, as the line says, rebuilds them from the event store as it starts.
+    for path in data_dir.glob("views.sqlite*"):
+        path.unlink()
+    gone = ficha(data_dir, "contacts", "list", "--tenant", "acme", check=False)
+    assert gone.returncode == 1, gone.stderr
+    assert gone.stderr.startswith("error: the read models are missing though ficha has run "
+                                  f"on the data dir {data_dir}: `ficha up` rebuilds them"), \
+        gone.stderr
+
     assert "batch of" not in log.read_text()  # batches are logged at debug level only
     proc = start_up(data_dir, log, "--verbose")
     try:
+        rebuilt = wait_received(data_dir, 400)
+        assert all(p["position"] > 0 for p in rebuilt["projections"]), rebuilt
+        assert json.loads(ficha(data_dir, "contacts", "list", "--tenant", "acme", "--json",
+                                "--count").stdout)["total"] == listed["total"]
         ficha(data_dir, "demo", "--tenant", "acme", "--events", "200", "--seed", "2")
         report = wait_received(data_dir, 600)
         assert report["received_events"] == 600, "a restart resumes: nothing lost or doubled"
@@ -162,6 +176,29 @@ def test_expected_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     done = ficha(data_dir, "status", "--json", check=False)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert "is ficha up running on" in json.loads(done.stdout)["bus"]["error"]
+
+
+def test_an_unreachable_database_is_one_line(tmp_path: Path) -> None:
+    """Once, `ficha projections replay|rebuild`, `ficha replay`, `ficha project` and
+    `ficha status` opened the event store themselves and printed a traceback when the
+    database was away; the privacy commands already said one line. All now open it as
+    every other command does (cli_common.event_store) and say why in one line."""
+    port = free_ports(1)  # nothing listens there: the connection is refused
+    env = {**env_for(tmp_path / "var"),
+           "FICHA_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/test"}
+    commands = [
+        ("projections", "replay"), ("projections", "rebuild", "--yes"),
+        ("replay", "audience"), ("project", "--projection", "audience"), ("status",),
+        ("erasures", "list"), ("erasures", "show", "erase-1"),
+        ("contacts", "access", "ana@example.com", "--tenant", "acme", "--skip-dead-letters"),
+    ]
+    for args in commands:
+        done = subprocess.run([*FICHA, *args], env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, (args, done.stderr)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: cannot "), (args, lines)
+        assert f'port {port} failed: Connection refused' in lines[0], (args, lines)
 
 
 def free_ports(count: int) -> int:

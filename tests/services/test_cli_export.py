@@ -114,12 +114,12 @@ def test_export_a_segment_now_and_as_of(seeded: ReadModels, tmp_path: Path) -> N
 MISTAKES = [
     (["contacts", "--tenant", "globex"], 2, "no tenant 'globex' is known here (known: acme)"),
     (["segment", "nope", "--tenant", "acme"], 2, "segment 'nope' does not exist"),
-    (["contacts", "--tenant", "acme", "--since", "2026-13-01"], 1,
+    (["contacts", "--tenant", "acme", "--since", "2026-13-01"], 2,
      "--first-seen-from must be a date"),
-    (["segment", "spanish", "--tenant", "acme", "--as-of", "yesterday"], 1,
+    (["segment", "spanish", "--tenant", "acme", "--as-of", "yesterday"], 2,
      "--as-of must be a date"),
     # as the API and imports read it: a time without its offset is not guessed to be UTC
-    (["segment", "spanish", "--tenant", "acme", "--as-of", "2026-11-02T10:15:00"], 1,
+    (["segment", "spanish", "--tenant", "acme", "--as-of", "2026-11-02T10:15:00"], 2,
      "'2026-11-02T10:15:00' has no timezone offset"),
     (["contacts", "--tenant", "acme", "--consent", "fax"], 2, "unknown consent channel 'fax'"),
     (["contacts", "--tenant", "acme", "--format", "xlsx"], 2, "unknown format 'xlsx'"),

@@ -212,6 +212,14 @@ def test_a_preview_refuses_what_create_and_edit_refuse(seeded: ReadModels,
                  rule_file({"segment": "es-vip"}), "--json")
     assert fine.exit_code == 0, fine.stderr
     assert json.loads(fine.stdout)["would_enter"] == 1  # ana, tagged vip
+    # Creating what exists and editing what does not are mistakes of the asker too.
+    twice = ficha("segments", "create", "--tenant", "acme", "vips",
+                  rule_file({"segment": "es-vip"}))
+    absent = ficha("segments", "edit", "--tenant", "acme", "nosuch",
+                   rule_file({"segment": "vips"}))
+    assert (twice.exit_code, absent.exit_code) == (2, 2), (twice.stderr, absent.stderr)
+    assert "already exists" in one_error_line(twice)
+    assert "does not exist" in one_error_line(absent)
 
 
 # ------------------------------------------------------------ 7. a data dir never started
@@ -231,6 +239,54 @@ def test_reading_before_ficha_ever_ran_says_so(settings: Settings,
         assert done.exit_code == 1, (command, done.stderr)
         assert one_error_line(done) == (f"error: ficha has not been started {where} yet: "
                                         "start it once with `ficha up`"), command
+
+
+def lose_the_read_models(models: ReadModels, settings: Settings) -> None:
+    """What deleting the views database leaves: on SQLite no views file at all; on
+    PostgreSQL, where the read models share the event store's schema, none of their
+    tables (nor the record of their set-up)."""
+    from projections.registry import all_projections
+
+    if settings.postgres is None:
+        models.db.close()
+        for path in settings.data_dir.glob(settings.views_db_path.name + "*"):
+            path.unlink()
+        return
+    with models.db.transaction() as cur:
+        for table in [t for p in all_projections() for t in p.tables] + [
+                "ficha_projection_versions", "ficha_projection_tracking"]:
+            cur.execute(f"DROP TABLE {table} CASCADE")
+
+
+def test_read_models_deleted_after_ficha_ran_are_not_a_data_dir_never_started(
+        seeded: ReadModels, settings: Settings, tmp_path: Path) -> None:
+    """Once, a views database deleted after ficha had run was reported as ficha never
+    started here, though the event store held every event: the read models are said to
+    be missing, with the commands that rebuild them (both do: `ficha up` at its start,
+    tests/e2e/test_cli.py)."""
+    from services.catalog import SegmentCommands
+
+    SegmentCommands(seeded.store).define("acme", "vips", "VIPs",
+                                         {"field": "tags", "op": "has", "value": "vip"})
+    lose_the_read_models(seeded, settings)
+    where = (f"on the data dir {settings.data_dir}" if settings.postgres is None else
+             f"in the database schema {settings.postgres.schema}")
+    missing = (f"the read models are missing though ficha has run {where}: `ficha up` "
+               "rebuilds them from the event store as it starts, as does "
+               "`ficha projections rebuild`")
+    for tenant, command in [("acme", ["contacts", "list"]), ("acme", ["segments", "list"]),
+                            ("acme", ["tags", "counts"]), ("nobody", ["contacts", "list"]),
+                            ("acme", ["export", "contacts", "--out", str(tmp_path / "x.csv")])]:
+        done = ficha(*command, "--tenant", tenant)
+        assert done.exit_code == 1, (command, done.stdout, done.stderr)
+        line = one_error_line(done)
+        assert line.endswith(missing) and "not been started" not in line, (command, line)
+    done = ficha("projections", "rebuild", "--yes")
+    assert done.exit_code == 0, done.stderr
+    done = ficha("contacts", "list", "--tenant", "acme", "--json")
+    assert done.exit_code == 0 and "ana@example.com" in done.stdout, done.stderr
+    done = ficha("segments", "list", "--tenant", "acme", "--json")
+    assert [s["segment_id"] for s in json.loads(done.stdout)] == ["vips"], done.stdout
 
 
 # ------------------------------------- 8. a read model that fails after the tenant check
@@ -328,6 +384,25 @@ def test_engagement_days_must_be_a_real_period(seeded: ReadModels) -> None:
         assert one_error_line(done) == f"error: --days must be between 1 and 366; got {days}"
     done = ficha("engagement", "stats", "--tenant", "acme", "--days", "1")
     assert done.exit_code == 0 and "1-day change" in done.stdout, done.stderr
+
+
+def test_a_preview_sample_has_the_api_bound(seeded: ReadModels, tmp_path: Path) -> None:
+    """Once, `segments preview --sample` took any number (the API refuses all but 0 to
+    100): both now check the one bound, and the CLI says so in one line."""
+    from services.limits import PREVIEW_SAMPLE_MAX
+
+    rule = tmp_path / "rule.json"
+    rule.write_text(json.dumps({"field": "tags", "op": "has", "value": "vip"}))
+    for sample in ("-1", str(PREVIEW_SAMPLE_MAX + 1)):
+        done = ficha("segments", "preview", "--tenant", "acme", "vips", str(rule),
+                     "--sample", sample)
+        assert done.exit_code == 2, (sample, done.stdout)
+        assert one_error_line(done) == \
+            f"error: --sample must be between 0 and {PREVIEW_SAMPLE_MAX}; got {sample}"
+    done = ficha("segments", "preview", "--tenant", "acme", "vips", str(rule), "--json",
+                 "--sample", str(PREVIEW_SAMPLE_MAX))
+    assert done.exit_code == 0, done.stderr
+    assert json.loads(done.stdout)["samples"]["entering"] == ["ana@example.com"]
 
 
 def test_a_malformed_email_gets_the_same_answer_from_every_command(seeded: ReadModels,
@@ -442,3 +517,60 @@ def test_the_import_bar_ends_full(seeded: ReadModels, tmp_path: Path) -> None:
     done = ficha("import", str(people), "--tenant", "acme", "--dry-run")
     assert done.exit_code == 0, done.stderr
     assert "9/9" in done.stderr and "9/10" not in done.stderr, done.stderr
+
+
+# ------------------------------------------------------------------------ 14. --help
+
+
+def test_every_option_and_argument_says_what_it_is() -> None:
+    """Once, --verbose of `api`, `ingest` and `scheduler` had no help at all."""
+    import typer
+
+    def commands(command: Any, path: str) -> Iterator[tuple[str, Any]]:
+        if hasattr(command, "list_commands"):
+            for name in command.list_commands(None):
+                yield from commands(command.get_command(None, name), f"{path} {name}")
+        else:
+            yield path, command
+
+    silent = [f"{path} {param.name}" for path, command in commands(
+                  typer.main.get_command(app), "ficha")
+              for param in command.params if param.name != "help" and not param.help]
+    assert silent == []
+
+
+def test_the_client_list_and_its_export_take_the_same_filter_names(
+        seeded: ReadModels, tmp_path: Path) -> None:
+    """The README says `export contacts` has the client list's filters, naming them
+    --first-seen-from and --first-seen-to: `contacts list` once knew only --since and
+    --until. Both take both names now (one definition of each filter)."""
+    for names in (("--since", "--until"), ("--first-seen-from", "--first-seen-to")):
+        window = [names[0], "2000-01-01", names[1], "2100-01-01"]
+        done = ficha("contacts", "list", "--tenant", "acme", "--json", *window)
+        assert done.exit_code == 0, done.stderr
+        assert len(json.loads(done.stdout)["contacts"]) == 2
+        done = ficha("export", "contacts", "--tenant", "acme", "--json", *window,
+                     "--out", str(tmp_path / "x.csv"))
+        assert done.exit_code == 0 and json.loads(done.stdout)["rows"] == 2, done.stderr
+
+
+def test_page_sizes_are_bounded_in_one_line(seeded: ReadModels, tmp_path: Path) -> None:
+    """Once, `segments members --limit 0` printed a traceback (and --limit -1 listed
+    every member on SQLite), and `dlq list --limit 0` showed every dead letter."""
+    from services.catalog import SegmentCommands
+    from services.limits import PAGE_LIMIT_MAX
+
+    SegmentCommands(seeded.store).define("acme", "vips", "VIPs",
+                                         {"field": "tags", "op": "has", "value": "vip"})
+    seeded.catch_up()
+    for limit in ("0", "-1", str(PAGE_LIMIT_MAX + 1)):
+        done = ficha("segments", "members", "--tenant", "acme", "vips", "--limit", limit)
+        assert done.exit_code == 2, (limit, done.stdout)
+        assert one_error_line(done) == \
+            f"error: --limit must be between 1 and {PAGE_LIMIT_MAX}; got {limit}"
+    done = ficha("segments", "members", "--tenant", "acme", "vips", "--limit", "1", "--json")
+    assert done.exit_code == 0 and json.loads(done.stdout)["total"] == 1, done.stderr
+    for limit in ("0", "-3"):
+        done = ficha("dlq", "list", "--limit", limit)
+        assert done.exit_code == 2, (limit, done.stdout)
+        assert one_error_line(done) == f"error: --limit must be at least 1; got {limit}"
