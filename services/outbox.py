@@ -52,10 +52,11 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
 
 from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
 from projections.audience import NAME as AUDIENCE
@@ -265,21 +266,13 @@ class OutboxRelay:
     async def _published_instant(self, anchor: Anchor) -> str | None:
         """An anchor's ``occurred_at`` read from its message in FICHA_OUT, for an anchor
         recorded before the relay kept it (None if the message is gone)."""
-        info = await self.js.stream_info(OUT_STREAM)
-        stream_seq, first = info.state.last_seq, info.state.first_seq
-        while stream_seq and stream_seq >= first:
-            try:
-                msg = await self.js.get_msg(OUT_STREAM, seq=stream_seq)
-            except NotFoundError:
-                stream_seq -= 1
-                continue
+        async for msg in self._messages_backwards():
             headers = msg.headers or {}
             if headers.get("Nats-Msg-Id") == anchor.event_id and msg.data:
                 return occurred_at(msg.data)
             value = headers.get(SEQ_HEADER)
             if value is not None and int(value) < anchor.seq:
                 return None  # published before the anchor: it is not further back
-            stream_seq -= 1
         return None
 
     def _tombstones(self, after: int, upto: int) -> set[int]:
@@ -336,22 +329,26 @@ class OutboxRelay:
 
     async def _tail_sequences(self, recorded: int) -> set[int]:
         """Ficha-Out-Seq values in FICHA_OUT above ``recorded``, read from the end back."""
-        info = await self.js.stream_info(OUT_STREAM)
         seen: set[int] = set()
-        stream_seq = info.state.last_seq
-        first = info.state.first_seq
-        while stream_seq and stream_seq >= first:
-            try:
-                msg = await self.js.get_msg(OUT_STREAM, seq=stream_seq)
-            except NotFoundError:
-                stream_seq -= 1
-                continue
+        async for msg in self._messages_backwards():
             value = (msg.headers or {}).get(SEQ_HEADER)
             if value is None or int(value) <= recorded:
                 break
             seen.add(int(value))
-            stream_seq -= 1
         return seen
+
+    async def _messages_backwards(self) -> AsyncIterator[RawStreamMsg]:
+        """FICHA_OUT's messages from the last one back (the caller stops when it knows)."""
+        info = await self.js.stream_info(OUT_STREAM)
+        stream_seq, first = info.state.last_seq, info.state.first_seq
+        while stream_seq and stream_seq >= first:
+            try:
+                msg = await self.js.get_msg(OUT_STREAM, seq=stream_seq)
+            except NotFoundError:  # deleted (an erased contact's)
+                msg = None
+            if msg is not None:
+                yield msg
+            stream_seq -= 1
 
     async def publish_pending(self) -> int:
         """Publish one batch; returns how many were published (0: nothing pending)."""
@@ -361,6 +358,10 @@ class OutboxRelay:
             return 0
         rows = await asyncio.to_thread(self._pending, self.position)
         if not rows:
+            return 0
+        # Still there once the rows are read: they are numbered as the anchor is (a
+        # rebuild switched over in between is followed in the next round).
+        if await asyncio.to_thread(self._anchor_now) != self.position:
             return 0
         futures = [
             None if row["payload"] == TOMBSTONE else await self.js.publish_async(

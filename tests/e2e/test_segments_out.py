@@ -215,8 +215,11 @@ class Published:
         task = asyncio.create_task(relay.run(stop))
         loop = asyncio.get_running_loop()
         if meanwhile is not None:
-            await asyncio.sleep(1.0)
+            started = loop.time() + 10
+            while relay.position != 3 and loop.time() < started and not task.done():
+                await asyncio.sleep(0.05)
             assert relay.position == 3 and not task.done()
+            await asyncio.sleep(0.2)  # idle, its next rounds under way
             await asyncio.to_thread(meanwhile)
         deadline = loop.time() + until
         while loop.time() < deadline and not task.done():
