@@ -27,7 +27,9 @@ days keep their counts, which hold nothing personal); its outbox rows become tom
 
 Time comes from the log only: an event's recorded timestamp, or a clock tick
 (``services.domain.clock``). The projection's "now" is the latest of these, so a rebuild
-reproduces every row, the outbox included.
+with the same rules reproduces every row, the outbox included, except where an erasure
+changed what was decided live (the RFM cuts a buyer counted in): ``services.outbox`` says
+how the relay goes on then.
 """
 
 from __future__ import annotations

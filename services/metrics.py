@@ -59,6 +59,10 @@ PROJECTION_FAILURES = Counter(
 OUT_PUBLISHED = Counter(
     "ficha_out_published_total", "Outbound events published to ficha.out.",
 )
+OUT_ANCHOR_LOST = Counter(
+    "ficha_out_anchor_lost_total",
+    "Times the relay resumed by instant: a rebuild did not reproduce its last published event.",
+)
 ERASURES_COMPLETED = Counter(
     "ficha_erasures_completed_total",
     "Erasures completed: every read model confirmed, contact_erased out, streams purged.",

@@ -25,21 +25,41 @@ Erasure (decision 0006) adds two things:
   the same rows can get lower numbers. The relay therefore also records the event id of
   the last row it published (its anchor, ``ficha_outbox_anchor``). When the row at the
   anchor's number is no longer that event, it finds the anchor's new number and goes on
-  from there; while the anchor is not there yet (a rebuild in progress) it waits.
+  from there (before reading the rows to publish: a rebuild can move the position back
+  while the relay runs); while the anchor is not there yet (a rebuild in progress) it
+  waits.
+
+A rebuild does not always reproduce every outbound event: erasing a buyer changed the RFM
+cuts live in a way a rebuild, reading the erased events redacted, cannot reproduce, and a
+layout-version rebuild after an upgrade applies the new rules to the whole history. So the
+anchor also keeps its event's ``occurred_at``. When the anchor is nowhere in the outbox
+and the audience projection has caught up with the event store (its tracking position at
+the store's head: the rebuild is over, so the anchor will not come back), the relay logs
+a warning and resumes after the last row whose ``occurred_at`` is at or before the
+anchor's (``ficha_out_anchor_lost_total`` counts these). Outbound rows are numbered in the
+projection's clock order, which never goes back, so the rows at or before the anchor's
+instant are those the relay had already gone past: they are treated as published and are
+not published again, even where they differ from what was published (an automation
+consumer de-duplicates on ``event_id`` in any case). The rows after it are published.
+An anchor recorded before its ``occurred_at`` was kept (the column came later) takes it
+from its message in FICHA_OUT when it is needed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NamedTuple
 
 from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
+from projections.audience import NAME as AUDIENCE
 from projections.db import ViewDatabase
 from services import metrics
 from services.streams import OUT_STREAM
@@ -51,10 +71,33 @@ RELAY = "out"
 TOMBSTONE = ""  # the payload of an erased contact's row (projections.audience)
 
 
+class Anchor(NamedTuple):
+    """The last row published: its number then, its event id and its ``occurred_at``
+    (None for an anchor recorded before the relay kept it, until it is looked up)."""
+
+    seq: int
+    event_id: str
+    occurred_at: str | None
+
+
+def occurred_at(payload: str | bytes) -> str:
+    """An outbound event's ``occurred_at`` (fixed-width UTC ISO 8601: sorts as instants)."""
+    return str(json.loads(payload)["occurred_at"])
+
+
+def anchor_of(row: dict[str, Any]) -> Anchor:
+    """The anchor for an outbox row (seq, event_id, payload) once it is published."""
+    return Anchor(int(row["seq"]), str(row["event_id"]), occurred_at(row["payload"]))
+
+
 class OutboxRelay:
-    def __init__(self, js: JetStreamContext, views: ViewDatabase, batch: int = 500,
-                 idle: float = 0.05, fault: Callable[[str], None] | None = None) -> None:
+    def __init__(self, js: JetStreamContext, views: ViewDatabase, store_head: Callable[[], int],
+                 batch: int = 500, idle: float = 0.05,
+                 fault: Callable[[str], None] | None = None) -> None:
         self.js = js
+        # The event store's head (ContactStore.max_notification_id): the audience projection
+        # has caught up once its position reaches it.
+        self.store_head = store_head
         # Fault injection for crash tests: called with "before_record" once a batch is
         # published and acknowledged; raising there is what a kill at that instant is.
         self.fault = fault
@@ -63,8 +106,8 @@ class OutboxRelay:
         self.idle = idle
         self.position = 0
         self.published = 0
-        # The last row published: (seq, event_id) when it was published.
-        self.anchor: tuple[int, str] | None = None
+        # The last row published, with its number when it was published.
+        self.anchor: Anchor | None = None
         self._warned_at = 0.0
 
     def ensure_table(self) -> None:
@@ -75,8 +118,17 @@ class OutboxRelay:
             )
             cur.execute(
                 "CREATE TABLE IF NOT EXISTS ficha_outbox_anchor ("
-                "name TEXT PRIMARY KEY, seq BIGINT NOT NULL, event_id TEXT NOT NULL)"
+                "name TEXT PRIMARY KEY, seq BIGINT NOT NULL, event_id TEXT NOT NULL, "
+                "occurred_at TEXT)"
             )
+            # Tables from before the anchor kept its instant.
+            if self.views.is_postgres:
+                cur.execute("ALTER TABLE ficha_outbox_anchor "
+                            "ADD COLUMN IF NOT EXISTS occurred_at TEXT")
+            else:
+                cur.execute("PRAGMA table_info(ficha_outbox_anchor)")
+                if all(column["name"] != "occurred_at" for column in cur.fetchall()):
+                    cur.execute("ALTER TABLE ficha_outbox_anchor ADD COLUMN occurred_at TEXT")
 
     def recorded_position(self) -> int:
         with self.views.reading() as cur:
@@ -84,17 +136,22 @@ class OutboxRelay:
             row = cur.fetchone()
         return int(row["position"]) if row else 0
 
-    def recorded_anchor(self) -> tuple[int, str] | None:
+    def recorded_anchor(self) -> Anchor | None:
         with self.views.reading() as cur:
             try:
-                cur.execute("SELECT seq, event_id FROM ficha_outbox_anchor WHERE name = ?",
-                            (RELAY,))
+                cur.execute("SELECT seq, event_id, occurred_at FROM ficha_outbox_anchor "
+                            "WHERE name = ?", (RELAY,))
             except Exception:  # noqa: BLE001 - a relay table from before anchors: none
                 return None
             row = cur.fetchone()
-        return (int(row["seq"]), str(row["event_id"])) if row else None
+        if row is None:
+            return None
+        return Anchor(int(row["seq"]), str(row["event_id"]), row["occurred_at"])
 
-    def _record(self, position: int, anchor: tuple[int, str] | None = None) -> None:
+    def _record(self, position: int, anchor: Anchor | None = None, *,
+                forget_anchor: bool = False) -> None:
+        """Record the position, and the anchor if given (``forget_anchor``: delete it,
+        for a resumption with no published row left before the position)."""
         with self.views.transaction() as cur:
             cur.execute(
                 "INSERT INTO ficha_outbox_relay (name, position) VALUES (?, ?) "
@@ -103,18 +160,21 @@ class OutboxRelay:
             )
             if anchor is not None:
                 cur.execute(
-                    "INSERT INTO ficha_outbox_anchor (name, seq, event_id) VALUES (?, ?, ?) "
+                    "INSERT INTO ficha_outbox_anchor (name, seq, event_id, occurred_at) "
+                    "VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, "
-                    "event_id = excluded.event_id",
+                    "event_id = excluded.event_id, occurred_at = excluded.occurred_at",
                     (RELAY, *anchor),
                 )
+            elif forget_anchor:
+                cur.execute("DELETE FROM ficha_outbox_anchor WHERE name = ?", (RELAY,))
 
     def _anchor_now(self) -> int | None:
         """Where the anchor is now: its number if the outbox still has it there, its new
         number after a renumbering rebuild, None while it is nowhere (being rebuilt)."""
         if self.anchor is None:
             return self.position
-        seq, event_id = self.anchor
+        seq, event_id, _ = self.anchor
         with self.views.reading() as cur:
             try:
                 cur.execute("SELECT event_id FROM ficha_outbox WHERE seq = ?", (seq,))
@@ -128,23 +188,92 @@ class OutboxRelay:
         return None if moved is None else int(moved["seq"])
 
     async def _follow_anchor(self) -> bool:
-        """True if the relay may publish after ``position`` (moving it if renumbered)."""
+        """True if the relay may publish after ``position`` (moving it if renumbered, or
+        past the anchor's instant once a rebuild is over without it)."""
         where = await asyncio.to_thread(self._anchor_now)
+        if where is None and await asyncio.to_thread(self._projection_caught_up):
+            # Looked for again once caught up: a rebuild finishing meanwhile may have
+            # brought it back.
+            where = await asyncio.to_thread(self._anchor_now)
+            if where is None:
+                return await self._resume_without_anchor()
         if where == self.position:
             return True
+        assert self.anchor is not None
         if where is None:
             if time.monotonic() - self._warned_at > 60:
-                log.warning("outbox: the last published event %s is not in the outbox "
-                            "(being rebuilt?); waiting for it", self.anchor)
+                log.warning("outbox: the last published event %s is not in the outbox and "
+                            "the audience projection is behind the event store (being "
+                            "rebuilt?); waiting for it", self.anchor.event_id)
                 self._warned_at = time.monotonic()
             return False
-        assert self.anchor is not None
         log.info("outbox renumbered by a rebuild: %s is now number %d (was %d)",
-                 self.anchor[1], where, self.anchor[0])
-        self.anchor = (where, self.anchor[1])
+                 self.anchor.event_id, where, self.anchor.seq)
+        self.anchor = self.anchor._replace(seq=where)
         self.position = where
         await asyncio.to_thread(self._record, where, self.anchor)
         return True
+
+    def _projection_caught_up(self) -> bool:
+        """The audience projection has applied every event the store had a moment ago."""
+        head = self.store_head()
+        with self.views.reading() as cur:
+            return self.views.position(cur, AUDIENCE) >= head
+
+    async def _resume_without_anchor(self) -> bool:
+        """The rebuild is over and did not reproduce the anchor's event: go on after the
+        rows at or before its instant (module docstring)."""
+        assert self.anchor is not None
+        if self.anchor.occurred_at is None:
+            self.anchor = self.anchor._replace(
+                occurred_at=await self._published_instant(self.anchor))
+        if self.anchor.occurred_at is None:
+            if time.monotonic() - self._warned_at > 60:
+                log.warning("outbox: the last published event %s was not reproduced by the "
+                            "rebuild and its instant is unknown (recorded before ficha kept "
+                            "it, and no longer in FICHA_OUT); set ficha_outbox_anchor's "
+                            "occurred_at to resume", self.anchor.event_id)
+                self._warned_at = time.monotonic()
+            return False
+        position = await asyncio.to_thread(self._last_at_or_before, self.anchor.occurred_at)
+        anchor = await asyncio.to_thread(self._last_published, position)
+        log.warning("outbox: the last published event %s (at %s) was not reproduced by the "
+                    "rebuild; resuming after number %d, the last row at or before its instant "
+                    "(treated as published)", self.anchor.event_id, self.anchor.occurred_at,
+                    position)
+        metrics.OUT_ANCHOR_LOST.inc()
+        await asyncio.to_thread(self._record, position, anchor, forget_anchor=anchor is None)
+        self.position = position
+        self.anchor = anchor
+        return True
+
+    def _last_at_or_before(self, instant: str) -> int:
+        """The number of the last row at or before ``instant``: the row before the first
+        one after it (tombstones, which have no instant, go with the rows around them)."""
+        at = ("(payload::json ->> 'occurred_at')" if self.views.is_postgres
+              else "json_extract(payload, '$.occurred_at')")
+        with self.views.reading() as cur:
+            cur.execute(f"SELECT MIN(seq) AS seq FROM ficha_outbox WHERE payload <> ? "
+                        f"AND (CASE WHEN payload = ? THEN NULL ELSE {at} END) > ?",
+                        (TOMBSTONE, TOMBSTONE, instant))
+            later = cur.fetchone()
+            if later is not None and later["seq"] is not None:
+                return int(later["seq"]) - 1
+            cur.execute("SELECT COALESCE(MAX(seq), 0) AS seq FROM ficha_outbox")
+            last = cur.fetchone()
+        return int(last["seq"]) if last else 0
+
+    async def _published_instant(self, anchor: Anchor) -> str | None:
+        """An anchor's ``occurred_at`` read from its message in FICHA_OUT, for an anchor
+        recorded before the relay kept it (None if the message is gone)."""
+        async for msg in self._messages_backwards():
+            headers = msg.headers or {}
+            if headers.get("Nats-Msg-Id") == anchor.event_id and msg.data:
+                return occurred_at(msg.data)
+            value = headers.get(SEQ_HEADER)
+            if value is not None and int(value) < anchor.seq:
+                return None  # published before the anchor: it is not further back
+        return None
 
     def _tombstones(self, after: int, upto: int) -> set[int]:
         with self.views.reading() as cur:
@@ -190,41 +319,50 @@ class OutboxRelay:
                 self._last_published, position))
         return position
 
-    def _last_published(self, upto: int) -> tuple[int, str] | None:
+    def _last_published(self, upto: int) -> Anchor | None:
         with self.views.reading() as cur:
-            cur.execute("SELECT seq, event_id FROM ficha_outbox WHERE seq <= ? AND payload <> ? "
-                        "ORDER BY seq DESC LIMIT 1", (upto, TOMBSTONE))
+            cur.execute("SELECT seq, event_id, payload FROM ficha_outbox "
+                        "WHERE seq <= ? AND payload <> ? ORDER BY seq DESC LIMIT 1",
+                        (upto, TOMBSTONE))
             row = cur.fetchone()
-        return None if row is None else (int(row["seq"]), str(row["event_id"]))
+        return None if row is None else anchor_of(row)
 
     async def _tail_sequences(self, recorded: int) -> set[int]:
         """Ficha-Out-Seq values in FICHA_OUT above ``recorded``, read from the end back."""
-        info = await self.js.stream_info(OUT_STREAM)
         seen: set[int] = set()
-        stream_seq = info.state.last_seq
-        first = info.state.first_seq
-        while stream_seq and stream_seq >= first:
-            try:
-                msg = await self.js.get_msg(OUT_STREAM, seq=stream_seq)
-            except NotFoundError:
-                stream_seq -= 1
-                continue
+        async for msg in self._messages_backwards():
             value = (msg.headers or {}).get(SEQ_HEADER)
             if value is None or int(value) <= recorded:
                 break
             seen.add(int(value))
-            stream_seq -= 1
         return seen
+
+    async def _messages_backwards(self) -> AsyncIterator[RawStreamMsg]:
+        """FICHA_OUT's messages from the last one back (the caller stops when it knows)."""
+        info = await self.js.stream_info(OUT_STREAM)
+        stream_seq, first = info.state.last_seq, info.state.first_seq
+        while stream_seq and stream_seq >= first:
+            try:
+                msg = await self.js.get_msg(OUT_STREAM, seq=stream_seq)
+            except NotFoundError:  # deleted (an erased contact's)
+                msg = None
+            if msg is not None:
+                yield msg
+            stream_seq -= 1
 
     async def publish_pending(self) -> int:
         """Publish one batch; returns how many were published (0: nothing pending)."""
+        # The anchor first: a renumbering can move the position back, and the rows to
+        # publish are those after where it is now.
+        if not await self._follow_anchor():
+            return 0
         rows = await asyncio.to_thread(self._pending, self.position)
         if not rows:
             return 0
-        if not await self._follow_anchor():
+        # Still there once the rows are read: they are numbered as the anchor is (a
+        # rebuild switched over in between is followed in the next round).
+        if await asyncio.to_thread(self._anchor_now) != self.position:
             return 0
-        if rows[0]["seq"] <= self.position:  # moved back by a renumbering: read again
-            return await self.publish_pending()
         futures = [
             None if row["payload"] == TOMBSTONE else await self.js.publish_async(
                 row["subject"],
@@ -234,7 +372,7 @@ class OutboxRelay:
             for row in rows
         ]
         done = self.position
-        anchor = self.anchor
+        last: dict[str, Any] | None = None
         published = 0
         failure: BaseException | None = None
         for row, future in zip(rows, futures, strict=True):
@@ -244,9 +382,10 @@ class OutboxRelay:
                 except Exception as error:  # noqa: BLE001 - stop at the first failure, retry
                     failure = error
                     break
-                anchor = (int(row["seq"]), str(row["event_id"]))
+                last = row
                 published += 1
             done = int(row["seq"])
+        anchor = self.anchor if last is None else anchor_of(last)
         if done > self.position:
             if self.fault is not None:
                 self.fault("before_record")

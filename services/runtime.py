@@ -214,7 +214,7 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self._watch_projectors(), name="projector"))
         if "scheduler" in self.roles:
             self.scheduler = Scheduler(self.store, self.views)
-            self.outbox = OutboxRelay(self.js, self.views)
+            self.outbox = OutboxRelay(self.js, self.views, self.store.max_notification_id)
             self._tasks.append(
                 asyncio.create_task(self.scheduler.run(self._stop), name="scheduler"))
             self._tasks.append(asyncio.create_task(self.outbox.run(self._stop), name="outbox"))
