@@ -93,7 +93,9 @@ def dlq_show(seq: Annotated[int, typer.Argument(help="The dead letter's sequence
         print(json.dumps(data))
         return
     for key in ("seq", "original_subject", "original_sequence", "event_id", "code", "detail"):
-        console.print(Text.assemble((key, "bold"), f": {data[key]}"), highlight=False)
+        value = data[key]
+        shown = "(none: the body names no event id)" if value is None else value
+        console.print(Text.assemble((key, "bold"), f": {shown}"), highlight=False)
     console.print_json(json.dumps(data["body"]) if not isinstance(data["body"], str)
                        else json.dumps({"raw": data["body"]}))
 

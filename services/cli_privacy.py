@@ -174,7 +174,7 @@ def erasures_show(
     streams = (receipt.get("purged") or {}).get("streams") or {}
     for name in ("FICHA_IN", "FICHA_DLQ", "FICHA_OUT"):
         seqs = streams.get(name, [])
-        table.add_row(f"deleted from {name}", ", ".join(map(str, seqs)) or
+        table.add_row(f"deleted from {name}", sequence_ranges(seqs) if seqs else
                       ("none" if receipt["completed_at"] else "pending"))
     console.print(table)
 
@@ -223,3 +223,20 @@ def contacts_access(
         return
     out.write_text(text + "\n")
     err.print(f"wrote everything ficha holds about {data['email']} to {out}", highlight=False)
+
+
+def sequence_ranges(seqs: list[int], shown: int = 12) -> str:
+    """Stream sequences as a count and runs, ``5 messages: 3-5, 9, 12``; past ``shown``
+    runs the rest is counted (``--json`` lists every one)."""
+    ordered = sorted(set(seqs))
+    runs: list[tuple[int, int]] = []
+    for seq in ordered:
+        if runs and seq == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], seq)
+        else:
+            runs.append((seq, seq))
+    parts = [str(a) if a == b else f"{a}-{b}" for a, b in runs[:shown]]
+    if len(runs) > shown:
+        parts.append(f"and {len(runs) - shown} more runs (--json lists them)")
+    noun = "message" if len(ordered) == 1 else "messages"
+    return f"{len(ordered)} {noun}: {', '.join(parts)}"

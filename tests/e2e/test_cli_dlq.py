@@ -62,6 +62,10 @@ def test_list_show_redrive_purge(tmp_path: Path) -> None:
         shown = json.loads(ficha(data_dir, "dlq", "show", str(seq), "--json").stdout)
         assert shown["body"]["properties"] == {"shoe_size": "big"}
         assert "defined as a number" in shown["detail"]
+        # A body that is not JSON names no event id: said in words, not as Python's None.
+        unreadable = next(d["seq"] for d in listed["latest"] if d["code"] == "not_json")
+        text = ficha(data_dir, "dlq", "show", str(unreadable)).stdout
+        assert "event_id: (none: the body names no event id)" in text and "None" not in text
         for missing in ("0", "-1", str(2**64)):  # outside any stream: not there, not a crash
             absent = ficha(data_dir, "dlq", "show", "--", missing, check=False)
             assert absent.returncode == 2 and "Traceback" not in absent.stderr, absent.stderr
