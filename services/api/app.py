@@ -24,7 +24,7 @@ from litestar.params import FromPath
 from projections.db import ViewDatabase
 from services.api import contacts, dead_letters, exports, imports, privacy, segments, stats
 from services.api.bus import Bus
-from services.api.deps import ApiContext, admin, client_filter, consistency, reader
+from services.api.deps import ApiContext, Ctx, admin, client_filter, consistency, reader
 from services.api.errors import HANDLERS, ApiError
 from services.api.freshness import FreshReads
 from services.api.keyring import KeyRing
@@ -51,6 +51,22 @@ def build_context(settings: Settings) -> ApiContext:
 @get("/healthz", summary="Liveness", include_in_schema=False, sync_to_thread=False)
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
+
+
+@get("/readyz", summary="Readiness", include_in_schema=False, sync_to_thread=True)
+def readyz(ctx: Ctx) -> Response[dict[str, str]]:
+    """Ready when what every read needs answers: the read models' positions and the
+    event store's head (a load balancer sends no request to an API process that would
+    answer them with errors)."""
+    try:
+        with ctx.views.reading() as cur:
+            cur.execute("SELECT name, position FROM ficha_projection_tracking")
+            cur.fetchall()
+        ctx.store.max_notification_id()
+    except Exception as error:  # noqa: BLE001 - any failure is the answer: not ready
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        return Response({"status": "not ready", "reason": reason[:300]}, status_code=503)
+    return Response({"status": "ready"})
 
 
 @get("/dashboard/{tenant:str}", summary="A tenant's dashboard (HTML)", media_type="text/html",
@@ -90,7 +106,7 @@ def create_app(ctx: ApiContext) -> Litestar:
         security=[{"apiKey": []}],
     )
     app = Litestar(
-        route_handlers=[tenant_routes, healthz, dashboard],
+        route_handlers=[tenant_routes, healthz, readyz, dashboard],
         dependencies={"ctx": Provide(lambda: ctx, use_cache=True, sync_to_thread=False)},
         exception_handlers=HANDLERS,
         before_request=refuse_nul,
