@@ -156,4 +156,4 @@ def api(
         finally:
             await close_context(ctx)
 
-    run(main())
+    run(main(), uvloop_loop=True)
