@@ -413,6 +413,36 @@ class ViewDatabase:
                 "CREATE TABLE IF NOT EXISTS ficha_projection_versions ("
                 "name TEXT PRIMARY KEY, version INTEGER NOT NULL)"
             )
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS ficha_projection_failures ("
+                "name TEXT PRIMARY KEY, since TEXT NOT NULL, last_at TEXT NOT NULL, "
+                "attempts INTEGER NOT NULL, position BIGINT NOT NULL, error TEXT NOT NULL)"
+            )
+
+    def record_failure(self, name: str, error: str, at: str) -> None:
+        """A projection's page failed at ``at`` (its changes rolled back): kept, with the
+        position it could not get past, until a page succeeds (``clear_failure``), so
+        that ``ficha status`` can tell a projection that keeps failing from a slow one."""
+        with self.transaction() as cur:
+            cur.execute(
+                "INSERT INTO ficha_projection_failures (name, since, last_at, attempts, "
+                "position, error) VALUES (?, ?, ?, 1, COALESCE((SELECT position FROM "
+                "ficha_projection_tracking WHERE name = ?), 0), ?) ON CONFLICT (name) DO "
+                "UPDATE SET last_at = excluded.last_at, position = excluded.position, "
+                "error = excluded.error, "
+                "attempts = ficha_projection_failures.attempts + 1",
+                (name, at, at, name, error),
+            )
+
+    def clear_failure(self, name: str) -> None:
+        with self.transaction() as cur:
+            cur.execute("DELETE FROM ficha_projection_failures WHERE name = ?", (name,))
+
+    def failures(self, cur: Cursor) -> dict[str, dict[str, Any]]:
+        """The projections failing now (``record_failure``), by name."""
+        cur.execute("SELECT name, since, last_at, attempts, position, error "
+                    "FROM ficha_projection_failures")
+        return {r["name"]: {k: v for k, v in r.items() if k != "name"} for r in cur.fetchall()}
 
     def existing_tables(self, cur: Cursor, names: Sequence[str]) -> set[str]:
         """Which of ``names`` are tables here (in ficha's schema, on PostgreSQL)."""

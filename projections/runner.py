@@ -15,11 +15,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from projections import sql_views
 from projections.db import ConcurrentProjectionError, Cursor, ViewDatabase
 from services import metrics
+from services.domain.stamps import utc_iso
 from services.store.contact_store import ContactStore
 from services.store.signals import NewEvents, PollingNewEvents
 
@@ -194,18 +196,37 @@ class ProjectionRunner:
 
     def _loop(self, stop: threading.Event, signal: NewEvents) -> None:
         delay = 0.2
+        # A failure recorded before (by this process or another run) is cleared by the
+        # first page that succeeds.
+        failing = True
         while not stop.is_set():
             try:
                 applied = self.run_once()
                 delay = 0.2
+                if failing:
+                    self.db.clear_failure(self.name)
+                    failing = False
             except Exception as error:  # noqa: BLE001 - a database outage: wait and retry
                 metrics.PROJECTION_FAILURES.labels(self.name).inc()
                 log.warning("projection %s failed, retrying in %.1fs: %s", self.name, delay, error)
+                failing = True
+                self._record_failure(error)
                 stop.wait(delay)
                 delay = min(delay * 2, 5.0)
                 continue
             if applied == 0:
                 signal.wait(self.idle_timeout)
+
+    def _record_failure(self, error: Exception) -> None:
+        """For ``ficha status`` (``ViewDatabase.record_failure``); when the database is
+        what fails, this fails too, and the log says it already."""
+        text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        try:
+            self.db.record_failure(self.name, f"{type(error).__name__}: {text}"[:500],
+                                   utc_iso(datetime.now(UTC)))
+        except Exception:  # noqa: BLE001
+            log.debug("projection %s: its failure could not be recorded", self.name,
+                      exc_info=True)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run the blocking loop in a thread until `stop` is set."""

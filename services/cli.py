@@ -450,8 +450,9 @@ def contacts_get(
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
 ) -> None:
-    """Per partition and per projection: position and lag; dead-letter count. Exits 1 when
-    the bus cannot be reached (the report still shows what the database knows)."""
+    """Per partition and per projection: position, lag and whether it keeps failing;
+    dead-letter count. Exits 1 when the bus cannot be reached (the report still shows what
+    the database knows) or a projection is failing."""
     from services.status import collect_status
 
     settings = settings_or_fail()
@@ -462,7 +463,8 @@ def status(
         fail(f"cannot read the status: {db_error_text(error)}")
     finally:
         store.close()
-    unhealthy = bool(report["bus"].get("error"))
+    failing = [p for p in report["projections"] if p.get("failing")]
+    unhealthy = bool(report["bus"].get("error")) or bool(failing)
     if as_json:
         print(json.dumps(report))
         raise typer.Exit(1 if unhealthy else 0)
@@ -480,10 +482,19 @@ def status(
     proj = Table(title="projections")
     for column in ("projection", "version", "position", "store head", "lag (events)"):
         proj.add_column(column, justify="right")
+    proj.add_column("state")
     for p in report["projections"]:
+        state = (Text(f"failing since {p['failing']['since'][:19].replace('T', ' ')} UTC "
+                      f"({p['failing']['attempts']} attempts)", style="red")
+                 if p.get("failing") else Text("ok", style="green"))
         proj.add_row(p["name"], str(p.get("version") or "-"), str(p["position"]),
-                     str(p["head"]), str(p["lag"]))
+                     str(p["head"]), str(p["lag"]), state)
     console.print(proj)
+    for p in failing:
+        console.print(Text.assemble(
+            (f"{p['name']}", "bold red"),
+            f" cannot apply the events after position {p['failing']['position']}: "
+            f"{p['failing']['error']} (see its log; it retries on its own)"))
     console.print(f"dead letters: {bus.get('dead_letters', '?')}   "
                   f"received events: {report['received_events']}   "
                   f"erasures under way: {report['pending_erasures']}")

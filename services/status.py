@@ -29,12 +29,15 @@ async def collect_status(settings: Settings, store: ContactStore) -> dict[str, A
     try:
         db.ensure_tracking_table()
         with db.reading() as cur:
+            failures = db.failures(cur)
             for projection in all_projections():
                 name = projection.name
                 position = db.position(cur, name)
                 projections.append({
                     "name": name, "position": position, "head": head, "lag": head - position,
                     "version": db.layout_version(cur, name),
+                    # null, or since when its pages fail, how often, at which position, why
+                    "failing": failures.get(name),
                 })
     finally:
         db.close()
