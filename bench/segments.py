@@ -17,15 +17,16 @@ Usage:  python -m bench.segments --contacts 1000000 [--backend postgres|sqlite]
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
+
 from bench.common import scratch_settings
-from projections.audience import FACT_COLUMNS, AudienceProjection, filter_values
+from projections.audience import FACT_COLUMNS, SEGMENT_TYPES, AudienceProjection, filter_values
 from projections.audience_queries import count_members, preview
 from projections.db import ViewDatabase
 from projections.runner import ProjectionRunner
@@ -43,6 +44,8 @@ COUNTRIES = [("ES", 40), ("MX", 12), ("US", 12), ("GB", 6), ("FR", 8), ("DE", 7)
              ("BR", 7), ("PT", 5), ("AR", 3)]
 LANGS = [("es", 45), ("en", 25), ("fr", 8), ("de", 7), ("pt", 10), ("it", 5)]
 TAGS = [("vip", 3), ("lead", 30), ("newsletter", 25), ("returning", 12), ("no-show", 4)]
+
+SEGMENT_NAMES = ", ".join(name for name, _ in SEGMENT_TYPES)
 
 RULES: dict[str, dict[str, Any]] = {
     "iberian VIPs active in 90 days": {"all": [
@@ -90,9 +93,9 @@ def facts_rows(n: int, tenant: str, now: datetime, seed: int = 1) -> Any:
                        "recency_days": rfm.values.recency_days,
                        "frequency": rfm.values.frequency,
                        "monetary": str(rfm.values.monetary)})}
-        yield (facts.contact_id, tenant, facts.email, facts.to_json().decode(), "{}", "{}",
-               status, moment, 0, json.dumps(rfm_doc, sort_keys=True), rfm.group, due, "{}",
-               *filter_values(facts))
+        facts_row = (facts.contact_id, tenant, facts.email, facts.to_json().decode(), status,
+                     moment, 0, encode_sorted(rfm_doc), rfm.group, "{}", *filter_values(facts))
+        yield facts_row, (facts.contact_id, tenant, "{}", "{}", due)
 
 
 def fill(db: ViewDatabase, n: int, tenant: str, now: datetime) -> float:
@@ -100,26 +103,40 @@ def fill(db: ViewDatabase, n: int, tenant: str, now: datetime) -> float:
     if db.is_postgres:
         conn = db._connect()  # noqa: SLF001 - bulk load needs the raw connection for COPY
         with conn.cursor() as cur:
+            segments = []
             with cur.copy(f"COPY audience_facts ({', '.join(FACT_COLUMNS)}) FROM STDIN") as copy:
-                for row in facts_rows(n, tenant, now):
+                for row, segment_row in facts_rows(n, tenant, now):
                     copy.write_row(row)
+                    segments.append(segment_row)
+            with cur.copy(f"COPY audience_segments ({SEGMENT_NAMES}) FROM STDIN") as copy:
+                for segment_row in segments:
+                    copy.write_row(segment_row)
             cur.execute("ANALYZE audience_facts")
+            cur.execute("ANALYZE audience_segments")
         conn.commit()
     else:
-        marks = ",".join("?" * len(FACT_COLUMNS))
         with db.transaction() as cur:
-            batch = []
-            for row in facts_rows(n, tenant, now):
-                batch.append(row)
+            batch: list[Any] = []
+            for rows in facts_rows(n, tenant, now):
+                batch.append(rows)
                 if len(batch) >= 10_000:
-                    cur.executemany(f"INSERT INTO audience_facts ({', '.join(FACT_COLUMNS)}) "
-                                    f"VALUES ({marks})", batch)
+                    insert_sqlite(cur, batch)
                     batch.clear()
-            if batch:
-                cur.executemany(f"INSERT INTO audience_facts ({', '.join(FACT_COLUMNS)}) "
-                                f"VALUES ({marks})", batch)
+            insert_sqlite(cur, batch)
             cur.execute("ANALYZE")
     return time.perf_counter() - started
+
+
+def insert_sqlite(cur: Any, batch: list[Any]) -> None:
+    cur.executemany(f"INSERT INTO audience_facts ({', '.join(FACT_COLUMNS)}) "
+                    f"VALUES ({','.join('?' * len(FACT_COLUMNS))})", [f for f, _ in batch])
+    cur.executemany(f"INSERT INTO audience_segments ({SEGMENT_NAMES}) VALUES (?,?,?,?,?)",
+                    [s for _, s in batch])
+
+
+def encode_sorted(value: Any) -> str:
+    """JSON as the projection writes it (keys sorted, no spaces)."""
+    return msgspec.json.encode(value, order="sorted").decode()
 
 
 def read_all(db: ViewDatabase, tenant: str) -> float:

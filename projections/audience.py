@@ -2,9 +2,13 @@
 
 One projection, because these all follow the same per-contact facts and the same clock:
 
-* ``audience_facts``: each contact's facts (``services.domain.facts``) as JSON, its open
-  segment memberships, its engagement status, its lists' effective states (``lists``)
-  and its next scheduled instant (``due_at``);
+* ``audience_facts``: each contact's facts (``services.domain.facts``) as JSON, its
+  engagement status, RFM scores and its lists' effective states (``lists``);
+* ``audience_segments``: each contact's open segment memberships (``members``), its
+  entries so far per segment (``entries``) and its next scheduled instant (``due_at``):
+  narrow rows of their own, because a new segment, a clock tick or a tenant's new
+  windows change these for many contacts at once and nothing else of theirs (a wide
+  ``audience_facts`` row costs several times as much to rewrite: bench/RESULTS.md);
 * ``segment_definitions``: each tenant's live and deleted segments, with their version;
 * ``segment_history``: every membership as an interval [entered_at, exited_at), with why
   it began and ended (the triggering event id, the clock, or the definition version) and
@@ -35,9 +39,10 @@ how the relay goes on then.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Collection, Iterable, Iterator, Sequence, Set
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence, Set
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import chain
 from typing import Any
 
@@ -95,6 +100,7 @@ CHUNK = 2000
 
 TABLES = (
     "audience_facts",
+    "audience_segments",
     "segment_definitions",
     "segment_history",
     "audience_counts",
@@ -109,7 +115,8 @@ ERASURES_TABLE = "audience_erasures"
 # value the instant it was made): held until the tenant is rescored; while any is held,
 # the scheduler appends a ``ClockDay.RescoreRequested``, which rescores those tenants.
 RESCORE_REQUEST = "rfm_pending:"
-PERSONAL_TABLES = ("audience_facts", "segment_history", "consent_ledger")
+PERSONAL_TABLES = ("audience_facts", "audience_segments", "segment_history",
+                   "consent_ledger")
 # An outbox row of an erased contact: its number and id stay, its payload goes.
 TOMBSTONE = ""
 OUTBOX_COLUMNS = (("seq", "bigint"), ("subject", "text"), ("event_id", "text"),
@@ -123,9 +130,10 @@ FILTER_COLUMNS = (
     *(f"n_{name}" for name in COUNTS),
 )
 DERIVED_COLUMNS = (
-    "members", "entries", "engagement", "engagement_since", "subscribed", "rfm", "rfm_group",
-    "due_at", "lists",
+    "engagement", "engagement_since", "subscribed", "rfm", "rfm_group", "lists",
 )
+SEGMENT_TYPES = (("contact_id", "text"), ("tenant", "text"), ("members", "text"),
+                 ("entries", "text"), ("due_at", "text"))
 FACT_COLUMNS = ("contact_id", "tenant", "email", "doc", *DERIVED_COLUMNS, *FILTER_COLUMNS)
 # Each column's PostgreSQL type, for the array-based bulk writes (projections.db).
 FACT_TYPES = tuple(
@@ -149,10 +157,16 @@ HISTORY_COLUMNS = tuple(
 
 
 def _derived(r: _Row) -> tuple[Any, ...]:
-    return (_json(r.members), _json(r.entries), r.engagement, r.engagement_since,
-            int(r.subscribed), None if r.rfm is None else _json(r.rfm),
-            None if r.rfm is None else r.rfm["group"], r.due,
+    """The row's ``DERIVED_COLUMNS`` as written."""
+    return (r.engagement, r.engagement_since, int(r.subscribed),
+            None if r.rfm is None else _json(r.rfm),
+            None if r.rfm is None else r.rfm["group"],
             _json({k: list(v) for k, v in r.facts.list_states(r.soft_limit).items()}))
+
+
+def _segment_state(r: _Row) -> tuple[str, str, str | None]:
+    """The row's ``audience_segments`` values as written: members, entries, due."""
+    return _json(r.members), _json(r.entries), r.due
 
 
 def filter_values(facts: ContactFacts) -> tuple[Any, ...]:
@@ -177,9 +191,9 @@ def ddl() -> list[str]:
     return [
         "CREATE TABLE IF NOT EXISTS audience_facts ("
         "contact_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, email TEXT NOT NULL, "
-        "doc TEXT NOT NULL, members TEXT NOT NULL, entries TEXT NOT NULL, "
+        "doc TEXT NOT NULL, "
         "engagement TEXT, engagement_since TEXT, subscribed INTEGER NOT NULL, rfm TEXT, "
-        "rfm_group TEXT, due_at TEXT, lists TEXT NOT NULL, "
+        "rfm_group TEXT, lists TEXT NOT NULL, "
         # Copies of facts that never change by time alone: segment_sql narrows a backfill
         # or a preview to the contacts that can match with them.
         + ", ".join(f"{c} {'INTEGER' if c.startswith(('consent_', 'n_')) else 'TEXT'}"
@@ -189,8 +203,10 @@ def ddl() -> list[str]:
         "CREATE INDEX IF NOT EXISTS audience_facts_email ON audience_facts (tenant, email)",
         "CREATE INDEX IF NOT EXISTS audience_facts_buyers ON audience_facts (tenant, contact_id) "
         "WHERE last_purchase_at IS NOT NULL",
-        "CREATE INDEX IF NOT EXISTS audience_facts_due ON audience_facts (due_at, contact_id) "
-        "WHERE due_at IS NOT NULL",
+        "CREATE TABLE IF NOT EXISTS audience_segments (contact_id TEXT PRIMARY KEY, "
+        "tenant TEXT NOT NULL, members TEXT NOT NULL, entries TEXT NOT NULL, due_at TEXT)",
+        "CREATE INDEX IF NOT EXISTS audience_segments_due ON audience_segments "
+        "(due_at, contact_id) WHERE due_at IS NOT NULL",
         "CREATE TABLE IF NOT EXISTS segment_definitions ("
         "tenant TEXT NOT NULL, segment_id TEXT NOT NULL, version INTEGER NOT NULL, "
         "name TEXT NOT NULL, rule TEXT NOT NULL, deleted INTEGER NOT NULL, "
@@ -261,6 +277,17 @@ class _Row:
     facts_changed: bool = False  # an event changed the facts (else only derived columns)
     # The tallies this contact adds to audience_counts as stored (what a flush diffs).
     counted: frozenset[tuple[str, str, str]] = frozenset()
+    # Its columns as stored (``_derived``, ``_segment_state``; None: no row yet): a flush
+    # writes a table's row only if its part changed.
+    written_derived: tuple[Any, ...] | None = None
+    written_segments: tuple[str, str, str | None] | None = None
+    # What ``written_derived`` was made of, but the facts (``_derived_inputs``).
+    derived_from: tuple[Any, ...] | None = None
+
+    def derived_inputs(self) -> tuple[Any, ...]:
+        """What ``_derived`` reads besides the facts."""
+        return (self.engagement, self.engagement_since, self.subscribed, self.rfm,
+                self.soft_limit)
 
     def lists_now(self) -> dict[str, str]:
         out = {}
@@ -273,6 +300,10 @@ class _Row:
     def tallies(self) -> frozenset[tuple[str, str, str]]:
         if self.engagement is None:  # registered, not evaluated yet: not counted
             return frozenset()
+        rfm = self.rfm or {}
+        if not self.facts.lists:  # most contacts: the same few sets, made once
+            return _status_tallies(self.engagement, self.subscribed, rfm.get("group"),
+                                   rfm.get("r"), rfm.get("f"))
         out = {("engagement", self.engagement, str(int(self.subscribed)))}
         lists = self.lists_now()
         out.update(("list", list_id, state) for list_id, state in lists.items())
@@ -285,6 +316,18 @@ class _Row:
             if self.rfm.get("r") is not None:
                 out.add(("rfm_grid", str(self.rfm["r"]), str(self.rfm["f"])))
         return frozenset(out)
+
+
+@lru_cache(maxsize=4096)
+def _status_tallies(engagement: str, subscribed: bool, rfm_group: str | None,
+                    r: int | None, f: int | None) -> frozenset[tuple[str, str, str]]:
+    """``_Row.tallies`` of a contact on no list."""
+    out = {("engagement", engagement, str(int(subscribed)))}
+    if rfm_group is not None:
+        out.add(("rfm", rfm_group, ""))
+        if r is not None:
+            out.add(("rfm_grid", str(r), str(f)))
+    return frozenset(out)
 
 
 @dataclass
@@ -305,8 +348,9 @@ class AudienceProjection:
     # all): a RescoreRequested in the log rescores only the tenants that asked, so rows
     # written when it rescored every tenant are not what a rebuild gives; 9: a tenant
     # whose buyers were all erased loses its RFM cuts (they kept thresholds of the erased
-    # people's values) and its buyer count of 0 when rescored
-    version = 9
+    # people's values) and its buyer count of 0 when rescored; 10: memberships, entries
+    # and the next due instant in a narrow table of their own (``audience_segments``)
+    version = 10
     tables: tuple[str, ...] = TABLES
     erasures_table = ERASURES_TABLE
 
@@ -333,6 +377,25 @@ class AudienceProjection:
     def apply(self, cur: Cursor, events: Sequence[Any], is_postgres: bool) -> None:
         page = _Page(cur, is_postgres)
         page.run(events)
+
+
+# A contact's stored row as ``_Page._admit`` takes it: facts and segment state.
+STORED_ROW = (
+    "SELECT f.contact_id, f.tenant, f.doc, f.engagement, f.engagement_since, f.subscribed, "
+    "f.rfm, f.rfm_group, f.lists, s.members, s.entries, s.due_at "
+    "FROM audience_facts f LEFT JOIN audience_segments s ON s.contact_id = f.contact_id"
+)
+# The server-side cursor of a backfill on PostgreSQL (``_Page._on_definition``).
+BACKFILL_CURSOR = "ficha_backfill"
+
+
+def _fetch(cur: Cursor, ids: Collection[str], is_postgres: bool) -> list[dict[str, Any]]:
+    """The stored rows of the contacts ``ids``, for ``_admit``."""
+    found: list[dict[str, Any]] = []
+    for condition, params in any_of("f.contact_id", sorted(ids), is_postgres):
+        cur.execute(f"{STORED_ROW} WHERE {condition}", params)
+        found.extend(cur.fetchall())
+    return found
 
 
 class _Page:
@@ -573,7 +636,7 @@ class _Page:
         self._flush()
         while True:
             self.cur.execute(
-                "SELECT contact_id, due_at FROM audience_facts WHERE due_at IS NOT NULL "
+                "SELECT contact_id, due_at FROM audience_segments WHERE due_at IS NOT NULL "
                 "AND due_at <= ? ORDER BY due_at, contact_id LIMIT ?",
                 (at, CHUNK),
             )
@@ -631,13 +694,8 @@ class _Page:
         segment = rules.get(sid)
         narrowing = None if segment is None else prefilter(
             segment.rule, tenant, self.now, rules.windows)
-        ids = self._current_members(tenant, sid)
-        if segment is not None:
-            ids |= self._candidates(tenant, narrowing)
-        ordered = sorted(ids)
         affected = rules.affected_by(sid)
-        chunks = [ordered[start : start + CHUNK] for start in range(0, len(ordered), CHUNK)]
-        for chunk in self._chunks_written_behind(chunks):
+        for chunk in self._backfill_chunks(tenant, sid, segment is not None, narrowing):
             for cid in chunk:
                 row = self.rows[cid]
                 self._catch_up(row, rules, self.now)
@@ -657,38 +715,72 @@ class _Page:
         """Each chunk of contacts loaded (``_load``) for the caller to evaluate; then the
         chunk is flushed and its rows forgotten, but for ``keep``'s (by default the rows
         in memory before: the page's contacts, a tick's chunk), which stay for what
-        follows. On PostgreSQL its writes run in a thread of their own while the
-        next chunk is loaded and evaluated, so that the database writes one chunk while
-        Python evaluates the next; the connection is used by one thread at a time (the
-        next chunk is asked for, and loaded, once the writes before are done). SQLite
-        writes in place."""
+        follows. ``id_chunks`` may query (with the connection it was made with:
+        ``_tenant_chunks``). SQLite works in place; PostgreSQL: ``_written_behind``."""
         keep = frozenset(self.rows) if keep is None else keep
         chunks = iter(id_chunks)
-        writer = ThreadPoolExecutor(1, "ficha-writes") if self.is_postgres else None
-        pending: Future[None] | None = None
-        writes: DeferredWrites | None = None
-        try:
-            while True:
-                if pending is not None:
-                    pending.result()
-                    pending = None
-                chunk = next(chunks, None)  # may query: nothing is in flight
-                if chunk is not None:
-                    self._load(chunk, soft_limit)
-                if writes is not None:
-                    if writer is None:
-                        writes.run_on(self.cur)
-                    else:
-                        pending = writer.submit(writes.run_on, self.cur)
-                if chunk is None:
-                    break
+        if not self.is_postgres:
+            for chunk in chunks:
+                self._load(chunk, soft_limit)
                 yield chunk
-                writes = self._flush_deferred(keep)
-            if pending is not None:
-                pending.result()
+                self._flush_deferred(keep).run_on(self.cur)
+            return
+
+        def read(cur: Cursor) -> tuple[list[str], list[dict[str, Any]]] | None:
+            chunk = next(chunks, None)
+            if chunk is None:
+                return None
+            return chunk, _fetch(cur, [cid for cid in chunk if cid not in self.rows], True)
+
+        yield from self._written_behind(read, soft_limit, keep)
+
+    def _streamed_behind(self, cursor: str, keep: Set[str]) -> Iterator[list[str]]:
+        """``_chunks_written_behind`` for the rows of a server-side cursor (PostgreSQL)
+        declared on this page's connection: ``CHUNK`` of them at a time."""
+
+        def read(cur: Cursor) -> tuple[list[str], list[dict[str, Any]]] | None:
+            cur.execute(f"FETCH FORWARD {CHUNK} FROM {cursor}")
+            rows = cur.fetchall()
+            return ([r["contact_id"] for r in rows], rows) if rows else None
+
+        yield from self._written_behind(read, None, keep)
+
+    def _written_behind(
+        self, read: Callable[[Cursor], tuple[list[str], list[dict[str, Any]]] | None],
+        soft_limit: int | None, keep: Set[str],
+    ) -> Iterator[list[str]]:
+        """On PostgreSQL the database works while Python evaluates: a thread of its own
+        writes the chunk before and ``read``s the chunk after (chunks hold different
+        contacts, so neither depends on the writes pending; a row in memory is not read
+        again: ``_admit``). The connection is used by one thread at a time: the caller's
+        only between the thread's turns (to take in the rows read)."""
+        cur = self.cur  # (``_flush_deferred`` swaps ``self.cur`` while the thread works)
+
+        def turn(writes: DeferredWrites | None
+                 ) -> tuple[list[str], list[dict[str, Any]]] | None:
+            if writes is not None:
+                writes.run_on(cur)
+            return read(cur)
+
+        worker = ThreadPoolExecutor(1, "ficha-db")
+        try:
+            got = turn(None)
+            writes = None
+            while got is not None:
+                chunk, fetched = got
+                self._admit(fetched, soft_limit)
+                # The chunk before is written and the next one read while this one is
+                # evaluated.
+                pending = worker.submit(turn, writes)
+                try:
+                    yield chunk
+                    writes = self._flush_deferred(keep)
+                finally:
+                    got = pending.result()
+            if writes is not None:
+                writes.run_on(cur)
         finally:
-            if writer is not None:
-                writer.shutdown(wait=True)  # never leave the connection to a thread
+            worker.shutdown(wait=True)  # never leave the connection to a thread
 
     def _flush_deferred(self, keep: Set[str]) -> DeferredWrites:
         """``_flush`` with its statements kept to run later; then the rows but ``keep``'s
@@ -701,6 +793,48 @@ class _Page:
             self.cur = cur
         self._forget_rows(keep)
         return deferred
+
+    def _backfill_chunks(self, tenant: str, segment_id: str, matchable: bool,
+                         narrowing: tuple[str, list[Any]] | None) -> Iterator[list[str]]:
+        """The contacts a definition may change, in id order, in chunks to evaluate
+        (``_chunks_written_behind``): its current members and, if it can match
+        (``matchable``: not deleted), those its rule's SQL prefilter lets through.
+
+        PostgreSQL streams their rows from one query, which reads the table in its own
+        order and sorts what passes (reading each contact by id, in random places of a
+        large table, cost several times as much)."""
+        if not self.is_postgres:
+            ids = self._current_members(tenant, segment_id)
+            if matchable:
+                ids |= self._candidates(tenant, narrowing)
+            ordered = sorted(ids)
+            yield from self._chunks_written_behind(
+                ordered[start : start + CHUNK] for start in range(0, len(ordered), CHUNK))
+            return
+        where, params = narrowing or ("TRUE", [])
+        keep = frozenset(self.rows)
+        # Planned as one pass over the table (a cursor is planned for its first rows:
+        # walking an index in id order reads every contact of the tenant, in random
+        # places, several times slower), the sort of what passes in memory (a million
+        # contacts pass a few hundred MB through it), and no JIT (compiling the filter
+        # cost more than it saved).
+        for setting in ("cursor_tuple_fraction = 1", "enable_indexscan = off",
+                        "enable_indexonlyscan = off", "work_mem = '256MB'", "jit = off"):
+            self.cur.execute(f"SET LOCAL {setting}")
+        self.cur.execute(
+            f"DECLARE {BACKFILL_CURSOR} NO SCROLL CURSOR FOR {STORED_ROW} "
+            f"WHERE f.tenant = ? AND (({where if matchable else 'FALSE'}) OR f.contact_id "
+            "IN (SELECT contact_id FROM segment_history WHERE tenant = ? AND segment_id = ? "
+            # (in code-point order, as SQLite's ids are sorted, whatever the collation)
+            "AND exited_at IS NULL)) ORDER BY f.contact_id COLLATE \"C\"",
+            [tenant, *params, tenant, segment_id],
+        )
+        yield from self._streamed_behind(BACKFILL_CURSOR, keep)
+        # (after a failure the page's transaction is rolled back, which ends both)
+        self.cur.execute(f"CLOSE {BACKFILL_CURSOR}")
+        for setting in ("cursor_tuple_fraction", "enable_indexscan", "enable_indexonlyscan",
+                        "work_mem", "jit"):
+            self.cur.execute(f"RESET {setting}")
 
     def _current_members(self, tenant: str, segment_id: str) -> set[str]:
         self.cur.execute(
@@ -777,22 +911,25 @@ class _Page:
 
     def _tenant_chunks(self, tenant: str, buyers_only: bool = False) -> Iterator[list[str]]:
         """The tenant's contact ids (``buyers_only``: of those who bought), in id order,
-        ``CHUNK`` at a time; each chunk is asked for when the one before is done with."""
-        for rows in self._tenant_rows(tenant, "contact_id", buyers_only):
-            yield [r["contact_id"] for r in rows]
+        ``CHUNK`` at a time; each chunk is asked for when the one before is done with,
+        on the connection of now (``_written_behind`` asks from its thread)."""
+        rows = self._tenant_rows(tenant, "contact_id", buyers_only, cur=self.cur)
+        return ([r["contact_id"] for r in chunk] for chunk in rows)
 
     def _tenant_rows(self, tenant: str, columns: str, buyers_only: bool = False,
-                     after: str = "") -> Iterator[list[dict[str, Any]]]:
+                     after: str = "", cur: Cursor | None = None
+                     ) -> Iterator[list[dict[str, Any]]]:
         """``columns`` (``contact_id`` among them) of the tenant's contacts after the id
-        ``after`` (``buyers_only``: of those who bought), in id order, ``CHUNK`` at a time."""
+        ``after`` (``buyers_only``: of those who bought), in id order, ``CHUNK`` at a time
+        (on ``cur``, by default the page's cursor when a chunk is asked for)."""
         bought = " AND last_purchase_at IS NOT NULL" if buyers_only else ""
         while True:
-            self.cur.execute(
+            (cur or self.cur).execute(
                 f"SELECT {columns} FROM audience_facts WHERE tenant = ?{bought} "
                 "AND contact_id > ? ORDER BY contact_id LIMIT ?",
                 (tenant, after, CHUNK),
             )
-            rows = self.cur.fetchall()
+            rows = (cur or self.cur).fetchall()
             if not rows:
                 return
             yield rows
@@ -910,24 +1047,33 @@ class _Page:
     # ------------------------------------------------------------------ storage
 
     def _load(self, ids: Iterable[str], soft_limit: int | None = None) -> None:
-        wanted = sorted({cid for cid in ids if cid not in self.rows})
-        for condition, params in any_of("contact_id", wanted, self.is_postgres):
-            self.cur.execute(
-                "SELECT contact_id, tenant, email, doc, members, entries, engagement, "
-                f"engagement_since, subscribed, rfm, due_at FROM audience_facts WHERE {condition}",
-                params,
+        """The rows of ``ids`` in memory (those not there yet read from the tables)."""
+        self._admit(_fetch(self.cur, [cid for cid in ids if cid not in self.rows],
+                           self.is_postgres), soft_limit)
+
+    def _admit(self, fetched: list[dict[str, Any]], soft_limit: int | None = None) -> None:
+        """Rows read by ``_fetch`` into memory, but for contacts there already (a row in
+        memory may hold changes not written yet)."""
+        for r in fetched:
+            if r["contact_id"] in self.rows:
+                continue
+            facts = ContactFacts.from_json(r["doc"])
+            segments = (None if r["members"] is None
+                        else (r["members"], r["entries"], r["due_at"]))
+            row = _Row(
+                facts, {} if segments is None else load_json(r["members"]),
+                {} if segments is None else load_json(r["entries"]), r["engagement"],
+                r["engagement_since"], bool(r["subscribed"]), r["due_at"],
+                None if r["rfm"] is None else load_json(r["rfm"]),
+                written_derived=(r["engagement"], r["engagement_since"], r["subscribed"],
+                                 r["rfm"], r["rfm_group"], r["lists"]),
+                written_segments=segments,
             )
-            for r in self.cur.fetchall():
-                facts = ContactFacts.from_json(r["doc"])
-                row = _Row(
-                    facts, load_json(r["members"]), load_json(r["entries"]), r["engagement"],
-                    r["engagement_since"], bool(r["subscribed"]), r["due_at"],
-                    None if r["rfm"] is None else load_json(r["rfm"]),
-                )
-                row.soft_limit = (soft_limit if soft_limit is not None
-                                  else self._rules(r["tenant"]).soft_bounce_limit)
-                row.counted = row.tallies()
-                self.rows[r["contact_id"]] = row
+            row.soft_limit = (soft_limit if soft_limit is not None
+                              else self._rules(r["tenant"]).soft_bounce_limit)
+            row.counted = row.tallies()
+            row.derived_from = row.derived_inputs()
+            self.rows[r["contact_id"]] = row
 
     def _flush(self, keep_rows: bool = False) -> None:
         """Write what changed. Every row stays in memory, as written, with ``keep_rows``;
@@ -936,20 +1082,40 @@ class _Page:
         self._score_changed_facts()
         cur, w = self.cur, self.writes
         dirty = {cid: r for cid, r in self.rows.items() if r.dirty}
-        changed = sorted(cid for cid, r in dirty.items() if r.facts_changed)
-        derived = sorted(cid for cid, r in dirty.items() if not r.facts_changed)
-        if changed:
+        facts_rows, derived_rows, new_segments, segment_rows = [], [], [], []
+        for cid in sorted(dirty):
+            row = dirty[cid]
+            segments, inputs = _segment_state(row), row.derived_inputs()
+            # (with the facts and what else it reads as written, the same as written)
+            written = row.written_derived
+            derived = (written if written is not None and not row.facts_changed
+                       and inputs == row.derived_from else _derived(row))
+            if row.facts_changed:
+                facts = row.facts
+                facts_rows.append((cid, facts.tenant, facts.email, facts.to_json().decode(),
+                                   *derived, *filter_values(facts)))
+            elif derived != row.written_derived:
+                # Only statuses moved: the facts are as stored.
+                derived_rows.append((*derived, cid))
+            if row.written_segments is None:
+                new_segments.append((cid, row.facts.tenant, *segments))
+            elif segments != row.written_segments:
+                segment_rows.append((*segments, cid))
+            row.written_derived, row.written_segments = derived, segments
+            row.derived_from = inputs
+        if facts_rows:
             updates = ", ".join(f"{c} = excluded.{c}" for c in FACT_COLUMNS[3:])
-            bulk_insert(cur, "audience_facts", FACT_TYPES,
-                        [(cid, dirty[cid].facts.tenant, dirty[cid].facts.email,
-                          dirty[cid].facts.to_json().decode(), *_derived(dirty[cid]),
-                          *filter_values(dirty[cid].facts)) for cid in changed],
-                        self.is_postgres,
+            bulk_insert(cur, "audience_facts", FACT_TYPES, facts_rows, self.is_postgres,
                         conflict=f"ON CONFLICT (contact_id) DO UPDATE SET {updates}")
-        if derived:
-            # Only memberships, statuses and schedules moved: the facts are as stored.
+        if derived_rows:
             bulk_update(cur, "audience_facts", ("contact_id", "text"), DERIVED_TYPES,
-                        [(*_derived(dirty[cid]), cid) for cid in derived], self.is_postgres)
+                        derived_rows, self.is_postgres)
+        if new_segments:
+            bulk_insert(cur, "audience_segments", SEGMENT_TYPES, new_segments,
+                        self.is_postgres)
+        if segment_rows:
+            bulk_update(cur, "audience_segments", SEGMENT_TYPES[0], SEGMENT_TYPES[2:],
+                        segment_rows, self.is_postgres)
         if w.history:
             bulk_insert(cur, "segment_history", HISTORY_COLUMNS,
                         [w.history[k] for k in sorted(w.history)], self.is_postgres)

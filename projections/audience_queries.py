@@ -22,7 +22,9 @@ from services.domain.rules import Context, Leaf, Node
 from services.domain.segments import SegmentDefinition
 from services.domain.stamps import utc_iso
 
-FACT_COLUMNS = "f.contact_id, f.tenant, f.email, f.doc, f.members, f.engagement, f.rfm"
+FACT_COLUMNS = "f.contact_id, f.tenant, f.email, f.doc, s.members, f.engagement, f.rfm"
+# A contact's facts with its segment state (``projections.audience``).
+FACTS_FROM = "audience_facts f LEFT JOIN audience_segments s ON s.contact_id = f.contact_id"
 
 
 class NotFound(LookupError):
@@ -125,7 +127,7 @@ def count_members(db: ViewDatabase, tenant: str, segment_id: str,
 def _facts_row(db: ViewDatabase, tenant: str, email: str) -> dict[str, Any]:
     with db.reading() as cur:
         cur.execute(
-            f"SELECT {FACT_COLUMNS}, f.engagement_since, f.due_at FROM audience_facts f "
+            f"SELECT {FACT_COLUMNS}, f.engagement_since, s.due_at FROM {FACTS_FROM} "
             "WHERE f.tenant = ? AND f.email = ?",
             (tenant, normalise_email(email)),
         )
@@ -189,7 +191,7 @@ def explain(db: ViewDatabase, tenant: str, email: str, segment_id: str | None = 
             "segment_id": sid,
             "name": segment.definition.name,
             "version": segment.definition.version,
-            "member": sid in set(load_json(row["members"])),
+            "member": sid in set(load_json(row["members"] or "{}")),
             "matches_now": sid in evaluation.members,
             "rule": segment.rule.describe(),
             "clauses": [{"path": p, "clause": descriptions[p], "holds": v}
@@ -243,8 +245,9 @@ def preview(db: ViewDatabase, tenant: str, segment_id: str, node: Node, now: dat
     statement = (
         "SELECT f.contact_id, f.doc, f.contact_id IN (SELECT contact_id FROM segment_history "
         "WHERE tenant = ? AND segment_id = ? AND exited_at IS NULL) AS was"
-        + (", f.members" if wants_segments else ", NULL") + (", f.rfm" if wants_rfm else ", NULL")
-        + f" FROM audience_facts f WHERE f.tenant = ? AND (({where}) OR f.contact_id IN ("
+        + (", s.members" if wants_segments else ", NULL") + (", f.rfm" if wants_rfm else ", NULL")
+        + f" FROM {FACTS_FROM if wants_segments else 'audience_facts f'} "
+        f"WHERE f.tenant = ? AND (({where}) OR f.contact_id IN ("
         "SELECT contact_id FROM segment_history WHERE tenant = ? AND segment_id = ? "
         "AND exited_at IS NULL))"
     )
@@ -255,7 +258,7 @@ def preview(db: ViewDatabase, tenant: str, segment_id: str, node: Node, now: dat
             was = was_member in (True, 1, "t")
             facts = ContactFacts.from_json(doc)
             if wants_segments:
-                ctx.segments = set(load_json(members_json)) - {segment_id}
+                ctx.segments = set(load_json(members_json or "{}")) - {segment_id}
             if wants_engagement:
                 ctx.engagement = engagement_at(facts, moment, rules.windows)
             if wants_rfm:

@@ -13,14 +13,25 @@ collector less often costs little memory.
 from __future__ import annotations
 
 import gc
+import sys
 
 # New objects between young collections (CPython's default: 700), then how many young
 # collections between middle ones (default 10) and middle between full ones (default 10).
 THRESHOLDS = (50_000, 20, 100)
 
 
+# How long a thread may hold the GIL while another waits for it (CPython's default: 5 ms).
+# ficha's processes pair a thread that computes with one that waits on the database (the
+# audience projection's write-behind, the API's workers): each time the database answers,
+# the waiting thread needs the GIL back, and with the default it waited up to 5 ms a
+# time: a segment's backfill at 1M contacts spent about a second in those waits.
+SWITCH_INTERVAL_S = 0.001
+
+
 def tune_for_throughput() -> None:
-    """Collect less often, and never scan again what start-up created (modules, settings)."""
+    """Collect less often, and never scan again what start-up created (modules, settings);
+    hand the GIL over sooner (``SWITCH_INTERVAL_S``)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*THRESHOLDS)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)

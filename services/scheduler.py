@@ -1,7 +1,7 @@
 """The scheduler: ticks the clock when a contact's scheduled instant has come.
 
 The audience projection keeps, per contact, the next instant at which a segment
-membership or the engagement status may change (``audience_facts.due_at``). The
+membership or the engagement status may change (``audience_segments.due_at``). The
 scheduler reads the earliest one, sleeps until then (on an injected clock), and appends a
 tick to the event store; the projection then fires every change due by the tick, each at
 its exact instant. Ticks are at least ``resolution`` seconds apart, so a million instants
@@ -45,7 +45,7 @@ class Scheduler:
         with self.views.reading() as cur:
             try:
                 cur.execute(
-                    "SELECT MIN(due_at) AS due FROM audience_facts WHERE due_at IS NOT NULL"
+                    "SELECT MIN(due_at) AS due FROM audience_segments WHERE due_at IS NOT NULL"
                 )
             except Exception:  # noqa: BLE001 - the projection has not created its tables yet
                 return None

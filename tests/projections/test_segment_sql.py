@@ -119,8 +119,9 @@ def test_the_prefilter_keeps_every_match(settings: Settings) -> None:
     folder.fold_and_commit(events, 1)
     runner.catch_up()
     with db.reading() as cur:
-        cur.execute("SELECT f.contact_id, f.tenant, f.email, f.doc, f.members, f.rfm "
-                    "FROM audience_facts f WHERE tenant = 'acme'")
+        cur.execute("SELECT f.contact_id, f.tenant, f.email, f.doc, s.members, f.rfm "
+                    "FROM audience_facts f JOIN audience_segments s "
+                    "ON s.contact_id = f.contact_id WHERE f.tenant = 'acme'")
         rows = cur.fetchall()
     moment = datetime.now(UTC)
     now = utc_iso(moment)
