@@ -816,8 +816,9 @@ class _Page:
         # Planned as one pass over the table (a cursor is planned for its first rows:
         # walking an index in id order reads every contact of the tenant, in random
         # places, several times slower), the sort of what passes in memory (a million
-        # contacts pass a few hundred MB through it), and no JIT (compiling the filter
-        # cost more than it saved).
+        # contacts pass a few hundred MB through it; it runs at the first FETCH), and no
+        # JIT (compiling the filter cost more than it saved).
+        planning = ("cursor_tuple_fraction", "enable_indexscan", "enable_indexonlyscan")
         for setting in ("cursor_tuple_fraction = 1", "enable_indexscan = off",
                         "enable_indexonlyscan = off", "work_mem = '256MB'", "jit = off"):
             self.cur.execute(f"SET LOCAL {setting}")
@@ -829,11 +830,12 @@ class _Page:
             "AND exited_at IS NULL)) ORDER BY f.contact_id COLLATE \"C\"",
             [tenant, *params, tenant, segment_id],
         )
+        for setting in planning:  # the writes meanwhile are planned as usual
+            self.cur.execute(f"RESET {setting}")
         yield from self._streamed_behind(BACKFILL_CURSOR, keep)
         # (after a failure the page's transaction is rolled back, which ends both)
         self.cur.execute(f"CLOSE {BACKFILL_CURSOR}")
-        for setting in ("cursor_tuple_fraction", "enable_indexscan", "enable_indexonlyscan",
-                        "work_mem", "jit"):
+        for setting in ("work_mem", "jit"):
             self.cur.execute(f"RESET {setting}")
 
     def _current_members(self, tenant: str, segment_id: str) -> set[str]:
