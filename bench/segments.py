@@ -1,8 +1,8 @@
 """Segments at scale: preview and materialise a new segment over N contacts.
 
-Fills the audience read model (``audience_facts``) directly with N synthetic contacts
-(countries, languages, tags, consent, interactions and purchases in skewed mixes), then
-times, for a few three-condition rules:
+Fills the audience read model (``audience_facts``, ``audience_segments``) directly with N
+synthetic contacts (countries, languages, tags, consent, interactions and purchases in
+skewed mixes), then times, for a few three-condition rules:
 
 * ``preview``: how many would enter / leave / stay, with samples (the code the CLI uses);
 * materialise: the segment is defined through the event store and the audience

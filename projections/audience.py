@@ -22,11 +22,11 @@ One projection, because these all follow the same per-contact facts and the same
   ``ficha.out``, in the order they happened, numbered; ``services.outbox`` publishes them;
 * ``audience_erasures``: this projection's confirmation of each erasure it applied.
 
-Erasure (decision 0006): the contact's facts, segment history and consent ledger rows are
-deleted; its tallies are taken out of ``audience_counts`` (the day's series follows; past
-days keep their counts, which hold nothing personal); its outbox rows become tombstones
-(no payload: the relay publishes none of them, and their numbers stay taken); a
-``contact_erased`` event is added to the outbox. Segment memberships end without a
+Erasure (decision 0006): the contact's facts, segment state, segment history and consent
+ledger rows are deleted; its tallies are taken out of ``audience_counts`` (the day's
+series follows; past days keep their counts, which hold nothing personal); its outbox
+rows become tombstones (no payload: the relay publishes none of them, and their numbers
+stay taken); a ``contact_erased`` event is added to the outbox. Segment memberships end without a
 ``segment_exited``: ``contact_erased`` tells automation the contact is gone everywhere.
 
 Time comes from the log only: an event's recorded timestamp, or a clock tick
@@ -39,8 +39,17 @@ how the relay goes on then.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence, Set
+from collections.abc import (
+    Callable,
+    Collection,
+    Generator,
+    Iterable,
+    Iterator,
+    Sequence,
+    Set,
+)
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import chain
@@ -281,7 +290,7 @@ class _Row:
     # writes a table's row only if its part changed.
     written_derived: tuple[Any, ...] | None = None
     written_segments: tuple[str, str, str | None] | None = None
-    # What ``written_derived`` was made of, but the facts (``_derived_inputs``).
+    # What ``written_derived`` was made of, but the facts (``derived_inputs``).
     derived_from: tuple[Any, ...] | None = None
 
     def derived_inputs(self) -> tuple[Any, ...]:
@@ -377,6 +386,18 @@ class AudienceProjection:
     def apply(self, cur: Cursor, events: Sequence[Any], is_postgres: bool) -> None:
         page = _Page(cur, is_postgres)
         page.run(events)
+
+
+class _ConnectionInUse:
+    """The page's cursor while the database thread of ``_Page._written_behind`` has the
+    connection: any use is a programming error, raised at once rather than racing."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError("the database connection is in use by the write-behind thread: "
+                           "a chunk's evaluation must not query")
+
+
+IN_USE: Any = _ConnectionInUse()
 
 
 # A contact's stored row as ``_Page._admit`` takes it: facts and segment state.
@@ -695,23 +716,25 @@ class _Page:
         narrowing = None if segment is None else prefilter(
             segment.rule, tenant, self.now, rules.windows)
         affected = rules.affected_by(sid)
-        for chunk in self._backfill_chunks(tenant, sid, segment is not None, narrowing):
-            for cid in chunk:
-                row = self.rows[cid]
-                self._catch_up(row, rules, self.now)
-                if deleted:
-                    self._close_deleted(row, sid, event.segment_version, ref)
-                after = evaluate(row.facts, rules, self.now, affected, set(row.members))
-                # The other segments were not evaluated: keep the earlier of the two dues
-                # (a spurious wake-up re-evaluates what time can change and reschedules
-                # exactly).
-                if row.due is not None and (after.due is None or row.due < after.due):
-                    after.due = row.due
-                self._settle(row, rules, None, after, CAUSE_DEFINITION, ref)
+        backfill = self._backfill_chunks(tenant, sid, segment is not None, narrowing)
+        with closing(backfill):
+            for chunk in backfill:
+                for cid in chunk:
+                    row = self.rows[cid]
+                    self._catch_up(row, rules, self.now)
+                    if deleted:
+                        self._close_deleted(row, sid, event.segment_version, ref)
+                    after = evaluate(row.facts, rules, self.now, affected, set(row.members))
+                    # The other segments were not evaluated: keep the earlier of the two dues
+                    # (a spurious wake-up re-evaluates what time can change and reschedules
+                    # exactly).
+                    if row.due is not None and (after.due is None or row.due < after.due):
+                        after.due = row.due
+                    self._settle(row, rules, None, after, CAUSE_DEFINITION, ref)
 
     def _chunks_written_behind(self, id_chunks: Iterable[list[str]],
                                soft_limit: int | None = None,
-                               keep: Set[str] | None = None) -> Iterator[list[str]]:
+                               keep: Set[str] | None = None) -> Generator[list[str], None, None]:
         """Each chunk of contacts loaded (``_load``) for the caller to evaluate; then the
         chunk is flushed and its rows forgotten, but for ``keep``'s (by default the rows
         in memory before: the page's contacts, a tick's chunk), which stay for what
@@ -734,7 +757,7 @@ class _Page:
 
         yield from self._written_behind(read, soft_limit, keep)
 
-    def _streamed_behind(self, cursor: str, keep: Set[str]) -> Iterator[list[str]]:
+    def _streamed_behind(self, cursor: str, keep: Set[str]) -> Generator[list[str], None, None]:
         """``_chunks_written_behind`` for the rows of a server-side cursor (PostgreSQL)
         declared on this page's connection: ``CHUNK`` of them at a time."""
 
@@ -748,7 +771,7 @@ class _Page:
     def _written_behind(
         self, read: Callable[[Cursor], tuple[list[str], list[dict[str, Any]]] | None],
         soft_limit: int | None, keep: Set[str],
-    ) -> Iterator[list[str]]:
+    ) -> Generator[list[str], None, None]:
         """On PostgreSQL the database works while Python evaluates: a thread of its own
         writes the chunk before and ``read``s the chunk after (chunks hold different
         contacts, so neither depends on the writes pending; a row in memory is not read
@@ -773,7 +796,11 @@ class _Page:
                 # evaluated.
                 pending = worker.submit(turn, writes)
                 try:
-                    yield chunk
+                    self.cur = IN_USE  # the thread has the connection
+                    try:
+                        yield chunk
+                    finally:
+                        self.cur = cur
                     writes = self._flush_deferred(keep)
                 finally:
                     got = pending.result()
@@ -795,7 +822,8 @@ class _Page:
         return deferred
 
     def _backfill_chunks(self, tenant: str, segment_id: str, matchable: bool,
-                         narrowing: tuple[str, list[Any]] | None) -> Iterator[list[str]]:
+                         narrowing: tuple[str, list[Any]] | None,
+                         ) -> Generator[list[str], None, None]:
         """The contacts a definition may change, in id order, in chunks to evaluate
         (``_chunks_written_behind``): its current members and, if it can match
         (``matchable``: not deleted), those its rule's SQL prefilter lets through.
@@ -900,16 +928,18 @@ class _Page:
         ref = f"settings@v{event.originator_version}"
         changed_by_settings = rules.to_evaluate(frozenset({"lists"}))
         # Loaded with the old bounce limit: counted as the counts were made.
-        for ids in self._chunks_written_behind(self._tenant_chunks(tenant), old_limit):
-            for cid in ids:
-                row = self.rows[cid]
-                row.soft_limit = rules.soft_bounce_limit
-                self._catch_up(row, rules, self.now)
-                # Settings move engagement and RFM (volatile) and the bounce limit (lists).
-                wanted = None if row.engagement is None else changed_by_settings
-                after = evaluate(row.facts, rules, self.now, wanted, set(row.members))
-                self._settle(row, rules, None, after, CAUSE_DEFINITION, ref)
-                row.dirty = True
+        written = self._chunks_written_behind(self._tenant_chunks(tenant), old_limit)
+        with closing(written):
+            for ids in written:
+                for cid in ids:
+                    row = self.rows[cid]
+                    row.soft_limit = rules.soft_bounce_limit
+                    self._catch_up(row, rules, self.now)
+                    # Settings move engagement and RFM (volatile) and the bounce limit (lists).
+                    wanted = None if row.engagement is None else changed_by_settings
+                    after = evaluate(row.facts, rules, self.now, wanted, set(row.members))
+                    self._settle(row, rules, None, after, CAUSE_DEFINITION, ref)
+                    row.dirty = True
 
     def _tenant_chunks(self, tenant: str, buyers_only: bool = False) -> Iterator[list[str]]:
         """The tenant's contact ids (``buyers_only``: of those who bought), in id order,
@@ -1035,16 +1065,18 @@ class _Page:
                              (f"rfm_cuts:{tenant}",))
         self.rules.pop(tenant, None)
         rules = self._rules(tenant)
-        for ids in self._chunks_written_behind(chain([first] if first else [], chunks),
-                                               keep=resident):
-            for cid in ids:
-                row = self.rows[cid]
-                self._catch_up(row, rules, self.now)
-                # New cuts move RFM only: the volatile segments (and their users).
-                wanted = None if row.engagement is None else rules.to_evaluate()
-                after = evaluate(row.facts, rules, self.now, wanted, set(row.members),
-                                 with_rfm=True)
-                self._settle(row, rules, None, after, CAUSE_CLOCK, "rfm")
+        written = self._chunks_written_behind(chain([first] if first else [], chunks),
+                                              keep=resident)
+        with closing(written):
+            for ids in written:
+                for cid in ids:
+                    row = self.rows[cid]
+                    self._catch_up(row, rules, self.now)
+                    # New cuts move RFM only: the volatile segments (and their users).
+                    wanted = None if row.engagement is None else rules.to_evaluate()
+                    after = evaluate(row.facts, rules, self.now, wanted, set(row.members),
+                                     with_rfm=True)
+                    self._settle(row, rules, None, after, CAUSE_CLOCK, "rfm")
 
     # ------------------------------------------------------------------ storage
 
@@ -1112,9 +1144,11 @@ class _Page:
         if derived_rows:
             bulk_update(cur, "audience_facts", ("contact_id", "text"), DERIVED_TYPES,
                         derived_rows, self.is_postgres)
-        if new_segments:
+        if new_segments:  # (a row left by an earlier life of the contact is taken over)
             bulk_insert(cur, "audience_segments", SEGMENT_TYPES, new_segments,
-                        self.is_postgres)
+                        self.is_postgres, conflict="ON CONFLICT (contact_id) DO UPDATE SET "
+                        "members = excluded.members, entries = excluded.entries, "
+                        "due_at = excluded.due_at")
         if segment_rows:
             bulk_update(cur, "audience_segments", SEGMENT_TYPES[0], SEGMENT_TYPES[2:],
                         segment_rows, self.is_postgres)

@@ -127,7 +127,7 @@ def count_members(db: ViewDatabase, tenant: str, segment_id: str,
 def _facts_row(db: ViewDatabase, tenant: str, email: str) -> dict[str, Any]:
     with db.reading() as cur:
         cur.execute(
-            f"SELECT {FACT_COLUMNS}, f.engagement_since, s.due_at FROM {FACTS_FROM} "
+            f"SELECT {FACT_COLUMNS}, f.engagement_since FROM {FACTS_FROM} "
             "WHERE f.tenant = ? AND f.email = ?",
             (tenant, normalise_email(email)),
         )

@@ -66,6 +66,9 @@ class ProjectionRunner:
         self.idle_timeout = idle_timeout
         self.stats = ProjectionStats()
         self._signal: NewEvents | None = None
+        # A failure recorded before (by another run too) is cleared by the first page that
+        # succeeds (``ficha status`` reports it until then).
+        self._failure_recorded = True
 
     @property
     def name(self) -> str:
@@ -98,6 +101,7 @@ class ProjectionRunner:
             for table in self.projection.tables:
                 cur.execute(f"DROP TABLE IF EXISTS {table}")
             cur.execute("DELETE FROM ficha_projection_tracking WHERE name = ?", (self.name,))
+            cur.execute("DELETE FROM ficha_projection_failures WHERE name = ?", (self.name,))
         self.projection.create_tables(self.db)
         with self.db.transaction() as cur:
             self.db.set_layout_version(cur, self.name, self.projection.version)
@@ -127,9 +131,14 @@ class ProjectionRunner:
         """
         while True:
             try:
-                return self._apply_next_page(until)
+                applied = self._apply_next_page(until)
             except ConcurrentProjectionError as error:
                 log.info("%s; going on from its position", error)
+                continue
+            if self._failure_recorded:  # (by this process or another, before)
+                self.db.clear_failure(self.name)
+                self._failure_recorded = False
+            return applied
 
     def _apply_next_page(self, until: int | None) -> int:
         with self.db.reading() as cur:
@@ -196,20 +205,13 @@ class ProjectionRunner:
 
     def _loop(self, stop: threading.Event, signal: NewEvents) -> None:
         delay = 0.2
-        # A failure recorded before (by this process or another run) is cleared by the
-        # first page that succeeds.
-        failing = True
         while not stop.is_set():
             try:
                 applied = self.run_once()
                 delay = 0.2
-                if failing:
-                    self.db.clear_failure(self.name)
-                    failing = False
             except Exception as error:  # noqa: BLE001 - a database outage: wait and retry
                 metrics.PROJECTION_FAILURES.labels(self.name).inc()
                 log.warning("projection %s failed, retrying in %.1fs: %s", self.name, delay, error)
-                failing = True
                 self._record_failure(error)
                 stop.wait(delay)
                 delay = min(delay * 2, 5.0)
@@ -221,6 +223,7 @@ class ProjectionRunner:
         """For ``ficha status`` (``ViewDatabase.record_failure``); when the database is
         what fails, this fails too, and the log says it already."""
         text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        self._failure_recorded = True  # (cleared by the next page that succeeds)
         try:
             self.db.record_failure(self.name, f"{type(error).__name__}: {text}"[:500],
                                    utc_iso(datetime.now(UTC)))

@@ -494,7 +494,8 @@ def status(
         console.print(Text.assemble(
             (f"{p['name']}", "bold red"),
             f" cannot apply the events after position {p['failing']['position']}: "
-            f"{p['failing']['error']} (see its log; it retries on its own)"))
+            f"{p['failing']['error']} (last tried {p['failing']['last_at'][:19]} UTC; see "
+            "its log; it retries on its own)"))
     console.print(f"dead letters: {bus.get('dead_letters', '?')}   "
                   f"received events: {report['received_events']}   "
                   f"erasures under way: {report['pending_erasures']}")

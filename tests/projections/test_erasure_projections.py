@@ -45,6 +45,7 @@ CONTACT_TABLES = {
 }
 AUDIENCE_TABLES = {
     "audience_facts": "contact_id",
+    "audience_segments": "contact_id",
     "segment_definitions": "tenant, segment_id",
     "segment_history": "tenant, segment_id, contact_id, entry_no",
     "consent_ledger": "contact_id, channel, occurred_at, event_id",

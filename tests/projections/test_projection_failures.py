@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from projections.contacts import ContactsProjection
@@ -53,7 +54,9 @@ def status(settings: Settings) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
-def test_a_failing_projection_is_reported_until_a_page_succeeds(settings: Settings) -> None:
+def test_a_failing_projection_is_reported_until_a_page_succeeds(
+        settings: Settings, nats_url: str) -> None:
+    settings = replace(settings, nats_url=nats_url)  # (status then exits 0 when all is well)
     store = ContactStore(settings)
     db = ViewDatabase(settings)
     projection = BreakableContacts()
@@ -84,7 +87,9 @@ def test_a_failing_projection_is_reported_until_a_page_succeeds(settings: Settin
         projection.broken.clear()  # fixed: the next page goes through
         wait_until(lambda: not failing(db) and runner.position() == store.max_notification_id(),
                    "the projection did not recover")
-        assert "failing since" not in status(settings).stdout
+        healthy = status(settings)
+        assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+        assert "failing since" not in healthy.stdout
     finally:
         stop.set()
         runner.wake()
