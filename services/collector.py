@@ -21,10 +21,11 @@ THRESHOLDS = (50_000, 20, 100)
 
 
 # How long a thread may hold the GIL while another waits for it (CPython's default: 5 ms).
-# ficha's processes pair a thread that computes with one that waits on the database (the
-# audience projection's write-behind, the API's workers): each time the database answers,
-# the waiting thread needs the GIL back, and with the default it waited up to 5 ms a
-# time: a segment's backfill at 1M contacts spent about a second in those waits.
+# The audience projection's write-behind pairs a thread that computes with one that waits
+# on the database: each time the database answers, the waiting thread needs the GIL back,
+# and with the default it waited up to 5 ms a time (a segment's backfill at 1M contacts:
+# 14.4 -> 13.4 s with 1 ms). The API's thread pool and the pipeline measured the same
+# either way (bench/RESULTS.md, session 11).
 SWITCH_INTERVAL_S = 0.001
 
 

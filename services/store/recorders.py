@@ -34,7 +34,7 @@ from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
 from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteProcessRecorder
 from psycopg import Cursor
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composed, Identifier
 
 from services.store.datakeys import DataKey
 
@@ -202,17 +202,21 @@ class PostgresContactRecorder(PostgresProcessRecorder):
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
         schema = Identifier(self.datastore.schema)
+
+        def in_schema(text: str) -> Composed:
+            return SQL(text).format(schema=schema)
+
         self.sql_create_statements.append(
-            SQL(
+            in_schema(
                 "CREATE TABLE IF NOT EXISTS {schema}.ficha_received ("
                 "tenant text NOT NULL, event_id text NOT NULL, contact_id uuid NOT NULL, "
                 "PRIMARY KEY (tenant, event_id))"
-            ).format(schema=schema)
+            )
         )
-        self._insert_received = SQL(
+        self._insert_received = in_schema(
             "INSERT INTO {schema}.ficha_received (tenant, event_id, contact_id) "
             "SELECT * FROM unnest(%b::text[], %b::text[], %b::uuid[])"
-        ).format(schema=schema)
+        )
         # The library inserts an array of a composite type, which psycopg dumps in pure
         # Python; four arrays of plain types sent in binary do the same insert about five
         # times faster (bench: 12k vs 70k rows/s for 300-byte events).
@@ -225,60 +229,58 @@ class PostgresContactRecorder(PostgresProcessRecorder):
         # run): a prepared statement's generic plan cannot see the array, and PostgreSQL
         # chose one that scanned all of a tenant's received ids (or a whole table whose
         # statistics were taken while it was small) for every batch.
-        self._select_received = SQL(
+        self._select_received = in_schema(
             "SELECT event_id FROM {schema}.ficha_received "
             "WHERE tenant = %s AND event_id = ANY(%s)"
-        ).format(schema=schema)
+        )
         self._select_many = SQL(
             "SELECT * FROM {schema}.{table} WHERE originator_id = ANY(%s) "
             "ORDER BY originator_id, originator_version"
         ).format(schema=schema, table=Identifier(self.events_table_name))
-        self._count_received = SQL("SELECT COUNT(*) AS n FROM {schema}.ficha_received").format(
-            schema=schema
-        )
+        self._count_received = in_schema("SELECT COUNT(*) AS n FROM {schema}.ficha_received")
         self.sql_create_statements.append(
-            SQL(
+            in_schema(
                 "CREATE TABLE IF NOT EXISTS {schema}.ficha_contact_keys ("
                 "contact_id uuid PRIMARY KEY, key_id bytea NOT NULL, secret bytea NOT NULL)"
-            ).format(schema=schema)
+            )
         )
         self.sql_create_statements.append(
-            SQL(
+            in_schema(
                 "CREATE TABLE IF NOT EXISTS {schema}.ficha_erasures ("
                 "tenant text NOT NULL, contact_id uuid NOT NULL, version bigint NOT NULL, "
                 "event_id text NOT NULL, requested_at text NOT NULL, erased_at text NOT NULL, "
                 "completed_at text, purged text, PRIMARY KEY (contact_id, version))"
-            ).format(schema=schema)
+            )
         )
-        self._delete_keys = SQL(
+        self._delete_keys = in_schema(
             "DELETE FROM {schema}.ficha_contact_keys WHERE contact_id = ANY(%s)"
-        ).format(schema=schema)
-        self._insert_keys = SQL(
+        )
+        self._insert_keys = in_schema(
             "INSERT INTO {schema}.ficha_contact_keys (contact_id, key_id, secret) "
             "SELECT * FROM unnest(%b::uuid[], %b::bytea[], %b::bytea[])"
-        ).format(schema=schema)
-        self._select_keys = SQL(
+        )
+        self._select_keys = in_schema(
             "SELECT contact_id, key_id, secret FROM {schema}.ficha_contact_keys "
             "WHERE contact_id = ANY(%s)"
-        ).format(schema=schema)
-        self._insert_erasures = SQL(
+        )
+        self._insert_erasures = in_schema(
             "INSERT INTO {schema}.ficha_erasures (tenant, contact_id, version, event_id, "
             "requested_at, erased_at) VALUES (%s, %s, %s, %s, %s, %s)"
-        ).format(schema=schema)
-        self._erasures_table = SQL("{schema}.ficha_erasures").format(schema=schema)
+        )
+        self._erasures_table = in_schema("{schema}.ficha_erasures")
         self.sql_create_statements.append(
-            SQL(
+            in_schema(
                 "CREATE TABLE IF NOT EXISTS {schema}.ficha_id_key ("
                 "id integer PRIMARY KEY CHECK (id = 1), key_check text NOT NULL)"
-            ).format(schema=schema)
+            )
         )
-        self._record_id_key = SQL(
+        self._record_id_key = in_schema(
             "INSERT INTO {schema}.ficha_id_key (id, key_check) VALUES (1, %s) "
             "ON CONFLICT (id) DO NOTHING"
-        ).format(schema=schema)
-        self._select_id_key = SQL(
+        )
+        self._select_id_key = in_schema(
             "SELECT key_check FROM {schema}.ficha_id_key WHERE id = 1"
-        ).format(schema=schema)
+        )
 
     def _insert_stored_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
