@@ -576,7 +576,10 @@ class _Page:
                                        row.facts, due, row.facts, instant_before(due))
             self._settle(row, rules, before, after, CAUSE_CLOCK, "clock")
             if row.due is not None and row.due <= due:
-                row.due = None  # nothing later is scheduled: stop
+                # Nothing later is scheduled: stop, and store that (else the stored due
+                # instant would fire again at every tick).
+                row.due = None
+                row.dirty = True
 
     def _settle(self, row: _Row, rules: TenantRules, before: Evaluation | None,
                 after: Evaluation, cause: str, ref: str) -> None:
