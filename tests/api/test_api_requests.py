@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import re
+import time
 from typing import Any
 
 import httpx
@@ -117,7 +118,9 @@ async def test_a_dead_letter_sequence_out_of_range_is_404(api: Api) -> None:
     assert api.runtime.js is not None
     await api.runtime.js.publish("ficha.in.acme.contact_updated", b"not json",
                                  headers={"Nats-Msg-Id": "junk"})
+    deadline = time.monotonic() + 30
     while not (await api.get(f"{T}/dead-letters")).json()["total"]:
+        assert time.monotonic() < deadline, "the junk message was not dead-lettered"
         await asyncio.sleep(0.1)
     for seq in ("0", "-1", "-99999999999999999999999", str(2**64 - 1), str(2**64),
                 str(2**64 + 1), "1" + "0" * 40, "999999"):

@@ -103,7 +103,7 @@ class OwnedPostgres:
 @pytest.fixture(scope="module")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnedPostgres]:
     if shutil.which("initdb") is None or shutil.which("runuser") is None:
-        if os.environ.get("FICHA_REQUIRE_POSTGRES"):
+        if os.environ.get("FICHA_REQUIRE_POSTGRES") == "1":
             pytest.fail("the fault suite needs initdb and runuser to own a PostgreSQL cluster")
         pytest.skip("initdb or runuser missing: cannot own a PostgreSQL cluster")
     root = Path(f"/tmp/ficha-faults-{os.getpid()}-{random.randint(0, 99999)}")
@@ -182,7 +182,9 @@ async def publish_reliably(url: str, items: list[tuple[str, bytes, str]]) -> Non
     """At-least-once publishing that rides out a NATS restart (same ids on retry)."""
     nc = None
     pending = list(items)
+    deadline = time.monotonic() + 120
     while pending:
+        assert time.monotonic() < deadline, f"NATS did not come back: {len(pending)} unpublished"
         try:
             if nc is None or not nc.is_connected:
                 nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0,

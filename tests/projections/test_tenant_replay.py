@@ -93,7 +93,10 @@ def test_a_tenant_replay_repairs_that_tenant_and_touches_nothing_else(
     # The live runner goes on from the same position, applying nothing twice.
     more = [decode_dict(e) for e in generate_history("acme", 50, seed=9)]
     folder.fold_and_commit(more, 99)
-    live.catch_up()
+    assert live.catch_up() == store.max_notification_id() - position > 0
+    went_on = rows_of(db, projection, "acme")
+    live.rebuild()
+    assert rows_of(db, projection, "acme") == went_on
     db.close()
     store.close()
 
