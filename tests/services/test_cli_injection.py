@@ -55,15 +55,17 @@ def test_injection_through_the_cli_stays_in_its_tenant(two_tenants: ReadModels,
     for text in ATTEMPTS:
         for option in ("--tag", "--language", "--country", "--email-prefix"):
             result = ficha("contacts", "list", "--tenant", "acme", option, text, "--json")
-            assert result.exit_code in (0, 1, 2), (option, text, result.output)
-            assert "Usage:" not in result.output
+            # 0: answered within acme; 2: refused as asked wrong (1 would be a failure,
+            # such as a database error the text provoked).
+            assert result.exit_code in (0, 2), (option, text, result.output)
+            assert "Traceback" not in result.output and "Usage:" not in result.output
             assert not strangers & set(result.output.split('"')), (option, text)
             ran += 1
         for command in (["segments", "members", "--tenant", "acme", text],
                         ["segments", "why", "--tenant", "acme", "--email", text],
                         ["contacts", "get", "--tenant", "acme", "--email", text]):
             result = ficha(*command)
-            assert result.exit_code in (0, 1, 2), (command, result.output)
+            assert result.exit_code in (0, 2), (command, result.output)
             assert "Traceback" not in result.output and "Usage:" not in result.output
             ran += 1
         rule = tmp_path / "rule.json"
