@@ -58,6 +58,7 @@ DECODER_ONLY_RULES: tuple[str, ...] = (
     "`currency` (and `total.currency`) must be an ISO 4217 code",
     "`tags`, `tags_added` and `tags_removed` are trimmed and must not be blank",
     "null is refused for every field (leave a field out to keep its value)",
+    "no text (value or key) may hold a NUL character, \\u0000",
     "`tenant` and `type` must equal the subject's tokens `ficha.in.<tenant>.<type>`",
     f"the body is at most {MAX_BODY_BYTES} bytes",
     f"`occurred_at` and `starts_at` must be from {EARLIEST.date()} and before "
@@ -204,6 +205,16 @@ def decode(subject: str, data: bytes) -> InboundEvent | Rejection:
             "keep the current value, or clear it with contact_updated.unset",
         )
 
+    # JSON writes NUL as \u0000 (raw control characters are not JSON): without those
+    # six bytes no text holds one.
+    nul_path = _find_nul(_GENERIC.decode(data)) if b"\\u0000" in data else None
+    if nul_path is not None:
+        return reject(
+            "invalid_field",
+            f"{nul_path} holds a NUL character (\\u0000), which ficha cannot store: "
+            "remove it",
+        )
+
     older = OLDER_VERSIONS.get((kind, version)) if version < latest else None
     try:
         if older is None:
@@ -233,6 +244,24 @@ def _find_null(obj: dict[str, Any], prefix: str = "") -> str | None:
                     found = _find_null(item, f"{path}[{index}].")
                     if found:
                         return found
+    return None
+
+
+def _find_nul(value: Any, path: str = "") -> str | None:
+    """The path of the first text (a value or a key) that holds a NUL character."""
+    if isinstance(value, str):
+        return (path or "the body") if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{path}.{key}" if path else str(key)
+            if "\x00" in key:
+                return f"a key of {path or 'the body'}"
+            if (found := _find_nul(item, here)) is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := _find_nul(item, f"{path}[{index}]")) is not None:
+                return found
     return None
 
 

@@ -137,7 +137,7 @@ TIME_SORTS = ("first_seen_at", "last_activity_at")
 def parse_sort(text: str) -> tuple[str, bool]:
     """``first_seen_at`` (ascending) or ``-first_seen_at`` (descending) → (key, descending)."""
     descending = text.startswith("-")
-    key = text.lstrip("-+")
+    key = text[1:] if descending else text
     if key not in SORT_KEYS:
         choices = ", ".join(sorted(SORT_KEYS))
         raise QueryError(f"cannot sort by {key!r}: sort by one of {choices}, "

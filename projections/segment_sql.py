@@ -172,7 +172,7 @@ def _field(node: FieldCondition) -> Condition | None:
                 else:
                     parts.append("f.language_base = ?")
                 params.append(v)
-            return "(" + " OR ".join(parts) + ")", params
+            return _balanced(parts, " OR "), params
         return _presence("f.language", op)
     if name in TEXT_COLUMNS:
         column = f"LOWER(f.{TEXT_COLUMNS[name]})"
@@ -220,11 +220,20 @@ def _presence(column: str, op: str) -> Condition | None:
 
 
 def _join(parts: list[Condition], joiner: str) -> Condition:
-    sql = joiner.join(f"({p[0]})" for p in parts)
     params: list[Any] = []
     for p in parts:
         params.extend(p[1])
-    return sql, params
+    return _balanced([p[0] for p in parts], joiner), params
+
+
+def _balanced(parts: list[str], joiner: str) -> str:
+    """``a OR b OR c ...`` nested as a balanced tree, in the same order: a long chain is
+    as deep as it is long to SQLite's parser, whose limit is 1,000 levels."""
+    if len(parts) == 1:
+        return f"({parts[0]})"
+    middle = len(parts) // 2
+    return (f"({_balanced(parts[:middle], joiner)}{joiner}"
+            f"{_balanced(parts[middle:], joiner)})")
 
 
 def _like_escape(text: str) -> str:

@@ -262,9 +262,10 @@ def project(
 @app.command()
 def demo(
     tenant: Annotated[str, tenant_option("Tenant to publish for.")],
-    events: Annotated[int, typer.Option(help="How many events to publish.")] = 10_000,
+    events: Annotated[int, typer.Option(min=1, help="How many events to publish.")] = 10_000,
     seed: Annotated[int, typer.Option(help="Same seed and --start, same history.")] = 0,
-    rate: Annotated[float, typer.Option(help="Events per second (0 = as fast as possible).")] = 0,
+    rate: Annotated[float, typer.Option(
+        min=0, help="Events per second (0 = as fast as possible).")] = 0,
     start: Annotated[str | None, typer.Option(
         help="When the history starts: a date or an instant with its offset. Default: "
         f"{DEMO_DAYS_BACK} days before today, so that it ends in the last weeks (recent "
@@ -365,8 +366,8 @@ def contacts_list(
         tag=tag,
         consent=consent,
         no_consent=no_consent,
-        first_seen_from=parse_date(since, "--since"),
-        first_seen_to=parse_date(until, "--until"),
+        first_seen_from=parse_date(since, "--since (--first-seen-from)"),
+        first_seen_to=parse_date(until, "--until (--first-seen-to)"),
         email_prefix=email_prefix,
     )
     (rows, next_cursor), total = read_views(tenant, lambda db: (

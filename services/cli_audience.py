@@ -43,17 +43,31 @@ AsJson = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
 
 def _read_rule(path: Path) -> Any:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         fail(f"cannot read {path}: {error.strerror or error}", 2)
+    except UnicodeDecodeError as error:
+        fail(f"{path} is not UTF-8 text (byte {error.start} cannot be read): a rule file "
+             "is JSON in UTF-8", 2)
     try:
-        data = json.loads(text)
+        # NaN and Infinity are not JSON, though Python's parser takes them by default.
+        data = json.loads(text, parse_constant=_not_json)
     except json.JSONDecodeError as error:
         fail(f"{path} is not JSON: {error.msg} at line {error.lineno}, column {error.colno}", 2)
+    except ValueError as error:
+        fail(f"{path} is not JSON: {error}", 2)
+    except RecursionError:
+        from services.domain.rules import MAX_DEPTH
+
+        fail(f"{path} nests too deeply to read (rules may nest at most {MAX_DEPTH} levels)", 2)
     # A file may hold the rule alone, or {"name": ..., "rule": ...}.
     if isinstance(data, dict) and "rule" in data and set(data) <= {"name", "rule"}:
         return data
     return {"rule": data}
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value; write a number")
 
 
 AUDIENCE = "the audience model"  # what a read of it could not read, if it fails

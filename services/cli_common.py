@@ -9,6 +9,7 @@ import sqlite3
 import sys
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
@@ -32,7 +33,12 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 200, markup=Fa
 
 
 class CliError(Exception):
-    """An expected failure: printed as one line, no traceback."""
+    """An expected failure: printed as one line, no traceback; ``code`` is the exit code
+    (2: asked wrong, such as about someone or something that does not exist)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -104,7 +110,18 @@ def run(coro: Any, *, uvloop_loop: bool = False) -> Any:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(coro)
     except CliError as error:
-        fail(str(error))
+        fail(str(error), error.code)
+
+
+def writable_target(out: Path) -> None:
+    """Refuse up front a file a command could not write (before any work is done)."""
+    folder = out.parent
+    if out.is_dir():
+        fail(f"{out} is a folder: give a file name, e.g. {out / 'export.csv'}", 2)
+    if not folder.is_dir():
+        fail(f"cannot write {out}: the folder {folder} does not exist", 2)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        fail(f"cannot write {out}: no permission to create files in {folder}", 2)
 
 
 def views(settings: Settings) -> Any:
@@ -189,8 +206,8 @@ def missing_tables_text() -> str:
     where = (f"on the data dir {settings.data_dir}" if settings.postgres is None else
              f"in the database schema {settings.postgres.schema}")
     if _ran_here(settings):
-        return (f"the read models are missing though ficha has run {where}: `ficha up` "
-                "rebuilds them from the event store as it starts, as does "
+        return (f"the read models are missing {where}, though its event store holds "
+                "events: `ficha up` builds them from the event store as it starts, as does "
                 "`ficha projections rebuild`")
     return f"ficha has not been started {where} yet: start it once with `ficha up`"
 

@@ -23,7 +23,17 @@ from services.cli_common import (
 dlq_app = typer.Typer(help="Dead letters: list, show, re-drive, purge.", no_args_is_help=True)
 
 TenantOpt = Annotated[str | None, tenant_option("Only this tenant's dead letters.")]
-CodeOpt = Annotated[str | None, typer.Option(help="Only this error code.")]
+def _known_code(code: str | None) -> str | None:
+    from services.dlq import DEAD_LETTER_CODES
+
+    if code is not None and code not in DEAD_LETTER_CODES:
+        raise typer.BadParameter(f"{code!r} is no dead-letter code; the codes are "
+                                 f"{', '.join(sorted(DEAD_LETTER_CODES))}")
+    return code
+
+
+CodeOpt = Annotated[str | None, typer.Option(help="Only this error code.",
+                                             callback=_known_code)]
 AsJson = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
 
 
@@ -107,6 +117,15 @@ def _chosen(tenant: str | None, code: str | None, seqs: list[int] | None,
     return _selection(tenant, code, seqs)
 
 
+def _nothing_matched(seqs: list[int] | None, done: str) -> None:
+    """Sequences that name no dead letter were asked wrongly (exit 2, as `dlq show`);
+    a tenant or code with none left is nothing to do (exit 0)."""
+    if seqs:
+        fail(f"no dead letter has the sequence{'s' if len(seqs) > 1 else ''} "
+             f"{', '.join(map(str, seqs))} (`ficha dlq list` shows them): nothing {done}", 2)
+    console.print(f"no dead letters match: nothing {done}")
+
+
 @dlq_app.command("redrive")
 def dlq_redrive(
     seqs: Annotated[list[int] | None, typer.Argument(help="Sequences to re-drive.")] = None,
@@ -126,7 +145,8 @@ def dlq_redrive(
     done = _on_selected(_chosen(tenant, code, seqs, every), yes, "Re-drive {n} dead letters?",
                         act)
     if done is None:
-        fail("no dead letters match")
+        _nothing_matched(seqs, "re-driven")
+        return
     console.print(f"re-drove {counted(done, 'dead letter')}; they go through ingestion again")
 
 
@@ -142,8 +162,8 @@ def dlq_purge(
 
     done = _on_selected(_chosen(tenant, code, seqs, every), yes,
                         "Delete {n} dead letters for good?", purge)
-    if done is None:  # nothing to delete is what the operator wanted
-        console.print("no dead letters match: nothing purged")
+    if done is None:
+        _nothing_matched(seqs, "purged")
         return
     console.print(f"deleted {counted(done, 'dead letter')}")
 

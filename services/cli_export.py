@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,6 +29,7 @@ from services.cli_common import (
     settings_or_fail,
     tenant_option,
     views,
+    writable_target,
 )
 
 export_app = typer.Typer(
@@ -60,17 +60,6 @@ def _format(fmt: str | None, out: Path) -> Any:
     return fmt.lower()
 
 
-def _writable(out: Path) -> None:
-    """Refuse up front a target the export could not be renamed to."""
-    folder = out.parent
-    if out.is_dir():
-        fail(f"{out} is a folder: give a file name, e.g. {out / 'export.csv'}", 2)
-    if not folder.is_dir():
-        fail(f"cannot write {out}: the folder {folder} does not exist", 2)
-    if not os.access(folder, os.W_OK | os.X_OK):
-        fail(f"cannot write {out}: no permission to create files in {folder}", 2)
-
-
 def _size(n: int) -> str:
     value = float(n)
     for unit in ("bytes", "KB", "MB", "GB"):
@@ -97,7 +86,7 @@ def _run_export(build: Callable[[Any], Any], what: str, fmt: str | None, out: Pa
     from projections.export import count_rows, export_to_file
     from projections.queries import QueryError
 
-    _writable(out)
+    writable_target(out)
     chosen = _format(fmt, out)
     db = views(settings_or_fail())
     try:
@@ -150,8 +139,9 @@ def export_contacts(
 
     f = ContactFilter(
         tenant=tenant, language=language, country=country, tag=tag, consent=consent,
-        no_consent=no_consent, first_seen_from=parse_date(first_seen_from, "--first-seen-from"),
-        first_seen_to=parse_date(first_seen_to, "--first-seen-to"), email_prefix=email_prefix,
+        no_consent=no_consent, email_prefix=email_prefix,
+        first_seen_from=parse_date(first_seen_from, "--since (--first-seen-from)"),
+        first_seen_to=parse_date(first_seen_to, "--until (--first-seen-to)"),
     )
 
     def build(db: Any) -> Any:

@@ -27,6 +27,7 @@ from services.cli_common import (
     settings_or_fail,
     tenant_option,
     views,
+    writable_target,
 )
 from services.cli_dlq import _with_js
 
@@ -195,6 +196,8 @@ def contacts_access(
 
     settings = settings_or_fail()
     require_known_tenant(tenant)
+    if out is not None:
+        writable_target(out)
     store = event_store(settings)
     db = views(settings)
 
@@ -203,7 +206,7 @@ def contacts_access(
             return await subject_access(store, db, ContactIdentity(settings.id_key), tenant,
                                         email, js)
         except NotHeld as error:
-            raise CliError(str(error)) from error
+            raise CliError(str(error), 2) from error
 
     async def without_bus() -> dict[str, Any]:
         return await export(None)

@@ -19,7 +19,13 @@ from typing import Any
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from contracts.decode import REJECTION_CODES
+from services.domain.tenant import DEFINITION_CODES
+from services.ingest.deadletter import PROCESSING_CODES
 from services.streams import DLQ_STREAM
+
+# Every code a dead letter may carry (docs/events.md lists them with their meanings).
+DEAD_LETTER_CODES = frozenset({*REJECTION_CODES, *DEFINITION_CODES, *PROCESSING_CODES})
 
 
 @dataclass

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from importlib.resources import files
 from typing import Any
 
+import msgspec
 import uvicorn
 from litestar import Litestar, Request, Response, Router, get
 from litestar.di import Provide
@@ -24,12 +25,21 @@ from litestar.params import FromPath
 from projections.db import ViewDatabase
 from services.api import contacts, dead_letters, exports, imports, privacy, segments, stats
 from services.api.bus import Bus
-from services.api.deps import ApiContext, Ctx, admin, client_filter, consistency, reader
+from services.api.deps import (
+    ApiContext,
+    Ctx,
+    admin,
+    caller_first,
+    client_filter,
+    consistency,
+    reader,
+)
 from services.api.errors import HANDLERS, ApiError
 from services.api.freshness import FreshReads
 from services.api.keyring import KeyRing
 from services.catalog import SegmentCommands, TenantCommands
 from services.config import Settings
+from services.domain.rules import MAX_DEPTH
 from services.store.contact_store import ContactStore
 
 API_VERSION = "1"
@@ -90,6 +100,23 @@ def refuse_nul(request: Request[Any, Any, Any]) -> None:
                        "the address holds a NUL character (%00), which no value may contain")
 
 
+async def check_request(request: Request[Any, Any, Any]) -> None:
+    """Before a route reads its parameters: no NUL in the address, and a JSON body that
+    does not nest deeper than a parser can follow (msgspec, like any recursive parser,
+    gives up with a RecursionError; a rule may nest 32 levels)."""
+    refuse_nul(request)
+    if request.method in ("POST", "PUT", "PATCH") and request.content_type[0] in (
+            "application/json", "text/plain", ""):
+        body = await request.body()
+        try:
+            msgspec.json.decode(body)
+        except RecursionError:
+            raise ApiError(400, "invalid_body", "the body nests too deeply to read; a "
+                           f"segment rule may nest at most {MAX_DEPTH} levels") from None
+        except msgspec.DecodeError:
+            pass  # the route's own parsing says what is wrong with it
+
+
 def create_app(ctx: ApiContext) -> Litestar:
     tenant_routes = Router(
         path="/v1/tenants/{tenant:str}",
@@ -104,12 +131,13 @@ def create_app(ctx: ApiContext) -> Litestar:
             "client_filter": Provide(client_filter, sync_to_thread=False),
         },
         security=[{"apiKey": []}],
+        guards=[caller_first(ctx)],
     )
     app = Litestar(
         route_handlers=[tenant_routes, healthz, readyz, dashboard],
         dependencies={"ctx": Provide(lambda: ctx, use_cache=True, sync_to_thread=False)},
         exception_handlers=HANDLERS,
-        before_request=refuse_nul,
+        before_request=check_request,
         openapi_config=OpenAPIConfig(
             title="ficha", version=API_VERSION,
             description="The read models of ficha (client list, contact cards, segments, "

@@ -81,8 +81,13 @@ def authenticate(request: Request[Any, Any, Any], tenant: FromPath[str], ctx: Ct
     text = _presented(request)
     if not text:
         scheme = request.headers.get("authorization", "").strip().split(" ")[0]
-        problem = (f"the Authorization header uses the {scheme[:20]} scheme, which ficha "
-                   "does not take; the scheme must be Bearer" if scheme else "no API key")
+        if scheme.lower() == "bearer":
+            problem = "the Authorization header has no key after Bearer"
+        elif scheme:
+            problem = (f"the Authorization header uses the {scheme[:20]} scheme, which ficha "
+                       "does not take; the scheme must be Bearer")
+        else:
+            problem = "no API key"
         raise ApiError(401, "unauthorized", f"{problem}: {_HOW}",
                        headers={"WWW-Authenticate": "Bearer"})
     principal = ctx.keyring.authenticate(text)
@@ -95,16 +100,37 @@ def authenticate(request: Request[Any, Any, Any], tenant: FromPath[str], ctx: Ct
     return principal
 
 
-def reader(request: Request[Any, Any, Any], tenant: FromPath[str], ctx: Ctx) -> Principal:
-    return authenticate(request, tenant, ctx)
-
-
-def admin(request: Request[Any, Any, Any], tenant: FromPath[str], ctx: Ctx) -> Principal:
-    principal = authenticate(request, tenant, ctx)
-    if not principal.may("admin"):
+def _authorised(request: Request[Any, Any, Any], tenant: str, ctx: ApiContext,
+                scope: str) -> Principal:
+    """The caller, authenticated once per request (see ``caller_first``)."""
+    principal: Principal | None = request.scope.get("state", {}).get("principal")
+    if principal is None:
+        principal = authenticate(request, tenant, ctx)
+        request.state.principal = principal
+    if scope == "admin" and not principal.may("admin"):
         raise ApiError(403, "forbidden",
                        "this key may only read; this route needs a key with the admin scope")
     return principal
+
+
+def reader(request: Request[Any, Any, Any], tenant: FromPath[str], ctx: Ctx) -> Principal:
+    return _authorised(request, tenant, ctx, "read")
+
+
+def admin(request: Request[Any, Any, Any], tenant: FromPath[str], ctx: Ctx) -> Principal:
+    return _authorised(request, tenant, ctx, "admin")
+
+
+def caller_first(ctx: ApiContext) -> Any:
+    """A guard of the tenant routes that take a body: the caller is checked before the
+    body is read, so that an unauthenticated request or another tenant's key gets its 401 or
+    404 whatever it sends (Litestar parses a body before the route's dependencies)."""
+    def guard(connection: Any, handler: Any) -> None:
+        if connection.scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return  # no body: the dependency chain checks the caller first
+        scope = "admin" if "admin" in handler.parsed_fn_signature.parameters else "read"
+        _authorised(connection, connection.path_params["tenant"], ctx, scope)
+    return guard
 
 
 # ---------------------------------------------------------------------------- freshness
@@ -115,11 +141,16 @@ def admin(request: Request[Any, Any, Any], tenant: FromPath[str], ctx: Ctx) -> P
 # which also means the caller is authenticated before anything else is parsed.
 
 
+# The largest log position either database can hold (a signed 64-bit integer).
+MAX_POSITION = 2**63 - 1
+
+
 def consistency(
     principal: Caller,
     min_position: Annotated[int | None, Parameter(
-        ge=0, description="Wait until the read model has applied this log position "
-        "(an earlier answer's freshness.position or a write's position).")] = None,
+        ge=0, le=MAX_POSITION, description="Wait until the read model has applied this "
+        "log position (an earlier answer's freshness.position or a write's position).")
+    ] = None,
     wait_for_event: Annotated[str | None, Parameter(
         max_length=128, description="Wait until this event (its event_id, as published "
         "on the bus) has been ingested and projected; 422 dead_lettered at once if "

@@ -125,6 +125,9 @@ def on_validation(request: Request[Any, Any, Any], error: ValidationException
     first = problems[0] if problems and isinstance(problems[0], dict) else {}
     field = first.get("key")
     message = first.get("message") or error.detail
+    if field in UPLOADS and str(message).startswith("Unsupported type"):
+        return _respond(400, "invalid_body", f"{field}: send one file as the form field "
+                        f"`{field}`, e.g. curl -F {field}=@{UPLOADS[field]}", field)
     if field == "data" and first.get("source") == "body":
         if (named := _BODY_KEY.search(str(message))) is not None:
             return _respond(400, "invalid_request", _body_key(*named.groups()), named[2])
@@ -133,6 +136,9 @@ def on_validation(request: Request[Any, Any, Any], error: ValidationException
         message = f"{field}: {message}"
     return _respond(400, "invalid_request", str(message), field)
 
+
+# The file fields of the upload routes, with an example file name for each.
+UPLOADS = {"file": "people.csv", "mapping": "mapping.yaml"}
 
 # How msgspec names a key of the body object that is missing or not taken.
 _BODY_KEY = re.compile(r"^Object (missing required|contains unknown) field `([^`]+)`$")

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from litestar import post
 from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, FromPath, FromQuery
+from litestar.params import Body, FromPath, FromQuery, Parameter
 
 from services.api.deps import Caller, Ctx, instant, instant_parameter
 from services.api.errors import ApiError, error_responses
@@ -30,6 +30,11 @@ class ImportUpload:
 
     file: UploadFile
     mapping: UploadFile | None = None
+
+
+def _uploaded(error: Exception, folder: Path) -> str:
+    """The error's sentence about the uploaded files, without the server's folder."""
+    return str(error).replace(f"{folder}/", "")
 
 
 def _keep(upload: UploadFile, folder: Path, fallback: str) -> Path:
@@ -57,8 +62,17 @@ async def import_route(
     ignore_unknown_columns: FromQuery[bool] = False,
     occurred_at: Annotated[str | None, instant_parameter(
         "The events' occurred_at (default: when the import starts)")] = None,
+    encoding: Annotated[str, Parameter(
+        max_length=40, description="The file's encoding, e.g. cp1252.")] = "utf-8",
+    delimiter: Annotated[str | None, Parameter(
+        description="Cell delimiter: , ; | or tab (default: the header's commonest).")] = None,
 ) -> Any:
     moment = instant(occurred_at, "occurred_at")
+    if delimiter is not None and delimiter.lower() == "tab":
+        delimiter = "\t"
+    if delimiter is not None and delimiter not in (",", ";", "|", "\t"):
+        raise ApiError(400, "invalid_request", "delimiter: one of , ; | or tab; got "
+                       f"{delimiter[:20]!r}", "delimiter")
     folder = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="ficha-import-"))
     try:
         csv_path = await asyncio.to_thread(_keep, data.file, folder, "upload.csv")
@@ -67,7 +81,8 @@ async def import_route(
             mapping_path = await asyncio.to_thread(_keep, data.mapping, folder, "mapping.json")
             mapping = await asyncio.to_thread(load_mapping, mapping_path)
         options = ImportOptions(source="api-import", dry_run=dry_run, occurred_at=moment,
-                                all_or_nothing=all_or_nothing,
+                                all_or_nothing=all_or_nothing, encoding=encoding,
+                                delimiter=delimiter,
                                 ignore_unknown_columns=ignore_unknown_columns,
                                 mapping_processes=0)
         definitions = await asyncio.to_thread(ctx.tenants.settings, tenant)
@@ -76,9 +91,9 @@ async def import_route(
                                   options=options, definitions=definitions,
                                   name=data.file.filename or "upload.csv")
     except MappingError as error:
-        raise ApiError(400, "invalid_mapping", str(error), "mapping") from None
+        raise ApiError(400, "invalid_mapping", _uploaded(error, folder), "mapping") from None
     except (CsvFileError, ImportRefused) as error:
-        raise ApiError(400, "invalid_file", str(error), "file") from None
+        raise ApiError(400, "invalid_file", _uploaded(error, folder), "file") from None
     finally:
         await asyncio.to_thread(shutil.rmtree, folder, True)
     if not report.completed:

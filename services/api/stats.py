@@ -108,11 +108,19 @@ def remove_property_route(tenant: FromPath[str], name: FromPath[str], ctx: Ctx,
 @get("/status", responses=error_responses(),
      sync_to_thread=True, summary="How fresh every read model is")
 def status_route(tenant: FromPath[str], ctx: Ctx, principal: Caller) -> dict[str, Any]:
-    projections = []
+    projections: list[dict[str, Any]] = []
     for name in projection_names():
-        with ctx.read(name, tenant, Consistency()) as fresh:
-            projections.append(fresh)
+        with ctx.read(name, tenant, Consistency()) as fresh, ctx.views.reading() as cur:
+            failing = ctx.views.failures(cur).get(name)
+            projections.append({**msgspec.structs.asdict(fresh), "failing": None if (
+                failing is None) else {k: failing[k] for k in FAILURE_SHOWN}})
     return {"backend": ctx.settings.backend, "projections": projections}
+
+
+# What a tenant's caller sees of a read model whose pages keep failing: since when, how
+# often, at which position. Not the error, which may name another tenant's contact
+# (`ficha status` shows it to the operator).
+FAILURE_SHOWN = ("since", "last_at", "attempts", "position")
 
 
 ROUTES = [engagement_route, lists_route, rfm_route, tags_route, properties_route,

@@ -21,6 +21,8 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate
 
+from services.domain.text import NUL_PROBLEM, has_nul
+
 SCOPES = ("read", "admin")
 PREFIX = "ficha"
 _KEY = re.compile(r"^ficha\.([a-z0-9][a-z0-9_-]{0,62})\.([0-9a-f]{12})\.([A-Za-z0-9_-]{43})$")
@@ -116,6 +118,8 @@ class TenantApiKeys(Aggregate):
             raise ApiKeyError(f"scopes must be some of {', '.join(SCOPES)}")
         if len(label) > _LABEL_MAX:
             raise ApiKeyError(f"a key's label is at most {_LABEL_MAX} characters")
+        if has_nul(label):
+            raise ApiKeyError(f"a key's label {NUL_PROBLEM}")
         key_id = secrets.token_hex(6)
         while key_id in self.keys:
             key_id = secrets.token_hex(6)

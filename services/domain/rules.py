@@ -46,6 +46,7 @@ from services.domain.contact import CARD_FIELDS
 from services.domain.facts import ContactFacts, days_after, days_before
 from services.domain.rfm import GROUPS as RFM_GROUPS
 from services.domain.stamps import utc_iso
+from services.domain.text import NUL_PROBLEM, has_nul
 from services.instants import parse_instant
 
 TEXT_FIELDS = ("email", *CARD_FIELDS, "member_status")
@@ -90,6 +91,15 @@ _SEGMENT_ID = re.compile(SEGMENT_ID_PATTERN)
 _NUMBER_TEXT = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")
 MAX_DEPTH = 32
 MAX_DAYS = 36500
+# A rule's size: the conditions it holds, the values of one list ("in", "not_in") and of
+# all its lists. Rules are evaluated for every contact a change touches and turned into
+# SQL for previews and backfills, where a longer one would exceed the databases' limits
+# (SQLite's expression depth, bound parameters).
+MAX_CONDITIONS = 200
+MAX_LIST_VALUES = 1000
+MAX_RULE_VALUES = 5000
+# Numbers in rules: finite, and of a size both databases store exactly.
+MAX_NUMBER = Decimal(10) ** 18
 
 
 def is_segment_id(value: Any) -> bool:
@@ -469,8 +479,26 @@ class SegmentRef(Leaf):
 # ----------------------------------------------------------------------------- parsing
 
 
-def parse_rule(obj: Any, path: str = "rule", depth: int = 0) -> Node:
+def parse_rule(obj: Any, path: str = "rule") -> Node:
     """Turn a JSON rule into nodes, or raise RuleError naming the offending clause."""
+    node = _parse_node(obj, path, 0)
+    conditions = values = 0
+    for leaf in node.walk():
+        if isinstance(leaf, Leaf):
+            conditions += 1
+            values += len(leaf.value) if isinstance(leaf, FieldCondition) and leaf.op in (
+                "in", "not_in") else 1
+            if conditions > MAX_CONDITIONS:
+                raise RuleError(leaf.path, f"a rule holds at most {MAX_CONDITIONS} conditions; "
+                                "for more, split it into segments and refer to them "
+                                '({"segment": "id"})')
+            if values > MAX_RULE_VALUES:
+                raise RuleError(leaf.path, f"a rule holds at most {MAX_RULE_VALUES} values "
+                                "in all; for longer lists of people, use an email list or a tag")
+    return node
+
+
+def _parse_node(obj: Any, path: str, depth: int) -> Node:
     if depth > MAX_DEPTH:
         raise RuleError(path, f"rules may nest at most {MAX_DEPTH} levels deep")
     if not isinstance(obj, dict):
@@ -483,11 +511,11 @@ def parse_rule(obj: Any, path: str = "rule", depth: int = 0) -> Node:
         kind = groups[0]
         inner = obj[kind]
         if kind == "not":
-            return Group(path, "not", (parse_rule(inner, f"{path}.not", depth + 1),))
+            return Group(path, "not", (_parse_node(inner, f"{path}.not", depth + 1),))
         if not isinstance(inner, list) or not inner:
             raise RuleError(path, f'"{kind}" takes a non-empty list of rules')
         items = tuple(
-            parse_rule(item, f"{path}.{kind}[{i}]", depth + 1) for i, item in enumerate(inner)
+            _parse_node(item, f"{path}.{kind}[{i}]", depth + 1) for i, item in enumerate(inner)
         )
         return Group(path, kind, items)
     if "segment" in obj:
@@ -560,6 +588,8 @@ def _check_value(name: str, op: str, value: Any, path: str) -> Any:
     if name == "tags":
         if not isinstance(value, str) or not value.strip() or len(value.strip()) > 64:
             raise RuleError(path, f"{where} must be a tag: a string of 1-64 characters")
+        if has_nul(value):
+            raise RuleError(path, f"{where} {NUL_PROBLEM}")
         return value.strip().casefold()
     if name in DATE_FIELDS:
         if op in ("within_last", "more_than_ago"):
@@ -585,6 +615,9 @@ def _check_value(name: str, op: str, value: Any, path: str) -> Any:
     if op in ("in", "not_in"):
         if not isinstance(value, list) or not value:
             raise RuleError(path, f"{where} must be a non-empty list")
+        if len(value) > MAX_LIST_VALUES:
+            raise RuleError(path, f"{where} takes at most {MAX_LIST_VALUES} values; "
+                            f"got {len(value)}")
         return tuple(_scalar(v, name, choices, path, where) for v in value)
     if op == "between":
         low, high = _pair(value, path, where)
@@ -606,9 +639,11 @@ def _scalar(value: Any, name: str, choices: tuple[str, ...] | None, path: str,
         if isinstance(value, bool):
             return value
         if isinstance(value, int | float):
-            return Decimal(str(value))
+            return _number(value, path, where)
     if not isinstance(value, str) or len(value) > 1000:
         raise RuleError(path, f"{where} must be a string of at most 1000 characters")
+    if has_nul(value):
+        raise RuleError(path, f"{where} {NUL_PROBLEM}")
     return value.lower()
 
 
@@ -621,7 +656,7 @@ def _score(value: Any, path: str, where: str) -> Decimal:
 def _ordered(value: Any, path: str, where: str) -> Decimal | str:
     """A number (compared as a number) or a date (compared as a date)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return Decimal(str(value))
+        return _number(value, path, where)
     if isinstance(value, str):
         return _instant(value, path, where)
     raise RuleError(path, f"{where} must be a number or an RFC 3339 date, got {_kind(value)}")
@@ -641,8 +676,11 @@ def _parse_aggregate(obj: dict[str, Any], path: str) -> Aggregate:
             raise RuleError(path, f"sum must be one of {', '.join(SUMS)}; got {_shown(name)}")
         kinds = SUMS[name]
         currency = obj.get("currency")
-        if not isinstance(currency, str) or not re.match(r"^[A-Z]{3}$", currency):
+        if currency is None:
             raise RuleError(path, "a sum needs a currency: an ISO 4217 code such as EUR")
+        if not isinstance(currency, str) or not re.match(r"^[A-Z]{3}$", currency):
+            raise RuleError(path, "currency must be an ISO 4217 code in capitals, such as "
+                            f"EUR; got {_shown(currency)}")
         _only(obj, {"sum", "currency", "op", "value", "within_days"}, path)
     op = obj.get("op")
     if op not in NUMBER_OPS:
@@ -659,7 +697,11 @@ def _parse_aggregate(obj: dict[str, Any], path: str) -> Aggregate:
     else:
         value = _number(raw, path, where)
     within = obj.get("within_days")
-    days = None if within is None else _days({"days": within}, path, "within_days")
+    if within is not None and (isinstance(within, bool) or not isinstance(within, int | float)
+                               or not 0 < within <= MAX_DAYS):
+        raise RuleError(path, f"within_days must be a number of days, 0 < N <= {MAX_DAYS}; "
+                        f"got {_shown(within)}")
+    days = None if within is None else float(within)
     return Aggregate(path, name, kinds, currency, days, op, value)
 
 
@@ -670,8 +712,9 @@ def _number(value: Any, path: str, where: str) -> Decimal:
         number = Decimal(str(value))
     except InvalidOperation:
         raise RuleError(path, f"{where} must be a number, got {_shown(value)}") from None
-    if not number.is_finite():
-        raise RuleError(path, f"{where} must be a finite number")
+    if not number.is_finite() or abs(number) >= MAX_NUMBER:
+        raise RuleError(path, f"{where} must be a finite number between -10^18 and 10^18; "
+                        f"got {_shown(value)}")
     return number
 
 
@@ -853,7 +896,7 @@ def rule_json_schema() -> dict[str, Any]:
         return {"type": "array", "prefixItems": [item, item], "minItems": 2, "maxItems": 2}
 
     def listing(item: dict[str, Any]) -> dict[str, Any]:
-        return {"type": "array", "items": item, "minItems": 1}
+        return {"type": "array", "items": item, "minItems": 1, "maxItems": MAX_LIST_VALUES}
 
     def condition(
         field_schema: dict[str, Any], ops: dict[str, dict[str, Any] | None]
@@ -942,16 +985,19 @@ def rule_json_schema() -> dict[str, Any]:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://ficha.dev/contracts/segment-rule.json",
         "title": "ficha segment rule",
-        "description": "A segment's rule: groups (all, any, not) nesting conditions to any "
-        "depth. See docs/segments.md for the meaning of every field and operator.",
+        "description": "A segment's rule: groups (all, any, not) nesting conditions up to "
+        f"{MAX_DEPTH} levels deep, at most {MAX_CONDITIONS} conditions and {MAX_RULE_VALUES} "
+        "values in all. See docs/segments.md for the meaning of every field and operator.",
         "$ref": "#/$defs/rule",
         "$defs": {
             "rule": {"anyOf": [
                 {"type": "object", "properties": {"all": {"type": "array", "items": rule_ref,
-                                                          "minItems": 1}},
+                                                          "minItems": 1,
+                                                          "maxItems": MAX_CONDITIONS}},
                  "required": ["all"], "additionalProperties": False},
                 {"type": "object", "properties": {"any": {"type": "array", "items": rule_ref,
-                                                          "minItems": 1}},
+                                                          "minItems": 1,
+                                                          "maxItems": MAX_CONDITIONS}},
                  "required": ["any"], "additionalProperties": False},
                 {"type": "object", "properties": {"not": rule_ref}, "required": ["not"],
                  "additionalProperties": False},

@@ -26,6 +26,7 @@ from services.domain.rules import (
     is_segment_id,
     parse_rule,
 )
+from services.domain.text import NUL_PROBLEM, has_nul
 
 MAX_SEGMENTS_PER_TENANT = 500
 
@@ -107,6 +108,8 @@ class SegmentCatalog(Aggregate):
         name = (name or "").strip() or segment_id
         if len(name) > 200:
             raise InvalidSegment("name", "a segment name has at most 200 characters")
+        if has_nul(name):
+            raise InvalidSegment("name", f"the segment name {NUL_PROBLEM}")
         node = parse_rule(rule)
         live = self.live()
         for ref in sorted(node.references()):

@@ -23,6 +23,7 @@ import msgspec
 from eventsourcing.domain import Aggregate
 
 from contracts.events import InboundEvent
+from services.domain.text import NUL_PROBLEM, has_nul
 
 PROPERTY_TYPES = ("text", "number", "date", "boolean", "choice")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
@@ -201,6 +202,11 @@ class TenantSettings(Aggregate):
                                   "options")
         elif opts:
             raise TenantError("only a choice property has options", "options")
+        if len(label) > 200:
+            raise TenantError("a property's label has at most 200 characters", "label")
+        for field, texts in (("label", [label]), ("options", opts)):
+            if any(has_nul(text) for text in texts):
+                raise TenantError(f"a property's {field.rstrip('s')} {NUL_PROBLEM}", field)
         definition = PropertyDefinition(name, type_, tuple(opts), label.strip())
         if self.properties.get(name) != definition:
             self.trigger_event(self.PropertyDefined, tenant=self.tenant, name=name,

@@ -113,8 +113,10 @@ def open_csv(source: Source, *, encoding: str = "utf-8", delimiter: str | None =
 def _as_path(source: Source) -> tuple[Path, bool]:
     if isinstance(source, Path | str):
         path = Path(source)
+        if not path.exists():
+            raise CsvFileError(f"{path} does not exist")
         if not path.is_file():
-            raise CsvFileError(f"{path} is not a file")
+            raise CsvFileError(f"{path} is not a file (a folder?): give the CSV file's path")
         return path, False
     with tempfile.NamedTemporaryFile(prefix="ficha-import-", suffix=".csv",
                                      delete=False) as handle:
@@ -160,8 +162,9 @@ def _encoding_problem(path: Path, encoding: str) -> str:
                 raw.decode(_reading_encoding(encoding) if number == 1 else encoding)
             except UnicodeDecodeError as error:
                 byte = raw[error.start:error.start + 1].hex()
-                hint = (" (CSV UTF-8 in Excel), or give its encoding with --encoding, "
-                        "e.g. --encoding cp1252") if encoding.lower().replace("-", "") in (
+                hint = (" (CSV UTF-8 in Excel), or give its encoding, e.g. cp1252 "
+                        "(`--encoding cp1252`; in the API, `encoding=cp1252`)"
+                        ) if encoding.lower().replace("-", "") in (
                     "utf8", "utf8sig") else ""
                 return (f"line {number} is not valid {encoding} (byte 0x{byte} at character "
                         f"{error.start + 1}): save the file as {encoding}{hint}")
@@ -202,6 +205,10 @@ def load_mapping(path: Path) -> MappingSpec:
             data = json.loads(text)
     except Exception as error:  # noqa: BLE001 - either parser's syntax error
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        mark = getattr(error, "problem_mark", None)  # where YAML's parser stopped
+        if mark is not None:
+            first = (f"{getattr(error, 'problem', None) or first} at line {mark.line + 1}, "
+                     f"column {mark.column + 1}")
         raise MappingError([f"the mapping file {path} is not valid "
                             f"{'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'JSON'}"
                             f": {first}"]) from error

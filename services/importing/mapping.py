@@ -260,7 +260,8 @@ def plan_columns(
             f"no mapping for the column{'s' if len(unknown) > 1 else ''} "
             f"{', '.join(map(repr, unknown))}: name them after a target (first_name, tags, "
             "property:<name>, list:<id>, consent:<channel>, …), map them in a mapping file, "
-            "or pass --ignore-unknown-columns to leave them out")
+            "or ignore them (`--ignore-unknown-columns`; in the API, "
+            "`ignore_unknown_columns=true`)")
     elif unknown:
         warnings.append(f"ignored columns: {', '.join(map(repr, unknown))}")
 

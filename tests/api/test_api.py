@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from datetime import UTC, datetime, timedelta
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from projections.audience_queries import engagement_stats, list_stats, rfm_stats
 from tests.api.conftest import Api
 
 VIP = {"field": "tags", "op": "has", "value": "vip"}
@@ -122,6 +124,36 @@ async def test_a_key_of_one_tenant_gets_404_on_every_route_of_another(api: Api) 
     assert letters["total"] == 1 and letters["by_code"][0]["code"] == "not_json"
 
 
+async def test_the_caller_is_checked_before_the_body_is_read(api: Api) -> None:
+    """A body that cannot be read does not get a request past its key: without one 401,
+    with another tenant's 404; with the right key, a body nested too deeply to parse is
+    a 400 that says so (not a 500)."""
+    await seed(api)
+    values = {"ref": "ana@example.com", "segment_id": "es", "name": "colour",
+              "reference": "ana@example.com"}
+    deep = b"[" * 5000 + b"]" * 5000
+    checked = 0
+    for method, template in await routes(api):
+        if method not in ("post", "put") or template.endswith("/imports"):
+            continue
+        for body in (b"{bad", deep):
+            url = path(template, tenant="other", **values)
+            anonymous = await api.http.request(method.upper(), url, content=body, headers={
+                "Content-Type": "application/json"})
+            assert anonymous.status_code == 401, (method, template, anonymous.text)
+            foreign = await api.http.request(method.upper(), url, content=body, headers={
+                **api.auth("acme:admin"), "Content-Type": "application/json"})
+            assert foreign.status_code == 404, (method, template, foreign.text)
+        own = await api.http.request(
+            method.upper(), path(template, tenant="acme", **values), content=deep,
+            headers={**api.auth("acme:admin"), "Content-Type": "application/json"})
+        assert own.status_code == 400, (method, template, own.text)
+        assert own.json()["error"]["code"] == "invalid_body"
+        assert "nests too deeply" in own.json()["error"]["message"]
+        checked += 1
+    assert checked >= 7
+
+
 async def test_other_tenants_resources_are_404_under_ones_own_tenant(api: Api) -> None:
     """Under its own tenant, a key naming another tenant's contact or segment gets the
     same answer as for one that exists nowhere: nothing tells them apart."""
@@ -196,7 +228,8 @@ async def test_client_list_filters_search_sorts_and_pages(api: Api) -> None:
         "ana@example.com", "carla@example.com", "eva@example.com"}
     assert spanish["total"] == 3
     assert spanish["freshness"]["projection"] == "contacts"
-    assert spanish["freshness"]["lag"] >= 0
+    fresh = spanish["freshness"]
+    assert fresh["lag"] == 0 and fresh["position"] == fresh["head"] > 0  # seed waited for it
     both = (await api.get(base, language="es", tag="vip")).json()["data"]
     assert {r["email"] for r in both} == {"ana@example.com", "carla@example.com"}
     # Search: a prefix of the email, the first name or the last name, any case.
@@ -442,8 +475,9 @@ async def test_waiting_for_a_dead_lettered_event_says_so_at_once(api: Api) -> No
                       properties={"shoe_size": "big"})
     started = time.monotonic()
     answer = await api.get("/v1/tenants/acme/contacts/ana@example.com",
-                           wait_for_event="shoe-big", wait_timeout="10")
-    assert time.monotonic() - started < 5, "it waited although the event was dead-lettered"
+                           wait_for_event="shoe-big", wait_timeout="30")
+    # Not a speed limit: a 422 found only at the deadline would come after 30 s.
+    assert time.monotonic() - started < 30, "it waited although the event was dead-lettered"
     assert answer.status_code == 422, answer.text
     assert "Retry-After" not in answer.headers
     error = answer.json()["error"]
@@ -473,8 +507,8 @@ async def test_waiting_for_a_dead_lettered_event_says_so_at_once(api: Api) -> No
     for bad in ("", "two words"):
         started = time.monotonic()
         refused = await api.get("/v1/tenants/acme/contacts/ana@example.com",
-                                wait_for_event=bad)
-        assert time.monotonic() - started < 2
+                                wait_for_event=bad, wait_timeout="30")
+        assert time.monotonic() - started < 30  # refused before any wait, not after it
         assert refused.status_code == 400, refused.text
         assert refused.json()["error"]["field"] == "wait_for_event"
         assert refused.json()["error"]["message"].startswith("wait_for_event: ")
@@ -529,10 +563,19 @@ async def test_figures_properties_and_the_openapi_document(api: Api) -> None:
     t = "/v1/tenants/acme"
     tags = (await api.get(f"{t}/tags")).json()["data"]
     assert {x["tag"]: x["contacts"] for x in tags}["vip"] == 2
-    engagement = (await api.get(f"{t}/engagement", days=7)).json()["data"]
-    assert engagement  # computed by the audience model (its own tests check the numbers)
-    assert (await api.get(f"{t}/lists")).status_code == 200
-    assert (await api.get(f"{t}/rfm")).status_code == 200
+    # The figures are the audience model's (its own tests check them against a brute-force
+    # count): the routes serve them for the tenant and the days asked, whole.
+    views = api.runtime.views
+    assert views is not None
+    for route, figures in (("engagement", engagement_stats), ("lists", list_stats),
+                           ("rfm", rfm_stats)):
+        for days in (7, 30):
+            served = (await api.get(f"{t}/{route}", days=str(days))).json()["data"]
+            expected = await asyncio.to_thread(figures, views, "acme", days)
+            assert served == json.loads(json.dumps(expected, default=str)), route
+    contacts = (await api.get(f"{t}/contacts", with_total="true")).json()["total"]
+    engagement = (await api.get(f"{t}/engagement", days="7")).json()["data"]
+    assert sum(s["count"] for s in engagement["statuses"].values()) == contacts > 0
     defined = await api.http.put(f"{t}/properties/shoe_size", json={"type": "number"},
                                  headers=api.auth("acme:admin"))
     assert defined.status_code == 200
@@ -608,6 +651,10 @@ async def test_sql_injection_through_filters_search_sort_cursor_and_rules(api: A
                         {"field": "tags", "op": "has", "value": text}]}
         preview = await api.http.post("/v1/tenants/acme/segments/probe/preview",
                                       json={"rule": rule}, headers=api.auth("acme:admin"))
+        if "\x00" in text:  # no text in ficha holds a NUL (PostgreSQL's cannot)
+            assert preview.status_code == 400, preview.text
+            assert "NUL character" in preview.json()["error"]["message"]
+            continue
         assert preview.status_code == 200, preview.text
         assert preview.json()["data"]["would_enter"] == 0
     # Everything is still there, and nothing of other's leaked into acme.
@@ -721,6 +768,24 @@ async def test_erasure_and_subject_access_through_the_api(api: Api) -> None:
     assert others == []
 
 
+async def test_status_tells_a_failing_read_model_without_its_error(api: Api) -> None:
+    views = api.runtime.views
+    assert views is not None
+    healthy = (await api.get("/v1/tenants/acme/status")).json()
+    assert [p["failing"] for p in healthy["projections"]] == [None, None]
+    await asyncio.to_thread(views.record_failure, "audience",
+                            "OperationalError: about someone@other.example", "2026-12-05T10:00:00Z")
+    try:
+        report = (await api.get("/v1/tenants/acme/status")).json()
+        failing = {p["projection"]: p["failing"] for p in report["projections"]}
+        assert failing["contacts"] is None
+        assert failing["audience"]["attempts"] == 1
+        assert failing["audience"]["since"].startswith("2026-12-05T10:00:00")
+        assert "other.example" not in json.dumps(report)
+    finally:
+        await asyncio.to_thread(views.clear_failure, "audience")
+
+
 async def test_import_through_the_api(api: Api) -> None:
     await seed(api)
     t = "/v1/tenants/acme"
@@ -756,6 +821,41 @@ async def test_import_through_the_api(api: Api) -> None:
     assert bad.status_code == 400 and bad.json()["error"]["code"] in (
         "invalid_mapping", "invalid_file")
     assert "email" in bad.json()["error"]["message"]
+
+
+async def test_a_refused_upload_says_what_to_send_in_the_apis_words(api: Api) -> None:
+    """Refusals speak of the uploaded files by their names (not of the server's folders)
+    and of the API's parameters (not of the CLI's options)."""
+    t = "/v1/tenants/acme/imports?dry_run=true"
+    admin = api.auth("acme:admin")
+
+    async def refused(status: int = 400, **kw: Any) -> dict[str, Any]:
+        answer = await api.http.post(t, headers=admin, **kw)
+        assert answer.status_code == status, answer.text
+        error: dict[str, Any] = answer.json()["error"]
+        assert "/tmp" not in error["message"] and "ficha-import-" not in error["message"]
+        return error
+
+    mapping = await refused(files={"file": ("people.csv", b"email\nana@example.com\n"),
+                                   "mapping": ("map.json", b"{not json")})
+    assert mapping["code"] == "invalid_mapping" and "map.json" in mapping["message"]
+    latin = "email,first_name\nfelix@example.com,Félix\n".encode("cp1252")
+    encoded = await refused(files={"file": ("people.csv", latin)})
+    assert "in the API, `encoding=cp1252`" in encoded["message"]
+    fixed = await api.http.post(t + "&encoding=cp1252", headers=admin,
+                                files={"file": ("people.csv", latin)})
+    assert fixed.status_code == 200 and fixed.json()["rows_accepted"] == 1, fixed.text
+    unknown = await refused(files={"file": ("people.csv", b"email,shoe\nana@example.com,42\n")})
+    assert "ignore_unknown_columns=true" in unknown["message"]
+    semicolons = b"email;first_name\nana@example.com;Ana\n"
+    split = await api.http.post(t + "&delimiter=%3B", headers=admin,
+                                files={"file": ("people.csv", semicolons)})
+    assert split.status_code == 200 and split.json()["rows_accepted"] == 1, split.text
+    odd = await refused(files={"file": ("people.csv", semicolons)}, params={"delimiter": "x"})
+    assert odd["field"] == "delimiter"
+    # A multipart upload whose `file` is a text field, not a file.
+    not_a_file = await refused(data={"file": "people.csv"}, files={"mapping": ("m.json", b"{}")})
+    assert not_a_file["field"] == "file" and "-F file=@" in not_a_file["message"], not_a_file
 
 
 async def _an_event_of(api: Api, email: str) -> str:

@@ -263,7 +263,8 @@ async def test_a_bad_segment_id_or_name_is_400_naming_it_and_conflicts_stay_409(
     admin = api.auth("acme:admin")
     for body, field in (({"id": "Bad Id!", "rule": VIP}, "id"),
                         ({"id": "x" * 65, "rule": VIP}, "id"),
-                        ({"id": "long-name", "name": "n" * 10_000, "rule": VIP}, "name")):
+                        ({"id": "long-name", "name": "n" * 10_000, "rule": VIP}, "name"),
+                        ({"id": "nul-name", "name": "a\x00b", "rule": VIP}, "name")):
         response = await api.http.post(f"{T}/segments", json=body, headers=admin)
         assert response.status_code == 400, response.text
         error = response.json()["error"]
@@ -289,6 +290,7 @@ async def test_every_validation_error_names_its_field(api: Api) -> None:
     admin = api.auth("acme:admin")
     cases: list[tuple[str, httpx.Response, str]] = [
         ("invalid_request", await api.get(f"{T}/contacts", sort="bogus"), "sort"),
+        ("invalid_request", await api.get(f"{T}/contacts", sort="--email"), "sort"),
         ("invalid_request", await api.get(f"{T}/contacts", cursor="abc"), "cursor"),
         ("invalid_request", await api.get(f"{T}/contacts", consent="fax"), "consent"),
         ("invalid_request", await api.get(f"{T}/contacts", no_consent="fax"), "no_consent"),
@@ -297,9 +299,14 @@ async def test_every_validation_error_names_its_field(api: Api) -> None:
          "no_consent"),
         ("not_yet_projected", await api.get(f"{T}/contacts", min_position="99999999",
                                             wait_timeout="0.1"), "min_position"),
+        ("invalid_request", await api.get(f"{T}/contacts", min_position=str(2**63)),
+         "min_position"),
     ]
     for body, field in (({"type": "colour"}, "type"), ({"type": "choice"}, "options"),
-                        ({"type": "number", "options": ["a"]}, "options")):
+                        ({"type": "number", "options": ["a"]}, "options"),
+                        ({"type": "text", "label": "x" * 201}, "label"),
+                        ({"type": "text", "label": "a\x00b"}, "label"),
+                        ({"type": "choice", "options": ["a", "b\x00"]}, "options")):
         cases.append(("invalid_property", await api.http.put(
             f"{T}/properties/x", json=body, headers=admin), field))
     cases.append(("invalid_property", await api.http.put(
@@ -401,6 +408,9 @@ async def test_messages_say_what_to_do_and_do_not_echo_long_input(api: Api) -> N
     assert basic.status_code == 401
     assert "Basic scheme" in basic.json()["error"]["message"]
     assert "must be Bearer" in basic.json()["error"]["message"]
+    empty = await api.http.get(f"{T}/contacts", headers={"Authorization": "Bearer"})
+    assert empty.status_code == 401
+    assert "no key after Bearer" in empty.json()["error"]["message"]
     long_ref = "x" * 5000
     for url in (f"{T}/contacts/{long_ref}", f"{T}/segments/{long_ref}",
                 f"{T}/contacts/{long_ref}/timeline"):

@@ -66,6 +66,33 @@ def holds(rule: dict[str, Any], f: ContactFacts, now: str = NOW, **ctx: Any) -> 
         ({"segment": "Bad Id"}, "rule", "segment id"),
         ({"all": [{"field": "country", "op": "equals", "value": "ES"}], "any": []}, "rule",
          "exactly one key"),
+        # Numbers a JSON parser may let through (NaN, Infinity) or no database stores
+        # exactly: stored, they would come back as something else.
+        ({"field": "property.x", "op": "gt", "value": float("nan")}, "rule", "finite number"),
+        ({"field": "property.x", "op": "between", "value": [float("-inf"), 3]}, "rule",
+         "finite number"),
+        ({"field": "property.x", "op": "equals", "value": float("inf")}, "rule",
+         "finite number"),
+        ({"field": "property.x", "op": "in", "value": [1, float("nan")]}, "rule",
+         "finite number"),
+        ({"sum": "spent", "currency": "EUR", "op": "gt", "value": 10**400}, "rule",
+         "between -10^18 and 10^18"),
+        ({"count": "purchases", "op": "gt", "value": 10**30}, "rule", "between -10^18"),
+        ({"sum": "spent", "currency": "eur", "op": "gt", "value": 10}, "rule",
+         "in capitals, such as EUR; got 'eur'"),
+        ({"count": "purchases", "op": "gt", "value": 1, "within_days": {"days": 30}}, "rule",
+         "within_days must be a number of days"),
+        ({"count": "purchases", "op": "gt", "value": 1, "within_days": -5}, "rule",
+         "within_days must be a number of days"),
+        ({"field": "tags", "op": "has", "value": "vip\x00"}, "rule", "NUL character"),
+        ({"any": [{"field": "first_name", "op": "contains", "value": "a\x00"}]}, "rule.any[0]",
+         "NUL character"),
+        ({"field": "country", "op": "in", "value": ["ES"] * 1001}, "rule",
+         "at most 1000 values"),
+        ({"any": [{"field": "email", "op": "equals", "value": f"a{i}@x.com"}
+                  for i in range(201)]}, "rule.any[200]", "at most 200 conditions"),
+        ({"any": [{"field": "country", "op": "in", "value": [f"C{i}"] * 1000}
+                  for i in range(6)]}, "rule.any[5]", "at most 5000 values"),
     ],
 )
 def test_a_bad_rule_is_refused_with_the_offending_clause(

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.api.conftest import free_port
-from tests.e2e.test_cli import FICHA, env_for
+from tests.e2e.test_cli import FICHA, alive, children_of, env_for
 
 
 def start_api(data_dir: Path, port: int, *args: str) -> subprocess.Popen[str]:
@@ -67,6 +67,21 @@ def test_worker_processes_serve_and_stop_with_their_parent(tmp_path: Path) -> No
         answers = {httpx.get(f"http://127.0.0.1:{port}/readyz").status_code
                    for _ in range(6)}
         assert answers == {200}
+        # uvicorn's workers: processes spawned by multiprocessing (whose resource tracker
+        # may be a child too, with another command line).
+        workers = [pid for pid in children_of(proc.pid) if b"spawn_main" in _cmdline(pid)]
+        assert len(workers) == 2, [_cmdline(pid) for pid in children_of(proc.pid)]
     finally:
         if proc.poll() is None:
             stop(proc)
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a worker outlived its parent"
+        time.sleep(0.1)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

@@ -81,7 +81,11 @@ def test_list_show_redrive_purge(tmp_path: Path) -> None:
                                 "ana@example.com", "--json").stdout)
         assert card["properties"] == {"shoe_size": "big"}
         again = ficha(data_dir, "dlq", "redrive", str(seq), "--yes", check=False)
-        assert again.returncode == 1 and "no dead letters match" in again.stderr
+        assert again.returncode == 2 and f"no dead letter has the sequence {seq}" in (
+            again.stderr), again.stderr
+        unknown = ficha(data_dir, "dlq", "list", "--code", "nosuch_code", check=False)
+        assert unknown.returncode == 2 and "is no dead-letter code" in unknown.stderr
+        assert "property_type_mismatch" in unknown.stderr  # the codes are listed
 
         refused = ficha(data_dir, "dlq", "purge", check=False)
         assert refused.returncode == 2 and "--all" in refused.stderr
@@ -103,3 +107,7 @@ async def test_purging_nothing_is_not_an_error(nats_server: Any, fresh_topology:
     assert done.exit_code == 0, done.stderr
     assert done.stdout.strip() == "no dead letters match: nothing purged"
     assert done.stderr == ""
+    redriven = await asyncio.to_thread(CliRunner().invoke, app,
+                                       ["dlq", "redrive", "--tenant", "globex", "--yes"])
+    assert redriven.exit_code == 0, redriven.stderr
+    assert redriven.stdout.strip() == "no dead letters match: nothing re-driven"

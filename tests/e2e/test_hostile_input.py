@@ -23,7 +23,7 @@ HOSTILE_KINDS = (
     "invalid_json", "invalid_utf8", "not_object", "wrong_type", "missing_field",
     "huge_string", "over_limit", "deep_nesting", "tenant_mismatch", "type_mismatch",
     "odd_subject", "future_schema", "far_date", "almost_email", "null_field",
-    "property_mismatch", "sql_in_values",
+    "property_mismatch", "sql_in_values", "nul_in_text",
 )
 # Each kind's fate, fixed here rather than asked of the decoder under test: the code of
 # its dead letter, or None for a message that is accepted.
@@ -37,6 +37,8 @@ EXPECTED_CODE: dict[str, str | None] = {
     # Valid for the contract; the tenant's definition of shoe_size (a number) refuses it.
     "property_mismatch": "property_type_mismatch",
     "sql_in_values": None,
+    # PostgreSQL's text cannot hold it: accepted, it stopped the contacts read model.
+    "nul_in_text": "invalid_field",
 }
 
 
@@ -99,6 +101,16 @@ def hostile(rnd: random.Random, i: int, kind: str) -> tuple[str, bytes]:
         body["form_name"] = None
     elif kind == "property_mismatch":
         body["properties"] = {"shoe_size": rnd.choice(["big", True, [38]])}
+    elif kind == "nul_in_text":
+        where = rnd.choice(["name", "field", "tag", "key"])
+        if where == "name":
+            body["contact"]["first_name"] = "A\x00na"
+        elif where == "field":
+            body["fields"] = {"note": ["fine", "not\x00fine"]}
+        elif where == "tag":
+            body["tags"] = ["vip\x00"]
+        else:
+            body["fields"] = {"bad\x00key": "x"}
     elif kind == "sql_in_values":
         # Not hostile to the contract: accepted, and stored as the literal text it is.
         body["form_name"] = "x'); DROP TABLE contacts; --"

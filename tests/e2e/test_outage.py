@@ -11,8 +11,10 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from contracts.publisher import publish
 from services.runtime import Runtime, connect_nats
@@ -22,7 +24,8 @@ from tests.factories import event_dict
 
 
 class TcpProxy:
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target_host = target_host
         self.target_port = target_port
         self.port = 0
         self.server: asyncio.Server | None = None
@@ -34,7 +37,8 @@ class TcpProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+            up_reader, up_writer = await asyncio.open_connection(self.target_host,
+                                                                   self.target_port)
         except OSError:
             writer.close()
             return
@@ -63,7 +67,8 @@ class TcpProxy:
 
 @pytest.fixture
 async def proxy(postgres_dsn: str) -> AsyncIterator[TcpProxy]:
-    proxy = TcpProxy(5432)
+    where = conninfo_to_dict(postgres_dsn)
+    proxy = TcpProxy(str(where.get("host") or "127.0.0.1"), int(where.get("port") or 5432))
     await proxy.start()
     yield proxy
     with contextlib.suppress(Exception):
@@ -71,9 +76,14 @@ async def proxy(postgres_dsn: str) -> AsyncIterator[TcpProxy]:
 
 
 async def test_database_outage_is_waited_out(
-    proxy: TcpProxy, pg_schema: str, nats_server: Any, fresh_topology: None, tmp_path: Path
+    proxy: TcpProxy, postgres_dsn: str, pg_schema: str, nats_server: Any,
+    fresh_topology: None, tmp_path: Path,
 ) -> None:
-    dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/test"
+    # The tests' database, reached through the proxy.
+    parts = conninfo_to_dict(postgres_dsn)
+    secret = f":{quote(str(parts['password']), safe='')}" if parts.get("password") else ""
+    dsn = (f"postgresql://{parts.get('user') or 'postgres'}{secret}@127.0.0.1:{proxy.port}/"
+           f"{parts.get('dbname') or 'test'}")
     settings = make_settings(tmp_path, postgres_dsn=dsn, schema=pg_schema,
                              nats_url=nats_server.url, FICHA_PARTITIONS="2", FICHA_ACK_WAIT="5")
     runtime = Runtime(settings)
@@ -91,6 +101,8 @@ async def test_database_outage_is_waited_out(
             if await asyncio.to_thread(store.received_count) >= 30:
                 break
             await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the first 30 events were not stored before the outage")
         await proxy.cut()
         for i in range(60):
             await publish(js, event_dict("form_submitted", event_id=f"b{i}", form_id="f",

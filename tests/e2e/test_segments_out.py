@@ -21,6 +21,8 @@ from services.outbox import SEQ_HEADER, OutboxRelay
 from services.runtime import Runtime, connect_nats
 from services.store.contact_store import ContactStore
 from services.streams import OUT_STREAM
+from tests.e2e.test_erasure import relay_done
+from tests.e2e.test_pipeline import drain_applied
 from tests.factories import event_dict
 
 
@@ -71,9 +73,17 @@ async def test_publish_to_segment_entered_and_exited_exactly_once(runtime: Runti
             await publish(js, event_dict("contact_updated", event_id=f"on-{i}",
                                          email=f"p{i}@example.com", occurred_at=ago(2),
                                          tags_added=["VIP"]))
+        # Every event stored (the retries too: 30 distinct) and projected, and the relay
+        # past every outbox row: whatever would be published has been.
+        await drain_applied(runtime, 30)
+        deadline = asyncio.get_running_loop().time() + 20
+        while not await relay_done(runtime):
+            assert asyncio.get_running_loop().time() < deadline, "the relay did not finish"
+            await asyncio.sleep(0.05)
         messages = await out_events(js, 30)
     finally:
         await nc.close()
+    assert runtime.store.received_count() == 30  # the retries were not applied again
     events = [event for _, event in messages]
     assert len(events) == 30
     assert len({e.event_id for e in events}) == 30

@@ -89,16 +89,20 @@ async def _run(tmp_path: Path, nats_server: EmbeddedNatsServer) -> None:
     # two cores it shares with it: the test is about a backlog, not about speed.
     settings = make_settings(tmp_path / "data", nats_url=nats_server.url,
                              FICHA_PARTITIONS=str(PARTITIONS), FICHA_BATCH_SIZE="50")
+    # Its log goes to a file: a pipe nobody reads would stop it once 64 KiB were written.
+    log_path = tmp_path / "up.log"
+    log = log_path.open("wb")
     up = subprocess.Popen([sys.executable, "-m", "services", "up"],
                           env={**os.environ, **settings.to_env()},
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                          stdout=subprocess.DEVNULL, stderr=log)
+    log.close()  # (the child has its own copy)
     nc = await nats.connect(nats_server.url)
     samples: list[tuple[float, int, float]] = []  # (seconds, backlog, RSS MB)
     try:
         js = nc.jetstream()
         deadline = time.monotonic() + 60
         while not await _streams_ready(js):
-            assert up.poll() is None, up.stderr.read().decode() if up.stderr else ""
+            assert up.poll() is None, log_path.read_text(errors="replace")[-3000:]
             assert time.monotonic() < deadline, "ficha up did not create its streams"
             await asyncio.sleep(0.2)
         store = ContactStore(settings)

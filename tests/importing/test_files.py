@@ -11,6 +11,7 @@ import pytest
 from services.importing.files import (
     CsvFileError,
     RejectsWriter,
+    load_mapping,
     open_csv,
     read_rejects,
     rejects_path_for,
@@ -64,7 +65,8 @@ def test_a_wrongly_encoded_file_is_refused_with_its_line(tmp_path: Path) -> None
         open_csv(path)
     assert str(caught.value) == (
         "line 3 is not valid utf-8 (byte 0xe9 at character 20): save the file as utf-8 (CSV "
-        "UTF-8 in Excel), or give its encoding with --encoding, e.g. --encoding cp1252")
+        "UTF-8 in Excel), or give its encoding, e.g. cp1252 (`--encoding cp1252`; in the API, "
+        "`encoding=cp1252`)")
     assert list(open_csv(path, encoding="cp1252").records())[1] == (
         3, ["felix@example.com", "Félix"])
 
@@ -76,8 +78,14 @@ def test_empty_and_header_only_files(tmp_path: Path) -> None:
         open_csv(write(tmp_path, "\ufeff\n"))
     header_only = open_csv(write(tmp_path, "email,first_name\n"))
     assert header_only.header == ["email", "first_name"] and list(header_only.records()) == []
-    with pytest.raises(CsvFileError, match="is not a file"):
+    with pytest.raises(CsvFileError, match="missing.csv does not exist"):
         open_csv(tmp_path / "missing.csv")
+    with pytest.raises(CsvFileError, match="is not a file"):
+        open_csv(tmp_path)
+    broken = tmp_path / "mapping.yaml"
+    broken.write_text("columns:\n  email: [email\n  name: first_name\n")
+    with pytest.raises(MappingError, match=r"is not valid YAML: .* at line \d+, column \d+"):
+        load_mapping(broken)
     with pytest.raises(CsvFileError, match="unknown encoding 'klingon'"):
         open_csv(write(tmp_path, "email\n"), encoding="klingon")
 

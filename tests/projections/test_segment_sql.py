@@ -12,15 +12,22 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from projections.audience import AudienceProjection
-from projections.audience_queries import _facts
+from projections.audience_queries import _facts, count_members
 from projections.db import ViewDatabase
 from projections.runner import ProjectionRunner
 from projections.segment_sql import prefilter
+from services.catalog import SegmentCommands
 from services.config import Settings
 from services.demo import generate_history
 from services.domain.engagement import engagement_status
 from services.domain.identity import ContactIdentity
-from services.domain.rules import Context, parse_rule
+from services.domain.rules import (
+    MAX_CONDITIONS,
+    MAX_LIST_VALUES,
+    MAX_RULE_VALUES,
+    Context,
+    parse_rule,
+)
 from services.domain.stamps import utc_iso
 from services.ingest.cache import ContactCache
 from services.ingest.folding import BatchFolder
@@ -206,6 +213,24 @@ def test_the_prefilter_keeps_every_match(settings: Settings) -> None:
                       {"field": "tags", "op": "has", "value": "vip"}]}]
     with_matches = sum(1 for raw in grid if check_rule(raw) > 0)
     assert with_matches > len(grid) // 5  # the grid exercises real matches, not only misses
+    # The largest rules the parser accepts compile into SQL both databases take (SQLite
+    # parses a chain of 1,000 ORs as 1,000 levels, its limit), and a backfill applies them.
+    emails = sorted(row["email"] for row in rows)[:MAX_CONDITIONS]
+    largest: list[dict[str, Any]] = [
+        {"any": [{"field": "email", "op": "equals", "value": e} for e in emails]},
+        {"field": "language", "op": "in",
+         "value": ["es", *(f"x{i}" for i in range(MAX_LIST_VALUES - 1))]},
+        {"all": [{"field": "country", "op": "not_in",
+                  "value": [f"Z{k}{i}" for i in range(MAX_LIST_VALUES)]}
+                 for k in range(MAX_RULE_VALUES // MAX_LIST_VALUES)]},
+    ]
+    for raw in largest:
+        assert check_rule(raw) > 0
+    commands = SegmentCommands(store)
+    for i, raw in enumerate(largest):
+        commands.define("acme", f"largest-{i}", "largest", raw)
+    runner.catch_up()
+    assert count_members(db, "acme", "largest-0") == len(emails)
     with db.reading() as cur:
         cur.execute("SELECT COUNT(*) AS n FROM audience_facts")
         assert cur.fetchone()["n"] == len(rows)  # nothing dropped by odd values

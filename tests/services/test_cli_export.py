@@ -115,7 +115,7 @@ MISTAKES = [
     (["contacts", "--tenant", "globex"], 2, "no tenant 'globex' is known here (known: acme)"),
     (["segment", "nope", "--tenant", "acme"], 2, "segment 'nope' does not exist"),
     (["contacts", "--tenant", "acme", "--since", "2026-13-01"], 2,
-     "--first-seen-from must be a date"),
+     "--since (--first-seen-from) must be a date"),
     (["segment", "spanish", "--tenant", "acme", "--as-of", "yesterday"], 2,
      "--as-of must be a date"),
     # as the API and imports read it: a time without its offset is not guessed to be UTC

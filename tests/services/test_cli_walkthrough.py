@@ -222,6 +222,32 @@ def test_a_preview_refuses_what_create_and_edit_refuse(seeded: ReadModels,
     assert "does not exist" in one_error_line(absent)
 
 
+def test_a_rule_file_that_is_not_plain_json_is_refused_in_a_line(seeded: ReadModels,
+                                                                 tmp_path: Path) -> None:
+    """Python's JSON parser takes NaN and Infinity, which JSON has not: a rule holding one
+    was once stored (as null) and then stopped the audience model. Files that are not
+    UTF-8, or nest past any parser's depth, are refused in a line too, not a traceback."""
+    files = {
+        "nan.json": (b'{"field": "property.x", "op": "gt", "value": NaN}',
+                     "NaN is not a JSON value"),
+        "inf.json": (b'{"field": "property.x", "op": "between", "value": [-Infinity, 3]}',
+                     "-Infinity is not a JSON value"),
+        "huge.json": (b'{"field": "property.x", "op": "equals", "value": 1e999}',
+                      "must be a finite number"),
+        "binary.json": (b"\xff\xfe{}", "is not UTF-8 text"),
+        "deep.json": (b"[" * 3000 + b"]" * 3000, "nests too deeply to read"),
+    }
+    for name, (content, said) in files.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        for command in ("create", "preview"):
+            done = ficha("segments", command, "--tenant", "acme", "x", str(path))
+            assert done.exit_code == 2, (name, command, done.stderr)
+            assert said in one_error_line(done), (name, one_error_line(done))
+    listed = ficha("segments", "list", "--tenant", "acme", "--json")
+    assert json.loads(listed.stdout) == []
+
+
 # ------------------------------------------------------------ 7. a data dir never started
 
 
@@ -271,8 +297,8 @@ def test_read_models_deleted_after_ficha_ran_are_not_a_data_dir_never_started(
     lose_the_read_models(seeded, settings)
     where = (f"on the data dir {settings.data_dir}" if settings.postgres is None else
              f"in the database schema {settings.postgres.schema}")
-    missing = (f"the read models are missing though ficha has run {where}: `ficha up` "
-               "rebuilds them from the event store as it starts, as does "
+    missing = (f"the read models are missing {where}, though its event store holds "
+               "events: `ficha up` builds them from the event store as it starts, as does "
                "`ficha projections rebuild`")
     for tenant, command in [("acme", ["contacts", "list"]), ("acme", ["segments", "list"]),
                             ("acme", ["tags", "counts"]), ("nobody", ["contacts", "list"]),
