@@ -658,7 +658,7 @@ def test_a_burst_of_buyers_is_ranked_against_cuts_of_the_burst_not_of_its_first_
         g for g, n in groups.items() if n}
     # A rebuild in other pages takes the same cuts at the same events.
     incremental = dump(a.db)
-    a.runner.page_size = 37
+    a.runner.set_page_size(37, 37)
     a.runner.rebuild()
     assert dump(a.db) == incremental
 
@@ -707,7 +707,7 @@ def assert_rebuild_gives_the_same_rows(a: Audience, page_size: int) -> None:
         return {table: values for table, values in rows.items() if table != "audience_erasures"}
 
     incremental = dump(a.db)
-    a.runner.page_size = page_size
+    a.runner.set_page_size(page_size)  # growing from page_size: pages of many sizes
     a.runner.rebuild()
     assert kept(dump(a.db)) == kept(incremental)
 
@@ -833,7 +833,7 @@ def test_a_rescoring_mid_page_keeps_the_page_contacts_for_its_later_events(
     assert len(reads) <= 4, reads
     assert len([s for s in reads if re.search(r"\bdoc\b", s)]) == 2, reads
     incremental = dump(a.db)
-    a.runner.page_size = 23
+    a.runner.set_page_size(23, 23)
     a.runner.rebuild()
     assert dump(a.db) == incremental
 
@@ -858,7 +858,7 @@ def test_rows_do_not_depend_on_how_many_contacts_are_loaded_at_once(
     assert cuts["buyers"] > 5 * 7 and members(a, "best")
     incremental = dump(a.db)
     monkeypatch.undo()
-    a.runner.page_size = 1000
+    a.runner.set_page_size(1000)
     a.runner.rebuild()
     assert dump(a.db) == incremental
 

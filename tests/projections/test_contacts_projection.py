@@ -74,6 +74,28 @@ def test_rebuild_gives_the_same_rows_as_incremental(settings: Settings) -> None:
     db.close()
 
 
+def test_pages_grow_while_behind_and_shrink_once_caught_up(settings: Settings) -> None:
+    store = ContactStore(settings)
+    db = ViewDatabase(settings)
+    runner = ProjectionRunner(store, db, ContactsProjection(), page_size=10, max_page_size=40)
+    runner.setup()
+    ingest(store, settings, demo_events(150))
+    head = store.max_notification_id()
+    assert head > 10 + 20 + 40 + 40
+    sizes = []
+    while (applied := runner.run_once()) > 0:
+        sizes.append(applied)
+    assert sizes[:4] == [10, 20, 40, 40] and sum(sizes) == head
+    assert runner.position() == head
+    # Caught up: the next page is small again (a live event is not held for a big one).
+    folder = BatchFolder(store, ContactIdentity(settings.id_key), ContactCache(100), "p1")
+    folder.fold_and_commit(demo_events(30, seed=8), 1)
+    assert store.max_notification_id() > head + 10
+    assert runner.run_once() == 10
+    db.close()
+    store.close()
+
+
 def test_arrival_order_does_not_change_the_read_model(tmp_path: Path) -> None:
     events = demo_events(2000, seed=11)
     shuffled = list(events)
