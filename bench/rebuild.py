@@ -5,7 +5,9 @@ bus), defines a few segments, then measures in the same run:
 
 * raw baseline: reading the notification log in pages and decoding every domain event
   (what any projection has to do at least);
-* each projection rebuilt from the start (``ProjectionRunner.rebuild``), alone.
+* each projection rebuilt from the start (``ProjectionRunner.rebuild``), alone;
+* all of them: their times added (one after the other), and side by side, a process
+  each, as ``ficha projections rebuild`` runs them (process start-up included).
 
 Usage:  python -m bench.rebuild --events 100000 [--backend postgres|sqlite] [--segments 30]
 """
@@ -29,6 +31,7 @@ from services.demo import generate_history
 from services.domain.identity import ContactIdentity
 from services.ingest.cache import ContactCache
 from services.ingest.folding import BatchFolder
+from services.projection_jobs import run_side_by_side
 from services.store.contact_store import ContactStore
 from tests.factories import decode_dict
 
@@ -112,13 +115,27 @@ def run(args: argparse.Namespace, settings: Settings) -> None:
               f"{args.segments} segments\n")
         print(f"{'measure':44} {'events/s':>10} {'vs baseline':>12}")
         print(f"{'read + decode the log alone (raw baseline)':44} {baseline:10,.0f}")
+        one_by_one = 0.0
         for projection in all_projections():
             runner = ProjectionRunner(store, db, projection, page_size=2000)
             runner.setup()
             started = time.perf_counter()
             runner.rebuild()
-            rate = runner.stats.applied / (time.perf_counter() - started)
+            took = time.perf_counter() - started
+            one_by_one += took
+            rate = runner.stats.applied / took
             print(f"{'rebuild ' + projection.name:44} {rate:10,.0f} {rate / baseline:12.2f}")
+        # Every projection: the log once through each, in turn or side by side (as
+        # `ficha projections rebuild` runs them, a process each).
+        rate = count / one_by_one
+        print(f"{'rebuild all, one after the other':44} {rate:10,.0f} {rate / baseline:12.2f}")
+        names = [p.name for p in all_projections()]
+        started = time.perf_counter()
+        ends = run_side_by_side("rebuild", settings.to_env(), names, None, lambda *_: None)
+        took = time.perf_counter() - started
+        assert all(end.ok for end in ends), ends
+        rate = count / took
+        print(f"{'rebuild all, side by side':44} {rate:10,.0f} {rate / baseline:12.2f}")
     finally:
         db.close()
         store.close()

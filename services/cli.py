@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -46,6 +46,7 @@ from services.cli_common import (
     err,
     event_store,
     fail,
+    labelled,
     name_connections,
     parse_date,
     read_views,
@@ -62,6 +63,10 @@ from services.cli_privacy import contacts_access, erase, erasures_app
 from services.cli_sql import sql_app
 from services.demo import DEMO_DAYS_BACK, demo_start
 from services.limits import PAGE_LIMIT_MAX
+
+if TYPE_CHECKING:
+    from services.config import Settings
+    from services.projection_jobs import Kind
 
 app = typer.Typer(
     help="ficha: an event-sourced contact backend. Events in on NATS, contact cards out.",
@@ -507,15 +512,6 @@ def status(
 # ---------------------------------------------------------------- projections
 
 
-def _advancing(progress: Any, task: Any) -> Callable[[int], None]:
-    """A page callback that moves a progress bar to the projection's position."""
-
-    def advance(position: int) -> None:
-        progress.update(task, completed=position)
-
-    return advance
-
-
 def _chosen_projections(names: list[str] | None) -> list[Any]:
     from projections.registry import all_projections, projection_named
 
@@ -539,35 +535,16 @@ def projections_replay(
 
     The live tables keep serving (and keep being updated) until the copy has caught up.
     With --tenant, the copy stops at the live model's position and only that tenant's
-    rows are replaced; nothing is published on ficha.out.
+    rows are replaced; nothing is published on ficha.out. Several projections are
+    replayed at once, each in a process of its own.
     """
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
-
-    from projections.replay import replay
-
     settings = settings_or_fail()
     chosen = _chosen_projections(names)
     if tenant is not None:
         require_known_tenant(tenant)
-    store = event_store(settings)
-    db = views(settings)
     what = f" for tenant {tenant}" if tenant else ""
-    try:
-        for projection in chosen:
-            head = store.max_notification_id() or 1
-            with Progress(description_column(), BarColumn(), TaskProgressColumn(),
-                          TimeRemainingColumn(), console=err) as progress:
-                task = progress.add_task(f"replaying {projection.name}{what}", total=head)
-                result = replay(store, db, type(projection), _advancing(progress, task),
-                                tenant=tenant)
-                progress.update(task, completed=head)
-            console.print(f"{result.name}: {result.events} events replayed; readers switched"
-                          f"{what} at position {result.position}")
-    except Exception as error:  # noqa: BLE001 - the database is unreachable
-        fail(f"replay failed, the live tables are unchanged: {db_error_text(error)}")
-    finally:
-        db.close()
-        store.close()
+    _run_projection_jobs("replay", settings, [p.name for p in chosen], tenant,
+                         lambda name: f"replaying {name}{what}")
 
 
 @projections_app.command("rebuild")
@@ -580,39 +557,58 @@ def projections_rebuild(
 
     Readers see empty or partial tables meanwhile; `ficha projections replay` does not.
     A running `ficha up` may go on: its projectors and this command apply pages in turn,
-    each page once.
+    each page once. Several projections are rebuilt at once, each in a process of its own.
     """
-    from rich.progress import Progress
-
-    from projections.runner import ProjectionRunner
-
     settings = settings_or_fail()
     chosen = _chosen_projections(names)
     listed = ", ".join(p.name for p in chosen)
     store = event_store(settings)  # an unreachable database is said before the question
-    db = views(settings)
+    store.close()
+    if not yes and not typer.confirm(f"Drop and rebuild {listed} in place?"):
+        raise typer.Exit(1)
+    _run_projection_jobs("rebuild", settings, [p.name for p in chosen], None,
+                         lambda name: f"rebuilding {name}")
+
+
+def _run_projection_jobs(kind: Kind, settings: Settings,
+                         names: list[str], tenant: str | None,
+                         label: Callable[[str], str]) -> None:
+    """Replay or rebuild ``names``, one bar each: one projection in this process, several
+    side by side in processes of their own (``services.projection_jobs``)."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
+
+    from services.projection_jobs import run_job, run_side_by_side
+
+    store = event_store(settings)
     try:
-        if not yes and not typer.confirm(f"Drop and rebuild {listed} in place?"):
-            raise typer.Exit(1)
-        for projection in chosen:
-            runner = ProjectionRunner(store, db, projection)
-            try:
-                runner.setup()
-                head = store.max_notification_id()
-                with Progress(console=err) as progress:
-                    task = progress.add_task(f"rebuilding {projection.name}", total=head or 1)
-                    runner.rebuild(_advancing(progress, task))
-                    progress.update(task, completed=head or 1)
-            except Exception as error:  # noqa: BLE001 - the database is unreachable
-                fail(f"cannot rebuild {projection.name}: {db_error_text(error)}")
-            # A running projector applies pages in turn with this command (possibly all
-            # of them): the count alone would read as if nothing had been rebuilt.
-            console.print(f"rebuilt {projection.name} to position {runner.position()}, the "
-                          f"log's head: {runner.stats.applied:,} events applied by this "
-                          f"command, any others by a running projector")
+        head = store.max_notification_id() or 1
+    except Exception as error:  # noqa: BLE001 - the database is unreachable
+        fail(f"{kind} failed, the read models are unchanged: {db_error_text(error)}")
     finally:
-        db.close()
         store.close()
+    env = settings.to_env()
+    with Progress(description_column(), BarColumn(), TaskProgressColumn(),
+                  TimeRemainingColumn(), console=err) as progress:
+        tasks = {name: progress.add_task(label(name), total=head) for name in names}
+
+        def on_position(name: str, position: int) -> None:
+            progress.update(tasks[name], completed=position)
+
+        if len(names) == 1:
+            ends = [run_job(kind, env, names[0], tenant,
+                            lambda position: on_position(names[0], position))]
+        else:
+            ends = run_side_by_side(kind, env, names, tenant, on_position)
+        for end in ends:
+            if end.ok:
+                progress.update(tasks[end.name], completed=head)
+    for end in ends:
+        if end.ok:
+            console.print(end.said, highlight=False)
+        else:
+            err.print(labelled("error:", "red", end.said), highlight=False)
+    if not all(end.ok for end in ends):
+        raise typer.Exit(1)
 
 
 # `ficha replay PROJECTION [--tenant T]`, as operators ask for it: the same command.

@@ -315,6 +315,24 @@ def test_read_models_deleted_after_ficha_ran_are_not_a_data_dir_never_started(
     assert [s["segment_id"] for s in json.loads(done.stdout)] == ["vips"], done.stdout
 
 
+def test_replaying_every_projection_at_once_changes_no_row(seeded: ReadModels) -> None:
+    """Several projections replay side by side, each in a process of its own: one bar
+    each, one line each, and every row as it was."""
+    from projections.registry import all_projections
+    from tests.projections.test_tenant_replay import dump
+
+    seeded.catch_up()
+    before = {p.name: dump(seeded.db, p) for p in all_projections()}
+    position = seeded.store.max_notification_id()
+    done = ficha("projections", "replay")
+    assert done.exit_code == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert sorted(lines) == sorted(
+        f"{p.name}: {position} events replayed; readers switched at position {position}"
+        for p in all_projections()), lines
+    assert {p.name: dump(seeded.db, p) for p in all_projections()} == before
+
+
 # ------------------------------------- 8. a read model that fails after the tenant check
 
 
