@@ -15,7 +15,8 @@ from projections.queries import (
     list_page,
     timeline_page,
 )
-from services.api.deps import Caller, Ctx, Filter, Item, Page, Wanted, item, page
+from services.api.answers import CardItem, ContactsPage, TimelinePage
+from services.api.deps import Caller, Ctx, Filter, Wanted, item, page
 from services.api.errors import WAITING, ApiError, error_responses, not_found
 from services.limits import PAGE_LIMIT_MAX
 
@@ -42,7 +43,7 @@ def list_route(
     cursor: FromQuery[str | None] = None,
     with_total: Annotated[bool, Parameter(
         description="Also count every contact that matches (slower).")] = False,
-) -> Response[Page]:
+) -> Response[ContactsPage]:
     with ctx.read(PROJECTION, tenant, wanted) as fresh:
         f = client_filter
         try:
@@ -50,7 +51,7 @@ def list_route(
             total = count_contacts(ctx.views, f) if with_total else None
         except QueryError as error:
             raise query_error(error) from None
-        return page(rows, fresh, next_cursor, total)
+        return page(rows, fresh, next_cursor, total, ContactsPage)
 
 
 @get("/contacts/{ref:str}", responses=error_responses(*WAITING),
@@ -60,12 +61,12 @@ def list_route(
 def card_route(
     tenant: FromPath[str], ref: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,
     timeline_limit: Annotated[int, Parameter(ge=0, le=1000)] = 200,
-) -> Response[Item]:
+) -> Response[CardItem]:
     with ctx.read(PROJECTION, tenant, wanted) as fresh:
         found = card(ctx.views, tenant, ref, timeline_limit=timeline_limit)
         if found is None:
             raise not_found(f"tenant {tenant} has no contact {ref}")
-        return item(found, fresh)
+        return item(found, fresh, CardItem)
 
 
 @get("/contacts/{ref:str}/timeline", responses=error_responses(*WAITING),
@@ -76,7 +77,7 @@ def timeline_route(
     tenant: FromPath[str], ref: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,
     limit: Annotated[int, Parameter(ge=1, le=PAGE_LIMIT_MAX)] = 100,
     cursor: FromQuery[str | None] = None,
-) -> Response[Page]:
+) -> Response[TimelinePage]:
     with ctx.read(PROJECTION, tenant, wanted) as fresh:
         found = card(ctx.views, tenant, ref, timeline_limit=0)
         if found is None:
@@ -86,7 +87,7 @@ def timeline_route(
                                            before=cursor)
         except QueryError as error:
             raise query_error(error) from None
-        return page(entries, fresh, older)
+        return page(entries, fresh, older, shape=TimelinePage)
 
 
 ROUTES = [list_route, card_route, timeline_route]

@@ -6,7 +6,7 @@ import asyncio
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Request, Response
@@ -250,10 +250,18 @@ def headers(fresh: Freshness) -> dict[str, str]:
     return {"Ficha-Position": str(fresh.position), "Ficha-Lag": str(fresh.lag)}
 
 
-def item(data: Any, fresh: Freshness) -> Response[Item]:
-    return Response(Item(data, fresh), headers=headers(fresh))
+ItemShape = TypeVar("ItemShape", bound=Item)
+PageShape = TypeVar("PageShape", bound=Page)
+
+
+def item(data: Any, fresh: Freshness,
+         shape: type[ItemShape] = Item) -> Response[ItemShape]:  # type: ignore[assignment]
+    """``data`` with its freshness; ``shape`` says what ``data`` holds, for the OpenAPI
+    document (``services.api.answers``)."""
+    return Response(shape(data, fresh), headers=headers(fresh))
 
 
 def page(data: list[Any], fresh: Freshness, next_cursor: str | None = None,
-         total: int | None = None) -> Response[Page]:
-    return Response(Page(data, fresh, next_cursor, total), headers=headers(fresh))
+         total: int | None = None,
+         shape: type[PageShape] = Page) -> Response[PageShape]:  # type: ignore[assignment]
+    return Response(shape(data, fresh, next_cursor, total), headers=headers(fresh))

@@ -146,6 +146,48 @@ def error_schema_errors(document: dict[str, Any], body: Any) -> list[str]:
     return [e.message for e in Draft202012Validator(schema).iter_errors(body)]
 
 
+def answer_schema_errors(document: dict[str, Any], path: str, body: Any) -> list[str]:
+    """How a 200 answer's body departs from what the OpenAPI document says of it."""
+    from jsonschema import Draft202012Validator
+
+    shown = document["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]
+    schema = {**shown["schema"], "components": document["components"]}
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in Draft202012Validator(schema).iter_errors(body)]
+
+
+async def test_the_contacts_answers_are_what_the_openapi_document_says(api: Api) -> None:
+    """The client list, the card (with lists and timeline) and the timeline are typed
+    field by field in the document (an integrator generates a client from it): real
+    answers validate against it, and every field the document names is answered."""
+    await seed(api)
+    await api.publish("list_subscribed", email="ana@example.com", event_id="ana-news",
+                      list_id="news")
+    await api.runtime.wait_until_projected(30)
+    document = await openapi(api)
+    t = "/v1/tenants/{tenant}"
+    answers = {
+        f"{t}/contacts": await api.get(f"{T}/contacts"),
+        f"{t}/contacts/{{ref}}": await api.get(f"{T}/contacts/ana@example.com"),
+        f"{t}/contacts/{{ref}}/timeline": await api.get(f"{T}/contacts/ana@example.com/timeline",
+                                                       limit="2"),
+    }
+    for path, answer in answers.items():
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert answer_schema_errors(document, path, body) == [], path
+    schemas = document["components"]["schemas"]
+    card = answers[f"{t}/contacts/{{ref}}"].json()["data"]
+    assert set(card) == set(schemas["ContactCard"]["properties"])
+    assert card["lists"] and card["timeline"]  # the nested shapes were checked too
+    row = answers[f"{t}/contacts"].json()["data"][0]
+    assert set(row) == set(schemas["ContactListRow"]["properties"])
+    entry = answers[f"{t}/contacts/{{ref}}/timeline"].json()["data"][0]
+    assert set(entry) == set(schemas["TimelineEntry"]["properties"])
+    # A wrong answer would not pass: the check can fail.
+    assert answer_schema_errors(document, f"{t}/contacts", {"data": [{"email": 1}]})
+
+
 # Routes that talk to NATS, so answer 503 bus_unavailable when it is away.
 ON_THE_BUS = {"/v1/tenants/{tenant}/dead-letters", "/v1/tenants/{tenant}/dead-letters/{seq}",
               "/v1/tenants/{tenant}/dead-letters/redrive",
