@@ -7,6 +7,7 @@ JSON Schemas. Both are published in docs/events.md.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -121,6 +122,16 @@ def subject_tokens(subject: str) -> tuple[str, str, bool]:
 
 
 def decode(subject: str, data: bytes) -> InboundEvent | Rejection:
+    try:
+        return _decode(subject, data)
+    except RecursionError:  # (any parser, and the walks below, give up past some depth)
+        tenant, kind, _ = subject_tokens(subject)
+        return Rejection(code="invalid_field", tenant=tenant, type=kind, detail=(
+            "the body nests too deeply to read (objects or lists within each other "
+            "hundreds of levels deep): send flat fields"))
+
+
+def _decode(subject: str, data: bytes) -> InboundEvent | Rejection:
     tenant, kind, well_formed = subject_tokens(subject)
 
     def reject(code: str, detail: str) -> Rejection:
@@ -196,23 +207,23 @@ def decode(subject: str, data: bytes) -> InboundEvent | Rejection:
             f"schema_version {version} of {kind} is newer than this ficha understands "
             f"(up to {latest}): upgrade ficha or publish version {latest}",
         )
-    # A JSON null is spelt `null` in the bytes: without them there is nothing to look for.
-    null_path = _find_null(_GENERIC.decode(data)) if b"null" in data else None
+    # A JSON null is spelt `null` in the bytes, and JSON writes NUL as \u0000 (raw
+    # control characters are not JSON): without those bytes there is nothing to look for.
+    has_null, has_nul = b"null" in data, b"\\u0000" in data
+    whole: Any = _GENERIC.decode(data) if has_null or has_nul else None
+    null_path = _find_null(whole) if has_null else None
     if null_path is not None:
         return reject(
             "invalid_field",
             f"{null_path} is null, which version 1 does not accept: leave the field out to "
             "keep the current value, or clear it with contact_updated.unset",
         )
-
-    # JSON writes NUL as \u0000 (raw control characters are not JSON): without those
-    # six bytes no text holds one.
-    nul_path = _find_nul(_GENERIC.decode(data)) if b"\\u0000" in data else None
+    nul_path = _find_nul(whole) if has_nul else None
     if nul_path is not None:
         return reject(
             "invalid_field",
-            f"{nul_path} holds a NUL character (\\u0000), which ficha cannot store: "
-            "remove it",
+            f"{nul_path} holds a NUL character (U+0000, written \\u0000 in JSON), which "
+            "ficha cannot store: remove it",
         )
 
     older = OLDER_VERSIONS.get((kind, version)) if version < latest else None
@@ -225,6 +236,17 @@ def decode(subject: str, data: bytes) -> InboundEvent | Rejection:
         return _from_validation_error(str(error), reject)
 
     return _normalise(event, reject)
+
+
+def read_json(data: bytes | str) -> Any:
+    """Any JSON body as Python values, or ValueError: also for one nested too deeply to
+    read (a parser's RecursionError), which a hostile producer can send within 4 KiB.
+    For reading bodies ficha did not refuse yet or keeps as they came (dead letters,
+    the streams an erasure purges)."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("the JSON nests too deeply to read") from None
 
 
 def _find_null(obj: dict[str, Any], prefix: str = "") -> str | None:
@@ -362,6 +384,7 @@ __all__ = [
     "DECODER_ONLY_RULES",
     "MAX_BODY_BYTES",
     "REJECTION_CODES",
+    "read_json",
     "SCHEMA_VERSION",
     "TENANT_PATTERN",
     "ContactInfo",

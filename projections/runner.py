@@ -146,6 +146,11 @@ class ProjectionRunner:
             except ConcurrentProjectionError as error:
                 log.info("%s; going on from its position", error)
                 continue
+            except BaseException:
+                # Retried from a page of the base size: a failure a large page causes
+                # (a timeout, memory) is not repeated at that size.
+                self._next_page_size = self.page_size
+                raise
             if self._failure_recorded:  # (by this process or another, before)
                 self.db.clear_failure(self.name)
                 self._failure_recorded = False
@@ -155,6 +160,8 @@ class ProjectionRunner:
         with self.db.reading() as cur:
             position = self.db.position(cur, self.name)
         size = self._next_page_size
+        if until is not None:
+            size = max(1, min(size, until - position))
         notifications = self.store.notifications_after(position, size)
         if until is not None:
             notifications = [n for n in notifications if n.id <= until]

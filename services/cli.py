@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -580,11 +581,14 @@ def _run_projection_jobs(kind: Kind, settings: Settings,
     from services.projection_jobs import run_job, run_side_by_side
 
     store = event_store(settings)
+    db = views(settings)
     try:
         head = store.max_notification_id() or 1
+        db.ensure_tracking_table()  # shared by the projections: made before they start
     except Exception as error:  # noqa: BLE001 - the database is unreachable
         fail(f"{kind} failed, the read models are unchanged: {db_error_text(error)}")
     finally:
+        db.close()
         store.close()
     env = settings.to_env()
     with Progress(description_column(), BarColumn(), TaskProgressColumn(),
@@ -594,11 +598,11 @@ def _run_projection_jobs(kind: Kind, settings: Settings,
         def on_position(name: str, position: int) -> None:
             progress.update(tasks[name], completed=position)
 
-        if len(names) == 1:
-            ends = [run_job(kind, env, names[0], tenant,
-                            lambda position: on_position(names[0], position))]
-        else:
+        if len(names) > 1 and settings.postgres is not None:
             ends = run_side_by_side(kind, env, names, tenant, on_position)
+        else:  # one, or SQLite's, whose writers would take turns at its one file anyway
+            ends = [run_job(kind, env, name, tenant, partial(on_position, name))
+                    for name in names]
         for end in ends:
             if end.ok:
                 progress.update(tasks[end.name], completed=head)

@@ -10,7 +10,6 @@ deletes it from FICHA_DLQ; if it is still wrong it comes back with a fresh reaso
 
 from __future__ import annotations
 
-import json
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
@@ -19,7 +18,7 @@ from typing import Any
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from contracts.decode import REJECTION_CODES
+from contracts.decode import REJECTION_CODES, read_json
 from services.domain.tenant import DEFINITION_CODES
 from services.ingest.deadletter import PROCESSING_CODES
 from services.streams import DLQ_STREAM
@@ -47,7 +46,7 @@ class DeadLetter:
         data.pop("body")
         if with_body:
             try:
-                data["body"] = json.loads(self.body)
+                data["body"] = read_json(self.body)
             except ValueError:
                 data["body"] = self.body.decode("utf-8", errors="replace")
         return data
@@ -193,7 +192,7 @@ def letter_from(seq: int, subject: str, raw_headers: dict[str, Any], body: bytes
     parts = subject.split(".")
     event_id = None
     try:
-        decoded = json.loads(body)
+        decoded = read_json(body)
         if isinstance(decoded, dict) and isinstance(decoded.get("event_id"), str):
             event_id = decoded["event_id"]
     except ValueError:

@@ -12,6 +12,7 @@ opens its own connections (none is shared across the fork: processes are spawned
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import queue
 import time
@@ -108,23 +109,37 @@ def run_side_by_side(kind: Kind, env: dict[str, str], names: list[str], tenant: 
     for child in children.values():
         child.start()
     ends: dict[str, JobEnd] = {}
+
+    def heard(report: tuple[str, str, Any]) -> None:
+        what, name, value = report
+        if what == "position":
+            on_position(name, value)
+        else:
+            ends[name] = value
+
+    last_look = time.monotonic()
     try:
         while len(ends) < len(children):
-            try:
-                what, name, value = reports.get(timeout=0.5)
-            except queue.Empty:
-                for name, child in children.items():  # died without a word (killed)
-                    if name not in ends and not child.is_alive():
-                        ends[name] = JobEnd(name, False, f"{name}: the process ended "
-                                            f"unexpectedly (exit code {child.exitcode})")
+            with contextlib.suppress(queue.Empty):
+                heard(reports.get(timeout=0.5))
+            if time.monotonic() - last_look < 1.0:
                 continue
-            if what == "position":
-                on_position(name, value)
-            else:
-                ends[name] = value
+            last_look = time.monotonic()
+            for name, child in children.items():
+                if name in ends or child.is_alive():
+                    continue
+                while True:  # what it said before it ended is in the queue by now
+                    try:
+                        heard(reports.get_nowait())
+                    except queue.Empty:
+                        break
+                if name not in ends:  # ended without a word: killed
+                    ends[name] = JobEnd(name, False, f"{name}: the process ended "
+                                        f"unexpectedly (exit code {child.exitcode})")
     finally:
+        deadline = time.monotonic() + 30  # for all of them together
         for child in children.values():
-            child.join(timeout=30)
+            child.join(timeout=max(0.0, deadline - time.monotonic()))
             if child.is_alive():
                 child.terminate()
     return [ends[name] for name in names]

@@ -24,7 +24,6 @@ One scan of each stream serves every erasure of a batch. The ingest stream's ``m
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -37,6 +36,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from contracts.decode import read_json
 from services.domain.identity import ContactIdentity, normalise_email
 from services.domain.stamps import Stamp, utc_iso
 from services.streams import (
@@ -89,7 +89,7 @@ def inbound_stamp(body: bytes) -> Stamp | None:
     from datetime import datetime
 
     try:
-        data = json.loads(body)
+        data = read_json(body)
         moment = datetime.fromisoformat(data["occurred_at"])
         event_id = data["event_id"]
     except (ValueError, KeyError, TypeError):
@@ -112,7 +112,7 @@ def whose_inbound(body: bytes, erased: Sequence[ErasedContact],
 
 def whose_outbound(body: bytes, erased: Sequence[ErasedContact]) -> ErasedContact | None:
     try:
-        data = json.loads(body)
+        data = read_json(body)
         kind = data.get("type")
         contact_id = (data.get("contact") or {}).get("contact_id") or data.get("contact_id")
         occurred_at = data.get("occurred_at") or ""

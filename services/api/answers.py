@@ -55,6 +55,40 @@ ContactCard = _struct("ContactCard", CONTACT_TYPES, (
 ))
 
 
+class SegmentDefinition(msgspec.Struct, kw_only=True):
+    segment_id: str
+    name: str
+    version: int
+    deleted: bool
+    created_at: _INSTANT
+    changed_at: _INSTANT
+    rule: Annotated[dict[str, Any], msgspec.Meta(
+        description="The rule, as contracts/schemas/segment-rule.json describes it")]
+    members: Annotated[int, msgspec.Meta(description="Members now")]
+
+
+class SegmentMember(msgspec.Struct, kw_only=True):
+    contact_id: str
+    email: str
+    entered_at: _INSTANT
+    exited_at: _INSTANT | None  # set for a member at an earlier as_of who has left since
+    enter_cause: Annotated[str, msgspec.Meta(description="event, clock or definition")]
+    enter_ref: Annotated[str, msgspec.Meta(
+        description="The event's event_id, clock (or rfm), or <segment>@v<version>")]
+
+
+class SegmentsPage(Page):
+    data: list[SegmentDefinition]
+
+
+class SegmentItem(Item):
+    data: SegmentDefinition
+
+
+class MembersPage(Page):
+    data: list[SegmentMember]
+
+
 class ContactsPage(Page):
     data: list[ContactListRow]  # type: ignore[valid-type]
 
@@ -68,4 +102,4 @@ class CardItem(Item):
 
 
 __all__ = ["CardItem", "ContactCard", "ContactListRow", "ContactsPage", "Freshness",
-           "TimelineEntry", "TimelinePage"]
+           "MembersPage", "SegmentItem", "SegmentsPage", "TimelineEntry", "TimelinePage"]

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from importlib.resources import files
 from typing import Any
 
-import msgspec
 import uvicorn
 from litestar import Litestar, Request, Response, Router, get
 from litestar.di import Provide
@@ -101,20 +100,46 @@ def refuse_nul(request: Request[Any, Any, Any]) -> None:
 
 
 async def check_request(request: Request[Any, Any, Any]) -> None:
-    """Before a route reads its parameters: no NUL in the address, and a JSON body that
-    does not nest deeper than a parser can follow (msgspec, like any recursive parser,
-    gives up with a RecursionError; a rule may nest 32 levels)."""
+    """Before a route reads its parameters: no NUL in the address, and a body that does
+    not nest deeper than ``MAX_BODY_NESTING`` (a parser would give up with a RecursionError
+    somewhere past a few hundred levels, as a 500; a segment rule nests at most
+    ``MAX_DEPTH`` groups, two JSON levels each). Any body but a multipart upload is
+    looked at, whatever its declared type: the routes read JSON whatever it says."""
     refuse_nul(request)
-    if request.method in ("POST", "PUT", "PATCH") and request.content_type[0] in (
-            "application/json", "text/plain", ""):
-        body = await request.body()
-        try:
-            msgspec.json.decode(body)
-        except RecursionError:
-            raise ApiError(400, "invalid_body", "the body nests too deeply to read; a "
-                           f"segment rule may nest at most {MAX_DEPTH} levels") from None
-        except msgspec.DecodeError:
-            pass  # the route's own parsing says what is wrong with it
+    uploads = request.content_type[0] == "multipart/form-data"
+    if request.method in ("POST", "PUT", "PATCH") and not uploads and nests_deeper(
+            await request.body(), MAX_BODY_NESTING):
+        raise ApiError(400, "invalid_body", "the body nests too deeply to read; a "
+                       f"segment rule may nest at most {MAX_DEPTH} levels")
+
+
+MAX_BODY_NESTING = 2 * MAX_DEPTH + 16
+
+
+def nests_deeper(data: bytes, limit: int) -> bool:
+    """Whether JSON text opens more than ``limit`` arrays or objects within each other
+    (brackets in strings aside), without parsing it: no recursion, whatever its depth."""
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    depth = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return False
 
 
 def create_app(ctx: ApiContext) -> Litestar:

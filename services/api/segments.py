@@ -22,12 +22,12 @@ from projections.audience_queries import (
     segment_sizes,
 )
 from projections.queries import QueryError, get_card, is_contact_id, member_cursor
+from services.api.answers import MembersPage, SegmentItem, SegmentsPage
 from services.api.contacts import query_error
 from services.api.deps import (
     Caller,
     Ctx,
     Item,
-    Page,
     Wanted,
     Written,
     instant,
@@ -99,9 +99,10 @@ def _write(ctx: Ctx, tenant: FromPath[str], segment_id: str, body: SegmentBody |
 @get("/segments", responses=error_responses(*WAITING),
      sync_to_thread=True, summary="The tenant's segments, with member counts")
 def list_route(tenant: FromPath[str], ctx: Ctx, principal: Caller, wanted: Wanted,
-               include_deleted: FromQuery[bool] = False) -> Response[Page]:
+               include_deleted: FromQuery[bool] = False) -> Response[SegmentsPage]:
     with ctx.read(PROJECTION, tenant, wanted) as fresh:
-        return page(list_segments(ctx.views, tenant, include_deleted), fresh)
+        return page(list_segments(ctx.views, tenant, include_deleted), fresh,
+                    shape=SegmentsPage)
 
 
 @post("/segments", responses=error_responses(403, 409, 413),
@@ -118,10 +119,10 @@ def create_route(tenant: FromPath[str], ctx: Ctx, admin: Caller,
 @get("/segments/{segment_id:str}", responses=error_responses(*WAITING),
      sync_to_thread=True, summary="One segment")
 def get_route(tenant: FromPath[str], segment_id: FromPath[str], ctx: Ctx, principal: Caller,
-              wanted: Wanted) -> Response[Item]:
+              wanted: Wanted) -> Response[SegmentItem]:
     with ctx.read(PROJECTION, tenant, wanted) as fresh:
         try:
-            return item(get_segment(ctx.views, tenant, segment_id), fresh)
+            return item(get_segment(ctx.views, tenant, segment_id), fresh, SegmentItem)
         except NotFound as error:
             raise not_found(str(error)) from None
 
@@ -174,7 +175,7 @@ def members_route(
     limit: Annotated[int, Parameter(ge=1, le=PAGE_LIMIT_MAX)] = 100,
     cursor: FromQuery[str | None] = None,
     with_total: FromQuery[bool] = False,
-) -> Response[Page]:
+) -> Response[MembersPage]:
     moment = instant(as_of, "as_of")
     try:
         after = member_cursor(cursor)
@@ -191,7 +192,7 @@ def members_route(
             rows = rows[:limit]
             next_cursor = rows[-1]["contact_id"]
         total = count_members(ctx.views, tenant, segment_id, moment) if with_total else None
-        return page(rows, fresh, next_cursor, total)
+        return page(rows, fresh, next_cursor, total, MembersPage)
 
 
 @get("/contacts/{ref:str}/segments", responses=error_responses(*WAITING), sync_to_thread=True,

@@ -33,6 +33,7 @@ change at instants the projection schedules itself, which re-evaluate every rule
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -480,22 +481,78 @@ class SegmentRef(Leaf):
 
 
 def parse_rule(obj: Any, path: str = "rule") -> Node:
-    """Turn a JSON rule into nodes, or raise RuleError naming the offending clause."""
-    node = _parse_node(obj, path, 0)
-    conditions = values = 0
-    for leaf in node.walk():
-        if isinstance(leaf, Leaf):
-            conditions += 1
-            values += len(leaf.value) if isinstance(leaf, FieldCondition) and leaf.op in (
+    """Turn a JSON rule into nodes, or raise RuleError naming the offending clause.
+
+    Stored rules are read with it too, so it checks what a rule means, not how large it
+    may be: ``check_new_rule`` adds the limits for rules being defined (a rule stored
+    before a limit existed must still be read, or its tenant's segments would stop)."""
+    return _parse_node(obj, path, 0)
+
+
+def check_new_rule(obj: Any) -> Node:
+    """``parse_rule`` for a rule being defined, edited or previewed, with its limits: at
+    most ``MAX_CONDITIONS`` conditions, ``MAX_LIST_VALUES`` values a list and
+    ``MAX_RULE_VALUES`` in all, numbers under ``MAX_NUMBER``, and no NUL in any text.
+    The limits are checked on the JSON first, so an oversized rule is refused before it
+    is built."""
+    counted = [0, 0]  # conditions, values
+
+    def walk(node: Any, path: str, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            return  # parse_rule says so, naming the clause
+        if isinstance(node, dict):
+            group = next((k for k in ("all", "any", "not") if k in node), None)
+            if group is not None:
+                inner = node[group]
+                if group == "not":
+                    walk(inner, f"{path}.not", depth + 1)
+                elif isinstance(inner, list):
+                    for i, item in enumerate(inner):
+                        walk(item, f"{path}.{group}[{i}]", depth + 1)
+                return
+            counted[0] += 1
+            value = node.get("value")
+            listed = len(value) if isinstance(value, list) and node.get("op") in (
                 "in", "not_in") else 1
-            if conditions > MAX_CONDITIONS:
-                raise RuleError(leaf.path, f"a rule holds at most {MAX_CONDITIONS} conditions; "
+            if listed > MAX_LIST_VALUES:
+                raise RuleError(path, f"a list takes at most {MAX_LIST_VALUES} values; "
+                                f"got {listed}")
+            counted[1] += listed
+            if counted[0] > MAX_CONDITIONS:
+                raise RuleError(path, f"a rule holds at most {MAX_CONDITIONS} conditions; "
                                 "for more, split it into segments and refer to them "
                                 '({"segment": "id"})')
-            if values > MAX_RULE_VALUES:
-                raise RuleError(leaf.path, f"a rule holds at most {MAX_RULE_VALUES} values "
-                                "in all; for longer lists of people, use an email list or a tag")
-    return node
+            if counted[1] > MAX_RULE_VALUES:
+                raise RuleError(path, f"a rule holds at most {MAX_RULE_VALUES} values in "
+                                "all; for longer lists of people, use an email list or a tag")
+            for problem in _unstorable(node):
+                raise RuleError(path, problem)
+
+    walk(obj, "rule", 0)
+    return parse_rule(obj)
+
+
+def _unstorable(value: Any) -> Iterator[str]:
+    """What of a condition's JSON no database would keep as written: text with a NUL,
+    numbers of 10^18 or more."""
+    if isinstance(value, str):
+        if has_nul(value):
+            yield f"a text of this condition {NUL_PROBLEM}"
+    elif isinstance(value, bool):
+        return
+    elif isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            return  # the parser says it must be finite, naming the condition's value
+        if abs(value) >= MAX_NUMBER:
+            yield ("a number of this condition is not between -10^18 and 10^18: "
+                   f"{_shown(value)}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _unstorable(key)
+            yield from _unstorable(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _unstorable(item)
 
 
 def _parse_node(obj: Any, path: str, depth: int) -> Node:
@@ -588,8 +645,6 @@ def _check_value(name: str, op: str, value: Any, path: str) -> Any:
     if name == "tags":
         if not isinstance(value, str) or not value.strip() or len(value.strip()) > 64:
             raise RuleError(path, f"{where} must be a tag: a string of 1-64 characters")
-        if has_nul(value):
-            raise RuleError(path, f"{where} {NUL_PROBLEM}")
         return value.strip().casefold()
     if name in DATE_FIELDS:
         if op in ("within_last", "more_than_ago"):
@@ -615,9 +670,6 @@ def _check_value(name: str, op: str, value: Any, path: str) -> Any:
     if op in ("in", "not_in"):
         if not isinstance(value, list) or not value:
             raise RuleError(path, f"{where} must be a non-empty list")
-        if len(value) > MAX_LIST_VALUES:
-            raise RuleError(path, f"{where} takes at most {MAX_LIST_VALUES} values; "
-                            f"got {len(value)}")
         return tuple(_scalar(v, name, choices, path, where) for v in value)
     if op == "between":
         low, high = _pair(value, path, where)
@@ -642,8 +694,6 @@ def _scalar(value: Any, name: str, choices: tuple[str, ...] | None, path: str,
             return _number(value, path, where)
     if not isinstance(value, str) or len(value) > 1000:
         raise RuleError(path, f"{where} must be a string of at most 1000 characters")
-    if has_nul(value):
-        raise RuleError(path, f"{where} {NUL_PROBLEM}")
     return value.lower()
 
 
@@ -712,9 +762,8 @@ def _number(value: Any, path: str, where: str) -> Decimal:
         number = Decimal(str(value))
     except InvalidOperation:
         raise RuleError(path, f"{where} must be a number, got {_shown(value)}") from None
-    if not number.is_finite() or abs(number) >= MAX_NUMBER:
-        raise RuleError(path, f"{where} must be a finite number between -10^18 and 10^18; "
-                        f"got {_shown(value)}")
+    if not number.is_finite():
+        raise RuleError(path, f"{where} must be a finite number; got {_shown(value)}")
     return number
 
 

@@ -23,6 +23,7 @@ from services.domain.rules import (
     Node,
     RuleError,
     SegmentRef,
+    check_new_rule,
     is_segment_id,
     parse_rule,
 )
@@ -110,7 +111,7 @@ class SegmentCatalog(Aggregate):
             raise InvalidSegment("name", "a segment name has at most 200 characters")
         if has_nul(name):
             raise InvalidSegment("name", f"the segment name {NUL_PROBLEM}")
-        node = parse_rule(rule)
+        node = check_new_rule(rule)
         live = self.live()
         for ref in sorted(node.references()):
             if ref == segment_id:

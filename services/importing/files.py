@@ -87,10 +87,11 @@ def open_csv(source: Source, *, encoding: str = "utf-8", delimiter: str | None =
     """Read the input once (hash, lines, encoding check) and its header; CsvFileError if
     it cannot be imported. A stream or bytes are first copied to a temporary file."""
     try:
-        codecs.lookup(encoding)
+        text_encoding = codecs.lookup(encoding)._is_text_encoding
     except LookupError:
-        raise CsvFileError(f"unknown encoding {encoding!r}: use utf-8, cp1252, latin-1, …"
-                           ) from None
+        text_encoding = False
+    if not text_encoding:  # (base64, zip, rot13 are codecs too, of bytes or of text)
+        raise CsvFileError(f"unknown encoding {encoding!r}: use utf-8, cp1252, latin-1, …")
     if delimiter is not None and len(delimiter) != 1:
         raise CsvFileError(f"the delimiter must be one character, got {delimiter!r}")
     path, spooled = _as_path(source)
@@ -143,11 +144,11 @@ def _scan(path: Path, encoding: str) -> tuple[str, int, int]:
             lines += chunk.count(b"\n")
             try:
                 decoder.decode(chunk)
-            except UnicodeDecodeError:
+            except UnicodeError:
                 raise CsvFileError(_encoding_problem(path, encoding)) from None
         try:
             decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
+        except UnicodeError:
             raise CsvFileError(_encoding_problem(path, encoding)) from None
     if last != b"\n":
         lines += 1  # the last line has no line break
@@ -168,6 +169,8 @@ def _encoding_problem(path: Path, encoding: str) -> str:
                     "utf8", "utf8sig") else ""
                 return (f"line {number} is not valid {encoding} (byte 0x{byte} at character "
                         f"{error.start + 1}): save the file as {encoding}{hint}")
+            except UnicodeError as error:  # (utf-16 without its byte order mark, say)
+                return f"the file cannot be read as {encoding}: {error}"
     return f"the file ends in the middle of a {encoding} character"
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sqlite3
 import time
@@ -38,7 +37,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from psycopg_pool import PoolTimeout
 
-from contracts.decode import Rejection, decode, subject_tokens
+from contracts.decode import Rejection, decode, read_json, subject_tokens
 from contracts.events import InboundEvent
 from services import metrics
 from services.ingest.deadletter import PROCESSING_FAILED, dead_letter
@@ -321,7 +320,7 @@ class PartitionWorker:
 def _event_id(data: bytes) -> str | None:
     """The event_id of a rejected body, if it has a readable one (for the log line)."""
     try:
-        value = json.loads(data).get("event_id")
+        value = read_json(data).get("event_id")
     except (ValueError, AttributeError):
         return None
     return value if isinstance(value, str) else None

@@ -156,10 +156,11 @@ def answer_schema_errors(document: dict[str, Any], path: str, body: Any) -> list
             for e in Draft202012Validator(schema).iter_errors(body)]
 
 
-async def test_the_contacts_answers_are_what_the_openapi_document_says(api: Api) -> None:
-    """The client list, the card (with lists and timeline) and the timeline are typed
-    field by field in the document (an integrator generates a client from it): real
-    answers validate against it, and every field the document names is answered."""
+async def test_the_typed_answers_are_what_the_openapi_document_says(api: Api) -> None:
+    """The client list, the card (with lists and timeline), the timeline, segments and
+    their members are typed field by field in the document (an integrator generates a
+    client from it): real answers validate against it, and every field it names is
+    answered."""
     await seed(api)
     await api.publish("list_subscribed", email="ana@example.com", event_id="ana-news",
                       list_id="news")
@@ -171,6 +172,9 @@ async def test_the_contacts_answers_are_what_the_openapi_document_says(api: Api)
         f"{t}/contacts/{{ref}}": await api.get(f"{T}/contacts/ana@example.com"),
         f"{t}/contacts/{{ref}}/timeline": await api.get(f"{T}/contacts/ana@example.com/timeline",
                                                        limit="2"),
+        f"{t}/segments": await api.get(f"{T}/segments"),
+        f"{t}/segments/{{segment_id}}": await api.get(f"{T}/segments/vips"),
+        f"{t}/segments/{{segment_id}}/members": await api.get(f"{T}/segments/vips/members"),
     }
     for path, answer in answers.items():
         assert answer.status_code == 200, answer.text
@@ -184,6 +188,10 @@ async def test_the_contacts_answers_are_what_the_openapi_document_says(api: Api)
     assert set(row) == set(schemas["ContactListRow"]["properties"])
     entry = answers[f"{t}/contacts/{{ref}}/timeline"].json()["data"][0]
     assert set(entry) == set(schemas["TimelineEntry"]["properties"])
+    member = answers[f"{t}/segments/{{segment_id}}/members"].json()["data"][0]
+    assert set(member) == set(schemas["SegmentMember"]["properties"])
+    segment = answers[f"{t}/segments/{{segment_id}}"].json()["data"]
+    assert set(segment) == set(schemas["SegmentDefinition"]["properties"])
     # A wrong answer would not pass: the check can fail.
     assert answer_schema_errors(document, f"{t}/contacts", {"data": [{"email": 1}]})
 

@@ -13,7 +13,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from services.domain.facts import ContactFacts
-from services.domain.rules import Context, RuleError, parse_rule, rule_json_schema
+from services.domain.rules import (
+    MAX_CONDITIONS,
+    Context,
+    RuleError,
+    check_new_rule,
+    parse_rule,
+    rule_json_schema,
+)
 from services.domain.stamps import utc_iso
 
 NOW = "2026-11-23T12:00:00.000000Z"
@@ -99,9 +106,21 @@ def test_a_bad_rule_is_refused_with_the_offending_clause(
     rule: Any, path: str, words: str
 ) -> None:
     with pytest.raises(RuleError) as caught:
-        parse_rule(rule)
+        check_new_rule(rule)
     assert caught.value.path == path
     assert words in caught.value.message
+
+
+def test_a_stored_rule_past_todays_limits_is_still_read() -> None:
+    """Limits hold for rules being defined: a segment stored before one existed is read
+    as it was (else its tenant's audience model would stop at it)."""
+    wide = {"any": [{"field": "email", "op": "equals", "value": f"a{i}@x.com"}
+                    for i in range(MAX_CONDITIONS + 1)]}
+    huge = {"count": "purchases", "op": "gt", "value": 10**30}
+    for rule in (wide, huge):
+        with pytest.raises(RuleError):
+            check_new_rule(rule)
+        assert parse_rule(rule) is not None
 
 
 def test_nesting_is_bounded() -> None:

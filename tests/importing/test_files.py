@@ -88,6 +88,14 @@ def test_empty_and_header_only_files(tmp_path: Path) -> None:
         load_mapping(broken)
     with pytest.raises(CsvFileError, match="unknown encoding 'klingon'"):
         open_csv(write(tmp_path, "email\n"), encoding="klingon")
+    # Codecs that are not text encodings, and a file that is not in the one named: a
+    # refusal in a sentence (they once raised binascii, zlib or Unicode errors).
+    for codec in ("base64", "rot13", "zip"):
+        with pytest.raises(CsvFileError, match=f"unknown encoding '{codec}'"):
+            open_csv(write(tmp_path, "email\nana@example.com\n"), encoding=codec)
+    for wide in ("utf-16", "utf-32"):
+        with pytest.raises(CsvFileError, match=f"not valid {wide}|cannot be read as {wide}"):
+            open_csv(write(tmp_path, "email,first_name\nana@example.com,Ana\n"), encoding=wide)
 
 
 def test_streams_and_bytes_are_spooled_and_hashed_like_the_file(tmp_path: Path) -> None:
