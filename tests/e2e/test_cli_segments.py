@@ -74,7 +74,12 @@ def test_define_preview_members_why_and_statistics(tmp_path: Path) -> None:
         assert set(lists["lists"]) == {"newsletter", "offers", "events"}
         answer = json.loads(ficha(data_dir, "consent", "at", "--tenant", "acme", "--email",
                                   someone, "--json").stdout)
-        assert answer["channel"] == "email" and isinstance(answer["consented"], bool)
+        # The consent ledger (audience) and the card (contacts) follow the same events:
+        # now, they agree.
+        card = json.loads(ficha(data_dir, "contacts", "get", "--tenant", "acme", "--email",
+                                someone, "--json").stdout)
+        assert answer["channel"] == "email"
+        assert answer["consented"] is bool(card["consent_email"]), (answer, card)
 
         # A side-by-side replay while `ficha up` keeps running: same answers after it.
         before = json.loads(ficha(data_dir, "segments", "members", "--tenant", "acme", "es",

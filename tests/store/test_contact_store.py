@@ -64,7 +64,7 @@ def test_received_ids_dedupe_across_batches_and_positions(settings: Settings) ->
     assert store.tracked_position("ingest-p0") == 2
 
 
-def test_contacts_reload_from_the_store_in_one_query(settings: Settings) -> None:
+def test_contacts_reload_from_the_store_as_they_were_folded(settings: Settings) -> None:
     store = ContactStore(settings)
     folder = folder_for(store, settings)
     folder.fold_and_commit(
