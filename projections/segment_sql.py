@@ -37,6 +37,7 @@ from services.domain.facts import days_before
 from services.domain.rules import (
     COUNTS,
     DATE_FIELDS,
+    MAX_NUMBER,
     Aggregate,
     FieldCondition,
     Group,
@@ -118,11 +119,20 @@ def _at(node: FieldCondition, now: str, windows: EngagementWindows) -> Condition
     return None
 
 
+def _beyond(node: Aggregate) -> bool:
+    """A bound past what a count column holds (a rule stored before numbers in rules
+    were bounded): no narrowing, the evaluator decides."""
+    bounds = node.value if isinstance(node.value, tuple) else (node.value,)
+    return any(bound.copy_abs() >= MAX_NUMBER for bound in bounds)  # (abs() may overflow)
+
+
 def _aggregate(node: Aggregate) -> Condition | None:
     """A count of all time is a column: compared exactly. A count within a window is at
     most that count; a sum that cannot hold at zero needs an item of a kind it adds up.
     (Reading windows and amounts from the activity log in ``doc`` with the backends' JSON
     functions was tried: 8 µs a row on PostgreSQL, slower than the evaluator it spares.)"""
+    if _beyond(node):
+        return None
     if node.currency is None and node.within_days is None:
         column = f"f.n_{COUNT_OF_KIND[node.kinds[0][0]]}"
         operators = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<=", "equals": "=",

@@ -536,8 +536,8 @@ def projections_replay(
 
     The live tables keep serving (and keep being updated) until the copy has caught up.
     With --tenant, the copy stops at the live model's position and only that tenant's
-    rows are replaced; nothing is published on ficha.out. Several projections are
-    replayed at once, each in a process of its own.
+    rows are replaced; nothing is published on ficha.out. On PostgreSQL several
+    projections are replayed at once, each in a process of its own (on SQLite, in turn).
     """
     settings = settings_or_fail()
     chosen = _chosen_projections(names)
@@ -558,7 +558,8 @@ def projections_rebuild(
 
     Readers see empty or partial tables meanwhile; `ficha projections replay` does not.
     A running `ficha up` may go on: its projectors and this command apply pages in turn,
-    each page once. Several projections are rebuilt at once, each in a process of its own.
+    each page once. On PostgreSQL several projections are rebuilt at once, each in a
+    process of its own (on SQLite, in turn).
     """
     settings = settings_or_fail()
     chosen = _chosen_projections(names)

@@ -103,12 +103,19 @@ async def check_request(request: Request[Any, Any, Any]) -> None:
     """Before a route reads its parameters: no NUL in the address, and a body that does
     not nest deeper than ``MAX_BODY_NESTING`` (a parser would give up with a RecursionError
     somewhere past a few hundred levels, as a 500; a segment rule nests at most
-    ``MAX_DEPTH`` groups, two JSON levels each). Any body but a multipart upload is
-    looked at, whatever its declared type: the routes read JSON whatever it says."""
+    ``MAX_DEPTH`` groups, two JSON levels each). Any body but an upload's (the routes
+    marked ``opt={"upload": True}``) is looked at, whatever type it claims: the routes
+    read JSON whatever it says."""
     refuse_nul(request)
-    uploads = request.content_type[0] == "multipart/form-data"
-    if request.method in ("POST", "PUT", "PATCH") and not uploads and nests_deeper(
-            await request.body(), MAX_BODY_NESTING):
+    if request.method not in ("POST", "PUT", "PATCH") or request.route_handler.opt.get(
+            "upload"):  # (by the route, not by the type a client claims for its body)
+        return
+    body = await request.body()
+    if len(body) > 1_000_000:  # (a scan in Python: not on the event loop)
+        deep = await asyncio.to_thread(nests_deeper, body, MAX_BODY_NESTING)
+    else:
+        deep = nests_deeper(body, MAX_BODY_NESTING)
+    if deep:
         raise ApiError(400, "invalid_body", "the body nests too deeply to read; a "
                        f"segment rule may nest at most {MAX_DEPTH} levels")
 

@@ -47,7 +47,7 @@ def _keep(upload: UploadFile, folder: Path, fallback: str) -> Path:
 
 
 @post("/imports", responses=error_responses(403, 413, 503),
-      status_code=200, request_max_body_size=MAX_UPLOAD_BYTES,
+      status_code=200, request_max_body_size=MAX_UPLOAD_BYTES, opt={"upload": True},
       summary="Import a CSV file of contacts (admin)",
       description="Multipart form: `file` (the CSV) and optionally `mapping` (a JSON or "
       "YAML mapping file). Every row is validated; accepted rows are published as "

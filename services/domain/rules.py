@@ -527,14 +527,31 @@ def check_new_rule(obj: Any) -> Node:
                                 "all; for longer lists of people, use an email list or a tag")
             for problem in _unstorable(node):
                 raise RuleError(path, problem)
+            if "count" in node or "sum" in node:  # their values may be numbers as text
+                bounds = value if isinstance(value, list) else [value]
+                for bound in bounds:
+                    if isinstance(bound, str) and _too_large(bound):
+                        raise RuleError(path, "a number of this condition is not between "
+                                        f"-10^18 and 10^18: {_shown(bound)}")
 
     walk(obj, "rule", 0)
     return parse_rule(obj)
 
 
-def _unstorable(value: Any) -> Iterator[str]:
+def _too_large(text: str) -> bool:
+    try:
+        number = Decimal(text.strip())
+    except InvalidOperation:
+        return False  # (the parser says what it must be)
+    return number.is_finite() and number.copy_abs() >= MAX_NUMBER  # (abs() may overflow)
+
+
+def _unstorable(value: Any, depth: int = 0) -> Iterator[str]:
     """What of a condition's JSON no database would keep as written: text with a NUL,
-    numbers of 10^18 or more."""
+    numbers of 10^18 or more. (A value nests two levels at most; deeper, the parser
+    refuses it whatever it holds.)"""
+    if depth > 8:
+        return
     if isinstance(value, str):
         if has_nul(value):
             yield f"a text of this condition {NUL_PROBLEM}"
@@ -548,11 +565,11 @@ def _unstorable(value: Any) -> Iterator[str]:
                    f"{_shown(value)}")
     elif isinstance(value, dict):
         for key, item in value.items():
-            yield from _unstorable(key)
-            yield from _unstorable(item)
+            yield from _unstorable(key, depth + 1)
+            yield from _unstorable(item, depth + 1)
     elif isinstance(value, list):
         for item in value:
-            yield from _unstorable(item)
+            yield from _unstorable(item, depth + 1)
 
 
 def _parse_node(obj: Any, path: str, depth: int) -> Node:
@@ -917,6 +934,8 @@ def _shown(value: Any) -> str:
         return "[" + ", ".join(_shown(v) for v in value) + "]"
     if isinstance(value, Decimal):
         return str(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**60:
+        return f"an integer of {len(str(value)) if value < 10**4000 else 'thousands of'} digits"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 

@@ -135,22 +135,25 @@ def _scan(path: Path, encoding: str) -> tuple[str, int, int]:
     digest = hashlib.sha256()
     decoder = codecs.getincrementaldecoder(_reading_encoding(encoding))("strict")
     size = lines = 0
-    last = b"\n"
+    last = "\n"
     with path.open("rb") as handle:
         while chunk := handle.read(CHUNK):
-            last = chunk[-1:]
             digest.update(chunk)
             size += len(chunk)
-            lines += chunk.count(b"\n")
             try:
-                decoder.decode(chunk)
+                text = decoder.decode(chunk)
             except UnicodeError:
                 raise CsvFileError(_encoding_problem(path, encoding)) from None
+            # Counted in the text: in UTF-16 a newline is more than its 0x0A byte.
+            lines += text.count("\n")
+            last = text[-1:] or last
         try:
-            decoder.decode(b"", final=True)
+            text = decoder.decode(b"", final=True)
         except UnicodeError:
             raise CsvFileError(_encoding_problem(path, encoding)) from None
-    if last != b"\n":
+        lines += text.count("\n")
+        last = text[-1:] or last
+    if last != "\n" and size:
         lines += 1  # the last line has no line break
     return digest.hexdigest(), size, lines
 

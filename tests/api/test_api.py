@@ -147,7 +147,8 @@ async def test_the_caller_is_checked_before_the_body_is_read(api: Api) -> None:
         # Whatever type it claims (the routes read JSON anyway), and at depths around
         # the parser's own limit as well as far past it.
         for content_type, depth in (("application/json", 5000), ("text/csv", 5000),
-                                    ("application/octet-stream", 975)):
+                                    ("application/octet-stream", 975),
+                                    ("multipart/form-data; boundary=x", 5000)):
             own = await api.http.request(
                 method.upper(), path(template, tenant="acme", **values),
                 content=b"[" * depth + b"]" * depth,

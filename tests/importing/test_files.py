@@ -93,6 +93,10 @@ def test_empty_and_header_only_files(tmp_path: Path) -> None:
     for codec in ("base64", "rot13", "zip"):
         with pytest.raises(CsvFileError, match=f"unknown encoding '{codec}'"):
             open_csv(write(tmp_path, "email\nana@example.com\n"), encoding=codec)
+    text = "email,first_name\nana@example.com,Ana\nbo@example.com,Bo\n"
+    for wide in ("utf-16", "utf-32"):  # lines counted in the text, not by 0x0A bytes
+        readable = open_csv(write(tmp_path, text.encode(wide)), encoding=wide)
+        assert readable.lines == 3 and len(list(readable.records())) == 2
     for wide in ("utf-16", "utf-32"):
         with pytest.raises(CsvFileError, match=f"not valid {wide}|cannot be read as {wide}"):
             open_csv(write(tmp_path, "email,first_name\nana@example.com,Ana\n"), encoding=wide)

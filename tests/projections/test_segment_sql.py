@@ -238,3 +238,16 @@ def test_the_prefilter_keeps_every_match(settings: Settings) -> None:
         assert cur.fetchone()["n"] == len(rows)  # nothing dropped by odd values
     db.close()
     store.close()
+
+
+def test_a_stored_bound_past_any_count_does_not_narrow() -> None:
+    """Rules stored before numbers in rules were bounded may hold a bound no count column
+    holds (or whose integer would take seconds to build): the prefilter leaves those
+    conditions to the evaluator."""
+    now = utc_iso(datetime.now(UTC))
+    for value in ("1e30", "1e1000000", 10**30):
+        for window in (None, 30):
+            raw: dict[str, Any] = {"count": "purchases", "op": "gt", "value": value}
+            if window:
+                raw["within_days"] = window
+            assert prefilter(parse_rule(raw), "acme", now) is None, raw
