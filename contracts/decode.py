@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -209,22 +210,12 @@ def _decode(subject: str, data: bytes) -> InboundEvent | Rejection:
         )
     # A JSON null is spelt `null` in the bytes, and JSON writes NUL as \u0000 (raw
     # control characters are not JSON): without those bytes there is nothing to look for.
-    has_null, has_nul = b"null" in data, b"\\u0000" in data
-    whole: Any = _GENERIC.decode(data) if has_null or has_nul else None
-    null_path = _find_null(whole) if has_null else None
-    if null_path is not None:
-        return reject(
-            "invalid_field",
-            f"{null_path} is null, which version 1 does not accept: leave the field out to "
-            "keep the current value, or clear it with contact_updated.unset",
-        )
-    nul_path = _find_nul(whole) if has_nul else None
-    if nul_path is not None:
-        return reject(
-            "invalid_field",
-            f"{nul_path} holds a NUL character (U+0000, written \\u0000 in JSON), which "
-            "ficha cannot store: remove it",
-        )
+    whole: Any = None
+    for marker, refused, problem in _REFUSED_VALUES:
+        if marker in data:
+            whole = _GENERIC.decode(data) if whole is None else whole
+            if (path := _first_path(whole, refused)) is not None:
+                return reject("invalid_field", f"{path} {problem}")
 
     older = OLDER_VERSIONS.get((kind, version)) if version < latest else None
     try:
@@ -249,42 +240,33 @@ def read_json(data: bytes | str) -> Any:
         raise ValueError("the JSON nests too deeply to read") from None
 
 
-def _find_null(obj: dict[str, Any], prefix: str = "") -> str | None:
-    for key, value in obj.items():
-        path = f"{prefix}{key}"
-        if value is None:
-            return path
-        if isinstance(value, dict):
-            found = _find_null(value, path + ".")
-            if found:
-                return found
-        elif isinstance(value, list):
-            for index, item in enumerate(value):
-                if item is None:
-                    return f"{path}[{index}]"
-                if isinstance(item, dict):
-                    found = _find_null(item, f"{path}[{index}].")
-                    if found:
-                        return found
-    return None
-
-
-def _find_nul(value: Any, path: str = "") -> str | None:
-    """The path of the first text (a value or a key) that holds a NUL character."""
-    if isinstance(value, str):
-        return (path or "the body") if "\x00" in value else None
+def _first_path(value: Any, refused: Callable[[Any], bool], path: str = "") -> str | None:
+    """The path of the first value (or key) of a decoded body that is ``refused``."""
+    if refused(value):
+        return path or "the body"
     if isinstance(value, dict):
         for key, item in value.items():
-            here = f"{path}.{key}" if path else str(key)
-            if "\x00" in key:
+            if refused(key):
                 return f"a key of {path or 'the body'}"
-            if (found := _find_nul(item, here)) is not None:
+            if (found := _first_path(item, refused, f"{path}.{key}" if path else key)):
                 return found
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            if (found := _find_nul(item, f"{path}[{index}]")) is not None:
+            if (found := _first_path(item, refused, f"{path}[{index}]")):
                 return found
     return None
+
+
+# Values the decoder refuses anywhere in a body: the bytes that must be there for one to
+# be, what makes one, and what the dead letter says of it.
+_REFUSED_VALUES: tuple[tuple[bytes, Callable[[Any], bool], str], ...] = (
+    (b"null", lambda value: value is None,
+     "is null, which version 1 does not accept: leave the field out to keep the current "
+     "value, or clear it with contact_updated.unset"),
+    (b"\\u0000", lambda value: isinstance(value, str) and "\x00" in value,
+     "holds a NUL character (U+0000, written \\u0000 in JSON), which ficha cannot store: "
+     "remove it"),
+)
 
 
 def _from_validation_error(message: str, reject: Any) -> Rejection:

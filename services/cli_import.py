@@ -99,8 +99,6 @@ def import_file(
         moment = parsed
     if window < 1:
         fail("--window must be at least 1", EXIT_BAD_INPUT)
-    if delimiter is not None and delimiter.lower() == "tab":
-        delimiter = "\t"
     options = ImportOptions(
         source=source, occurred_at=moment, encoding=encoding, delimiter=delimiter,
         tag_separator=tag_separator, ignore_unknown_columns=ignore_unknown_columns,

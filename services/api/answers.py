@@ -1,4 +1,4 @@
-"""The shapes of the contacts routes' answers, for the OpenAPI document.
+"""The shapes of the answers of the contacts and segments routes, for the OpenAPI document.
 
 The routes answer rows as the database selects them (``projections.json_rows``: dicts,
 stored JSON embedded unread); these Structs only describe them, field by field, so that
@@ -16,7 +16,6 @@ import msgspec
 from projections.contacts import CONTACT_TYPES
 from projections.queries import LIST_TYPES, LIST_TYPES_OF_CONTACT, TIMELINE_ENTRY_TYPES
 from services.api.deps import Item, Page
-from services.api.freshness import Freshness
 
 # Columns that always hold a value (NOT NULL in ``projections.contacts``' tables).
 _ALWAYS = {"tenant", "contact_id", "email", "properties", "tags", "forms_count",
@@ -100,6 +99,3 @@ class TimelinePage(Page):
 class CardItem(Item):
     data: ContactCard  # type: ignore[valid-type]
 
-
-__all__ = ["CardItem", "ContactCard", "ContactListRow", "ContactsPage", "Freshness",
-           "MembersPage", "SegmentItem", "SegmentsPage", "TimelineEntry", "TimelinePage"]

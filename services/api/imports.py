@@ -17,7 +17,7 @@ from litestar.params import Body, FromPath, FromQuery, Parameter
 
 from services.api.deps import Caller, Ctx, instant, instant_parameter
 from services.api.errors import ApiError, error_responses
-from services.importing.files import CsvFileError, load_mapping
+from services.importing.files import CsvFileError, delimiter_named, load_mapping
 from services.importing.importer import ImportOptions, ImportRefused, import_csv
 from services.importing.mapping import MappingError
 
@@ -68,11 +68,10 @@ async def import_route(
         description="Cell delimiter: , ; | or tab (default: the header's commonest).")] = None,
 ) -> Any:
     moment = instant(occurred_at, "occurred_at")
-    if delimiter is not None and delimiter.lower() == "tab":
-        delimiter = "\t"
-    if delimiter is not None and delimiter not in (",", ";", "|", "\t"):
-        raise ApiError(400, "invalid_request", "delimiter: one of , ; | or tab; got "
-                       f"{delimiter[:20]!r}", "delimiter")
+    try:
+        delimiter = delimiter_named(delimiter)
+    except CsvFileError as error:
+        raise ApiError(400, "invalid_request", f"delimiter: {error}", "delimiter") from None
     folder = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="ficha-import-"))
     try:
         csv_path = await asyncio.to_thread(_keep, data.file, folder, "upload.csv")

@@ -108,10 +108,12 @@ def remove_property_route(tenant: FromPath[str], name: FromPath[str], ctx: Ctx,
 @get("/status", responses=error_responses(),
      sync_to_thread=True, summary="How fresh every read model is")
 def status_route(tenant: FromPath[str], ctx: Ctx, principal: Caller) -> dict[str, Any]:
+    with ctx.views.reading() as cur:
+        failures = ctx.views.failures(cur)
     projections: list[dict[str, Any]] = []
     for name in projection_names():
-        with ctx.read(name, tenant, Consistency()) as fresh, ctx.views.reading() as cur:
-            failing = ctx.views.failures(cur).get(name)
+        with ctx.read(name, tenant, Consistency()) as fresh:
+            failing = failures.get(name)
             projections.append({**msgspec.structs.asdict(fresh), "failing": None if (
                 failing is None) else {k: failing[k] for k in FAILURE_SHOWN}})
     return {"backend": ctx.settings.backend, "projections": projections}

@@ -92,8 +92,7 @@ def open_csv(source: Source, *, encoding: str = "utf-8", delimiter: str | None =
         text_encoding = False
     if not text_encoding:  # (base64, zip, rot13 are codecs too, of bytes or of text)
         raise CsvFileError(f"unknown encoding {encoding!r}: use utf-8, cp1252, latin-1, …")
-    if delimiter is not None and len(delimiter) != 1:
-        raise CsvFileError(f"the delimiter must be one character, got {delimiter!r}")
+    delimiter = delimiter_named(delimiter)
     path, spooled = _as_path(source)
     shown = name or (str(source) if isinstance(source, Path | str) else "the upload")
     try:
@@ -180,6 +179,17 @@ def _encoding_problem(path: Path, encoding: str) -> str:
 def _first_line(path: Path, encoding: str) -> str:
     with path.open("r", encoding=_reading_encoding(encoding), newline="") as handle:
         return handle.readline()
+
+
+def delimiter_named(text: str | None) -> str | None:
+    """The delimiter a user names: one of , ; | or the word tab (or the character);
+    None for the header's commonest. CsvFileError for another."""
+    if text is None:
+        return None
+    chosen = "\t" if text.lower() == "tab" else text
+    if chosen not in DELIMITERS:
+        raise CsvFileError(f"the delimiter must be one of , ; | or tab; got {text[:20]!r}")
+    return chosen
 
 
 def sniff_delimiter(header_line: str) -> str:

@@ -11,6 +11,7 @@ import pytest
 from services.importing.files import (
     CsvFileError,
     RejectsWriter,
+    delimiter_named,
     load_mapping,
     open_csv,
     read_rejects,
@@ -188,3 +189,11 @@ async def test_a_header_only_file_imports_nothing_and_says_so(tmp_path: Path) ->
                               options=ImportOptions(dry_run=True))
     assert report.completed and (report.rows_read, report.rows_accepted) == (0, 0)
     assert report.warnings == ["the file has no rows after its header: nothing to import"]
+
+
+def test_a_delimiter_is_named_the_same_way_by_the_cli_and_the_api() -> None:
+    assert [delimiter_named(d) for d in (None, ",", ";", "|", "tab", "TAB", "\t")] == [
+        None, ",", ";", "|", "\t", "\t", "\t"]
+    for odd in ("x", ";;", "", "space"):
+        with pytest.raises(CsvFileError, match="must be one of , ; | or tab"):
+            delimiter_named(odd)

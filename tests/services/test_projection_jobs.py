@@ -9,6 +9,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from projections.db import ViewDatabase
 from projections.registry import all_projections
+from projections.runner import ProjectionRunner
 from services.projection_jobs import run_side_by_side
 from services.store.contact_store import ContactStore
 from tests.backends import make_settings
@@ -22,8 +23,6 @@ def test_projections_rebuilt_side_by_side_are_as_built_one_by_one(
     store = ContactStore(settings)
     db = ViewDatabase(settings)
     ingest(store, settings, demo_events(1500))
-    from projections.runner import ProjectionRunner
-
     for projection in all_projections():
         runner = ProjectionRunner(store, db, projection)
         runner.setup()
